@@ -1,0 +1,98 @@
+//! Errors of the core types, and the typed reasons a transaction is rejected.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CoreError {
+    #[error("not a valid Ed25519 public key")]
+    InvalidKey,
+    #[error("not a valid did:key identifier (expected did:key:z6Mk... or 64 hex digits)")]
+    InvalidDid,
+    #[error("not a valid hash (expected 64 hex digits)")]
+    InvalidHash,
+    #[error("chain id must be 1-64 characters of a-z, 0-9 and '-'")]
+    InvalidChainId,
+    #[error("malformed encoding: {0}")]
+    Decode(String),
+    #[error("random number generator failed")]
+    Rng,
+}
+
+/// Why a transaction was refused. Every rejection leaves the ledger unchanged.
+/// Serialized as `{"code": "...", ...}` so API clients can match on the code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "code", rename_all = "snake_case")]
+pub enum RejectReason {
+    /// The bytes are not a canonical encoding of a signed transaction.
+    Malformed { detail: String },
+    /// The encoded transaction is larger than the limit.
+    Oversized { size: usize, max: usize },
+    /// The transaction format version is not one this node understands.
+    UnsupportedVersion { version: u8 },
+    /// Signed for another chain.
+    WrongChainId { expected: String, got: String },
+    /// The signature does not verify under the signer's key.
+    BadSignature,
+    /// The signer has no account on this ledger.
+    UnknownSigner,
+    /// The nonce was already used (a replay).
+    ReplayedNonce { expected: u64, got: u64 },
+    /// The nonce skips ahead of the next expected one.
+    NonceGap { expected: u64, got: u64 },
+    /// The signer's role does not allow this transaction.
+    Unauthorized { detail: String },
+    /// The account to create already exists.
+    AccountExists,
+    /// The node's queue is full; retry later. Nothing was recorded.
+    Overloaded,
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RejectReason::Malformed { detail } => write!(f, "malformed transaction: {detail}"),
+            RejectReason::Oversized { size, max } => {
+                write!(f, "transaction is {size} bytes; the limit is {max}")
+            }
+            RejectReason::UnsupportedVersion { version } => {
+                write!(f, "unsupported transaction format version {version}")
+            }
+            RejectReason::WrongChainId { expected, got } => {
+                write!(f, "wrong chain id: this ledger is {expected:?}, the transaction is for {got:?}")
+            }
+            RejectReason::BadSignature => f.write_str("signature does not verify"),
+            RejectReason::UnknownSigner => f.write_str("signer has no account on this ledger"),
+            RejectReason::ReplayedNonce { expected, got } => {
+                write!(f, "nonce {got} was already used (replay); next nonce is {expected}")
+            }
+            RejectReason::NonceGap { expected, got } => {
+                write!(f, "nonce {got} is out of order; next nonce is {expected}")
+            }
+            RejectReason::Unauthorized { detail } => write!(f, "not allowed: {detail}"),
+            RejectReason::AccountExists => f.write_str("account already exists"),
+            RejectReason::Overloaded => f.write_str("node is overloaded; retry later"),
+        }
+    }
+}
+
+impl RejectReason {
+    /// The stable machine-readable code (the serde tag).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectReason::Malformed { .. } => "malformed",
+            RejectReason::Oversized { .. } => "oversized",
+            RejectReason::UnsupportedVersion { .. } => "unsupported_version",
+            RejectReason::WrongChainId { .. } => "wrong_chain_id",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::UnknownSigner => "unknown_signer",
+            RejectReason::ReplayedNonce { .. } => "replayed_nonce",
+            RejectReason::NonceGap { .. } => "nonce_gap",
+            RejectReason::Unauthorized { .. } => "unauthorized",
+            RejectReason::AccountExists => "account_exists",
+            RejectReason::Overloaded => "overloaded",
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The bottom layer of medledger: identifiers, transactions, blocks and genesis, with
+//! their canonical (`borsh`) encodings and domain-separated hashes. No I/O lives here.
+
+pub mod block;
+pub mod error;
+pub mod genesis;
+pub mod hash;
+pub mod ids;
+pub mod keys;
+pub mod tx;
+
+pub use block::{BlockHeader, SignedBlock};
+pub use error::{CoreError, RejectReason, Result};
+pub use genesis::Genesis;
+pub use hash::Digest32;
+pub use ids::{AccountId, BlockHash, ChainId, NodeKey, TxHash};
+pub use keys::NodeSigner;
+pub use tx::{MAX_TX_BYTES, Payload, SignedTx, TxBody};

@@ -1,0 +1,209 @@
+//! Transactions: the body an account signs, the payload kinds, and the stateless half
+//! of validation (encoding, size, version, chain id, signature). The stateful half
+//! (known signer, nonce, permissions) belongs to the state machine in `medledger-ledger`.
+
+use crate::error::{CoreError, RejectReason};
+use crate::hash::{Digest32, TAG_TX, tagged};
+use crate::ids::{AccountId, ChainId, TxHash};
+use borsh::{BorshDeserialize, BorshSerialize};
+use ed25519_dalek::{Signature, Signer, SigningKey};
+use serde::{Deserialize, Serialize};
+
+/// Upper bound on one encoded signed transaction. Record contents never go on the
+/// ledger (only ids, CIDs and hashes), so real transactions are a few hundred bytes.
+pub const MAX_TX_BYTES: usize = 16 * 1024;
+
+/// The transaction format this node writes and accepts.
+pub const TX_VERSION: u8 = 1;
+
+/// What the signer asks the ledger to do. New kinds are appended at the end so that
+/// existing encodings keep their meaning (borsh encodes the variant index).
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    /// Create an account with its X25519 key for receiving wrapped record keys.
+    /// Only the consortium admin may do this (organisations and roles come later).
+    RegisterAccount {
+        account: AccountId,
+        encryption_key: Digest32,
+    },
+    /// Anchor a 32-byte digest (e.g. of an external document) on the ledger, giving
+    /// it a timestamp and an inclusion proof. Only a hash: never content.
+    Anchor { digest: Digest32 },
+}
+
+/// The signed part of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct TxBody {
+    pub version: u8,
+    pub chain_id: ChainId,
+    pub signer: AccountId,
+    /// Per-account counter, starting at 1; each account's transactions apply in
+    /// nonce order, once.
+    pub nonce: u64,
+    pub payload: Payload,
+}
+
+impl TxBody {
+    pub fn hash(&self) -> TxHash {
+        let bytes = borsh::to_vec(self).expect("borsh encoding into a Vec cannot fail");
+        TxHash(tagged(TAG_TX, &[&bytes]))
+    }
+
+    /// Signs with `key`, which must belong to `self.signer` for the tx to be accepted.
+    pub fn sign(self, key: &SigningKey) -> SignedTx {
+        let hash = self.hash();
+        let signature = key.sign(&hash.0.0).to_bytes();
+        SignedTx { body: self, signature: SignatureBytes(signature) }
+    }
+}
+
+/// A 64-byte Ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct SignatureBytes(pub [u8; 64]);
+
+impl std::fmt::Debug for SignatureBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", hex::encode(self.0))
+    }
+}
+
+impl Serialize for SignatureBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for SignatureBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as Deserialize>::deserialize(d)?;
+        let mut out = [0u8; 64];
+        hex::decode_to_slice(&s, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(SignatureBytes(out))
+    }
+}
+
+/// A transaction as submitted and as stored in blocks.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct SignedTx {
+    pub body: TxBody,
+    pub signature: SignatureBytes,
+}
+
+/// A transaction that passed the stateless checks, with its hash computed once.
+#[derive(Debug, Clone)]
+pub struct CheckedTx {
+    pub tx: SignedTx,
+    pub hash: TxHash,
+}
+
+impl SignedTx {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        borsh::to_vec(self).expect("borsh encoding into a Vec cannot fail")
+    }
+
+    /// Decodes the canonical encoding; trailing bytes are an error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, CoreError> {
+        borsh::from_slice(bytes).map_err(|e| CoreError::Decode(e.to_string()))
+    }
+
+    /// Decodes and runs every check that needs no ledger state.
+    pub fn check_bytes(bytes: &[u8], chain: &ChainId) -> Result<CheckedTx, RejectReason> {
+        if bytes.len() > MAX_TX_BYTES {
+            return Err(RejectReason::Oversized { size: bytes.len(), max: MAX_TX_BYTES });
+        }
+        let tx = SignedTx::decode(bytes)
+            .map_err(|e| RejectReason::Malformed { detail: e.to_string() })?;
+        tx.check(chain)
+    }
+
+    /// The stateless checks on an already decoded transaction.
+    pub fn check(self, chain: &ChainId) -> Result<CheckedTx, RejectReason> {
+        let hash = self.check_without_signature(chain)?;
+        self.verify_signature(&hash)?;
+        Ok(CheckedTx { tx: self, hash })
+    }
+
+    /// Version and chain checks; returns the hash the signature must cover.
+    pub fn check_without_signature(&self, chain: &ChainId) -> Result<TxHash, RejectReason> {
+        if self.body.version != TX_VERSION {
+            return Err(RejectReason::UnsupportedVersion { version: self.body.version });
+        }
+        if &self.body.chain_id != chain {
+            return Err(RejectReason::WrongChainId {
+                expected: chain.to_string(),
+                got: self.body.chain_id.to_string(),
+            });
+        }
+        Ok(self.body.hash())
+    }
+
+    pub fn verify_signature(&self, hash: &TxHash) -> Result<(), RejectReason> {
+        let key = self.body.signer.verifying_key().map_err(|_| RejectReason::BadSignature)?;
+        let sig = Signature::from_bytes(&self.signature.0);
+        // Strict verification rejects malleable and small-order encodings, so a
+        // signature has exactly one valid form and tx bytes cannot be re-signed in place.
+        key.verify_strict(&hash.0.0, &sig).map_err(|_| RejectReason::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::generate_signing_key;
+
+    fn chain() -> ChainId {
+        ChainId::new("test-chain").unwrap()
+    }
+
+    fn sample(key: &SigningKey, nonce: u64) -> SignedTx {
+        TxBody {
+            version: TX_VERSION,
+            chain_id: chain(),
+            signer: AccountId(key.verifying_key().to_bytes()),
+            nonce,
+            payload: Payload::Anchor { digest: Digest32([9; 32]) },
+        }
+        .sign(key)
+    }
+
+    #[test]
+    fn round_trip_and_check() {
+        let key = generate_signing_key().unwrap();
+        let tx = sample(&key, 1);
+        let checked = SignedTx::check_bytes(&tx.to_bytes(), &chain()).unwrap();
+        assert_eq!(checked.tx, tx);
+        assert_eq!(checked.hash, tx.body.hash());
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let key = generate_signing_key().unwrap();
+        let mut bytes = sample(&key, 1).to_bytes();
+        bytes.push(0);
+        let err = SignedTx::check_bytes(&bytes, &chain()).unwrap_err();
+        assert_eq!(err.code(), "malformed");
+    }
+
+    #[test]
+    fn hash_depends_on_every_field() {
+        let key = generate_signing_key().unwrap();
+        let a = sample(&key, 1).body;
+        let mut b = a.clone();
+        b.nonce = 2;
+        assert_ne!(a.hash(), b.hash());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_flipped_byte_is_rejected(idx in 0usize..200, bit in 0u8..8) {
+            let key = generate_signing_key().unwrap();
+            let tx = sample(&key, 1);
+            let mut bytes = tx.to_bytes();
+            let i = idx % bytes.len();
+            bytes[i] ^= 1 << bit;
+            // Either it no longer decodes, or it decodes to something whose check fails.
+            proptest::prop_assert!(SignedTx::check_bytes(&bytes, &chain()).is_err());
+        }
+    }
+}
