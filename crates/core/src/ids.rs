@@ -28,6 +28,13 @@ macro_rules! key_id {
                 format!("{DID_KEY_PREFIX}{}", bs58::encode(bytes).into_string())
             }
 
+            /// Strict Ed25519 verification of `sig` over `msg` under this key.
+            pub fn verify(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
+                self.verifying_key().is_ok_and(|k| {
+                    k.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(sig)).is_ok()
+                })
+            }
+
             /// The Ed25519 verifying key; fails for byte strings that are not curve points.
             pub fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, CoreError> {
                 ed25519_dalek::VerifyingKey::from_bytes(&self.0)

@@ -207,3 +207,22 @@ mod tests {
         }
     }
 }
+
+/// Verifies many signatures at once: batch verification for the common all-valid
+/// case, falling back to one-by-one strict checks to find the bad ones. Every node
+/// and `verify` use this same function, so they agree on which signatures are valid.
+/// Returns one verdict per input (false also for undecodable keys).
+pub fn verify_signatures(txs: &[(&SignedTx, TxHash)]) -> Vec<bool> {
+    let keys: Vec<Option<ed25519_dalek::VerifyingKey>> =
+        txs.iter().map(|(tx, _)| tx.body.signer.verifying_key().ok()).collect();
+    if keys.iter().all(Option::is_some) && !txs.is_empty() {
+        let msgs: Vec<&[u8]> = txs.iter().map(|(_, h)| &h.0.0[..]).collect();
+        let sigs: Vec<Signature> =
+            txs.iter().map(|(tx, _)| Signature::from_bytes(&tx.signature.0)).collect();
+        let vks: Vec<_> = keys.iter().flatten().copied().collect();
+        if ed25519_dalek::verify_batch(&msgs, &sigs, &vks).is_ok() {
+            return vec![true; txs.len()];
+        }
+    }
+    txs.iter().map(|(tx, h)| tx.verify_signature(h).is_ok()).collect()
+}

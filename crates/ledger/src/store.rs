@@ -1,0 +1,651 @@
+//! Durable ledger storage in redb, and the block builder.
+//!
+//! One redb file (`ledger.redb`) holds blocks, the tx index, the Merkle log's perfect
+//! nodes, the state, and metadata (tip, genesis hash, and whatever the consensus layer
+//! stores atomically with a block, such as the last applied Raft log id). A batch of
+//! blocks is written in one write transaction with two-phase commit and immediate
+//! durability: a block is either wholly stored with its state writes, or not at all.
+
+use crate::error::{LedgerError, Result};
+use crate::exec::{self, AccountState, Overlay, StateRead};
+use borsh::{BorshDeserialize, BorshSerialize};
+use medledger_core::block::BLOCK_VERSION;
+use medledger_core::hash::StateDigest;
+use medledger_core::tx::{SignatureBytes, verify_signatures};
+use medledger_core::{
+    AccountId, BlockHash, BlockHeader, Digest32, Genesis, MAX_TX_BYTES, NodeSigner, RejectReason,
+    SignedBlock, SignedTx, TxHash,
+};
+use medledger_merkle::{Checkpoint, Frontier, MerkleError, NodeStore, SignedCheckpoint};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub(crate) const BLOCKS: TableDefinition<u64, &[u8]> = TableDefinition::new("blocks");
+/// tx hash -> (block height, leaf index in the whole-ledger log)
+pub(crate) const TX_INDEX: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("tx_index");
+/// in-order node index -> 32-byte hash, perfect subtrees only
+pub(crate) const MERKLE: TableDefinition<u64, &[u8]> = TableDefinition::new("merkle");
+pub(crate) const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
+/// log size after a block -> block height (to find the signed head for a size)
+pub(crate) const SIZES: TableDefinition<u64, u64> = TableDefinition::new("sizes");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const META_GENESIS: &str = "genesis_hash";
+const META_TIP: &str = "tip";
+const META_FORMAT: &str = "format";
+/// Bumped when the on-disk layout changes; `open` refuses unknown versions.
+const FORMAT_VERSION: u8 = 1;
+
+/// The newest block, as the rest of the node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+pub struct Tip {
+    pub height: u64,
+    pub hash: BlockHash,
+    pub time_ms: u64,
+    pub log_size: u64,
+}
+
+/// Where a committed transaction is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TxLocation {
+    pub height: u64,
+    /// Position in the whole-ledger Merkle log.
+    pub leaf_index: u64,
+}
+
+/// The result for one submitted transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TxOutcome {
+    /// None only when the bytes did not decode.
+    pub hash: Option<TxHash>,
+    pub result: std::result::Result<TxLocation, RejectReason>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct BatchOutcome {
+    /// The block this batch became, if any transaction was accepted.
+    pub height: Option<u64>,
+    pub txs: Vec<TxOutcome>,
+}
+
+/// A batch as ordered by consensus.
+#[derive(Debug, Clone)]
+pub struct Batch<'a> {
+    /// Proposed by the leader; the block time is max(this, previous block time).
+    pub time_ms: u64,
+    pub txs: &'a [Vec<u8>],
+}
+
+struct TipState {
+    tip: Tip,
+    frontier: Frontier,
+}
+
+struct Inner {
+    db: Database,
+    genesis: Genesis,
+    signer: NodeSigner,
+    key_name: String,
+    origin: String,
+    tip: Mutex<TipState>,
+}
+
+/// A handle to the ledger; cheap to clone. Reads may run concurrently with the one
+/// applier (the consensus state machine).
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("chain", &self.inner.genesis.chain_id).finish()
+    }
+}
+
+/// The C2SP origin line of this chain's checkpoints.
+pub fn origin(genesis: &Genesis) -> String {
+    format!("medledger/{}", genesis.chain_id)
+}
+
+/// The key name under which a genesis node signs (by its key).
+pub(crate) fn signer_name(genesis: &Genesis, key: &medledger_core::NodeKey) -> String {
+    let id = genesis.nodes.iter().find(|n| &n.key == key).map(|n| n.id).unwrap_or(0);
+    key_name(genesis, id)
+}
+
+/// The signed-note key name of a node.
+pub fn key_name(genesis: &Genesis, node_id: u64) -> String {
+    format!("medledger/{}/node-{node_id}", genesis.chain_id)
+}
+
+struct TableNodes<'a, T: ReadableTable<u64, &'static [u8]>>(&'a T);
+
+impl<T: ReadableTable<u64, &'static [u8]>> NodeStore for TableNodes<'_, T> {
+    fn get_node(&self, index: u64) -> medledger_merkle::Result<Option<Digest32>> {
+        let v = self.0.get(index).map_err(|e| MerkleError::Store(e.to_string()))?;
+        match v {
+            None => Ok(None),
+            Some(v) => <[u8; 32]>::try_from(v.value())
+                .map(|a| Some(Digest32(a)))
+                .map_err(|_| MerkleError::Store(format!("node {index} is not 32 bytes"))),
+        }
+    }
+}
+
+struct TableState<T>(T);
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> StateRead for TableState<T> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.0.get(key)?.map(|v| v.value().to_vec()))
+    }
+}
+
+/// Earlier blocks' writes (same apply call) over the stored state.
+struct Layered<'a, S: StateRead> {
+    pending: &'a BTreeMap<Vec<u8>, Vec<u8>>,
+    base: &'a S,
+}
+
+impl<S: StateRead> StateRead for Layered<'_, S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.pending.get(key) {
+            Some(v) => Ok(Some(v.clone())),
+            None => self.base.get(key),
+        }
+    }
+}
+
+/// Decodes and checks a batch's transactions up to (not including) state checks.
+/// Shared by the applier and `verify`, so both apply the same rules.
+pub(crate) fn precheck(
+    genesis: &Genesis,
+    txs: &[Vec<u8>],
+    check_signatures: bool,
+) -> Vec<std::result::Result<(SignedTx, TxHash), (Option<TxHash>, RejectReason)>> {
+    let mut out: Vec<_> = txs
+        .iter()
+        .map(|bytes| {
+            if bytes.len() > MAX_TX_BYTES {
+                return Err((None, RejectReason::Oversized { size: bytes.len(), max: MAX_TX_BYTES }));
+            }
+            let tx = SignedTx::decode(bytes)
+                .map_err(|e| (None, RejectReason::Malformed { detail: e.to_string() }))?;
+            let hash = tx.check_without_signature(&genesis.chain_id).map_err(|r| (None, r))?;
+            Ok((tx, hash))
+        })
+        .collect();
+    let to_verify: Vec<(&SignedTx, TxHash)> =
+        out.iter().filter_map(|r| r.as_ref().ok().map(|(t, h)| (t, *h))).collect();
+    let verdicts =
+        if check_signatures { verify_signatures(&to_verify) } else { vec![true; to_verify.len()] };
+    let mut verdicts = verdicts.into_iter();
+    for r in out.iter_mut() {
+        if let Ok((_, h)) = r
+            && !verdicts.next().unwrap_or(false)
+        {
+            *r = Err((Some(*h), RejectReason::BadSignature));
+        }
+    }
+    out
+}
+
+/// A block built in memory, not yet stored.
+pub(crate) struct BuiltBlock {
+    pub block: SignedBlock,
+    pub hashes: Vec<TxHash>,
+    pub writes: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub nodes: Vec<(u64, Digest32)>,
+}
+
+/// Builds the header fields that follow from the accepted txs and state writes.
+pub(crate) fn header_for(
+    genesis: &Genesis,
+    prev: &Tip,
+    time_ms: u64,
+    hashes: &[TxHash],
+    writes: &BTreeMap<Vec<u8>, Vec<u8>>,
+    frontier: &mut Frontier,
+    nodes: &mut Vec<(u64, Digest32)>,
+) -> BlockHeader {
+    let tx_root = medledger_merkle::log::root_of(hashes.iter().map(|h| &h.0.0[..]));
+    for h in hashes {
+        frontier.push(&h.0.0, |i, d| nodes.push((i, d)));
+    }
+    let mut digest = StateDigest::default();
+    for (k, v) in writes {
+        digest.write(k, v);
+    }
+    BlockHeader {
+        version: BLOCK_VERSION,
+        chain_id: genesis.chain_id.clone(),
+        height: prev.height + 1,
+        prev_hash: prev.hash,
+        time_ms: time_ms.max(prev.time_ms),
+        tx_root,
+        tx_count: hashes.len() as u32,
+        log_root: frontier.root(),
+        log_size: frontier.size(),
+        state_digest: digest.finish(),
+    }
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger at `path` for `genesis`.
+    pub fn open(path: &Path, genesis: Genesis, signer: NodeSigner, node_id: u64) -> Result<Self> {
+        let db = Database::create(path)?;
+        let genesis_hash = genesis.hash();
+        let mut wtx = db.begin_write()?;
+        wtx.set_two_phase_commit(true);
+        let tip = {
+            let mut meta = wtx.open_table(META)?;
+            for t in [BLOCKS, MERKLE] {
+                wtx.open_table(t)?;
+            }
+            wtx.open_table(TX_INDEX)?;
+            wtx.open_table(SIZES)?;
+            let mut state = wtx.open_table(STATE)?;
+            let stored = meta.get(META_GENESIS)?.map(|v| v.value().to_vec());
+            match stored {
+                Some(h) if h != genesis_hash.0.0 => {
+                    return Err(LedgerError::GenesisMismatch {
+                        stored: hex_of(&h),
+                        given: genesis_hash.to_string(),
+                    });
+                }
+                Some(_) => {
+                    let format = meta.get(META_FORMAT)?.map(|v| v.value().to_vec());
+                    if format.as_deref() != Some(&[FORMAT_VERSION][..]) {
+                        return Err(LedgerError::CorruptMeta(format!(
+                            "unknown storage format {format:?}; this build reads {FORMAT_VERSION}"
+                        )));
+                    }
+                    let tip = meta
+                        .get(META_TIP)?
+                        .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
+                    Tip::try_from_slice(tip.value())
+                        .map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))?
+                }
+                None => {
+                    for (k, v) in exec::genesis_writes(&genesis) {
+                        state.insert(&k[..], &v[..])?;
+                    }
+                    let tip =
+                        Tip { height: 0, hash: genesis_hash, time_ms: genesis.created_ms, log_size: 0 };
+                    meta.insert(META_GENESIS, &genesis_hash.0.0[..])?;
+                    meta.insert(META_FORMAT, &[FORMAT_VERSION][..])?;
+                    meta.insert(META_TIP, &borsh::to_vec(&tip).expect("Vec")[..])?;
+                    tip
+                }
+            }
+        };
+        wtx.commit()?;
+        let rtx = db.begin_read()?;
+        let merkle = rtx.open_table(MERKLE)?;
+        let frontier = Frontier::load(&TableNodes(&merkle), tip.log_size)?;
+        drop(merkle);
+        drop(rtx);
+        Ok(Ledger {
+            inner: Arc::new(Inner {
+                db,
+                key_name: key_name(&genesis, node_id),
+                origin: origin(&genesis),
+                genesis,
+                signer,
+                tip: Mutex::new(TipState { tip, frontier }),
+            }),
+        })
+    }
+
+    pub fn genesis(&self) -> &Genesis {
+        &self.inner.genesis
+    }
+
+    pub fn node_key(&self) -> medledger_core::NodeKey {
+        self.inner.signer.public()
+    }
+
+    pub fn tip(&self) -> Tip {
+        self.lock_tip().tip.clone()
+    }
+
+    fn lock_tip(&self) -> std::sync::MutexGuard<'_, TipState> {
+        // A panic while holding this lock can only come from a bug in apply; the tip it
+        // guards is rebuilt from disk on restart, so continuing with it is safe.
+        self.inner.tip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies consensus-ordered batches: each batch with an accepted transaction
+    /// becomes one block. All blocks and `meta` are committed in one durable write.
+    pub fn apply(&self, batches: &[Batch<'_>], meta: &[(&str, &[u8])]) -> Result<Vec<BatchOutcome>> {
+        let mut guard = self.lock_tip();
+        let mut tip = guard.tip.clone();
+        let mut frontier = guard.frontier.clone();
+        let rtx = self.inner.db.begin_read()?;
+        let base = TableState(rtx.open_table(STATE)?);
+        let mut pending: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut built: Vec<BuiltBlock> = Vec::new();
+        let mut outcomes = Vec::with_capacity(batches.len());
+
+        for batch in batches {
+            let checked = precheck(&self.inner.genesis, batch.txs, true);
+            let layered = Layered { pending: &pending, base: &base };
+            let mut overlay = Overlay::new(&layered);
+            let mut accepted = Vec::new();
+            let mut results = Vec::with_capacity(checked.len());
+            for c in checked {
+                match c {
+                    Err((hash, reason)) => results.push(TxOutcome { hash, result: Err(reason) }),
+                    Ok((tx, hash)) => match exec::execute(&mut overlay, &tx)? {
+                        Err(reason) => results.push(TxOutcome { hash: Some(hash), result: Err(reason) }),
+                        Ok(()) => {
+                            let leaf_index = tip.log_size + accepted.len() as u64;
+                            results.push(TxOutcome {
+                                hash: Some(hash),
+                                result: Ok(TxLocation { height: tip.height + 1, leaf_index }),
+                            });
+                            accepted.push((tx, hash));
+                        }
+                    },
+                }
+            }
+            let writes = std::mem::take(&mut overlay.writes);
+            if accepted.is_empty() {
+                outcomes.push(BatchOutcome { height: None, txs: results });
+                continue;
+            }
+            let hashes: Vec<TxHash> = accepted.iter().map(|(_, h)| *h).collect();
+            let mut nodes = Vec::new();
+            let header = header_for(
+                &self.inner.genesis,
+                &tip,
+                batch.time_ms,
+                &hashes,
+                &writes,
+                &mut frontier,
+                &mut nodes,
+            );
+            let block = self.sign_block(header, accepted.into_iter().map(|(t, _)| t).collect());
+            tip = Tip {
+                height: block.header.height,
+                hash: block.header.hash(),
+                time_ms: block.header.time_ms,
+                log_size: block.header.log_size,
+            };
+            for (k, v) in &writes {
+                pending.insert(k.clone(), v.clone());
+            }
+            outcomes.push(BatchOutcome { height: Some(tip.height), txs: results });
+            built.push(BuiltBlock { block, hashes, writes, nodes });
+        }
+        drop(base);
+        drop(rtx);
+
+        self.write(&built, &tip, meta)?;
+        guard.tip = tip;
+        guard.frontier = frontier;
+        Ok(outcomes)
+    }
+
+    fn sign_block(&self, header: BlockHeader, txs: Vec<SignedTx>) -> SignedBlock {
+        let signer = &self.inner.signer;
+        let signature = SignatureBytes(signer.sign(&header.hash().0.0));
+        let cp = Checkpoint { origin: self.inner.origin.clone(), size: header.log_size, root: header.log_root };
+        let cp_sig = cp.sign(&self.inner.key_name, signer).signatures[0].signature;
+        SignedBlock {
+            header,
+            signer: signer.public(),
+            signature,
+            checkpoint_signature: SignatureBytes(cp_sig),
+            txs,
+        }
+    }
+
+    fn write(&self, built: &[BuiltBlock], tip: &Tip, meta: &[(&str, &[u8])]) -> Result<()> {
+        let mut wtx = self.inner.db.begin_write()?;
+        if built.is_empty() {
+            // Nothing but consensus bookkeeping: if lost in a crash, consensus re-applies
+            // the entries, which (being all-rejected) change nothing again.
+            wtx.set_durability(Durability::None)?;
+        } else {
+            wtx.set_two_phase_commit(true);
+        }
+        {
+            let mut blocks = wtx.open_table(BLOCKS)?;
+            let mut index = wtx.open_table(TX_INDEX)?;
+            let mut merkle = wtx.open_table(MERKLE)?;
+            let mut state = wtx.open_table(STATE)?;
+            let mut sizes = wtx.open_table(SIZES)?;
+            let mut meta_t = wtx.open_table(META)?;
+            for b in built {
+                let h = &b.block.header;
+                blocks.insert(h.height, &b.block.to_bytes()[..])?;
+                let first_leaf = h.log_size - h.tx_count as u64;
+                for (i, hash) in b.hashes.iter().enumerate() {
+                    index.insert(&hash.0.0[..], (h.height, first_leaf + i as u64))?;
+                }
+                for (i, d) in &b.nodes {
+                    merkle.insert(*i, &d.0[..])?;
+                }
+                for (k, v) in &b.writes {
+                    state.insert(&k[..], &v[..])?;
+                }
+                sizes.insert(h.log_size, h.height)?;
+            }
+            if !built.is_empty() {
+                meta_t.insert(META_TIP, &borsh::to_vec(tip).expect("Vec")[..])?;
+            }
+            for (k, v) in meta {
+                meta_t.insert(*k, *v)?;
+            }
+        }
+        wtx.commit()?;
+        Ok(())
+    }
+
+    /// Reads a metadata value stored by [`Ledger::apply`] or [`Ledger::put_meta`].
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let rtx = self.inner.db.begin_read()?;
+        let t = rtx.open_table(META)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        let mut wtx = self.inner.db.begin_write()?;
+        wtx.set_two_phase_commit(true);
+        wtx.open_table(META)?.insert(key, value)?;
+        wtx.commit()?;
+        Ok(())
+    }
+
+    pub fn block(&self, height: u64) -> Result<SignedBlock> {
+        let rtx = self.inner.db.begin_read()?;
+        let t = rtx.open_table(BLOCKS)?;
+        let v = t.get(height)?.ok_or(LedgerError::NoSuchBlock(height))?;
+        SignedBlock::decode(v.value())
+            .map_err(|e| LedgerError::Corrupt { height, reason: e.to_string() })
+    }
+
+    /// A committed transaction and where it is.
+    pub fn tx(&self, hash: &TxHash) -> Result<(TxLocation, SignedTx)> {
+        let loc = self.tx_location(hash)?.ok_or(LedgerError::NoSuchTx)?;
+        let block = self.block(loc.height)?;
+        let first = block.header.log_size - block.header.tx_count as u64;
+        let tx = block
+            .txs
+            .get((loc.leaf_index - first) as usize)
+            .cloned()
+            .ok_or_else(|| LedgerError::Corrupt { height: loc.height, reason: "tx index".into() })?;
+        Ok((loc, tx))
+    }
+
+    pub fn tx_location(&self, hash: &TxHash) -> Result<Option<TxLocation>> {
+        let rtx = self.inner.db.begin_read()?;
+        let t = rtx.open_table(TX_INDEX)?;
+        Ok(t.get(&hash.0.0[..])?.map(|v| {
+            let (height, leaf_index) = v.value();
+            TxLocation { height, leaf_index }
+        }))
+    }
+
+    pub fn account(&self, id: &AccountId) -> Result<Option<AccountState>> {
+        let rtx = self.inner.db.begin_read()?;
+        let state = TableState(rtx.open_table(STATE)?);
+        Overlay::new(&state).account(id)
+    }
+
+    /// The signed tree head at `size` (a block boundary), or the latest.
+    pub fn checkpoint(&self, size: Option<u64>) -> Result<SignedCheckpoint> {
+        let tip = self.tip();
+        let size = size.unwrap_or(tip.log_size);
+        if size == 0 {
+            return Err(LedgerError::NoSuchHead(0));
+        }
+        let height = {
+            let rtx = self.inner.db.begin_read()?;
+            let t = rtx.open_table(SIZES)?;
+            let h = t.get(size)?.ok_or(LedgerError::NoSuchHead(size))?.value();
+            h
+        };
+        let block = self.block(height)?;
+        let cp = Checkpoint {
+            origin: self.inner.origin.clone(),
+            size: block.header.log_size,
+            root: block.header.log_root,
+        };
+        Ok(SignedCheckpoint::from_parts(
+            cp,
+            &signer_name(&self.inner.genesis, &block.signer),
+            &block.signer,
+            block.checkpoint_signature.0,
+        ))
+    }
+
+    /// Inclusion proof of leaf `index` in the tree of `size` leaves.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Digest32>> {
+        let have = self.tip().log_size;
+        let rtx = self.inner.db.begin_read()?;
+        let t = rtx.open_table(MERKLE)?;
+        Ok(medledger_merkle::inclusion_proof(&TableNodes(&t), size, index, have)?)
+    }
+
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Digest32>> {
+        let have = self.tip().log_size;
+        let rtx = self.inner.db.begin_read()?;
+        let t = rtx.open_table(MERKLE)?;
+        Ok(medledger_merkle::consistency_proof(&TableNodes(&t), old, new, have)?)
+    }
+
+    /// Everything in the ledger, for a Raft snapshot.
+    pub fn export(&self) -> Result<Vec<u8>> {
+        let rtx = self.inner.db.begin_read()?;
+        let mut dump = Dump::default();
+        for r in rtx.open_table(BLOCKS)?.iter()? {
+            let (k, v) = r?;
+            dump.blocks.push((k.value(), v.value().to_vec()));
+        }
+        for r in rtx.open_table(TX_INDEX)?.iter()? {
+            let (k, v) = r?;
+            dump.tx_index.push((k.value().to_vec(), v.value()));
+        }
+        for r in rtx.open_table(MERKLE)?.iter()? {
+            let (k, v) = r?;
+            dump.merkle.push((k.value(), v.value().to_vec()));
+        }
+        for r in rtx.open_table(STATE)?.iter()? {
+            let (k, v) = r?;
+            dump.state.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        for r in rtx.open_table(SIZES)?.iter()? {
+            let (k, v) = r?;
+            dump.sizes.push((k.value(), v.value()));
+        }
+        for r in rtx.open_table(META)?.iter()? {
+            let (k, v) = r?;
+            dump.meta.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(borsh::to_vec(&dump).expect("Vec"))
+    }
+
+    /// Replaces the whole ledger with an [`Ledger::export`] image of the same genesis.
+    pub fn import(&self, bytes: &[u8]) -> Result<()> {
+        let dump = Dump::try_from_slice(bytes)
+            .map_err(|e| LedgerError::CorruptMeta(format!("snapshot: {e}")))?;
+        let genesis_hash = self.inner.genesis.hash();
+        let theirs = dump.meta.iter().find(|(k, _)| k == META_GENESIS).map(|(_, v)| v.clone());
+        if theirs.as_deref() != Some(&genesis_hash.0.0[..]) {
+            return Err(LedgerError::GenesisMismatch {
+                stored: theirs.map(|h| hex_of(&h)).unwrap_or_default(),
+                given: genesis_hash.to_string(),
+            });
+        }
+        let mut guard = self.lock_tip();
+        let mut wtx = self.inner.db.begin_write()?;
+        wtx.set_two_phase_commit(true);
+        {
+            let mut t = wtx.open_table(BLOCKS)?;
+            t.retain(|_, _| false)?;
+            for (k, v) in &dump.blocks {
+                t.insert(*k, &v[..])?;
+            }
+            let mut t = wtx.open_table(TX_INDEX)?;
+            t.retain(|_, _| false)?;
+            for (k, v) in &dump.tx_index {
+                t.insert(&k[..], *v)?;
+            }
+            let mut t = wtx.open_table(MERKLE)?;
+            t.retain(|_, _| false)?;
+            for (k, v) in &dump.merkle {
+                t.insert(*k, &v[..])?;
+            }
+            let mut t = wtx.open_table(STATE)?;
+            t.retain(|_, _| false)?;
+            for (k, v) in &dump.state {
+                t.insert(&k[..], &v[..])?;
+            }
+            let mut t = wtx.open_table(SIZES)?;
+            t.retain(|_, _| false)?;
+            for (k, v) in &dump.sizes {
+                t.insert(*k, *v)?;
+            }
+            let mut t = wtx.open_table(META)?;
+            t.retain(|_, _| false)?;
+            for (k, v) in &dump.meta {
+                t.insert(k.as_str(), &v[..])?;
+            }
+        }
+        wtx.commit()?;
+        let tip = self.meta_tip()?;
+        let rtx = self.inner.db.begin_read()?;
+        let frontier = Frontier::load(&TableNodes(&rtx.open_table(MERKLE)?), tip.log_size)?;
+        guard.tip = tip;
+        guard.frontier = frontier;
+        Ok(())
+    }
+
+    fn meta_tip(&self) -> Result<Tip> {
+        let bytes = self.meta(META_TIP)?.ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
+        Tip::try_from_slice(&bytes).map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.inner.db
+    }
+}
+
+#[derive(Default, BorshSerialize, BorshDeserialize)]
+struct Dump {
+    blocks: Vec<(u64, Vec<u8>)>,
+    tx_index: Vec<(Vec<u8>, (u64, u64))>,
+    merkle: Vec<(u64, Vec<u8>)>,
+    state: Vec<(Vec<u8>, Vec<u8>)>,
+    sizes: Vec<(u64, u64)>,
+    meta: Vec<(String, Vec<u8>)>,
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
