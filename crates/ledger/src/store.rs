@@ -539,8 +539,9 @@ impl Ledger {
         Ok(medledger_merkle::consistency_proof(&TableNodes(&t), old, new, have)?)
     }
 
-    /// Everything in the ledger, for a Raft snapshot.
-    pub fn export(&self) -> Result<Vec<u8>> {
+    /// Everything in the ledger, for a Raft snapshot, with the values of `meta_keys`
+    /// as of the same consistent read.
+    pub fn export(&self, meta_keys: &[&str]) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>)> {
         let rtx = self.inner.db.begin_read()?;
         let mut dump = Dump::default();
         for r in rtx.open_table(BLOCKS)?.iter()? {
@@ -567,7 +568,11 @@ impl Ledger {
             let (k, v) = r?;
             dump.meta.push((k.value().to_owned(), v.value().to_vec()));
         }
-        Ok(borsh::to_vec(&dump).expect("Vec"))
+        let values = meta_keys
+            .iter()
+            .map(|k| dump.meta.iter().find(|(m, _)| m == k).map(|(_, v)| v.clone()))
+            .collect();
+        Ok((borsh::to_vec(&dump).expect("Vec"), values))
     }
 
     /// Replaces the whole ledger with an [`Ledger::export`] image of the same genesis.
