@@ -40,7 +40,7 @@ const META_FORMAT: &str = "format";
 const FORMAT_VERSION: u8 = 1;
 
 /// The newest block, as the rest of the node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, serde::Deserialize)]
 pub struct Tip {
     pub height: u64,
     pub hash: BlockHash,

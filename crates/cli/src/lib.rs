@@ -1,0 +1,343 @@
+//! The `medledger` commands. Each subcommand is a function over the node, ledger and
+//! client libraries; `main` stays thin.
+
+mod bench;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use medledger_core::tx::TX_VERSION;
+use medledger_core::{AccountId, ChainId, Digest32, Payload, TxBody, TxHash};
+use medledger_ledger::{VerifyMode, verify_ledger};
+use medledger_merkle::SignedCheckpoint;
+use medledger_merkle::verify::{verify_consistency, verify_inclusion};
+use medledger_node::client::Client;
+use medledger_node::datadir::{self, InitOptions};
+use medledger_node::keystore::KeystoreFile;
+use medledger_node::{ServeConfig, StartupCheck};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(name = "medledger", version, about = "Permissioned ledger for health records")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new chain in a data directory: genesis, admin keystore, node key, TLS cert.
+    Init(InitArgs),
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Recompute every hash, signature, Merkle root and state digest (node stopped).
+    Verify(DataDirArg),
+    /// Build, sign locally, submit and look up transactions.
+    #[command(subcommand)]
+    Tx(TxCommand),
+    /// Fetch a proof from a node and verify it offline against a signed tree head.
+    #[command(subcommand)]
+    Proof(ProofCommand),
+    /// Benchmarks that print their figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataDirArg {
+    /// Data directory.
+    #[arg(long, env = "MEDLEDGER_DATA_DIR", default_value = "medledger-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// Chain id (a-z, 0-9, '-').
+    #[arg(long, default_value = "medledger-dev")]
+    pub chain_id: String,
+    /// File holding the admin keystore password; if absent one is generated and
+    /// written to <data-dir>/admin.password (mode 0600).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CheckArg {
+    Full,
+    Quick,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Serve plain HTTP instead of HTTPS.
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// PEM certificate and key to use instead of the data dir's self-signed pair.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Initialise the data directory first if it is empty (development quick start).
+    #[arg(long)]
+    pub init: bool,
+    #[arg(long, value_enum, default_value = "full")]
+    pub startup_check: CheckArg,
+    /// Mount the node-to-node Raft endpoints (multi-node clusters).
+    #[arg(long)]
+    pub peer_rpc: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// Node URL.
+    #[arg(long, env = "MEDLEDGER_NODE", default_value = "https://127.0.0.1:7700")]
+    pub node: String,
+    /// CA certificate (PEM) to trust; default: <data-dir>/tls/cert.pem if present.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub dir: DataDirArg,
+}
+
+impl NodeArgs {
+    fn client(&self) -> Result<Client> {
+        let default_ca = self.dir.data_dir.join(datadir::TLS_CERT);
+        let ca = self.ca.clone().or_else(|| default_ca.exists().then_some(default_ca));
+        let ca = if self.node.starts_with("https://") { ca } else { None };
+        Ok(Client::new(&self.node, ca.as_deref())?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TxCommand {
+    /// Sign a transaction with a keystore and submit it; waits until committed.
+    Submit(SubmitArgs),
+    /// Show a transaction's status.
+    Status {
+        hash: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Keystore file of the signing account (default: the data dir's admin keystore).
+    #[arg(long)]
+    pub keystore: Option<PathBuf>,
+    /// File with the keystore password (default: <data-dir>/admin.password).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub payload: PayloadArg,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PayloadArg {
+    /// Anchor a 32-byte digest (hex).
+    Anchor { digest: String },
+    /// Register an account (consortium admin only).
+    RegisterAccount {
+        /// did:key of the new account.
+        account: String,
+        /// Its X25519 public key, hex.
+        encryption_key: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProofCommand {
+    /// Prove a transaction is in the ledger.
+    Inclusion {
+        hash: String,
+        /// Tree size of the head to prove against (default: latest).
+        #[arg(long)]
+        size: Option<u64>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Prove the head at OLD is a prefix of the head at NEW.
+    Consistency {
+        old: u64,
+        new: Option<u64>,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Commit throughput and latency over the HTTP API, and verify throughput.
+    Ledger(bench::LedgerBenchArgs),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init(a) => init(a),
+        Command::Serve(a) => serve(a),
+        Command::Verify(d) => verify(&d.data_dir),
+        Command::Tx(TxCommand::Submit(a)) => runtime()?.block_on(submit(a)),
+        Command::Tx(TxCommand::Status { hash, node }) => runtime()?.block_on(status(&hash, &node)),
+        Command::Proof(ProofCommand::Inclusion { hash, size, node }) => {
+            runtime()?.block_on(proof_inclusion(&hash, size, &node))
+        }
+        Command::Proof(ProofCommand::Consistency { old, new, node }) => {
+            runtime()?.block_on(proof_consistency(old, new, &node))
+        }
+        Command::Bench(BenchCommand::Ledger(a)) => bench::ledger(a),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn read_secret(path: &Path) -> Result<String> {
+    let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn init(a: InitArgs) -> Result<()> {
+    let password = a.password_file.as_deref().map(read_secret).transpose()?;
+    let report = datadir::init(
+        &a.dir.data_dir,
+        InitOptions { chain_id: ChainId::new(a.chain_id)?, admin_password: password, node_id: 1 },
+    )?;
+    println!("initialised {}", report.data_dir.display());
+    println!("  chain id     {}", report.chain_id);
+    println!("  admin        {}", report.admin);
+    println!("  node key     {}", report.node_key);
+    println!("  genesis hash {}", report.genesis_hash);
+    if let Some(p) = report.password_file {
+        println!("  admin keystore password written to {} (mode 0600)", p.display());
+    }
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    if a.init && !datadir::is_initialised(&a.dir.data_dir) {
+        init(InitArgs { dir: a.dir.clone(), chain_id: "medledger-dev".into(), password_file: None })?;
+    }
+    let mut config = ServeConfig::new(a.dir.data_dir, a.listen);
+    config.insecure_http = a.insecure_http;
+    config.tls_cert = a.tls_cert;
+    config.tls_key = a.tls_key;
+    config.peer_rpc = a.peer_rpc;
+    config.startup_check = match a.startup_check {
+        CheckArg::Full => StartupCheck::Full,
+        CheckArg::Quick => StartupCheck::Quick,
+    };
+    runtime()?.block_on(medledger_node::serve(config, |url| {
+        println!("medledger listening on {url}");
+    }))?;
+    Ok(())
+}
+
+fn verify(dir: &Path) -> Result<()> {
+    let genesis = datadir::read_genesis(dir)?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} txs {per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = verify_ledger(&dir.join(datadir::LEDGER_DB), &genesis, VerifyMode::Full, &progress);
+    bar.finish_and_clear();
+    let r = result.context("verification FAILED")?;
+    println!(
+        "ledger OK: {} blocks, {} transactions, root {} ({:.2}s, {:.0} tx/s)",
+        r.blocks, r.txs, r.log_root, r.seconds, r.txs_per_second
+    );
+    Ok(())
+}
+
+async fn submit(a: SubmitArgs) -> Result<()> {
+    let dir = &a.node.dir.data_dir;
+    let ks_path = a.keystore.unwrap_or_else(|| dir.join(datadir::ADMIN_KEYSTORE));
+    let pw_path = a.password_file.unwrap_or_else(|| dir.join(datadir::ADMIN_PASSWORD));
+    let ks = KeystoreFile::read(&ks_path)?;
+    let keys = ks.open(read_secret(&pw_path)?.as_bytes())?;
+    let payload = match a.payload {
+        PayloadArg::Anchor { digest } => {
+            Payload::Anchor { digest: Digest32::from_hex(&digest).context("digest must be 64 hex digits")? }
+        }
+        PayloadArg::RegisterAccount { account, encryption_key } => Payload::RegisterAccount {
+            account: account.parse::<AccountId>()?,
+            encryption_key: Digest32::from_hex(&encryption_key).context("encryption key must be 64 hex digits")?,
+        },
+    };
+    let client = a.node.client()?;
+    let status = client.status().await?;
+    let nonce = client.account_nonce(&keys.account()).await? + 1;
+    let tx = TxBody {
+        version: TX_VERSION,
+        chain_id: ChainId::new(status.chain_id)?,
+        signer: keys.account(),
+        nonce,
+        payload,
+    }
+    .sign(&keys.signing);
+    let r = client.submit(&tx.to_bytes()).await?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    if r.status != "committed" {
+        bail!("transaction rejected");
+    }
+    Ok(())
+}
+
+async fn status(hash: &str, node: &NodeArgs) -> Result<()> {
+    let hash: TxHash = hash.parse()?;
+    match node.client()?.tx_status(&hash).await? {
+        Some(s) => println!("{}", serde_json::to_string_pretty(&s)?),
+        None => bail!("transaction {hash} is not in the ledger"),
+    }
+    Ok(())
+}
+
+/// Fetches a head and checks its signature with the node key from the local genesis.
+async fn verified_head(client: &Client, node: &NodeArgs, size: Option<u64>) -> Result<medledger_merkle::Checkpoint> {
+    let genesis = datadir::read_genesis(&node.dir.data_dir)
+        .context("the genesis file holds the node keys that heads are checked against")?;
+    let note = client.tree_head(size).await?;
+    let signed = SignedCheckpoint::parse(&note)?;
+    for n in &genesis.nodes {
+        if let Ok(cp) = signed.verify(&n.key) {
+            return Ok(cp.clone());
+        }
+    }
+    bail!("tree head is not signed by any node in genesis")
+}
+
+async fn proof_inclusion(hash: &str, size: Option<u64>, node: &NodeArgs) -> Result<()> {
+    let hash: TxHash = hash.parse()?;
+    let client = node.client()?;
+    let head = verified_head(&client, node, size).await?;
+    let p = client.inclusion(&hash, head.size).await?;
+    verify_inclusion(&head.root, head.size, &hash.0.0, p.leaf_index, &p.proof)
+        .context("inclusion proof does NOT verify")?;
+    println!("inclusion proof OK: {hash} is leaf {} of the tree of size {} with root {}", p.leaf_index, head.size, head.root);
+    Ok(())
+}
+
+async fn proof_consistency(old: u64, new: Option<u64>, node: &NodeArgs) -> Result<()> {
+    let client = node.client()?;
+    let new_head = verified_head(&client, node, new).await?;
+    let old_head = verified_head(&client, node, Some(old)).await?;
+    let p = client.consistency(old_head.size, new_head.size).await?;
+    verify_consistency(&old_head.root, old_head.size, &new_head.root, new_head.size, &p.proof)
+        .context("consistency proof does NOT verify")?;
+    println!("consistency proof OK: tree {} is a prefix of tree {}", old_head.size, new_head.size);
+    Ok(())
+}

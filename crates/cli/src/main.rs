@@ -1,0 +1,22 @@
+//! `medledger`: parse arguments, set up logging, run one command, map errors to an
+//! exit code. Everything else lives in the library.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = medledger::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MEDLEDGER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,medledger=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match medledger::run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

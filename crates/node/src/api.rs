@@ -1,0 +1,454 @@
+//! The JSON API under `/v1`, the node-to-node Raft endpoints under `/raft`, health
+//! and Prometheus metrics. Handlers are thin: decode, call the ledger or batcher, map
+//! errors through [`ApiError`], which never exposes internals to the client.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use medledger_consensus::{Batcher, ConsensusError, Raft};
+use medledger_core::tx::verify_signatures;
+use medledger_core::{AccountId, Digest32, MAX_TX_BYTES, RejectReason, SignedTx, TxHash};
+use medledger_ledger::{Ledger, LedgerError, TxOutcome};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Most transactions accepted in one `POST /v1/txs`.
+pub const MAX_TXS_PER_REQUEST: usize = 10_000;
+/// Request body limit: a full batch of maximum-size transactions in base64, plus JSON.
+pub const MAX_BODY_BYTES: usize = 24 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub ledger: Ledger,
+    pub raft: Raft,
+    pub batcher: Batcher,
+    pub metrics: PrometheusHandle,
+}
+
+/// `peer_rpc` mounts the node-to-node Raft endpoints; off for a single node, since
+/// they must only be reachable by consortium peers (mutual TLS comes with clustering).
+pub fn router(state: AppState, peer_rpc: bool) -> Router {
+    let mut r = Router::new();
+    if peer_rpc {
+        r = r
+            .route("/raft/append", post(raft_append))
+            .route("/raft/vote", post(raft_vote))
+            .route("/raft/snapshot", post(raft_snapshot));
+    }
+    r
+        .route("/v1/tx", post(submit_one))
+        .route("/v1/txs", post(submit_many))
+        .route("/v1/tx/{hash}", get(tx_status))
+        .route("/v1/blocks/{height}", get(block))
+        .route("/v1/tree-head", get(tree_head))
+        .route("/v1/proof/inclusion", get(inclusion))
+        .route("/v1/proof/consistency", get(consistency))
+        .route("/v1/accounts/{id}", get(account))
+        .route("/v1/status", get(status))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+/// The one error type of the HTTP layer.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    NotFound(&'static str),
+    Unavailable(String),
+    Internal(String),
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".to_owned())
+            }
+        };
+        (status, Json(serde_json::json!({ "error": ErrorBody { code: code.into(), message } })))
+            .into_response()
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::NoSuchBlock(_) => ApiError::NotFound("block"),
+            LedgerError::NoSuchTx => ApiError::NotFound("transaction"),
+            LedgerError::NoSuchHead(_) => ApiError::NotFound("tree head at that size"),
+            LedgerError::Merkle(m) => ApiError::BadRequest(m.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::BadRequest(e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::BadRequest(e.body_text())
+    }
+}
+
+#[derive(Deserialize)]
+pub struct SubmitOne {
+    /// Base64 of the canonical (borsh) signed transaction.
+    pub tx: String,
+}
+
+#[derive(Deserialize, Serialize)]
+pub struct SubmitMany {
+    pub txs: Vec<String>,
+}
+
+/// The outcome of one submitted transaction.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SubmitResult {
+    pub hash: Option<TxHash>,
+    /// "committed" or "rejected".
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaf_index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<RejectBody>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct RejectBody {
+    pub code: String,
+    pub message: String,
+    pub reason: RejectReason,
+}
+
+impl From<TxOutcome> for SubmitResult {
+    fn from(o: TxOutcome) -> Self {
+        match o.result {
+            Ok(loc) => SubmitResult {
+                hash: o.hash,
+                status: "committed".into(),
+                height: Some(loc.height),
+                leaf_index: Some(loc.leaf_index),
+                error: None,
+            },
+            Err(reason) => SubmitResult {
+                hash: o.hash,
+                status: "rejected".into(),
+                height: None,
+                leaf_index: None,
+                error: Some(RejectBody {
+                    code: reason.code().into(),
+                    message: reason.to_string(),
+                    reason,
+                }),
+            },
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct SubmitManyResponse {
+    pub results: Vec<SubmitResult>,
+}
+
+fn reject(hash: Option<TxHash>, reason: RejectReason) -> TxOutcome {
+    TxOutcome { hash, result: Err(reason) }
+}
+
+/// Stateless checks and a cheap look at committed state, so that obviously invalid
+/// transactions never reach the Raft log. The state machine checks again.
+fn admission(ledger: &Ledger, raw: Vec<std::result::Result<Vec<u8>, String>>) -> Vec<std::result::Result<Vec<u8>, TxOutcome>> {
+    let chain = &ledger.genesis().chain_id;
+    let mut decoded: Vec<std::result::Result<(Vec<u8>, SignedTx, TxHash), TxOutcome>> = raw
+        .into_iter()
+        .map(|r| {
+            let bytes = r.map_err(|detail| reject(None, RejectReason::Malformed { detail }))?;
+            if bytes.len() > MAX_TX_BYTES {
+                return Err(reject(None, RejectReason::Oversized { size: bytes.len(), max: MAX_TX_BYTES }));
+            }
+            let tx = SignedTx::decode(&bytes)
+                .map_err(|e| reject(None, RejectReason::Malformed { detail: e.to_string() }))?;
+            let hash = tx.check_without_signature(chain).map_err(|r| reject(Some(tx.body.hash()), r))?;
+            Ok((bytes, tx, hash))
+        })
+        .collect();
+    let pairs: Vec<(&SignedTx, TxHash)> =
+        decoded.iter().filter_map(|d| d.as_ref().ok().map(|(_, t, h)| (t, *h))).collect();
+    let verdicts = verify_signatures(&pairs);
+    let mut v = verdicts.into_iter();
+    for d in decoded.iter_mut() {
+        if let Ok((_, _, h)) = d
+            && !v.next().unwrap_or(false)
+        {
+            *d = Err(reject(Some(*h), RejectReason::BadSignature));
+        }
+    }
+    decoded
+        .into_iter()
+        .map(|d| {
+            let (bytes, tx, hash) = d?;
+            match ledger.account(&tx.body.signer) {
+                Ok(None) => Err(reject(Some(hash), RejectReason::UnknownSigner)),
+                Ok(Some(a)) if tx.body.nonce <= a.nonce => Err(reject(
+                    Some(hash),
+                    RejectReason::ReplayedNonce { expected: a.nonce + 1, got: tx.body.nonce },
+                )),
+                _ => Ok(bytes),
+            }
+        })
+        .collect()
+}
+
+async fn submit(state: &AppState, encoded: Vec<String>) -> Result<Vec<SubmitResult>, ApiError> {
+    let started = Instant::now();
+    let ledger = state.ledger.clone();
+    let raw = encoded.into_iter().map(|s| B64.decode(s).map_err(|e| format!("not base64: {e}"))).collect();
+    let admitted = tokio::task::spawn_blocking(move || admission(&ledger, raw))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let to_submit: Vec<Vec<u8>> = admitted.iter().filter_map(|a| a.as_ref().ok().cloned()).collect();
+    let mut committed = state.batcher.submit(to_submit).await.into_iter();
+    let mut out = Vec::with_capacity(admitted.len());
+    for a in admitted {
+        let outcome = match a {
+            Err(o) => o,
+            Ok(_) => match committed.next() {
+                Some(Ok(o)) => o,
+                Some(Err(ConsensusError::NotLeader(l))) => {
+                    return Err(ApiError::Unavailable(format!("not the leader (leader: {l:?})")));
+                }
+                Some(Err(e)) => return Err(ApiError::Unavailable(e.to_string())),
+                None => return Err(ApiError::Internal("batcher lost a result".into())),
+            },
+        };
+        let label = match &outcome.result {
+            Ok(_) => "committed",
+            Err(r) => r.code(),
+        };
+        metrics::counter!("medledger_txs_total", "result" => label).increment(1);
+        out.push(SubmitResult::from(outcome));
+    }
+    metrics::histogram!("medledger_submit_seconds").record(started.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+async fn submit_one(
+    State(s): State<AppState>,
+    body: Result<Json<SubmitOne>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body?;
+    let r = submit(&s, vec![req.tx]).await?.remove(0);
+    let status = if r.status == "committed" { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    Ok((status, Json(r)).into_response())
+}
+
+async fn submit_many(
+    State(s): State<AppState>,
+    body: Result<Json<SubmitMany>, JsonRejection>,
+) -> Result<Json<SubmitManyResponse>, ApiError> {
+    let Json(req) = body?;
+    if req.txs.len() > MAX_TXS_PER_REQUEST {
+        return Err(ApiError::BadRequest(format!("at most {MAX_TXS_PER_REQUEST} transactions per request")));
+    }
+    Ok(Json(SubmitManyResponse { results: submit(&s, req.txs).await? }))
+}
+
+fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiError> {
+    s.parse().map_err(|_| ApiError::BadRequest(format!("invalid {what}")))
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct TxStatus {
+    pub hash: TxHash,
+    pub status: String,
+    pub height: u64,
+    pub leaf_index: u64,
+    pub tx: SignedTx,
+}
+
+async fn tx_status(State(s): State<AppState>, Path(hash): Path<String>) -> Result<Json<TxStatus>, ApiError> {
+    let hash: TxHash = parse(&hash, "transaction hash")?;
+    let (loc, tx) = s.ledger.tx(&hash)?;
+    Ok(Json(TxStatus { hash, status: "committed".into(), height: loc.height, leaf_index: loc.leaf_index, tx }))
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct BlockView {
+    pub hash: medledger_core::BlockHash,
+    #[serde(flatten)]
+    pub block: medledger_core::SignedBlock,
+}
+
+async fn block(State(s): State<AppState>, Path(height): Path<String>) -> Result<Json<BlockView>, ApiError> {
+    let height: u64 = parse(&height, "height")?;
+    let block = s.ledger.block(height)?;
+    Ok(Json(BlockView { hash: block.header.hash(), block }))
+}
+
+#[derive(Deserialize)]
+struct SizeQuery {
+    size: Option<u64>,
+}
+
+async fn tree_head(
+    State(s): State<AppState>,
+    q: Result<Query<SizeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    let note = s.ledger.checkpoint(q.size)?.to_note();
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
+}
+
+#[derive(Deserialize)]
+struct InclusionQuery {
+    hash: String,
+    size: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct InclusionProofView {
+    pub hash: TxHash,
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    pub proof: Vec<Digest32>,
+}
+
+async fn inclusion(
+    State(s): State<AppState>,
+    q: Result<Query<InclusionQuery>, QueryRejection>,
+) -> Result<Json<InclusionProofView>, ApiError> {
+    let Query(q) = q?;
+    let hash: TxHash = parse(&q.hash, "transaction hash")?;
+    let loc = s.ledger.tx_location(&hash)?.ok_or(ApiError::NotFound("transaction"))?;
+    let size = q.size.unwrap_or(s.ledger.tip().log_size);
+    let proof = s.ledger.inclusion_proof(loc.leaf_index, size)?;
+    Ok(Json(InclusionProofView { hash, leaf_index: loc.leaf_index, tree_size: size, proof }))
+}
+
+#[derive(Deserialize)]
+struct ConsistencyQuery {
+    old: u64,
+    new: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ConsistencyProofView {
+    pub old_size: u64,
+    pub new_size: u64,
+    pub proof: Vec<Digest32>,
+}
+
+async fn consistency(
+    State(s): State<AppState>,
+    q: Result<Query<ConsistencyQuery>, QueryRejection>,
+) -> Result<Json<ConsistencyProofView>, ApiError> {
+    let Query(q) = q?;
+    let new = q.new.unwrap_or(s.ledger.tip().log_size);
+    let proof = s.ledger.consistency_proof(q.old, new)?;
+    Ok(Json(ConsistencyProofView { old_size: q.old, new_size: new, proof }))
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct AccountView {
+    pub account: AccountId,
+    pub nonce: u64,
+    pub encryption_key: Digest32,
+    pub consortium_admin: bool,
+}
+
+async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<AccountView>, ApiError> {
+    let id: AccountId = parse(&id, "account id (did:key)")?;
+    let a = s.ledger.account(&id)?.ok_or(ApiError::NotFound("account"))?;
+    Ok(Json(AccountView {
+        account: id,
+        nonce: a.nonce,
+        encryption_key: a.encryption_key,
+        consortium_admin: a.consortium_admin,
+    }))
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct StatusView {
+    pub chain_id: String,
+    pub node_key: medledger_core::NodeKey,
+    pub genesis_hash: medledger_core::BlockHash,
+    pub tip: medledger_ledger::Tip,
+    pub leader: Option<u64>,
+}
+
+async fn status(State(s): State<AppState>) -> Json<StatusView> {
+    let leader = s.raft.metrics().borrow().current_leader;
+    Json(StatusView {
+        chain_id: s.ledger.genesis().chain_id.to_string(),
+        node_key: s.ledger.node_key(),
+        genesis_hash: s.ledger.genesis().hash(),
+        tip: s.ledger.tip(),
+        leader,
+    })
+}
+
+async fn health(State(s): State<AppState>) -> Response {
+    let m = s.raft.metrics().borrow().clone();
+    let ok = m.current_leader.is_some();
+    let body = serde_json::json!({ "ok": ok, "leader": m.current_leader, "state": format!("{:?}", m.state) });
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    let tip = s.ledger.tip();
+    metrics::gauge!("medledger_block_height").set(tip.height as f64);
+    metrics::gauge!("medledger_log_size").set(tip.log_size as f64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+type RaftRpc<T> = Result<Json<T>, ApiError>;
+
+async fn raft_append(
+    State(s): State<AppState>,
+    body: Result<Json<openraft::raft::AppendEntriesRequest<medledger_consensus::TypeConfig>>, JsonRejection>,
+) -> RaftRpc<serde_json::Value> {
+    let Json(req) = body?;
+    let r = s.raft.append_entries(req).await;
+    Ok(Json(serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?))
+}
+
+async fn raft_vote(
+    State(s): State<AppState>,
+    body: Result<Json<openraft::raft::VoteRequest<u64>>, JsonRejection>,
+) -> RaftRpc<serde_json::Value> {
+    let Json(req) = body?;
+    let r = s.raft.vote(req).await;
+    Ok(Json(serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?))
+}
+
+async fn raft_snapshot(
+    State(s): State<AppState>,
+    body: Result<Json<openraft::raft::InstallSnapshotRequest<medledger_consensus::TypeConfig>>, JsonRejection>,
+) -> RaftRpc<serde_json::Value> {
+    let Json(req) = body?;
+    let r = s.raft.install_snapshot(req).await;
+    Ok(Json(serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?))
+}

@@ -1,0 +1,124 @@
+//! A typed client for the `/v1` API, used by the CLI, the benchmark and the tests.
+
+use crate::api::{
+    ConsistencyProofView, InclusionProofView, StatusView, SubmitManyResponse, SubmitResult, TxStatus,
+};
+use crate::error::{NodeError, Result};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use medledger_core::{AccountId, TxHash};
+use std::path::Path;
+
+/// An HTTP client; with `ca`, HTTPS trusts exactly that certificate (PEM).
+pub fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
+    crate::install_crypto_provider();
+    let mut b = reqwest::Client::builder().pool_max_idle_per_host(64);
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).map_err(|e| NodeError::io(ca, e))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| NodeError::Tls(e.to_string()))?;
+        b = b.tls_certs_only([cert]);
+    }
+    b.build().map_err(|e| NodeError::Http(e.to_string()))
+}
+
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    pub fn new(base: &str, ca: Option<&Path>) -> Result<Self> {
+        Ok(Client { http: http_client(ca)?, base: base.trim_end_matches('/').to_owned() })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await.map_err(http)?;
+        decode(r).await
+    }
+
+    pub async fn status(&self) -> Result<StatusView> {
+        self.get("/v1/status").await
+    }
+
+    pub async fn account_nonce(&self, id: &AccountId) -> Result<u64> {
+        let v: serde_json::Value = self.get(&format!("/v1/accounts/{id}")).await?;
+        Ok(v["nonce"].as_u64().unwrap_or(0))
+    }
+
+    pub async fn submit(&self, tx: &[u8]) -> Result<SubmitResult> {
+        let body = serde_json::json!({ "tx": B64.encode(tx) });
+        let r = self.http.post(format!("{}/v1/tx", self.base)).json(&body).send().await.map_err(http)?;
+        if r.status() == reqwest::StatusCode::UNPROCESSABLE_ENTITY {
+            return r.json().await.map_err(http);
+        }
+        decode(r).await
+    }
+
+    pub async fn submit_many(&self, txs: &[Vec<u8>]) -> Result<Vec<SubmitResult>> {
+        let body = serde_json::json!({ "txs": txs.iter().map(|t| B64.encode(t)).collect::<Vec<_>>() });
+        let r = self.http.post(format!("{}/v1/txs", self.base)).json(&body).send().await.map_err(http)?;
+        Ok(decode::<SubmitManyResponse>(r).await?.results)
+    }
+
+    pub async fn tx_status(&self, hash: &TxHash) -> Result<Option<TxStatus>> {
+        let r = self.http.get(format!("{}/v1/tx/{hash}", self.base)).send().await.map_err(http)?;
+        if r.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        decode(r).await.map(Some)
+    }
+
+    pub async fn tree_head(&self, size: Option<u64>) -> Result<String> {
+        let q = size.map(|s| format!("?size={s}")).unwrap_or_default();
+        let r = self.http.get(format!("{}/v1/tree-head{q}", self.base)).send().await.map_err(http)?;
+        if !r.status().is_success() {
+            return Err(api_error(r).await);
+        }
+        r.text().await.map_err(http)
+    }
+
+    pub async fn inclusion(&self, hash: &TxHash, size: u64) -> Result<InclusionProofView> {
+        self.get(&format!("/v1/proof/inclusion?hash={hash}&size={size}")).await
+    }
+
+    pub async fn consistency(&self, old: u64, new: u64) -> Result<ConsistencyProofView> {
+        self.get(&format!("/v1/proof/consistency?old={old}&new={new}")).await
+    }
+
+    pub async fn wait_ready(&self, timeout: std::time::Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/health", self.base)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(NodeError::Http("node did not become ready".into()));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn http(e: reqwest::Error) -> NodeError {
+    NodeError::Http(e.to_string())
+}
+
+async fn api_error(r: reqwest::Response) -> NodeError {
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    let msg = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or(text);
+    NodeError::Http(format!("{status}: {msg}"))
+}
+
+async fn decode<T: serde::de::DeserializeOwned>(r: reqwest::Response) -> Result<T> {
+    if !r.status().is_success() {
+        return Err(api_error(r).await);
+    }
+    r.json().await.map_err(http)
+}

@@ -1,0 +1,180 @@
+//! Encrypted keystore files: an account's Ed25519 signing key and X25519 encryption
+//! key, sealed with XChaCha20-Poly1305 under a key derived from a password with
+//! Argon2id. The KDF parameters are stored in the file so they can be raised later;
+//! the defaults follow the OWASP password-storage guidance (19 MiB, t=2, p=1).
+
+use crate::error::{NodeError, Result};
+use argon2::{Algorithm, Argon2, Params, Version};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::XChaCha20Poly1305;
+use ed25519_dalek::SigningKey;
+use medledger_core::keys::random_bytes32;
+use medledger_core::{AccountId, Digest32};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const KEYSTORE_VERSION: u8 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KdfParams {
+    pub algorithm: String,
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    pub salt: String,
+}
+
+impl KdfParams {
+    fn owasp(salt: &[u8]) -> Self {
+        KdfParams {
+            algorithm: "argon2id".into(),
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+            salt: B64.encode(salt),
+        }
+    }
+
+    fn derive(&self, password: &[u8]) -> Result<[u8; 32]> {
+        if self.algorithm != "argon2id" {
+            return Err(NodeError::Keystore(format!("unsupported KDF {}", self.algorithm)));
+        }
+        let params = Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+            .map_err(|e| NodeError::Keystore(e.to_string()))?;
+        let salt = B64.decode(&self.salt).map_err(|_| NodeError::Keystore("bad salt".into()))?;
+        let mut key = [0u8; 32];
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password_into(password, &salt, &mut key)
+            .map_err(|e| NodeError::Keystore(e.to_string()))?;
+        Ok(key)
+    }
+}
+
+/// The keystore file (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeystoreFile {
+    pub version: u8,
+    /// The account this keystore holds, as did:key (not secret).
+    pub account: AccountId,
+    pub encryption_key: Digest32,
+    pub kdf: KdfParams,
+    pub cipher: String,
+    pub nonce: String,
+    pub ciphertext: String,
+}
+
+/// Decrypted account keys.
+pub struct AccountKeys {
+    pub signing: SigningKey,
+    pub encryption_secret: [u8; 32],
+}
+
+impl std::fmt::Debug for AccountKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AccountKeys({})", self.account())
+    }
+}
+
+impl AccountKeys {
+    pub fn generate() -> Result<Self> {
+        Ok(AccountKeys {
+            signing: SigningKey::from_bytes(&random_bytes32()?),
+            encryption_secret: random_bytes32()?,
+        })
+    }
+
+    pub fn account(&self) -> AccountId {
+        AccountId(self.signing.verifying_key().to_bytes())
+    }
+
+    pub fn encryption_public(&self) -> Digest32 {
+        let secret = x25519_dalek::StaticSecret::from(self.encryption_secret);
+        Digest32(x25519_dalek::PublicKey::from(&secret).to_bytes())
+    }
+
+    /// Seals these keys under `password`.
+    pub fn seal(&self, password: &[u8]) -> Result<KeystoreFile> {
+        let salt = random_bytes32()?;
+        let kdf = KdfParams::owasp(&salt[..16]);
+        let key = kdf.derive(password)?;
+        let nonce: [u8; 24] = random_bytes32()?[..24].try_into().expect("24 bytes");
+        let mut plain = Vec::with_capacity(64);
+        plain.extend_from_slice(&self.signing.to_bytes());
+        plain.extend_from_slice(&self.encryption_secret);
+        let account = self.account();
+        let aad = account.to_did();
+        let ct = XChaCha20Poly1305::new(&key.into())
+            .encrypt(&nonce.into(), Payload { msg: &plain, aad: aad.as_bytes() })
+            .map_err(|_| NodeError::Keystore("encryption failed".into()))?;
+        Ok(KeystoreFile {
+            version: KEYSTORE_VERSION,
+            account,
+            encryption_key: self.encryption_public(),
+            kdf,
+            cipher: "xchacha20poly1305".into(),
+            nonce: B64.encode(nonce),
+            ciphertext: B64.encode(ct),
+        })
+    }
+}
+
+impl KeystoreFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| NodeError::io(path, e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| NodeError::Malformed(path.display().to_string(), e.to_string()))
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).expect("keystore serializes");
+        crate::datadir::write_private(path, &json)
+    }
+
+    pub fn open(&self, password: &[u8]) -> Result<AccountKeys> {
+        if self.version != KEYSTORE_VERSION || self.cipher != "xchacha20poly1305" {
+            return Err(NodeError::Keystore("unsupported keystore version or cipher".into()));
+        }
+        let key = self.kdf.derive(password)?;
+        let nonce: [u8; 24] = B64
+            .decode(&self.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or(NodeError::KeystoreDecrypt)?;
+        let ct = B64.decode(&self.ciphertext).map_err(|_| NodeError::KeystoreDecrypt)?;
+        let aad = self.account.to_did();
+        let plain = XChaCha20Poly1305::new(&key.into())
+            .decrypt(&nonce.into(), Payload { msg: &ct, aad: aad.as_bytes() })
+            .map_err(|_| NodeError::KeystoreDecrypt)?;
+        if plain.len() != 64 {
+            return Err(NodeError::KeystoreDecrypt);
+        }
+        let signing = SigningKey::from_bytes(plain[..32].try_into().expect("32 bytes"));
+        let keys = AccountKeys {
+            signing,
+            encryption_secret: plain[32..].try_into().expect("32 bytes"),
+        };
+        if keys.account() != self.account {
+            return Err(NodeError::KeystoreDecrypt);
+        }
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_password_fails_and_right_one_opens() {
+        let keys = AccountKeys::generate().unwrap();
+        let file = keys.seal(b"correct horse battery").unwrap();
+        assert!(matches!(file.open(b"wrong password!"), Err(NodeError::KeystoreDecrypt)));
+        let opened = file.open(b"correct horse battery").unwrap();
+        assert_eq!(opened.account(), keys.account());
+        let mut tampered = file.clone();
+        tampered.account = AccountKeys::generate().unwrap().account();
+        assert!(tampered.open(b"correct horse battery").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! The medledger node: the data directory and its keys, keystores, and the HTTPS
+//! server that wires storage → consensus → API. The binary calls [`serve`] and
+//! [`datadir::init`]; tests call them too.
+
+pub mod api;
+pub mod client;
+pub mod datadir;
+mod error;
+pub mod keystore;
+mod server;
+
+pub use error::{NodeError, Result};
+pub use server::{ServeConfig, StartupCheck, serve};
+
+/// Installs the process-wide rustls crypto provider (ring). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

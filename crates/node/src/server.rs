@@ -1,0 +1,156 @@
+//! `serve`: config → data dir → start-up check → ledger → Raft → batcher → HTTPS.
+
+use crate::api::{self, AppState};
+use crate::datadir::{self, LEDGER_DB, RAFT_DB, TLS_CERT, TLS_KEY};
+use crate::error::{NodeError, Result};
+use medledger_consensus::{Batcher, BatcherConfig, LogStore, StateMachine, network::HttpNetwork};
+use medledger_ledger::{Ledger, VerifyMode};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tower_http::limit::RequestBodyLimitLayer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartupCheck {
+    /// Re-verify everything, including every transaction signature.
+    #[default]
+    Full,
+    /// Everything but per-transaction signatures.
+    Quick,
+}
+
+/// Everything `serve` needs; validated before anything starts.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The initialised data directory.
+    pub data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port (printed on start).
+    pub listen: SocketAddr,
+    /// Serve plain HTTP instead of HTTPS. Only for when it is explicitly asked for.
+    pub insecure_http: bool,
+    /// TLS certificate and key (PEM); default: the data dir's self-signed pair.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How thoroughly the stored ledger is checked before serving.
+    pub startup_check: StartupCheck,
+    /// Mount the node-to-node Raft endpoints (for multi-node clusters).
+    pub peer_rpc: bool,
+    pub batcher: BatcherConfig,
+}
+
+impl ServeConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        ServeConfig {
+            data_dir,
+            listen,
+            insecure_http: false,
+            tls_cert: None,
+            tls_key: None,
+            startup_check: StartupCheck::Full,
+            peer_rpc: false,
+            batcher: BatcherConfig::default(),
+        }
+    }
+}
+
+/// Runs a node until the process is stopped. `on_ready` receives the URL it serves.
+pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<()> {
+    crate::install_crypto_provider();
+    let dd = datadir::load(&config.data_dir)?;
+    let ledger_path = dd.dir.join(LEDGER_DB);
+    let ledger = {
+        let (g, n, id) = (dd.genesis.clone(), dd.node.clone(), dd.node_id);
+        let p = ledger_path.clone();
+        tokio::task::spawn_blocking(move || Ledger::open(&p, g, n, id))
+            .await
+            .map_err(|e| NodeError::Server(e.to_string()))?
+            .map_err(NodeError::StartupCheck)?
+    };
+    let mode = match config.startup_check {
+        StartupCheck::Full => VerifyMode::Full,
+        StartupCheck::Quick => VerifyMode::SkipTxSignatures,
+    };
+    let l = ledger.clone();
+    let report = tokio::task::spawn_blocking(move || l.verify(mode, &|_, _| {}))
+        .await
+        .map_err(|e| NodeError::Server(e.to_string()))?
+        .map_err(NodeError::StartupCheck)?;
+    tracing::info!(blocks = report.blocks, txs = report.txs, seconds = report.seconds, "start-up check passed");
+
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| NodeError::Server(format!("metrics: {e}")))?;
+
+    let listener = std::net::TcpListener::bind(config.listen)
+        .map_err(|e| NodeError::Server(format!("cannot listen on {}: {e}", config.listen)))?;
+    listener.set_nonblocking(true).map_err(|e| NodeError::Server(e.to_string()))?;
+    let local = listener.local_addr().map_err(|e| NodeError::Server(e.to_string()))?;
+    let scheme = if config.insecure_http { "http" } else { "https" };
+    let url = format!("{scheme}://{local}");
+
+    let cert = config.tls_cert.clone().unwrap_or_else(|| dd.dir.join(TLS_CERT));
+    let key = config.tls_key.clone().unwrap_or_else(|| dd.dir.join(TLS_KEY));
+    let peer_client = crate::client::http_client(if config.insecure_http { None } else { Some(&cert) })?;
+    let log = LogStore::open(&dd.dir.join(RAFT_DB))?;
+    let raft = medledger_consensus::start(
+        dd.node_id,
+        &url,
+        dd.genesis.chain_id.as_str(),
+        log,
+        StateMachine::new(ledger.clone()),
+        HttpNetwork::new(peer_client),
+    )
+    .await?;
+    let batcher = Batcher::start(raft.clone(), config.batcher.clone());
+    let state = AppState { ledger, raft: raft.clone(), batcher, metrics: prometheus };
+    let app = api::router(state, config.peer_rpc)
+        .layer(RequestBodyLimitLayer::new(api::MAX_BODY_BYTES))
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
+            |req: &axum::http::Request<_>| {
+                // The matched route, never the raw URI: paths can carry identifiers.
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default();
+                tracing::info_span!("http", method = %req.method(), route)
+            },
+        ));
+
+    on_ready(&url);
+    let result = if config.insecure_http {
+        let l = tokio::net::TcpListener::from_std(listener).map_err(|e| NodeError::Server(e.to_string()))?;
+        axum::serve(l, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| NodeError::Server(e.to_string()))
+    } else {
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+            .await
+            .map_err(|e| NodeError::Tls(format!("{}: {e}", cert.display())))?;
+        let handle = axum_server::Handle::new();
+        let h = handle.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            h.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        });
+        axum_server::from_tcp_rustls(listener, tls)
+            .map_err(|e| NodeError::Server(e.to_string()))?
+            .handle(handle)
+            .serve(app.into_make_service())
+            .await
+            .map_err(|e| NodeError::Server(e.to_string()))
+    };
+    let _ = raft.shutdown().await;
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
