@@ -45,7 +45,11 @@ fn spawn_node() -> Result<Spawned> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let exe = std::env::current_exe()?;
-    let st = Command::new(&exe).args(["init", "--data-dir"]).arg(&data).stdout(Stdio::null()).status()?;
+    let st = Command::new(&exe)
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .status()?;
     if !st.success() {
         bail!("init failed");
     }
@@ -57,12 +61,22 @@ fn spawn_node() -> Result<Spawned> {
     let stdout = child.stdout.take().context("child stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
-    let url = line.trim().rsplit(' ').next().unwrap_or_default().to_owned();
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     if !url.starts_with("http") {
         let _ = child.kill();
         bail!("node did not start: {line}");
     }
-    Ok(Spawned { child, url, _dir: dir, dir: data })
+    Ok(Spawned {
+        child,
+        url,
+        _dir: dir,
+        dir: data,
+    })
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -74,13 +88,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
-    let spawned = if a.node.is_none() { Some(spawn_node()?) } else { None };
+    let spawned = if a.node.is_none() {
+        Some(spawn_node()?)
+    } else {
+        None
+    };
     let (url, dir) = match (&spawned, &a.node, &a.data_dir) {
         (Some(s), _, _) => (s.url.clone(), s.dir.clone()),
         (None, Some(n), Some(d)) => (n.clone(), d.clone()),
         _ => bail!("--node needs --data-dir (for the admin keystore and TLS certificate)"),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = rt.block_on(run(&a, &url, &dir));
     let mut spawned = spawned;
     let verify = match (&result, spawned.as_mut()) {
@@ -89,7 +109,12 @@ pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
             let _ = Command::new("kill").arg(s.child.id().to_string()).status();
             let _ = s.child.wait();
             let genesis = datadir::read_genesis(&s.dir)?;
-            let r = verify_ledger(&s.dir.join(datadir::LEDGER_DB), &genesis, VerifyMode::Full, &|_, _| {})?;
+            let r = verify_ledger(
+                &s.dir.join(datadir::LEDGER_DB),
+                &genesis,
+                VerifyMode::Full,
+                &|_, _| {},
+            )?;
             Some(r)
         }
         (_, Some(s)) => {
@@ -100,7 +125,10 @@ pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
     };
     let r = result?;
     let verify_tps = verify.as_ref().map(|v| v.txs_per_second);
-    println!("medledger bench ledger ({} txs, {} clients, {} per request)", a.txs, a.clients, a.per_request);
+    println!(
+        "medledger bench ledger ({} txs, {} clients, {} per request)",
+        a.txs, a.clients, a.per_request
+    );
     println!("{:<28}{:>14}", "metric", "value");
     println!("{:<28}{:>14.0}", "committed tx/s", r.tps);
     println!("{:<28}{:>14.1}", "commit latency p50 (ms)", r.p50);
@@ -108,7 +136,10 @@ pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
     println!("{:<28}{:>14}", "committed", r.committed);
     println!("{:<28}{:>14}", "rejected", r.rejected);
     match &verify {
-        Some(v) => println!("{:<28}{:>14.0}   ({} txs in {:.2}s)", "verify tx/s", v.txs_per_second, v.txs, v.seconds),
+        Some(v) => println!(
+            "{:<28}{:>14.0}   ({} txs in {:.2}s)",
+            "verify tx/s", v.txs_per_second, v.txs, v.seconds
+        ),
         None => println!("{:<28}{:>14}", "verify tx/s", "skipped"),
     }
     println!(
@@ -140,12 +171,17 @@ async fn run(a: &LedgerBenchArgs, url: &str, dir: &std::path::Path) -> Result<Fi
     client.wait_ready(Duration::from_secs(30)).await?;
     let status = client.status().await?;
     let chain = ChainId::new(status.chain_id)?;
-    let admin = KeystoreFile::read(&dir.join(datadir::ADMIN_KEYSTORE))?
-        .open(std::fs::read_to_string(dir.join(datadir::ADMIN_PASSWORD))?.trim().as_bytes())?;
+    let admin = KeystoreFile::read(&dir.join(datadir::ADMIN_KEYSTORE))?.open(
+        std::fs::read_to_string(dir.join(datadir::ADMIN_PASSWORD))?
+            .trim()
+            .as_bytes(),
+    )?;
     let mut admin_nonce = client.account_nonce(&admin.account()).await?;
 
     // One account per client, registered by the admin.
-    let users: Vec<AccountKeys> = (0..a.clients).map(|_| AccountKeys::generate()).collect::<Result<_, _>>()?;
+    let users: Vec<AccountKeys> = (0..a.clients)
+        .map(|_| AccountKeys::generate())
+        .collect::<Result<_, _>>()?;
     let regs: Vec<Vec<u8>> = users
         .iter()
         .map(|u| {
@@ -155,7 +191,10 @@ async fn run(a: &LedgerBenchArgs, url: &str, dir: &std::path::Path) -> Result<Fi
                 chain_id: chain.clone(),
                 signer: admin.account(),
                 nonce: admin_nonce,
-                payload: Payload::RegisterAccount { account: u.account(), encryption_key: u.encryption_public() },
+                payload: Payload::RegisterAccount {
+                    account: u.account(),
+                    encryption_key: u.encryption_public(),
+                },
             }
             .sign(&admin.signing)
             .to_bytes()
@@ -184,7 +223,9 @@ async fn run(a: &LedgerBenchArgs, url: &str, dir: &std::path::Path) -> Result<Fi
                         chain_id: chain.clone(),
                         signer: id,
                         nonce: n,
-                        payload: Payload::Anchor { digest: Digest32(d) },
+                        payload: Payload::Anchor {
+                            digest: Digest32(d),
+                        },
                     }
                     .sign(&u.signing)
                     .to_bytes()
@@ -207,7 +248,11 @@ async fn run(a: &LedgerBenchArgs, url: &str, dir: &std::path::Path) -> Result<Fi
                 let res = client.submit_many(chunk).await?;
                 let ms = t0.elapsed().as_secs_f64() * 1000.0;
                 for r in res {
-                    if r.status == "committed" { ok += 1 } else { bad += 1 }
+                    if r.status == "committed" {
+                        ok += 1
+                    } else {
+                        bad += 1
+                    }
                     lat.push(ms);
                 }
                 bar.inc(chunk.len() as u64);

@@ -18,7 +18,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
-#[command(name = "medledger", version, about = "Permissioned ledger for health records")]
+#[command(
+    name = "medledger",
+    version,
+    about = "Permissioned ledger for health records"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -109,8 +113,15 @@ pub struct NodeArgs {
 impl NodeArgs {
     fn client(&self) -> Result<Client> {
         let default_ca = self.dir.data_dir.join(datadir::TLS_CERT);
-        let ca = self.ca.clone().or_else(|| default_ca.exists().then_some(default_ca));
-        let ca = if self.node.starts_with("https://") { ca } else { None };
+        let ca = self
+            .ca
+            .clone()
+            .or_else(|| default_ca.exists().then_some(default_ca));
+        let ca = if self.node.starts_with("https://") {
+            ca
+        } else {
+            None
+        };
         Ok(Client::new(&self.node, ca.as_deref())?)
     }
 }
@@ -198,7 +209,9 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn read_secret(path: &Path) -> Result<String> {
@@ -210,7 +223,11 @@ fn init(a: InitArgs) -> Result<()> {
     let password = a.password_file.as_deref().map(read_secret).transpose()?;
     let report = datadir::init(
         &a.dir.data_dir,
-        InitOptions { chain_id: ChainId::new(a.chain_id)?, admin_password: password, node_id: 1 },
+        InitOptions {
+            chain_id: ChainId::new(a.chain_id)?,
+            admin_password: password,
+            node_id: 1,
+        },
     )?;
     println!("initialised {}", report.data_dir.display());
     println!("  chain id     {}", report.chain_id);
@@ -218,14 +235,21 @@ fn init(a: InitArgs) -> Result<()> {
     println!("  node key     {}", report.node_key);
     println!("  genesis hash {}", report.genesis_hash);
     if let Some(p) = report.password_file {
-        println!("  admin keystore password written to {} (mode 0600)", p.display());
+        println!(
+            "  admin keystore password written to {} (mode 0600)",
+            p.display()
+        );
     }
     Ok(())
 }
 
 fn serve(a: ServeArgs) -> Result<()> {
     if a.init && !datadir::is_initialised(&a.dir.data_dir) {
-        init(InitArgs { dir: a.dir.clone(), chain_id: "medledger-dev".into(), password_file: None })?;
+        init(InitArgs {
+            dir: a.dir.clone(),
+            chain_id: "medledger-dev".into(),
+            password_file: None,
+        })?;
     }
     let mut config = ServeConfig::new(a.dir.data_dir, a.listen);
     config.insecure_http = a.insecure_http;
@@ -253,7 +277,12 @@ fn verify(dir: &Path) -> Result<()> {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let result = verify_ledger(&dir.join(datadir::LEDGER_DB), &genesis, VerifyMode::Full, &progress);
+    let result = verify_ledger(
+        &dir.join(datadir::LEDGER_DB),
+        &genesis,
+        VerifyMode::Full,
+        &progress,
+    );
     bar.finish_and_clear();
     let r = result.context("verification FAILED")?;
     println!(
@@ -265,17 +294,25 @@ fn verify(dir: &Path) -> Result<()> {
 
 async fn submit(a: SubmitArgs) -> Result<()> {
     let dir = &a.node.dir.data_dir;
-    let ks_path = a.keystore.unwrap_or_else(|| dir.join(datadir::ADMIN_KEYSTORE));
-    let pw_path = a.password_file.unwrap_or_else(|| dir.join(datadir::ADMIN_PASSWORD));
+    let ks_path = a
+        .keystore
+        .unwrap_or_else(|| dir.join(datadir::ADMIN_KEYSTORE));
+    let pw_path = a
+        .password_file
+        .unwrap_or_else(|| dir.join(datadir::ADMIN_PASSWORD));
     let ks = KeystoreFile::read(&ks_path)?;
     let keys = ks.open(read_secret(&pw_path)?.as_bytes())?;
     let payload = match a.payload {
-        PayloadArg::Anchor { digest } => {
-            Payload::Anchor { digest: Digest32::from_hex(&digest).context("digest must be 64 hex digits")? }
-        }
-        PayloadArg::RegisterAccount { account, encryption_key } => Payload::RegisterAccount {
+        PayloadArg::Anchor { digest } => Payload::Anchor {
+            digest: Digest32::from_hex(&digest).context("digest must be 64 hex digits")?,
+        },
+        PayloadArg::RegisterAccount {
+            account,
+            encryption_key,
+        } => Payload::RegisterAccount {
             account: account.parse::<AccountId>()?,
-            encryption_key: Digest32::from_hex(&encryption_key).context("encryption key must be 64 hex digits")?,
+            encryption_key: Digest32::from_hex(&encryption_key)
+                .context("encryption key must be 64 hex digits")?,
         },
     };
     let client = a.node.client()?;
@@ -307,7 +344,11 @@ async fn status(hash: &str, node: &NodeArgs) -> Result<()> {
 }
 
 /// Fetches a head and checks its signature with the node key from the local genesis.
-async fn verified_head(client: &Client, node: &NodeArgs, size: Option<u64>) -> Result<medledger_merkle::Checkpoint> {
+async fn verified_head(
+    client: &Client,
+    node: &NodeArgs,
+    size: Option<u64>,
+) -> Result<medledger_merkle::Checkpoint> {
     let genesis = datadir::read_genesis(&node.dir.data_dir)
         .context("the genesis file holds the node keys that heads are checked against")?;
     let note = client.tree_head(size).await?;
@@ -327,7 +368,10 @@ async fn proof_inclusion(hash: &str, size: Option<u64>, node: &NodeArgs) -> Resu
     let p = client.inclusion(&hash, head.size).await?;
     verify_inclusion(&head.root, head.size, &hash.0.0, p.leaf_index, &p.proof)
         .context("inclusion proof does NOT verify")?;
-    println!("inclusion proof OK: {hash} is leaf {} of the tree of size {} with root {}", p.leaf_index, head.size, head.root);
+    println!(
+        "inclusion proof OK: {hash} is leaf {} of the tree of size {} with root {}",
+        p.leaf_index, head.size, head.root
+    );
     Ok(())
 }
 
@@ -336,8 +380,17 @@ async fn proof_consistency(old: u64, new: Option<u64>, node: &NodeArgs) -> Resul
     let new_head = verified_head(&client, node, new).await?;
     let old_head = verified_head(&client, node, Some(old)).await?;
     let p = client.consistency(old_head.size, new_head.size).await?;
-    verify_consistency(&old_head.root, old_head.size, &new_head.root, new_head.size, &p.proof)
-        .context("consistency proof does NOT verify")?;
-    println!("consistency proof OK: tree {} is a prefix of tree {}", old_head.size, new_head.size);
+    verify_consistency(
+        &old_head.root,
+        old_head.size,
+        &new_head.root,
+        new_head.size,
+        &p.proof,
+    )
+    .context("consistency proof does NOT verify")?;
+    println!(
+        "consistency proof OK: tree {} is a prefix of tree {}",
+        old_head.size, new_head.size
+    );
     Ok(())
 }

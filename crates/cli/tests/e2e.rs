@@ -14,7 +14,12 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_medledger");
 
 fn medledger(args: &[&str], dir: &Path) -> Output {
-    Command::new(BIN).args(args).arg("--data-dir").arg(dir).output().expect("run medledger")
+    Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .expect("run medledger")
 }
 
 fn init(root: &Path) -> PathBuf {
@@ -28,7 +33,11 @@ fn init(root: &Path) -> PathBuf {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dir
 }
 
@@ -53,7 +62,9 @@ fn start(dir: &Path) -> Node {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let url = line.trim().rsplit(' ').next().unwrap().to_owned();
     assert!(url.starts_with("https://"), "node did not start: {line:?}");
     Node { child, url }
@@ -66,7 +77,10 @@ async fn client(node: &Node, dir: &Path) -> Client {
 }
 
 fn admin(dir: &Path) -> AccountKeys {
-    KeystoreFile::read(&dir.join("admin.keystore.json")).unwrap().open(b"a long enough test password").unwrap()
+    KeystoreFile::read(&dir.join("admin.keystore.json"))
+        .unwrap()
+        .open(b"a long enough test password")
+        .unwrap()
 }
 
 fn sign(keys: &AccountKeys, chain: &str, nonce: u64, payload: Payload) -> Vec<u8> {
@@ -84,11 +98,16 @@ fn sign(keys: &AccountKeys, chain: &str, nonce: u64, payload: Payload) -> Vec<u8
 fn anchor(n: u64) -> Payload {
     let mut d = [0u8; 32];
     d[..8].copy_from_slice(&n.to_le_bytes());
-    Payload::Anchor { digest: Digest32(d) }
+    Payload::Anchor {
+        digest: Digest32(d),
+    }
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -99,7 +118,10 @@ fn rejections_over_http_change_nothing_and_proofs_verify_via_cli() {
     let admin = admin(&dir);
     rt().block_on(async {
         let c = client(&node, &dir).await;
-        let ok = c.submit(&sign(&admin, "e2e-chain", 1, anchor(1))).await.unwrap();
+        let ok = c
+            .submit(&sign(&admin, "e2e-chain", 1, anchor(1)))
+            .await
+            .unwrap();
         assert_eq!(ok.status, "committed");
         let before = c.status().await.unwrap().tip;
 
@@ -108,7 +130,10 @@ fn rejections_over_http_change_nothing_and_proofs_verify_via_cli() {
         bad_sig[n - 5] ^= 0x10;
         let stranger = AccountKeys::generate().unwrap();
         let user = AccountKeys::generate().unwrap();
-        let reg = Payload::RegisterAccount { account: user.account(), encryption_key: Digest32([3; 32]) };
+        let reg = Payload::RegisterAccount {
+            account: user.account(),
+            encryption_key: Digest32([3; 32]),
+        };
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (bad_sig, "bad_signature"),
             (sign(&admin, "other-chain", 2, anchor(2)), "wrong_chain_id"),
@@ -117,42 +142,111 @@ fn rejections_over_http_change_nothing_and_proofs_verify_via_cli() {
             (sign(&stranger, "e2e-chain", 1, anchor(2)), "unknown_signer"),
             (vec![0u8; medledger_core::MAX_TX_BYTES + 10], "oversized"),
             (b"not a transaction".to_vec(), "malformed"),
-            (sign(&admin, "e2e-chain", 2, Payload::RegisterAccount { account: admin.account(), encryption_key: Digest32([1; 32]) }), "account_exists"),
+            (
+                sign(
+                    &admin,
+                    "e2e-chain",
+                    2,
+                    Payload::RegisterAccount {
+                        account: admin.account(),
+                        encryption_key: Digest32([1; 32]),
+                    },
+                ),
+                "account_exists",
+            ),
         ];
         for (bytes, want) in cases {
             let r = c.submit(&bytes).await.unwrap();
             assert_eq!(r.status, "rejected", "{want}");
             assert_eq!(r.error.as_ref().unwrap().code, want);
-            assert_eq!(c.status().await.unwrap().tip, before, "{want} changed the ledger");
-            assert_eq!(c.account_nonce(&admin.account()).await.unwrap(), 1, "{want}");
+            assert_eq!(
+                c.status().await.unwrap().tip,
+                before,
+                "{want} changed the ledger"
+            );
+            assert_eq!(
+                c.account_nonce(&admin.account()).await.unwrap(),
+                1,
+                "{want}"
+            );
         }
         // An account the admin did not register cannot act, even to register others.
-        assert!(c.submit(&sign(&user, "e2e-chain", 1, reg)).await.unwrap().error.unwrap().code == "unknown_signer");
+        assert!(
+            c.submit(&sign(&user, "e2e-chain", 1, reg))
+                .await
+                .unwrap()
+                .error
+                .unwrap()
+                .code
+                == "unknown_signer"
+        );
 
         // Malformed JSON and oversized bodies are refused before anything runs.
         let http = medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap();
-        let r = http.post(format!("{}/v1/tx", node.url)).header("content-type", "application/json").body("{\"tx\":").send().await.unwrap();
+        let r = http
+            .post(format!("{}/v1/tx", node.url))
+            .header("content-type", "application/json")
+            .body("{\"tx\":")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400);
         let huge = format!("{{\"txs\":[\"{}\"]}}", "A".repeat(30 * 1024 * 1024));
-        let r = http.post(format!("{}/v1/txs", node.url)).header("content-type", "application/json").body(huge).send().await.unwrap();
+        let r = http
+            .post(format!("{}/v1/txs", node.url))
+            .header("content-type", "application/json")
+            .body(huge)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 413);
         assert_eq!(c.status().await.unwrap().tip, before);
 
         // More blocks, then proofs fetched and verified by the CLI.
         for i in 2..6 {
-            assert_eq!(c.submit(&sign(&admin, "e2e-chain", i, anchor(i))).await.unwrap().status, "committed");
+            assert_eq!(
+                c.submit(&sign(&admin, "e2e-chain", i, anchor(i)))
+                    .await
+                    .unwrap()
+                    .status,
+                "committed"
+            );
         }
         let hash = ok.hash.unwrap().to_string();
         let url = node.url.clone();
-        let out = Command::new(BIN).args(["proof", "inclusion", &hash, "--node", &url, "--data-dir"]).arg(&dir).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .args(["proof", "inclusion", &hash, "--node", &url, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(String::from_utf8_lossy(&out.stdout).contains("inclusion proof OK"));
-        let out = Command::new(BIN).args(["proof", "consistency", "1", "--node", &url, "--data-dir"]).arg(&dir).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let out = Command::new(BIN).args(["tx", "status", &hash, "--node", &url, "--data-dir"]).arg(&dir).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["proof", "consistency", "1", "--node", &url, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new(BIN)
+            .args(["tx", "status", &hash, "--node", &url, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains("\"committed\""));
         let missing = "00".repeat(32);
-        let out = Command::new(BIN).args(["tx", "status", &missing, "--node", &url, "--data-dir"]).arg(&dir).output().unwrap();
+        let out = Command::new(BIN)
+            .args(["tx", "status", &missing, "--node", &url, "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap();
         assert!(!out.status.success());
     });
 }
@@ -162,9 +256,14 @@ async fn load(c: Client, keys: AccountKeys, mut nonce: u64) -> (Vec<TxHash>, Vec
     let mut acked = Vec::new();
     let mut sent = Vec::new();
     loop {
-        let batch: Vec<Vec<u8>> = (0..10).map(|i| sign(&keys, "e2e-chain", nonce + 1 + i, anchor(nonce + 1 + i))).collect();
+        let batch: Vec<Vec<u8>> = (0..10)
+            .map(|i| sign(&keys, "e2e-chain", nonce + 1 + i, anchor(nonce + 1 + i)))
+            .collect();
         for (i, b) in batch.iter().enumerate() {
-            sent.push((nonce + 1 + i as u64, medledger_core::SignedTx::decode(b).unwrap().body.hash()));
+            sent.push((
+                nonce + 1 + i as u64,
+                medledger_core::SignedTx::decode(b).unwrap().body.hash(),
+            ));
         }
         match c.submit_many(&batch).await {
             Ok(results) => {
@@ -191,8 +290,17 @@ fn sigkill_during_load_loses_nothing_acknowledged() {
         rt.block_on(async {
             let c = client(&node, &dir).await;
             for (i, u) in users.iter().enumerate() {
-                let reg = Payload::RegisterAccount { account: u.account(), encryption_key: u.encryption_public() };
-                assert_eq!(c.submit(&sign(&admin, "e2e-chain", i as u64 + 1, reg)).await.unwrap().status, "committed");
+                let reg = Payload::RegisterAccount {
+                    account: u.account(),
+                    encryption_key: u.encryption_public(),
+                };
+                assert_eq!(
+                    c.submit(&sign(&admin, "e2e-chain", i as u64 + 1, reg))
+                        .await
+                        .unwrap()
+                        .status,
+                    "committed"
+                );
             }
         });
     }
@@ -203,11 +311,16 @@ fn sigkill_during_load_loses_nothing_acknowledged() {
             let c = client(&node, &dir).await;
             // Every acknowledged tx from earlier rounds survived the kill.
             for h in &all_acked {
-                assert!(c.tx_status(h).await.unwrap().is_some(), "round {round}: acknowledged {h} lost");
+                assert!(
+                    c.tx_status(h).await.unwrap().is_some(),
+                    "round {round}: acknowledged {h} lost"
+                );
             }
             let mut tasks = Vec::new();
             for u in &users {
-                let keys = KeystoreFile::clone(&u.seal(b"x").unwrap()).open(b"x").unwrap();
+                let keys = KeystoreFile::clone(&u.seal(b"x").unwrap())
+                    .open(b"x")
+                    .unwrap();
                 let nonce = c.account_nonce(&u.account()).await.unwrap();
                 tasks.push(tokio::spawn(load(c.clone(), keys, nonce)));
             }
@@ -225,7 +338,11 @@ fn sigkill_during_load_loses_nothing_acknowledged() {
         });
         all_acked.extend(acked);
         let out = medledger(&["verify"], &dir);
-        assert!(out.status.success(), "round {round}: verify failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "round {round}: verify failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         // Unacknowledged txs are wholly present or wholly absent: each account's
         // committed txs are exactly nonces 1..=its ledger nonce, each in a block.
@@ -236,7 +353,11 @@ fn sigkill_during_load_loses_nothing_acknowledged() {
                 let nonce = c.account_nonce(&u.account()).await.unwrap();
                 for (n, h) in sent {
                     let present = c.tx_status(h).await.unwrap().is_some();
-                    assert_eq!(present, *n <= nonce, "round {round}: nonce {n} (ledger nonce {nonce})");
+                    assert_eq!(
+                        present,
+                        *n <= nonce,
+                        "round {round}: nonce {n} (ledger nonce {nonce})"
+                    );
                 }
             }
         });
@@ -245,7 +366,11 @@ fn sigkill_during_load_loses_nothing_acknowledged() {
     }
     let set: BTreeSet<_> = all_acked.iter().collect();
     assert_eq!(set.len(), all_acked.len());
-    assert!(all_acked.len() > 100, "the load never got going ({} acked)", all_acked.len());
+    assert!(
+        all_acked.len() > 100,
+        "the load never got going ({} acked)",
+        all_acked.len()
+    );
 }
 
 #[test]
@@ -271,7 +396,12 @@ fn tampered_store_is_named_by_verify_and_node_refuses_to_serve() {
     let path = dir.join("ledger.redb");
     let mut bytes = std::fs::read(&path).unwrap();
     let sig = &target[target.len() - 64..];
-    let hits: Vec<usize> = bytes.windows(64).enumerate().filter(|(_, w)| *w == sig).map(|(i, _)| i).collect();
+    let hits: Vec<usize> = bytes
+        .windows(64)
+        .enumerate()
+        .filter(|(_, w)| *w == sig)
+        .map(|(i, _)| i)
+        .collect();
     assert!(!hits.is_empty());
     for p in hits {
         bytes[p + 7] ^= 0x40; // one bit of one byte, in every copy redb kept
@@ -290,15 +420,26 @@ fn tampered_store_is_named_by_verify_and_node_refuses_to_serve() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refusing to serve") && err.contains("block 4"), "{err}");
-    assert!(String::from_utf8_lossy(&out.stdout).is_empty(), "it must not have started listening");
+    assert!(
+        err.contains("refusing to serve") && err.contains("block 4"),
+        "{err}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "it must not have started listening"
+    );
 }
 
 #[test]
 fn keystore_opened_with_wrong_password_fails_and_foreign_signature_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = init(tmp.path());
-    assert!(KeystoreFile::read(&dir.join("admin.keystore.json")).unwrap().open(b"wrong password").is_err());
+    assert!(
+        KeystoreFile::read(&dir.join("admin.keystore.json"))
+            .unwrap()
+            .open(b"wrong password")
+            .is_err()
+    );
     let node = start(&dir);
     let admin = admin(&dir);
     rt().block_on(async {

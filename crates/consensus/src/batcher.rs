@@ -21,7 +21,11 @@ pub struct BatcherConfig {
 
 impl Default for BatcherConfig {
     fn default() -> Self {
-        BatcherConfig { max_batch: 4096, max_in_flight: 4, queue: 100_000 }
+        BatcherConfig {
+            max_batch: 4096,
+            max_in_flight: 4,
+            queue: 100_000,
+        }
     }
 }
 
@@ -47,10 +51,7 @@ impl Batcher {
 
     /// Queues already-checked transactions and waits until each is committed or
     /// rejected by the state machine. Returns one result per input, in order.
-    pub async fn submit(
-        &self,
-        txs: Vec<Vec<u8>>,
-    ) -> Vec<Result<TxOutcome, ConsensusError>> {
+    pub async fn submit(&self, txs: Vec<Vec<u8>>) -> Vec<Result<TxOutcome, ConsensusError>> {
         let mut waits = Vec::with_capacity(txs.len());
         for bytes in txs {
             let (reply, rx) = oneshot::channel();
@@ -67,9 +68,14 @@ impl Batcher {
             waits.push(match queued {
                 Ok(rx) => Ok(rx),
                 Err((bytes, reason)) => {
-                    let hash = medledger_core::SignedTx::decode(&bytes).ok().map(|t| t.body.hash());
+                    let hash = medledger_core::SignedTx::decode(&bytes)
+                        .ok()
+                        .map(|t| t.body.hash());
                     let (reply, rx) = oneshot::channel();
-                    let _ = reply.send(Ok(TxOutcome { hash, result: Err(reason) }));
+                    let _ = reply.send(Ok(TxOutcome {
+                        hash,
+                        result: Err(reason),
+                    }));
                     Ok(rx)
                 }
             });
@@ -86,7 +92,10 @@ impl Batcher {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 async fn run(raft: Raft, config: BatcherConfig, mut rx: mpsc::Receiver<Pending>) {
@@ -99,7 +108,9 @@ async fn run(raft: Raft, config: BatcherConfig, mut rx: mpsc::Receiver<Pending>)
                 Err(_) => break,
             }
         }
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         // Anything that arrived while we waited for a slot joins this batch.
         while batch.len() < config.max_batch {
             match rx.try_recv() {
@@ -107,9 +118,15 @@ async fn run(raft: Raft, config: BatcherConfig, mut rx: mpsc::Receiver<Pending>)
                 Err(_) => break,
             }
         }
-        let (txs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.bytes, p.reply)).unzip();
+        let (txs, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.bytes, p.reply)).unzip();
         metrics::histogram!("medledger_batch_size").record(txs.len() as f64);
-        let sent = raft.client_write_ff(Request { time_ms: now_ms(), txs }).await;
+        let sent = raft
+            .client_write_ff(Request {
+                time_ms: now_ms(),
+                txs,
+            })
+            .await;
         tokio::spawn(async move {
             let result = match sent {
                 Err(e) => Err(ConsensusError::Raft(e.to_string())),

@@ -4,6 +4,10 @@
 //! a ledger block, the HTTP transport between nodes, and the leader's group-commit
 //! batcher.
 
+// openraft's trait methods return its own `StorageError` (~224 bytes); our helpers must
+// return the same type, so boxing it is not an option here.
+#![allow(clippy::result_large_err)]
+
 mod batcher;
 mod error;
 mod log_store;
@@ -16,8 +20,8 @@ pub use log_store::LogStore;
 pub use state_machine::StateMachine;
 
 use medledger_ledger::BatchOutcome;
-use std::io::Cursor;
 use serde::{Deserialize, Serialize};
+use std::io::Cursor;
 
 /// One Raft entry: a batch of signed transactions (canonical bytes) and the time the
 /// leader proposed it, which becomes the block time.
@@ -65,15 +69,28 @@ pub async fn start(
     network: network::HttpNetwork,
 ) -> Result<Raft> {
     let config = std::sync::Arc::new(
-        raft_config(cluster).validate().map_err(|e| ConsensusError::Config(e.to_string()))?,
+        raft_config(cluster)
+            .validate()
+            .map_err(|e| ConsensusError::Config(e.to_string()))?,
     );
     let raft = Raft::new(node_id, config, network, log, sm)
         .await
         .map_err(|e| ConsensusError::Raft(e.to_string()))?;
-    if !raft.is_initialized().await.map_err(|e| ConsensusError::Raft(e.to_string()))? {
+    if !raft
+        .is_initialized()
+        .await
+        .map_err(|e| ConsensusError::Raft(e.to_string()))?
+    {
         let mut members = std::collections::BTreeMap::new();
-        members.insert(node_id, Node { addr: addr.to_owned() });
-        raft.initialize(members).await.map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        members.insert(
+            node_id,
+            Node {
+                addr: addr.to_owned(),
+            },
+        );
+        raft.initialize(members)
+            .await
+            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
     }
     Ok(raft)
 }

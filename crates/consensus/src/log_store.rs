@@ -46,7 +46,9 @@ impl LogStore {
         let v = t.get(key).map_err(read_err)?;
         match v {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(read_err),
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(read_err),
         }
     }
 
@@ -70,7 +72,10 @@ impl LogStore {
 
 fn put_meta<T: serde::Serialize>(w: &redb::WriteTransaction, key: &str, v: &T) -> Result<(), SErr> {
     let bytes = serde_json::to_vec(v).map_err(write_err)?;
-    w.open_table(META).map_err(write_err)?.insert(key, &bytes[..]).map_err(write_err)?;
+    w.open_table(META)
+        .map_err(write_err)?
+        .insert(key, &bytes[..])
+        .map_err(write_err)?;
     Ok(())
 }
 
@@ -128,7 +133,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 None => None,
             }
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last.or(last_purged) })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -145,11 +153,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
-        self.write(move |w| put_meta(w, "committed", &committed)).await
+        self.write(move |w| put_meta(w, "committed", &committed))
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {
-        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed")?.flatten())
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>("committed")?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
@@ -181,7 +192,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SErr> {
         self.write(move |w| {
             let mut t = w.open_table(LOG).map_err(write_err)?;
-            t.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
+            t.retain_in(log_id.index.., |_, _| false)
+                .map_err(write_err)?;
             Ok(())
         })
         .await
@@ -191,7 +203,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.write(move |w| {
             put_meta(w, "last_purged", &log_id)?;
             let mut t = w.open_table(LOG).map_err(write_err)?;
-            t.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;
+            t.retain_in(..=log_id.index, |_, _| false)
+                .map_err(write_err)?;
             Ok(())
         })
         .await

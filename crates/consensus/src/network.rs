@@ -2,7 +2,9 @@
 //! one never calls it; adding voters only needs their addresses in the membership.
 
 use crate::{Node, NodeId, TypeConfig};
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -33,7 +35,11 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Peer {
-        Peer { client: self.client.clone(), target, base: node.addr.trim_end_matches('/').to_owned() }
+        Peer {
+            client: self.client.clone(),
+            target,
+            base: node.addr.trim_end_matches('/').to_owned(),
+        }
     }
 }
 
@@ -58,8 +64,10 @@ impl Peer {
             .send()
             .await
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-        let body: Result<Resp, E> =
-            resp.json().await.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body: Result<Resp, E> = resp
+            .json()
+            .await
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         body.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -18,6 +18,7 @@ const META_APPLIED: &str = "raft_applied";
 const META_MEMBERSHIP: &str = "raft_membership";
 
 type SErr = StorageError<NodeId>;
+type Applied = (Option<LogId<NodeId>>, StoredMembership<NodeId, Node>);
 
 fn sm_err(e: impl std::error::Error + 'static) -> SErr {
     StorageIOError::write_state_machine(&e).into()
@@ -36,10 +37,13 @@ pub struct StateMachine {
 
 impl StateMachine {
     pub fn new(ledger: Ledger) -> Self {
-        StateMachine { ledger, snapshot: Arc::new(Mutex::new(None)) }
+        StateMachine {
+            ledger,
+            snapshot: Arc::new(Mutex::new(None)),
+        }
     }
 
-    fn read_applied(&self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), SErr> {
+    fn read_applied(&self) -> Result<Applied, SErr> {
         let applied = match self.ledger.meta(META_APPLIED).map_err(sm_read_err)? {
             Some(b) => serde_json::from_slice(&b).map_err(sm_read_err)?,
             None => None,
@@ -84,7 +88,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             ),
         };
         *self.lock_snapshot() = Some((meta.clone(), data.clone()));
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -126,9 +133,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let members = serde_json::to_vec(&membership).map_err(sm_err)?;
         let ledger = self.ledger.clone();
         let outcomes = tokio::task::spawn_blocking(move || {
-            let batches: Vec<Batch<'_>> =
-                requests.iter().map(|r| Batch { time_ms: r.time_ms, txs: &r.txs }).collect();
-            ledger.apply(&batches, &[(META_APPLIED, &applied), (META_MEMBERSHIP, &members)])
+            let batches: Vec<Batch<'_>> = requests
+                .iter()
+                .map(|r| Batch {
+                    time_ms: r.time_ms,
+                    txs: &r.txs,
+                })
+                .collect();
+            ledger.apply(
+                &batches,
+                &[(META_APPLIED, &applied), (META_MEMBERSHIP, &members)],
+            )
         })
         .await
         .map_err(sm_err)?
@@ -137,8 +152,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(slots
             .into_iter()
             .map(|slot| match slot {
-                Some(_) => outcomes.next().unwrap_or(BatchOutcome { height: None, txs: vec![] }),
-                None => BatchOutcome { height: None, txs: vec![] },
+                Some(_) => outcomes.next().unwrap_or(BatchOutcome {
+                    height: None,
+                    txs: vec![],
+                }),
+                None => BatchOutcome {
+                    height: None,
+                    txs: vec![],
+                },
             })
             .collect())
     }
@@ -174,9 +195,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        Ok(self
-            .lock_snapshot()
-            .as_ref()
-            .map(|(meta, data)| Snapshot { meta: meta.clone(), snapshot: Box::new(Cursor::new(data.clone())) }))
+        Ok(self.lock_snapshot().as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(Cursor::new(data.clone())),
+        }))
     }
 }

@@ -61,12 +61,18 @@ impl fmt::Display for RejectReason {
                 write!(f, "unsupported transaction format version {version}")
             }
             RejectReason::WrongChainId { expected, got } => {
-                write!(f, "wrong chain id: this ledger is {expected:?}, the transaction is for {got:?}")
+                write!(
+                    f,
+                    "wrong chain id: this ledger is {expected:?}, the transaction is for {got:?}"
+                )
             }
             RejectReason::BadSignature => f.write_str("signature does not verify"),
             RejectReason::UnknownSigner => f.write_str("signer has no account on this ledger"),
             RejectReason::ReplayedNonce { expected, got } => {
-                write!(f, "nonce {got} was already used (replay); next nonce is {expected}")
+                write!(
+                    f,
+                    "nonce {got} was already used (replay); next nonce is {expected}"
+                )
             }
             RejectReason::NonceGap { expected, got } => {
                 write!(f, "nonce {got} is out of order; next nonce is {expected}")

@@ -138,7 +138,15 @@ digest_id!(
 /// The chain a transaction is meant for; stops a transaction signed for one
 /// consortium (or a test network) from being replayed on another.
 #[derive(
-    Clone, PartialEq, Eq, Hash, PartialOrd, Ord, BorshSerialize, BorshDeserialize, Serialize,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    BorshSerialize,
+    BorshDeserialize,
+    Serialize,
     Deserialize,
 )]
 #[serde(try_from = "String", into = "String")]
@@ -149,8 +157,13 @@ impl ChainId {
         let s = s.into();
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok { Ok(ChainId(s)) } else { Err(CoreError::InvalidChainId) }
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(ChainId(s))
+        } else {
+            Err(CoreError::InvalidChainId)
+        }
     }
 
     pub fn as_str(&self) -> &str {

@@ -54,7 +54,10 @@ impl TxBody {
     pub fn sign(self, key: &SigningKey) -> SignedTx {
         let hash = self.hash();
         let signature = key.sign(&hash.0.0).to_bytes();
-        SignedTx { body: self, signature: SignatureBytes(signature) }
+        SignedTx {
+            body: self,
+            signature: SignatureBytes(signature),
+        }
     }
 }
 
@@ -110,10 +113,14 @@ impl SignedTx {
     /// Decodes and runs every check that needs no ledger state.
     pub fn check_bytes(bytes: &[u8], chain: &ChainId) -> Result<CheckedTx, RejectReason> {
         if bytes.len() > MAX_TX_BYTES {
-            return Err(RejectReason::Oversized { size: bytes.len(), max: MAX_TX_BYTES });
+            return Err(RejectReason::Oversized {
+                size: bytes.len(),
+                max: MAX_TX_BYTES,
+            });
         }
-        let tx = SignedTx::decode(bytes)
-            .map_err(|e| RejectReason::Malformed { detail: e.to_string() })?;
+        let tx = SignedTx::decode(bytes).map_err(|e| RejectReason::Malformed {
+            detail: e.to_string(),
+        })?;
         tx.check(chain)
     }
 
@@ -127,7 +134,9 @@ impl SignedTx {
     /// Version and chain checks; returns the hash the signature must cover.
     pub fn check_without_signature(&self, chain: &ChainId) -> Result<TxHash, RejectReason> {
         if self.body.version != TX_VERSION {
-            return Err(RejectReason::UnsupportedVersion { version: self.body.version });
+            return Err(RejectReason::UnsupportedVersion {
+                version: self.body.version,
+            });
         }
         if &self.body.chain_id != chain {
             return Err(RejectReason::WrongChainId {
@@ -139,12 +148,42 @@ impl SignedTx {
     }
 
     pub fn verify_signature(&self, hash: &TxHash) -> Result<(), RejectReason> {
-        let key = self.body.signer.verifying_key().map_err(|_| RejectReason::BadSignature)?;
+        let key = self
+            .body
+            .signer
+            .verifying_key()
+            .map_err(|_| RejectReason::BadSignature)?;
         let sig = Signature::from_bytes(&self.signature.0);
         // Strict verification rejects malleable and small-order encodings, so a
         // signature has exactly one valid form and tx bytes cannot be re-signed in place.
-        key.verify_strict(&hash.0.0, &sig).map_err(|_| RejectReason::BadSignature)
+        key.verify_strict(&hash.0.0, &sig)
+            .map_err(|_| RejectReason::BadSignature)
     }
+}
+
+/// Verifies many signatures at once: batch verification for the common all-valid
+/// case, falling back to one-by-one strict checks to find the bad ones. Every node
+/// and `verify` use this same function, so they agree on which signatures are valid.
+/// Returns one verdict per input (false also for undecodable keys).
+pub fn verify_signatures(txs: &[(&SignedTx, TxHash)]) -> Vec<bool> {
+    let keys: Vec<Option<ed25519_dalek::VerifyingKey>> = txs
+        .iter()
+        .map(|(tx, _)| tx.body.signer.verifying_key().ok())
+        .collect();
+    if keys.iter().all(Option::is_some) && !txs.is_empty() {
+        let msgs: Vec<&[u8]> = txs.iter().map(|(_, h)| &h.0.0[..]).collect();
+        let sigs: Vec<Signature> = txs
+            .iter()
+            .map(|(tx, _)| Signature::from_bytes(&tx.signature.0))
+            .collect();
+        let vks: Vec<_> = keys.iter().flatten().copied().collect();
+        if ed25519_dalek::verify_batch(&msgs, &sigs, &vks).is_ok() {
+            return vec![true; txs.len()];
+        }
+    }
+    txs.iter()
+        .map(|(tx, h)| tx.verify_signature(h).is_ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -162,7 +201,9 @@ mod tests {
             chain_id: chain(),
             signer: AccountId(key.verifying_key().to_bytes()),
             nonce,
-            payload: Payload::Anchor { digest: Digest32([9; 32]) },
+            payload: Payload::Anchor {
+                digest: Digest32([9; 32]),
+            },
         }
         .sign(key)
     }
@@ -206,23 +247,4 @@ mod tests {
             proptest::prop_assert!(SignedTx::check_bytes(&bytes, &chain()).is_err());
         }
     }
-}
-
-/// Verifies many signatures at once: batch verification for the common all-valid
-/// case, falling back to one-by-one strict checks to find the bad ones. Every node
-/// and `verify` use this same function, so they agree on which signatures are valid.
-/// Returns one verdict per input (false also for undecodable keys).
-pub fn verify_signatures(txs: &[(&SignedTx, TxHash)]) -> Vec<bool> {
-    let keys: Vec<Option<ed25519_dalek::VerifyingKey>> =
-        txs.iter().map(|(tx, _)| tx.body.signer.verifying_key().ok()).collect();
-    if keys.iter().all(Option::is_some) && !txs.is_empty() {
-        let msgs: Vec<&[u8]> = txs.iter().map(|(_, h)| &h.0.0[..]).collect();
-        let sigs: Vec<Signature> =
-            txs.iter().map(|(tx, _)| Signature::from_bytes(&tx.signature.0)).collect();
-        let vks: Vec<_> = keys.iter().flatten().copied().collect();
-        if ed25519_dalek::verify_batch(&msgs, &sigs, &vks).is_ok() {
-            return vec![true; txs.len()];
-        }
-    }
-    txs.iter().map(|(tx, h)| tx.verify_signature(h).is_ok()).collect()
 }

@@ -46,7 +46,10 @@ pub struct Overlay<'a, S: StateRead> {
 
 impl<'a, S: StateRead> Overlay<'a, S> {
     pub fn new(base: &'a S) -> Self {
-        Overlay { base, writes: BTreeMap::new() }
+        Overlay {
+            base,
+            writes: BTreeMap::new(),
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -63,14 +66,17 @@ impl<'a, S: StateRead> Overlay<'a, S> {
     pub fn account(&self, id: &AccountId) -> Result<Option<AccountState>> {
         match self.get(&account_key(id))? {
             None => Ok(None),
-            Some(bytes) => AccountState::try_from_slice(&bytes).map(Some).map_err(|e| {
-                crate::LedgerError::CorruptMeta(format!("account record: {e}"))
-            }),
+            Some(bytes) => AccountState::try_from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| crate::LedgerError::CorruptMeta(format!("account record: {e}"))),
         }
     }
 
     fn put_account(&mut self, id: &AccountId, acct: &AccountState) {
-        self.put(account_key(id), borsh::to_vec(acct).expect("encoding into a Vec cannot fail"));
+        self.put(
+            account_key(id),
+            borsh::to_vec(acct).expect("encoding into a Vec cannot fail"),
+        );
     }
 }
 
@@ -82,7 +88,10 @@ pub fn genesis_writes(genesis: &Genesis) -> BTreeMap<Vec<u8>, Vec<u8>> {
         consortium_admin: true,
     };
     let mut w = BTreeMap::new();
-    w.insert(account_key(&genesis.admin), borsh::to_vec(&admin).expect("Vec encoding"));
+    w.insert(
+        account_key(&genesis.admin),
+        borsh::to_vec(&admin).expect("Vec encoding"),
+    );
     w
 }
 
@@ -98,13 +107,22 @@ pub fn execute<S: StateRead>(
     };
     let expected = signer.nonce + 1;
     if body.nonce < expected {
-        return Ok(Err(RejectReason::ReplayedNonce { expected, got: body.nonce }));
+        return Ok(Err(RejectReason::ReplayedNonce {
+            expected,
+            got: body.nonce,
+        }));
     }
     if body.nonce > expected {
-        return Ok(Err(RejectReason::NonceGap { expected, got: body.nonce }));
+        return Ok(Err(RejectReason::NonceGap {
+            expected,
+            got: body.nonce,
+        }));
     }
     match &body.payload {
-        Payload::RegisterAccount { account, encryption_key } => {
+        Payload::RegisterAccount {
+            account,
+            encryption_key,
+        } => {
             if !signer.consortium_admin {
                 return Ok(Err(RejectReason::Unauthorized {
                     detail: "only the consortium admin registers accounts".into(),

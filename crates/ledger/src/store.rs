@@ -40,7 +40,9 @@ const META_FORMAT: &str = "format";
 const FORMAT_VERSION: u8 = 1;
 
 /// The newest block, as the rest of the node sees it.
-#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, serde::Deserialize,
+)]
 pub struct Tip {
     pub height: u64,
     pub hash: BlockHash,
@@ -102,7 +104,9 @@ pub struct Ledger {
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ledger").field("chain", &self.inner.genesis.chain_id).finish()
+        f.debug_struct("Ledger")
+            .field("chain", &self.inner.genesis.chain_id)
+            .finish()
     }
 }
 
@@ -113,7 +117,12 @@ pub fn origin(genesis: &Genesis) -> String {
 
 /// The key name under which a genesis node signs (by its key).
 pub(crate) fn signer_name(genesis: &Genesis, key: &medledger_core::NodeKey) -> String {
-    let id = genesis.nodes.iter().find(|n| &n.key == key).map(|n| n.id).unwrap_or(0);
+    let id = genesis
+        .nodes
+        .iter()
+        .find(|n| &n.key == key)
+        .map(|n| n.id)
+        .unwrap_or(0);
     key_name(genesis, id)
 }
 
@@ -126,7 +135,10 @@ struct TableNodes<'a, T: ReadableTable<u64, &'static [u8]>>(&'a T);
 
 impl<T: ReadableTable<u64, &'static [u8]>> NodeStore for TableNodes<'_, T> {
     fn get_node(&self, index: u64) -> medledger_merkle::Result<Option<Digest32>> {
-        let v = self.0.get(index).map_err(|e| MerkleError::Store(e.to_string()))?;
+        let v = self
+            .0
+            .get(index)
+            .map_err(|e| MerkleError::Store(e.to_string()))?;
         match v {
             None => Ok(None),
             Some(v) => <[u8; 32]>::try_from(v.value())
@@ -159,29 +171,52 @@ impl<S: StateRead> StateRead for Layered<'_, S> {
     }
 }
 
+/// A decoded, signature-checked tx, or why it was refused (with its hash if known).
+pub(crate) type Prechecked =
+    std::result::Result<(SignedTx, TxHash), (Option<TxHash>, RejectReason)>;
+
 /// Decodes and checks a batch's transactions up to (not including) state checks.
 /// Shared by the applier and `verify`, so both apply the same rules.
 pub(crate) fn precheck(
     genesis: &Genesis,
     txs: &[Vec<u8>],
     check_signatures: bool,
-) -> Vec<std::result::Result<(SignedTx, TxHash), (Option<TxHash>, RejectReason)>> {
+) -> Vec<Prechecked> {
     let mut out: Vec<_> = txs
         .iter()
         .map(|bytes| {
             if bytes.len() > MAX_TX_BYTES {
-                return Err((None, RejectReason::Oversized { size: bytes.len(), max: MAX_TX_BYTES }));
+                return Err((
+                    None,
+                    RejectReason::Oversized {
+                        size: bytes.len(),
+                        max: MAX_TX_BYTES,
+                    },
+                ));
             }
-            let tx = SignedTx::decode(bytes)
-                .map_err(|e| (None, RejectReason::Malformed { detail: e.to_string() }))?;
-            let hash = tx.check_without_signature(&genesis.chain_id).map_err(|r| (None, r))?;
+            let tx = SignedTx::decode(bytes).map_err(|e| {
+                (
+                    None,
+                    RejectReason::Malformed {
+                        detail: e.to_string(),
+                    },
+                )
+            })?;
+            let hash = tx
+                .check_without_signature(&genesis.chain_id)
+                .map_err(|r| (None, r))?;
             Ok((tx, hash))
         })
         .collect();
-    let to_verify: Vec<(&SignedTx, TxHash)> =
-        out.iter().filter_map(|r| r.as_ref().ok().map(|(t, h)| (t, *h))).collect();
-    let verdicts =
-        if check_signatures { verify_signatures(&to_verify) } else { vec![true; to_verify.len()] };
+    let to_verify: Vec<(&SignedTx, TxHash)> = out
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|(t, h)| (t, *h)))
+        .collect();
+    let verdicts = if check_signatures {
+        verify_signatures(&to_verify)
+    } else {
+        vec![true; to_verify.len()]
+    };
     let mut verdicts = verdicts.into_iter();
     for r in out.iter_mut() {
         if let Ok((_, h)) = r
@@ -273,8 +308,12 @@ impl Ledger {
                     for (k, v) in exec::genesis_writes(&genesis) {
                         state.insert(&k[..], &v[..])?;
                     }
-                    let tip =
-                        Tip { height: 0, hash: genesis_hash, time_ms: genesis.created_ms, log_size: 0 };
+                    let tip = Tip {
+                        height: 0,
+                        hash: genesis_hash,
+                        time_ms: genesis.created_ms,
+                        log_size: 0,
+                    };
                     meta.insert(META_GENESIS, &genesis_hash.0.0[..])?;
                     meta.insert(META_FORMAT, &[FORMAT_VERSION][..])?;
                     meta.insert(META_TIP, &borsh::to_vec(&tip).expect("Vec")[..])?;
@@ -320,7 +359,11 @@ impl Ledger {
 
     /// Applies consensus-ordered batches: each batch with an accepted transaction
     /// becomes one block. All blocks and `meta` are committed in one durable write.
-    pub fn apply(&self, batches: &[Batch<'_>], meta: &[(&str, &[u8])]) -> Result<Vec<BatchOutcome>> {
+    pub fn apply(
+        &self,
+        batches: &[Batch<'_>],
+        meta: &[(&str, &[u8])],
+    ) -> Result<Vec<BatchOutcome>> {
         let mut guard = self.lock_tip();
         let mut tip = guard.tip.clone();
         let mut frontier = guard.frontier.clone();
@@ -332,20 +375,32 @@ impl Ledger {
 
         for batch in batches {
             let checked = precheck(&self.inner.genesis, batch.txs, true);
-            let layered = Layered { pending: &pending, base: &base };
+            let layered = Layered {
+                pending: &pending,
+                base: &base,
+            };
             let mut overlay = Overlay::new(&layered);
             let mut accepted = Vec::new();
             let mut results = Vec::with_capacity(checked.len());
             for c in checked {
                 match c {
-                    Err((hash, reason)) => results.push(TxOutcome { hash, result: Err(reason) }),
+                    Err((hash, reason)) => results.push(TxOutcome {
+                        hash,
+                        result: Err(reason),
+                    }),
                     Ok((tx, hash)) => match exec::execute(&mut overlay, &tx)? {
-                        Err(reason) => results.push(TxOutcome { hash: Some(hash), result: Err(reason) }),
+                        Err(reason) => results.push(TxOutcome {
+                            hash: Some(hash),
+                            result: Err(reason),
+                        }),
                         Ok(()) => {
                             let leaf_index = tip.log_size + accepted.len() as u64;
                             results.push(TxOutcome {
                                 hash: Some(hash),
-                                result: Ok(TxLocation { height: tip.height + 1, leaf_index }),
+                                result: Ok(TxLocation {
+                                    height: tip.height + 1,
+                                    leaf_index,
+                                }),
                             });
                             accepted.push((tx, hash));
                         }
@@ -354,7 +409,10 @@ impl Ledger {
             }
             let writes = std::mem::take(&mut overlay.writes);
             if accepted.is_empty() {
-                outcomes.push(BatchOutcome { height: None, txs: results });
+                outcomes.push(BatchOutcome {
+                    height: None,
+                    txs: results,
+                });
                 continue;
             }
             let hashes: Vec<TxHash> = accepted.iter().map(|(_, h)| *h).collect();
@@ -378,8 +436,16 @@ impl Ledger {
             for (k, v) in &writes {
                 pending.insert(k.clone(), v.clone());
             }
-            outcomes.push(BatchOutcome { height: Some(tip.height), txs: results });
-            built.push(BuiltBlock { block, hashes, writes, nodes });
+            outcomes.push(BatchOutcome {
+                height: Some(tip.height),
+                txs: results,
+            });
+            built.push(BuiltBlock {
+                block,
+                hashes,
+                writes,
+                nodes,
+            });
         }
         drop(base);
         drop(rtx);
@@ -393,7 +459,11 @@ impl Ledger {
     fn sign_block(&self, header: BlockHeader, txs: Vec<SignedTx>) -> SignedBlock {
         let signer = &self.inner.signer;
         let signature = SignatureBytes(signer.sign(&header.hash().0.0));
-        let cp = Checkpoint { origin: self.inner.origin.clone(), size: header.log_size, root: header.log_root };
+        let cp = Checkpoint {
+            origin: self.inner.origin.clone(),
+            size: header.log_size,
+            root: header.log_root,
+        };
         let cp_sig = cp.sign(&self.inner.key_name, signer).signatures[0].signature;
         SignedBlock {
             header,
@@ -465,8 +535,10 @@ impl Ledger {
         let rtx = self.inner.db.begin_read()?;
         let t = rtx.open_table(BLOCKS)?;
         let v = t.get(height)?.ok_or(LedgerError::NoSuchBlock(height))?;
-        SignedBlock::decode(v.value())
-            .map_err(|e| LedgerError::Corrupt { height, reason: e.to_string() })
+        SignedBlock::decode(v.value()).map_err(|e| LedgerError::Corrupt {
+            height,
+            reason: e.to_string(),
+        })
     }
 
     /// A committed transaction and where it is.
@@ -478,7 +550,10 @@ impl Ledger {
             .txs
             .get((loc.leaf_index - first) as usize)
             .cloned()
-            .ok_or_else(|| LedgerError::Corrupt { height: loc.height, reason: "tx index".into() })?;
+            .ok_or_else(|| LedgerError::Corrupt {
+                height: loc.height,
+                reason: "tx index".into(),
+            })?;
         Ok((loc, tx))
     }
 
@@ -507,8 +582,7 @@ impl Ledger {
         let height = {
             let rtx = self.inner.db.begin_read()?;
             let t = rtx.open_table(SIZES)?;
-            let h = t.get(size)?.ok_or(LedgerError::NoSuchHead(size))?.value();
-            h
+            t.get(size)?.ok_or(LedgerError::NoSuchHead(size))?.value()
         };
         let block = self.block(height)?;
         let cp = Checkpoint {
@@ -529,19 +603,29 @@ impl Ledger {
         let have = self.tip().log_size;
         let rtx = self.inner.db.begin_read()?;
         let t = rtx.open_table(MERKLE)?;
-        Ok(medledger_merkle::inclusion_proof(&TableNodes(&t), size, index, have)?)
+        Ok(medledger_merkle::inclusion_proof(
+            &TableNodes(&t),
+            size,
+            index,
+            have,
+        )?)
     }
 
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Digest32>> {
         let have = self.tip().log_size;
         let rtx = self.inner.db.begin_read()?;
         let t = rtx.open_table(MERKLE)?;
-        Ok(medledger_merkle::consistency_proof(&TableNodes(&t), old, new, have)?)
+        Ok(medledger_merkle::consistency_proof(
+            &TableNodes(&t),
+            old,
+            new,
+            have,
+        )?)
     }
 
     /// Everything in the ledger, for a Raft snapshot, with the values of `meta_keys`
     /// as of the same consistent read.
-    pub fn export(&self, meta_keys: &[&str]) -> Result<(Vec<u8>, Vec<Option<Vec<u8>>>)> {
+    pub fn export(&self, meta_keys: &[&str]) -> Result<Export> {
         let rtx = self.inner.db.begin_read()?;
         let mut dump = Dump::default();
         for r in rtx.open_table(BLOCKS)?.iter()? {
@@ -570,7 +654,12 @@ impl Ledger {
         }
         let values = meta_keys
             .iter()
-            .map(|k| dump.meta.iter().find(|(m, _)| m == k).map(|(_, v)| v.clone()))
+            .map(|k| {
+                dump.meta
+                    .iter()
+                    .find(|(m, _)| m == k)
+                    .map(|(_, v)| v.clone())
+            })
             .collect();
         Ok((borsh::to_vec(&dump).expect("Vec"), values))
     }
@@ -580,7 +669,11 @@ impl Ledger {
         let dump = Dump::try_from_slice(bytes)
             .map_err(|e| LedgerError::CorruptMeta(format!("snapshot: {e}")))?;
         let genesis_hash = self.inner.genesis.hash();
-        let theirs = dump.meta.iter().find(|(k, _)| k == META_GENESIS).map(|(_, v)| v.clone());
+        let theirs = dump
+            .meta
+            .iter()
+            .find(|(k, _)| k == META_GENESIS)
+            .map(|(_, v)| v.clone());
         if theirs.as_deref() != Some(&genesis_hash.0.0[..]) {
             return Err(LedgerError::GenesisMismatch {
                 stored: theirs.map(|h| hex_of(&h)).unwrap_or_default(),
@@ -632,7 +725,9 @@ impl Ledger {
     }
 
     fn meta_tip(&self) -> Result<Tip> {
-        let bytes = self.meta(META_TIP)?.ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
+        let bytes = self
+            .meta(META_TIP)?
+            .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
         Tip::try_from_slice(&bytes).map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))
     }
 
@@ -640,6 +735,9 @@ impl Ledger {
         &self.inner.db
     }
 }
+
+/// A snapshot image and the requested metadata values read with it.
+pub type Export = (Vec<u8>, Vec<Option<Vec<u8>>>);
 
 #[derive(Default, BorshSerialize, BorshDeserialize)]
 struct Dump {

@@ -5,7 +5,9 @@
 
 use crate::error::{LedgerError, Result};
 use crate::exec::{self, Overlay};
-use crate::store::{BLOCKS, META, MERKLE, SIZES, STATE, TX_INDEX, Tip, header_for, origin, precheck, signer_name};
+use crate::store::{
+    BLOCKS, MERKLE, META, SIZES, STATE, TX_INDEX, Tip, header_for, origin, precheck, signer_name,
+};
 use borsh::BorshDeserialize;
 use medledger_core::{Digest32, Genesis, SignedBlock, SignedTx, TxHash};
 use medledger_merkle::{Checkpoint, Frontier, SignedCheckpoint};
@@ -36,7 +38,10 @@ pub struct VerifyReport {
 }
 
 fn corrupt(height: u64, reason: impl Into<String>) -> LedgerError {
-    LedgerError::Corrupt { height, reason: reason.into() }
+    LedgerError::Corrupt {
+        height,
+        reason: reason.into(),
+    }
 }
 
 /// How many blocks are decoded and signature-checked in parallel at a time.
@@ -48,12 +53,21 @@ struct Decoded {
     txs: Vec<(SignedTx, TxHash)>,
 }
 
-fn decode_and_check(db_block: Option<Vec<u8>>, height: u64, genesis: &Genesis, mode: VerifyMode) -> Result<Decoded> {
+fn decode_and_check(
+    db_block: Option<Vec<u8>>,
+    height: u64,
+    genesis: &Genesis,
+    mode: VerifyMode,
+) -> Result<Decoded> {
     let raw = db_block.ok_or_else(|| corrupt(height, "block is missing"))?;
-    let block = SignedBlock::decode(&raw).map_err(|e| corrupt(height, format!("undecodable: {e}")))?;
+    let block =
+        SignedBlock::decode(&raw).map_err(|e| corrupt(height, format!("undecodable: {e}")))?;
     let encoded: Vec<Vec<u8>> = block.txs.iter().map(SignedTx::to_bytes).collect();
     let mut txs = Vec::with_capacity(encoded.len());
-    for (i, r) in precheck(genesis, &encoded, mode == VerifyMode::Full).into_iter().enumerate() {
+    for (i, r) in precheck(genesis, &encoded, mode == VerifyMode::Full)
+        .into_iter()
+        .enumerate()
+    {
         match r {
             Ok(t) => txs.push(t),
             Err((_, reason)) => return Err(corrupt(height, format!("transaction {i}: {reason}"))),
@@ -87,18 +101,27 @@ pub(crate) fn verify_db(
     let genesis_hash = genesis.hash();
     match meta.get("genesis_hash")? {
         Some(h) if h.value() == &genesis_hash.0.0[..] => {}
-        _ => return Err(LedgerError::CorruptMeta("genesis hash does not match genesis.json".into())),
+        _ => {
+            return Err(LedgerError::CorruptMeta(
+                "genesis hash does not match genesis.json".into(),
+            ));
+        }
     }
-    let tip_bytes = meta.get("tip")?.ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
+    let tip_bytes = meta
+        .get("tip")?
+        .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
     let tip = Tip::try_from_slice(tip_bytes.value())
         .map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))?;
     let blocks_t = rtx.open_table(BLOCKS)?;
     let index_t = rtx.open_table(TX_INDEX)?;
     let sizes_t = rtx.open_table(SIZES)?;
-    if let Some(last) = blocks_t.last()? {
-        if last.0.value() != tip.height {
-            return Err(corrupt(last.0.value(), format!("block beyond the recorded tip {}", tip.height)));
-        }
+    if let Some(last) = blocks_t.last()?
+        && last.0.value() != tip.height
+    {
+        return Err(corrupt(
+            last.0.value(),
+            format!("block beyond the recorded tip {}", tip.height),
+        ));
     }
 
     let origin = origin(genesis);
@@ -106,7 +129,12 @@ pub(crate) fn verify_db(
     let mut last_writer: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
     let mut nodes: BTreeMap<u64, Digest32> = BTreeMap::new();
     let mut frontier = Frontier::new();
-    let mut prev = Tip { height: 0, hash: genesis_hash, time_ms: genesis.created_ms, log_size: 0 };
+    let mut prev = Tip {
+        height: 0,
+        hash: genesis_hash,
+        time_ms: genesis.created_ms,
+        log_size: 0,
+    };
     let mut boundaries: Vec<(u64, u64)> = Vec::new(); // (log size after, height)
 
     let mut next = 1u64;
@@ -133,7 +161,10 @@ pub(crate) fn verify_db(
                 return Err(corrupt(height, "chain id does not match genesis"));
             }
             if !genesis.is_node_key(&block.signer) {
-                return Err(corrupt(height, "signed by a key that is not a genesis node"));
+                return Err(corrupt(
+                    height,
+                    "signed by a key that is not a genesis node",
+                ));
             }
             if !block.signer.verify(&h.hash().0.0, &block.signature.0) {
                 return Err(corrupt(height, "block signature does not verify"));
@@ -143,35 +174,67 @@ pub(crate) fn verify_db(
             let mut overlay = Overlay::new(base);
             for (i, (tx, _)) in txs.iter().enumerate() {
                 if let Err(reason) = exec::execute(&mut overlay, tx)? {
-                    return Err(corrupt(height, format!("transaction {i} would be rejected: {reason}")));
+                    return Err(corrupt(
+                        height,
+                        format!("transaction {i} would be rejected: {reason}"),
+                    ));
                 }
             }
             let writes = std::mem::take(&mut overlay.writes);
             let hashes: Vec<TxHash> = txs.iter().map(|(_, h)| *h).collect();
             let mut new_nodes = Vec::new();
-            let expected = header_for(genesis, &prev, h.time_ms, &hashes, &writes, &mut frontier, &mut new_nodes);
+            let expected = header_for(
+                genesis,
+                &prev,
+                h.time_ms,
+                &hashes,
+                &writes,
+                &mut frontier,
+                &mut new_nodes,
+            );
             if h.time_ms < prev.time_ms {
                 return Err(corrupt(height, "block time goes backwards"));
             }
             for (what, ok) in [
-                ("transaction root", expected.tx_root == h.tx_root && expected.tx_count == h.tx_count),
+                (
+                    "transaction root",
+                    expected.tx_root == h.tx_root && expected.tx_count == h.tx_count,
+                ),
                 ("state digest", expected.state_digest == h.state_digest),
-                ("ledger Merkle root", expected.log_root == h.log_root && expected.log_size == h.log_size),
+                (
+                    "ledger Merkle root",
+                    expected.log_root == h.log_root && expected.log_size == h.log_size,
+                ),
                 ("header", &expected == h),
             ] {
                 if !ok {
-                    return Err(corrupt(height, format!("{what} does not match its contents")));
+                    return Err(corrupt(
+                        height,
+                        format!("{what} does not match its contents"),
+                    ));
                 }
             }
-            let cp = Checkpoint { origin: origin.clone(), size: h.log_size, root: h.log_root };
-            SignedCheckpoint::from_parts(cp, &signer_name(genesis, &block.signer), &block.signer, block.checkpoint_signature.0)
-                .verify(&block.signer)
-                .map_err(|_| corrupt(height, "tree-head signature does not verify"))?;
+            let cp = Checkpoint {
+                origin: origin.clone(),
+                size: h.log_size,
+                root: h.log_root,
+            };
+            SignedCheckpoint::from_parts(
+                cp,
+                &signer_name(genesis, &block.signer),
+                &block.signer,
+                block.checkpoint_signature.0,
+            )
+            .verify(&block.signer)
+            .map_err(|_| corrupt(height, "tree-head signature does not verify"))?;
             let first_leaf = h.log_size - h.tx_count as u64;
             for (i, hash) in hashes.iter().enumerate() {
                 let got = index_t.get(&hash.0.0[..])?.map(|v| v.value());
                 if got != Some((height, first_leaf + i as u64)) {
-                    return Err(corrupt(height, format!("tx index entry for transaction {i} is wrong")));
+                    return Err(corrupt(
+                        height,
+                        format!("tx index entry for transaction {i} is wrong"),
+                    ));
                 }
             }
             if sizes_t.get(h.log_size)?.map(|v| v.value()) != Some(height) {
@@ -183,13 +246,20 @@ pub(crate) fn verify_db(
             }
             nodes.extend(new_nodes);
             boundaries.push((h.log_size, height));
-            prev = Tip { height, hash: h.hash(), time_ms: h.time_ms, log_size: h.log_size };
+            prev = Tip {
+                height,
+                hash: h.hash(),
+                time_ms: h.time_ms,
+                log_size: h.log_size,
+            };
             progress(prev.log_size, tip.log_size);
         }
         next = end + 1;
     }
     if prev != tip {
-        return Err(LedgerError::CorruptMeta("recorded tip does not match the last block".into()));
+        return Err(LedgerError::CorruptMeta(
+            "recorded tip does not match the last block".into(),
+        ));
     }
 
     // Stored derived data must equal what the blocks imply.
@@ -205,7 +275,10 @@ pub(crate) fn verify_db(
         let key = k.value();
         if state.get(key).map(Vec::as_slice) != Some(v.value()) {
             let h = last_writer.get(key).copied().unwrap_or(tip.height);
-            return Err(corrupt(h, "stored state differs from the state the blocks produce"));
+            return Err(corrupt(
+                h,
+                "stored state differs from the state the blocks produce",
+            ));
         }
     }
     if stored_count != state.len() {
@@ -221,14 +294,20 @@ pub(crate) fn verify_db(
             let level = idx.trailing_ones();
             let first_leaf = (idx >> (level + 1)) << level;
             let last_leaf = first_leaf + (1u64 << level) - 1;
-            return Err(corrupt(block_of_leaf(last_leaf), format!("stored Merkle node {idx} is wrong")));
+            return Err(corrupt(
+                block_of_leaf(last_leaf),
+                format!("stored Merkle node {idx} is wrong"),
+            ));
         }
     }
     if merkle_count != nodes.len() {
         return Err(corrupt(tip.height, "stored Merkle nodes are missing"));
     }
     if index_t.len()? != tip.log_size {
-        return Err(corrupt(tip.height, "tx index has entries no block accounts for"));
+        return Err(corrupt(
+            tip.height,
+            "tx index has entries no block accounts for",
+        ));
     }
 
     let seconds = started.elapsed().as_secs_f64();
@@ -236,7 +315,11 @@ pub(crate) fn verify_db(
         blocks: tip.height,
         txs: tip.log_size,
         log_root: frontier.root(),
-        txs_per_second: if seconds > 0.0 { tip.log_size as f64 / seconds } else { 0.0 },
+        txs_per_second: if seconds > 0.0 {
+            tip.log_size as f64 / seconds
+        } else {
+            0.0
+        },
         tip,
         seconds,
     })
@@ -244,7 +327,11 @@ pub(crate) fn verify_db(
 
 impl crate::Ledger {
     /// Runs [`verify_ledger`] on this open ledger (used as the start-up check).
-    pub fn verify(&self, mode: VerifyMode, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<VerifyReport> {
+    pub fn verify(
+        &self,
+        mode: VerifyMode,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<VerifyReport> {
         verify_db(self.db(), self.genesis(), mode, progress, Instant::now())
     }
 }

@@ -32,7 +32,12 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The exact bytes a signature covers.
     pub fn body(&self) -> String {
-        format!("{}\n{}\n{}\n", self.origin, self.size, B64.encode(self.root.0))
+        format!(
+            "{}\n{}\n{}\n",
+            self.origin,
+            self.size,
+            B64.encode(self.root.0)
+        )
     }
 
     pub fn sign(&self, key_name: &str, signer: &NodeSigner) -> SignedCheckpoint {
@@ -74,7 +79,12 @@ pub fn key_id(name: &str, key: &NodeKey) -> [u8; 4] {
 
 impl SignedCheckpoint {
     /// Rebuilds a signed checkpoint from a stored signature.
-    pub fn from_parts(checkpoint: Checkpoint, key_name: &str, key: &NodeKey, sig: [u8; 64]) -> Self {
+    pub fn from_parts(
+        checkpoint: Checkpoint,
+        key_name: &str,
+        key: &NodeKey,
+        sig: [u8; 64],
+    ) -> Self {
         SignedCheckpoint {
             checkpoint,
             signatures: vec![NoteSignature {
@@ -100,14 +110,21 @@ impl SignedCheckpoint {
 
     /// Parses a note. Does not check signatures: call [`SignedCheckpoint::verify`].
     pub fn parse(note: &str) -> Result<Self> {
-        let (body, sigs) =
-            note.split_once("\n\n").ok_or(MerkleError::CheckpointMalformed("no blank line"))?;
+        let (body, sigs) = note
+            .split_once("\n\n")
+            .ok_or(MerkleError::CheckpointMalformed("no blank line"))?;
         let mut lines = body.split('\n');
         let origin = lines.next().filter(|o| !o.is_empty());
         let origin = origin.ok_or(MerkleError::CheckpointMalformed("empty origin"))?;
         let size = lines
             .next()
-            .and_then(|s| if s.starts_with('0') && s.len() > 1 { None } else { s.parse().ok() })
+            .and_then(|s| {
+                if s.starts_with('0') && s.len() > 1 {
+                    None
+                } else {
+                    s.parse().ok()
+                }
+            })
             .ok_or(MerkleError::CheckpointMalformed("bad tree size"))?;
         let root = lines
             .next()
@@ -115,30 +132,50 @@ impl SignedCheckpoint {
             .and_then(|r| <[u8; 32]>::try_from(r).ok())
             .ok_or(MerkleError::CheckpointMalformed("bad root hash"))?;
         if lines.next().is_some() {
-            return Err(MerkleError::CheckpointMalformed("unexpected extension lines"));
+            return Err(MerkleError::CheckpointMalformed(
+                "unexpected extension lines",
+            ));
         }
-        let checkpoint = Checkpoint { origin: origin.to_owned(), size, root: Digest32(root) };
+        let checkpoint = Checkpoint {
+            origin: origin.to_owned(),
+            size,
+            root: Digest32(root),
+        };
         let mut signatures = Vec::new();
         for line in sigs.lines() {
             let rest = line
                 .strip_prefix("\u{2014} ")
-                .ok_or(MerkleError::CheckpointMalformed("signature line must start with an em dash"))?;
-            let (name, blob) =
-                rest.split_once(' ').ok_or(MerkleError::CheckpointMalformed("bad signature line"))?;
-            let blob = B64.decode(blob).map_err(|_| MerkleError::CheckpointMalformed("bad base64"))?;
+                .ok_or(MerkleError::CheckpointMalformed(
+                    "signature line must start with an em dash",
+                ))?;
+            let (name, blob) = rest
+                .split_once(' ')
+                .ok_or(MerkleError::CheckpointMalformed("bad signature line"))?;
+            let blob = B64
+                .decode(blob)
+                .map_err(|_| MerkleError::CheckpointMalformed("bad base64"))?;
             if blob.len() != 68 {
-                return Err(MerkleError::CheckpointMalformed("signature has wrong length"));
+                return Err(MerkleError::CheckpointMalformed(
+                    "signature has wrong length",
+                ));
             }
             let mut key_id = [0u8; 4];
             key_id.copy_from_slice(&blob[..4]);
             let mut signature = [0u8; 64];
             signature.copy_from_slice(&blob[4..]);
-            signatures.push(NoteSignature { key_name: name.to_owned(), key_id, signature });
+            signatures.push(NoteSignature {
+                key_name: name.to_owned(),
+                key_id,
+                signature,
+            });
         }
         if signatures.is_empty() {
             return Err(MerkleError::CheckpointMalformed("no signatures"));
         }
-        Ok(SignedCheckpoint { checkpoint, signatures })
+        Ok(SignedCheckpoint {
+            checkpoint,
+            signatures,
+        })
     }
 
     /// Checks that `key` signed this checkpoint (under any key name).
@@ -147,8 +184,14 @@ impl SignedCheckpoint {
         let body = self.checkpoint.body();
         let ok = self.signatures.iter().any(|s| {
             s.key_id == key_id(&s.key_name, key)
-                && vk.verify_strict(body.as_bytes(), &Signature::from_bytes(&s.signature)).is_ok()
+                && vk
+                    .verify_strict(body.as_bytes(), &Signature::from_bytes(&s.signature))
+                    .is_ok()
         });
-        if ok { Ok(&self.checkpoint) } else { Err(MerkleError::CheckpointSignature) }
+        if ok {
+            Ok(&self.checkpoint)
+        } else {
+            Err(MerkleError::CheckpointSignature)
+        }
     }
 }

@@ -33,7 +33,9 @@ fn node_index(level: u32, position: u64) -> u64 {
 }
 
 fn get(store: &impl NodeStore, index: u64) -> Result<Digest32> {
-    store.get_node(index)?.ok_or(MerkleError::MissingNode(index))
+    store
+        .get_node(index)?
+        .ok_or(MerkleError::MissingNode(index))
 }
 
 /// The right edge of the tree: one root per perfect subtree ("peaks"), largest first.
@@ -74,7 +76,10 @@ impl Frontier {
         emit(2 * n, cur);
         let mut level = 0u32;
         while (n >> level) & 1 == 1 {
-            let left = self.peaks.pop().expect("a set bit of the size always has a peak");
+            let left = self
+                .peaks
+                .pop()
+                .expect("a set bit of the size always has a peak");
             cur = node_hash(&left, &cur);
             level += 1;
             emit(node_index(level, ((n + 1) >> level) - 1), cur);
@@ -85,7 +90,9 @@ impl Frontier {
 
     pub fn root(&self) -> Digest32 {
         let mut iter = self.peaks.iter().rev();
-        let Some(last) = iter.next() else { return empty_root() };
+        let Some(last) = iter.next() else {
+            return empty_root();
+        };
         iter.fold(*last, |acc, peak| node_hash(peak, &acc))
     }
 }
@@ -103,7 +110,7 @@ pub fn root_of<'a>(leaves: impl IntoIterator<Item = &'a [u8]>) -> Digest32 {
 /// power of two below the length).
 fn subtree_hash(store: &impl NodeStore, lo: u64, hi: u64) -> Result<Digest32> {
     let n = hi - lo;
-    if n.is_power_of_two() && lo % n == 0 {
+    if n.is_power_of_two() && lo.is_multiple_of(n) {
         return get(store, node_index(n.trailing_zeros(), lo / n));
     }
     let k = 1u64 << (63 - (n - 1).leading_zeros());
@@ -122,7 +129,10 @@ fn node_at_size(store: &impl NodeStore, index: u64, size: u64) -> Result<Digest3
 
 fn check_size(size: u64, have: u64) -> Result<()> {
     if size > have {
-        return Err(MerkleError::SizeOutOfRange { requested: size, have });
+        return Err(MerkleError::SizeOutOfRange {
+            requested: size,
+            have,
+        });
     }
     Ok(())
 }

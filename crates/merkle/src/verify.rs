@@ -43,7 +43,10 @@ pub fn verify_consistency(
     proof: &[Digest32],
 ) -> Result<()> {
     if old_size == 0 || old_size > new_size {
-        return Err(MerkleError::BadSizes { old: old_size, new: new_size });
+        return Err(MerkleError::BadSizes {
+            old: old_size,
+            new: new_size,
+        });
     }
     let proof = ConsistencyProof::<Sha256>::try_from_bytes(concat(proof))
         .map_err(|e| MerkleError::ProofInvalid(e.to_string()))?;

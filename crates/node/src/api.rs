@@ -41,8 +41,7 @@ pub fn router(state: AppState, peer_rpc: bool) -> Router {
             .route("/raft/vote", post(raft_vote))
             .route("/raft/snapshot", post(raft_snapshot));
     }
-    r
-        .route("/v1/tx", post(submit_one))
+    r.route("/v1/tx", post(submit_one))
         .route("/v1/txs", post(submit_many))
         .route("/v1/tx/{hash}", get(tx_status))
         .route("/v1/blocks/{height}", get(block))
@@ -75,14 +74,25 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
-            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, "not_found", format!("{what} not found")),
+            ApiError::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error".to_owned())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error".to_owned(),
+                )
             }
         };
-        (status, Json(serde_json::json!({ "error": ErrorBody { code: code.into(), message } })))
+        (
+            status,
+            Json(serde_json::json!({ "error": ErrorBody { code: code.into(), message } })),
+        )
             .into_response()
     }
 }
@@ -173,29 +183,54 @@ pub struct SubmitManyResponse {
     pub results: Vec<SubmitResult>,
 }
 
+/// A decoded tx (bytes, parsed form, hash), or its rejection.
+type Decoded = std::result::Result<(Vec<u8>, SignedTx, TxHash), TxOutcome>;
+
 fn reject(hash: Option<TxHash>, reason: RejectReason) -> TxOutcome {
-    TxOutcome { hash, result: Err(reason) }
+    TxOutcome {
+        hash,
+        result: Err(reason),
+    }
 }
 
 /// Stateless checks and a cheap look at committed state, so that obviously invalid
 /// transactions never reach the Raft log. The state machine checks again.
-fn admission(ledger: &Ledger, raw: Vec<std::result::Result<Vec<u8>, String>>) -> Vec<std::result::Result<Vec<u8>, TxOutcome>> {
+fn admission(
+    ledger: &Ledger,
+    raw: Vec<std::result::Result<Vec<u8>, String>>,
+) -> Vec<std::result::Result<Vec<u8>, TxOutcome>> {
     let chain = &ledger.genesis().chain_id;
-    let mut decoded: Vec<std::result::Result<(Vec<u8>, SignedTx, TxHash), TxOutcome>> = raw
+    let mut decoded: Vec<Decoded> = raw
         .into_iter()
         .map(|r| {
             let bytes = r.map_err(|detail| reject(None, RejectReason::Malformed { detail }))?;
             if bytes.len() > MAX_TX_BYTES {
-                return Err(reject(None, RejectReason::Oversized { size: bytes.len(), max: MAX_TX_BYTES }));
+                return Err(reject(
+                    None,
+                    RejectReason::Oversized {
+                        size: bytes.len(),
+                        max: MAX_TX_BYTES,
+                    },
+                ));
             }
-            let tx = SignedTx::decode(&bytes)
-                .map_err(|e| reject(None, RejectReason::Malformed { detail: e.to_string() }))?;
-            let hash = tx.check_without_signature(chain).map_err(|r| reject(Some(tx.body.hash()), r))?;
+            let tx = SignedTx::decode(&bytes).map_err(|e| {
+                reject(
+                    None,
+                    RejectReason::Malformed {
+                        detail: e.to_string(),
+                    },
+                )
+            })?;
+            let hash = tx
+                .check_without_signature(chain)
+                .map_err(|r| reject(Some(tx.body.hash()), r))?;
             Ok((bytes, tx, hash))
         })
         .collect();
-    let pairs: Vec<(&SignedTx, TxHash)> =
-        decoded.iter().filter_map(|d| d.as_ref().ok().map(|(_, t, h)| (t, *h))).collect();
+    let pairs: Vec<(&SignedTx, TxHash)> = decoded
+        .iter()
+        .filter_map(|d| d.as_ref().ok().map(|(_, t, h)| (t, *h)))
+        .collect();
     let verdicts = verify_signatures(&pairs);
     let mut v = verdicts.into_iter();
     for d in decoded.iter_mut() {
@@ -213,7 +248,10 @@ fn admission(ledger: &Ledger, raw: Vec<std::result::Result<Vec<u8>, String>>) ->
                 Ok(None) => Err(reject(Some(hash), RejectReason::UnknownSigner)),
                 Ok(Some(a)) if tx.body.nonce <= a.nonce => Err(reject(
                     Some(hash),
-                    RejectReason::ReplayedNonce { expected: a.nonce + 1, got: tx.body.nonce },
+                    RejectReason::ReplayedNonce {
+                        expected: a.nonce + 1,
+                        got: tx.body.nonce,
+                    },
                 )),
                 _ => Ok(bytes),
             }
@@ -224,11 +262,17 @@ fn admission(ledger: &Ledger, raw: Vec<std::result::Result<Vec<u8>, String>>) ->
 async fn submit(state: &AppState, encoded: Vec<String>) -> Result<Vec<SubmitResult>, ApiError> {
     let started = Instant::now();
     let ledger = state.ledger.clone();
-    let raw = encoded.into_iter().map(|s| B64.decode(s).map_err(|e| format!("not base64: {e}"))).collect();
+    let raw = encoded
+        .into_iter()
+        .map(|s| B64.decode(s).map_err(|e| format!("not base64: {e}")))
+        .collect();
     let admitted = tokio::task::spawn_blocking(move || admission(&ledger, raw))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let to_submit: Vec<Vec<u8>> = admitted.iter().filter_map(|a| a.as_ref().ok().cloned()).collect();
+    let to_submit: Vec<Vec<u8>> = admitted
+        .iter()
+        .filter_map(|a| a.as_ref().ok().cloned())
+        .collect();
     let mut committed = state.batcher.submit(to_submit).await.into_iter();
     let mut out = Vec::with_capacity(admitted.len());
     for a in admitted {
@@ -237,7 +281,9 @@ async fn submit(state: &AppState, encoded: Vec<String>) -> Result<Vec<SubmitResu
             Ok(_) => match committed.next() {
                 Some(Ok(o)) => o,
                 Some(Err(ConsensusError::NotLeader(l))) => {
-                    return Err(ApiError::Unavailable(format!("not the leader (leader: {l:?})")));
+                    return Err(ApiError::Unavailable(format!(
+                        "not the leader (leader: {l:?})"
+                    )));
                 }
                 Some(Err(e)) => return Err(ApiError::Unavailable(e.to_string())),
                 None => return Err(ApiError::Internal("batcher lost a result".into())),
@@ -260,7 +306,11 @@ async fn submit_one(
 ) -> Result<Response, ApiError> {
     let Json(req) = body?;
     let r = submit(&s, vec![req.tx]).await?.remove(0);
-    let status = if r.status == "committed" { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    let status = if r.status == "committed" {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
     Ok((status, Json(r)).into_response())
 }
 
@@ -270,13 +320,18 @@ async fn submit_many(
 ) -> Result<Json<SubmitManyResponse>, ApiError> {
     let Json(req) = body?;
     if req.txs.len() > MAX_TXS_PER_REQUEST {
-        return Err(ApiError::BadRequest(format!("at most {MAX_TXS_PER_REQUEST} transactions per request")));
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_TXS_PER_REQUEST} transactions per request"
+        )));
     }
-    Ok(Json(SubmitManyResponse { results: submit(&s, req.txs).await? }))
+    Ok(Json(SubmitManyResponse {
+        results: submit(&s, req.txs).await?,
+    }))
 }
 
 fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiError> {
-    s.parse().map_err(|_| ApiError::BadRequest(format!("invalid {what}")))
+    s.parse()
+        .map_err(|_| ApiError::BadRequest(format!("invalid {what}")))
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -288,10 +343,19 @@ pub struct TxStatus {
     pub tx: SignedTx,
 }
 
-async fn tx_status(State(s): State<AppState>, Path(hash): Path<String>) -> Result<Json<TxStatus>, ApiError> {
+async fn tx_status(
+    State(s): State<AppState>,
+    Path(hash): Path<String>,
+) -> Result<Json<TxStatus>, ApiError> {
     let hash: TxHash = parse(&hash, "transaction hash")?;
     let (loc, tx) = s.ledger.tx(&hash)?;
-    Ok(Json(TxStatus { hash, status: "committed".into(), height: loc.height, leaf_index: loc.leaf_index, tx }))
+    Ok(Json(TxStatus {
+        hash,
+        status: "committed".into(),
+        height: loc.height,
+        leaf_index: loc.leaf_index,
+        tx,
+    }))
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -301,10 +365,16 @@ pub struct BlockView {
     pub block: medledger_core::SignedBlock,
 }
 
-async fn block(State(s): State<AppState>, Path(height): Path<String>) -> Result<Json<BlockView>, ApiError> {
+async fn block(
+    State(s): State<AppState>,
+    Path(height): Path<String>,
+) -> Result<Json<BlockView>, ApiError> {
     let height: u64 = parse(&height, "height")?;
     let block = s.ledger.block(height)?;
-    Ok(Json(BlockView { hash: block.header.hash(), block }))
+    Ok(Json(BlockView {
+        hash: block.header.hash(),
+        block,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -341,10 +411,18 @@ async fn inclusion(
 ) -> Result<Json<InclusionProofView>, ApiError> {
     let Query(q) = q?;
     let hash: TxHash = parse(&q.hash, "transaction hash")?;
-    let loc = s.ledger.tx_location(&hash)?.ok_or(ApiError::NotFound("transaction"))?;
+    let loc = s
+        .ledger
+        .tx_location(&hash)?
+        .ok_or(ApiError::NotFound("transaction"))?;
     let size = q.size.unwrap_or(s.ledger.tip().log_size);
     let proof = s.ledger.inclusion_proof(loc.leaf_index, size)?;
-    Ok(Json(InclusionProofView { hash, leaf_index: loc.leaf_index, tree_size: size, proof }))
+    Ok(Json(InclusionProofView {
+        hash,
+        leaf_index: loc.leaf_index,
+        tree_size: size,
+        proof,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -367,7 +445,11 @@ async fn consistency(
     let Query(q) = q?;
     let new = q.new.unwrap_or(s.ledger.tip().log_size);
     let proof = s.ledger.consistency_proof(q.old, new)?;
-    Ok(Json(ConsistencyProofView { old_size: q.old, new_size: new, proof }))
+    Ok(Json(ConsistencyProofView {
+        old_size: q.old,
+        new_size: new,
+        proof,
+    }))
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -378,9 +460,15 @@ pub struct AccountView {
     pub consortium_admin: bool,
 }
 
-async fn account(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<AccountView>, ApiError> {
+async fn account(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<AccountView>, ApiError> {
     let id: AccountId = parse(&id, "account id (did:key)")?;
-    let a = s.ledger.account(&id)?.ok_or(ApiError::NotFound("account"))?;
+    let a = s
+        .ledger
+        .account(&id)?
+        .ok_or(ApiError::NotFound("account"))?;
     Ok(Json(AccountView {
         account: id,
         nonce: a.nonce,
@@ -413,7 +501,11 @@ async fn health(State(s): State<AppState>) -> Response {
     let m = s.raft.metrics().borrow().clone();
     let ok = m.current_leader.is_some();
     let body = serde_json::json!({ "ok": ok, "leader": m.current_leader, "state": format!("{:?}", m.state) });
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -421,18 +513,27 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
     let tip = s.ledger.tip();
     metrics::gauge!("medledger_block_height").set(tip.height as f64);
     metrics::gauge!("medledger_log_size").set(tip.log_size as f64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 type RaftRpc<T> = Result<Json<T>, ApiError>;
 
 async fn raft_append(
     State(s): State<AppState>,
-    body: Result<Json<openraft::raft::AppendEntriesRequest<medledger_consensus::TypeConfig>>, JsonRejection>,
+    body: Result<
+        Json<openraft::raft::AppendEntriesRequest<medledger_consensus::TypeConfig>>,
+        JsonRejection,
+    >,
 ) -> RaftRpc<serde_json::Value> {
     let Json(req) = body?;
     let r = s.raft.append_entries(req).await;
-    Ok(Json(serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?))
+    Ok(Json(
+        serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
 }
 
 async fn raft_vote(
@@ -441,14 +542,21 @@ async fn raft_vote(
 ) -> RaftRpc<serde_json::Value> {
     let Json(req) = body?;
     let r = s.raft.vote(req).await;
-    Ok(Json(serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?))
+    Ok(Json(
+        serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
 }
 
 async fn raft_snapshot(
     State(s): State<AppState>,
-    body: Result<Json<openraft::raft::InstallSnapshotRequest<medledger_consensus::TypeConfig>>, JsonRejection>,
+    body: Result<
+        Json<openraft::raft::InstallSnapshotRequest<medledger_consensus::TypeConfig>>,
+        JsonRejection,
+    >,
 ) -> RaftRpc<serde_json::Value> {
     let Json(req) = body?;
     let r = s.raft.install_snapshot(req).await;
-    Ok(Json(serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?))
+    Ok(Json(
+        serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
 }

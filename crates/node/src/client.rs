@@ -1,7 +1,8 @@
 //! A typed client for the `/v1` API, used by the CLI, the benchmark and the tests.
 
 use crate::api::{
-    ConsistencyProofView, InclusionProofView, StatusView, SubmitManyResponse, SubmitResult, TxStatus,
+    ConsistencyProofView, InclusionProofView, StatusView, SubmitManyResponse, SubmitResult,
+    TxStatus,
 };
 use crate::error::{NodeError, Result};
 use base64::Engine;
@@ -15,7 +16,8 @@ pub fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
     let mut b = reqwest::Client::builder().pool_max_idle_per_host(64);
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).map_err(|e| NodeError::io(ca, e))?;
-        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| NodeError::Tls(e.to_string()))?;
+        let cert =
+            reqwest::Certificate::from_pem(&pem).map_err(|e| NodeError::Tls(e.to_string()))?;
         b = b.tls_certs_only([cert]);
     }
     b.build().map_err(|e| NodeError::Http(e.to_string()))
@@ -29,11 +31,19 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, ca: Option<&Path>) -> Result<Self> {
-        Ok(Client { http: http_client(ca)?, base: base.trim_end_matches('/').to_owned() })
+        Ok(Client {
+            http: http_client(ca)?,
+            base: base.trim_end_matches('/').to_owned(),
+        })
     }
 
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.map_err(http)?;
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(http)?;
         decode(r).await
     }
 
@@ -48,7 +58,13 @@ impl Client {
 
     pub async fn submit(&self, tx: &[u8]) -> Result<SubmitResult> {
         let body = serde_json::json!({ "tx": B64.encode(tx) });
-        let r = self.http.post(format!("{}/v1/tx", self.base)).json(&body).send().await.map_err(http)?;
+        let r = self
+            .http
+            .post(format!("{}/v1/tx", self.base))
+            .json(&body)
+            .send()
+            .await
+            .map_err(http)?;
         if r.status() == reqwest::StatusCode::UNPROCESSABLE_ENTITY {
             return r.json().await.map_err(http);
         }
@@ -56,13 +72,25 @@ impl Client {
     }
 
     pub async fn submit_many(&self, txs: &[Vec<u8>]) -> Result<Vec<SubmitResult>> {
-        let body = serde_json::json!({ "txs": txs.iter().map(|t| B64.encode(t)).collect::<Vec<_>>() });
-        let r = self.http.post(format!("{}/v1/txs", self.base)).json(&body).send().await.map_err(http)?;
+        let body =
+            serde_json::json!({ "txs": txs.iter().map(|t| B64.encode(t)).collect::<Vec<_>>() });
+        let r = self
+            .http
+            .post(format!("{}/v1/txs", self.base))
+            .json(&body)
+            .send()
+            .await
+            .map_err(http)?;
         Ok(decode::<SubmitManyResponse>(r).await?.results)
     }
 
     pub async fn tx_status(&self, hash: &TxHash) -> Result<Option<TxStatus>> {
-        let r = self.http.get(format!("{}/v1/tx/{hash}", self.base)).send().await.map_err(http)?;
+        let r = self
+            .http
+            .get(format!("{}/v1/tx/{hash}", self.base))
+            .send()
+            .await
+            .map_err(http)?;
         if r.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -71,7 +99,12 @@ impl Client {
 
     pub async fn tree_head(&self, size: Option<u64>) -> Result<String> {
         let q = size.map(|s| format!("?size={s}")).unwrap_or_default();
-        let r = self.http.get(format!("{}/v1/tree-head{q}", self.base)).send().await.map_err(http)?;
+        let r = self
+            .http
+            .get(format!("{}/v1/tree-head{q}", self.base))
+            .send()
+            .await
+            .map_err(http)?;
         if !r.status().is_success() {
             return Err(api_error(r).await);
         }
@@ -79,11 +112,13 @@ impl Client {
     }
 
     pub async fn inclusion(&self, hash: &TxHash, size: u64) -> Result<InclusionProofView> {
-        self.get(&format!("/v1/proof/inclusion?hash={hash}&size={size}")).await
+        self.get(&format!("/v1/proof/inclusion?hash={hash}&size={size}"))
+            .await
     }
 
     pub async fn consistency(&self, old: u64, new: u64) -> Result<ConsistencyProofView> {
-        self.get(&format!("/v1/proof/consistency?old={old}&new={new}")).await
+        self.get(&format!("/v1/proof/consistency?old={old}&new={new}"))
+            .await
     }
 
     pub async fn wait_ready(&self, timeout: std::time::Duration) -> Result<()> {

@@ -39,7 +39,9 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(path)
         .map_err(|e| NodeError::io(path, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| NodeError::io(path, e))
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| NodeError::io(path, e))
 }
 
 fn write_public(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -86,7 +88,9 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<InitReport> {
             (p, Some(path))
         }
     };
-    admin.seal(password.as_bytes())?.write(&dir.join(ADMIN_KEYSTORE))?;
+    admin
+        .seal(password.as_bytes())?
+        .write(&dir.join(ADMIN_KEYSTORE))?;
     let created_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -97,12 +101,18 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<InitReport> {
         created_ms,
         admin: admin.account(),
         admin_encryption_key: admin.encryption_public(),
-        nodes: vec![GenesisNode { id: opts.node_id, key: node.public() }],
+        nodes: vec![GenesisNode {
+            id: opts.node_id,
+            key: node.public(),
+        }],
     };
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
         .map_err(|e| NodeError::Tls(e.to_string()))?;
     write_public(&dir.join(TLS_CERT), cert.cert.pem().as_bytes())?;
-    write_private(&dir.join(TLS_KEY), cert.signing_key.serialize_pem().as_bytes())?;
+    write_private(
+        &dir.join(TLS_KEY),
+        cert.signing_key.serialize_pem().as_bytes(),
+    )?;
     write_private(&dir.join(NODE_KEY), hex::encode(node_seed).as_bytes())?;
     write_public(&dir.join(NODE_ID), opts.node_id.to_string().as_bytes())?;
     // genesis.json last: its presence marks the directory as initialised.
@@ -146,18 +156,30 @@ pub fn load(dir: &Path) -> Result<DataDir> {
     let seed: [u8; 32] = hex::decode(read(&key_path)?.trim_ascii())
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| NodeError::Malformed(key_path.display().to_string(), "expected 64 hex digits".into()))?;
+        .ok_or_else(|| {
+            NodeError::Malformed(
+                key_path.display().to_string(),
+                "expected 64 hex digits".into(),
+            )
+        })?;
     let node = NodeSigner::new(SigningKey::from_bytes(&seed));
     let id_path = dir.join(NODE_ID);
     let node_id = String::from_utf8_lossy(&read(&id_path)?)
         .trim()
         .parse()
-        .map_err(|_| NodeError::Malformed(id_path.display().to_string(), "expected a number".into()))?;
+        .map_err(|_| {
+            NodeError::Malformed(id_path.display().to_string(), "expected a number".into())
+        })?;
     if !genesis.is_node_key(&node.public()) {
         return Err(NodeError::Malformed(
             key_path.display().to_string(),
             "this node's key is not listed in genesis.json".into(),
         ));
     }
-    Ok(DataDir { dir: dir.to_owned(), genesis, node, node_id })
+    Ok(DataDir {
+        dir: dir.to_owned(),
+        genesis,
+        node,
+        node_id,
+    })
 }

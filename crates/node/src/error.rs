@@ -5,7 +5,10 @@ pub type Result<T, E = NodeError> = std::result::Result<T, E>;
 #[derive(Debug, Error)]
 pub enum NodeError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("data directory {0} is already initialised")]
     AlreadyInitialised(String),
     #[error("data directory {0} is not initialised (run `medledger init` first)")]
@@ -34,6 +37,9 @@ pub enum NodeError {
 
 impl NodeError {
     pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        NodeError::Io { path: path.display().to_string(), source }
+        NodeError::Io {
+            path: path.display().to_string(),
+            source,
+        }
     }
 }

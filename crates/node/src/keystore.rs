@@ -7,8 +7,8 @@ use crate::error::{NodeError, Result};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::XChaCha20Poly1305;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use ed25519_dalek::SigningKey;
 use medledger_core::keys::random_bytes32;
 use medledger_core::{AccountId, Digest32};
@@ -39,11 +39,16 @@ impl KdfParams {
 
     fn derive(&self, password: &[u8]) -> Result<[u8; 32]> {
         if self.algorithm != "argon2id" {
-            return Err(NodeError::Keystore(format!("unsupported KDF {}", self.algorithm)));
+            return Err(NodeError::Keystore(format!(
+                "unsupported KDF {}",
+                self.algorithm
+            )));
         }
         let params = Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
             .map_err(|e| NodeError::Keystore(e.to_string()))?;
-        let salt = B64.decode(&self.salt).map_err(|_| NodeError::Keystore("bad salt".into()))?;
+        let salt = B64
+            .decode(&self.salt)
+            .map_err(|_| NodeError::Keystore("bad salt".into()))?;
         let mut key = [0u8; 32];
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
             .hash_password_into(password, &salt, &mut key)
@@ -106,7 +111,13 @@ impl AccountKeys {
         let account = self.account();
         let aad = account.to_did();
         let ct = XChaCha20Poly1305::new(&key.into())
-            .encrypt(&nonce.into(), Payload { msg: &plain, aad: aad.as_bytes() })
+            .encrypt(
+                &nonce.into(),
+                Payload {
+                    msg: &plain,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| NodeError::Keystore("encryption failed".into()))?;
         Ok(KeystoreFile {
             version: KEYSTORE_VERSION,
@@ -134,7 +145,9 @@ impl KeystoreFile {
 
     pub fn open(&self, password: &[u8]) -> Result<AccountKeys> {
         if self.version != KEYSTORE_VERSION || self.cipher != "xchacha20poly1305" {
-            return Err(NodeError::Keystore("unsupported keystore version or cipher".into()));
+            return Err(NodeError::Keystore(
+                "unsupported keystore version or cipher".into(),
+            ));
         }
         let key = self.kdf.derive(password)?;
         let nonce: [u8; 24] = B64
@@ -142,10 +155,18 @@ impl KeystoreFile {
             .ok()
             .and_then(|n| n.try_into().ok())
             .ok_or(NodeError::KeystoreDecrypt)?;
-        let ct = B64.decode(&self.ciphertext).map_err(|_| NodeError::KeystoreDecrypt)?;
+        let ct = B64
+            .decode(&self.ciphertext)
+            .map_err(|_| NodeError::KeystoreDecrypt)?;
         let aad = self.account.to_did();
         let plain = XChaCha20Poly1305::new(&key.into())
-            .decrypt(&nonce.into(), Payload { msg: &ct, aad: aad.as_bytes() })
+            .decrypt(
+                &nonce.into(),
+                Payload {
+                    msg: &ct,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| NodeError::KeystoreDecrypt)?;
         if plain.len() != 64 {
             return Err(NodeError::KeystoreDecrypt);
@@ -170,7 +191,10 @@ mod tests {
     fn wrong_password_fails_and_right_one_opens() {
         let keys = AccountKeys::generate().unwrap();
         let file = keys.seal(b"correct horse battery").unwrap();
-        assert!(matches!(file.open(b"wrong password!"), Err(NodeError::KeystoreDecrypt)));
+        assert!(matches!(
+            file.open(b"wrong password!"),
+            Err(NodeError::KeystoreDecrypt)
+        ));
         let opened = file.open(b"correct horse battery").unwrap();
         assert_eq!(opened.account(), keys.account());
         let mut tampered = file.clone();

@@ -74,7 +74,12 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         .await
         .map_err(|e| NodeError::Server(e.to_string()))?
         .map_err(NodeError::StartupCheck)?;
-    tracing::info!(blocks = report.blocks, txs = report.txs, seconds = report.seconds, "start-up check passed");
+    tracing::info!(
+        blocks = report.blocks,
+        txs = report.txs,
+        seconds = report.seconds,
+        "start-up check passed"
+    );
 
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -82,14 +87,32 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
 
     let listener = std::net::TcpListener::bind(config.listen)
         .map_err(|e| NodeError::Server(format!("cannot listen on {}: {e}", config.listen)))?;
-    listener.set_nonblocking(true).map_err(|e| NodeError::Server(e.to_string()))?;
-    let local = listener.local_addr().map_err(|e| NodeError::Server(e.to_string()))?;
-    let scheme = if config.insecure_http { "http" } else { "https" };
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| NodeError::Server(e.to_string()))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| NodeError::Server(e.to_string()))?;
+    let scheme = if config.insecure_http {
+        "http"
+    } else {
+        "https"
+    };
     let url = format!("{scheme}://{local}");
 
-    let cert = config.tls_cert.clone().unwrap_or_else(|| dd.dir.join(TLS_CERT));
-    let key = config.tls_key.clone().unwrap_or_else(|| dd.dir.join(TLS_KEY));
-    let peer_client = crate::client::http_client(if config.insecure_http { None } else { Some(&cert) })?;
+    let cert = config
+        .tls_cert
+        .clone()
+        .unwrap_or_else(|| dd.dir.join(TLS_CERT));
+    let key = config
+        .tls_key
+        .clone()
+        .unwrap_or_else(|| dd.dir.join(TLS_KEY));
+    let peer_client = crate::client::http_client(if config.insecure_http {
+        None
+    } else {
+        Some(&cert)
+    })?;
     let log = LogStore::open(&dd.dir.join(RAFT_DB))?;
     let raft = medledger_consensus::start(
         dd.node_id,
@@ -101,25 +124,36 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
     )
     .await?;
     let batcher = Batcher::start(raft.clone(), config.batcher.clone());
-    let state = AppState { ledger, raft: raft.clone(), batcher, metrics: prometheus };
+    let state = AppState {
+        ledger,
+        raft: raft.clone(),
+        batcher,
+        metrics: prometheus,
+    };
     let app = api::router(state, config.peer_rpc)
         .layer(RequestBodyLimitLayer::new(api::MAX_BODY_BYTES))
-        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(
-            |req: &axum::http::Request<_>| {
-                // The matched route, never the raw URI: paths can carry identifiers.
-                let route = req
-                    .extensions()
-                    .get::<axum::extract::MatchedPath>()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_default();
-                tracing::info_span!("http", method = %req.method(), route)
-            },
-        ));
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |req: &axum::http::Request<_>| {
+                    // The matched route, never the raw URI: paths can carry identifiers.
+                    let route = req
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map(|p| p.as_str().to_owned())
+                        .unwrap_or_default();
+                    tracing::info_span!("http", method = %req.method(), route)
+                },
+            ),
+        );
 
     on_ready(&url);
     let result = if config.insecure_http {
-        let l = tokio::net::TcpListener::from_std(listener).map_err(|e| NodeError::Server(e.to_string()))?;
-        axum::serve(l, app).with_graceful_shutdown(shutdown_signal()).await.map_err(|e| NodeError::Server(e.to_string()))
+        let l = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| NodeError::Server(e.to_string()))?;
+        axum::serve(l, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| NodeError::Server(e.to_string()))
     } else {
         let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
             .await
@@ -145,10 +179,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]

@@ -1,9 +1,9 @@
 //! openraft's own storage conformance suite, run against our redb log store and the
 //! ledger-backed state machine.
 
+use ed25519_dalek::SigningKey;
 use medledger_consensus::{LogStore, StateMachine, TypeConfig};
 use medledger_core::genesis::{GENESIS_VERSION, GenesisNode};
-use ed25519_dalek::SigningKey;
 use medledger_core::{AccountId, ChainId, Digest32, Genesis, NodeSigner};
 use medledger_ledger::Ledger;
 use openraft::StorageError;
@@ -12,7 +12,9 @@ use openraft::testing::{StoreBuilder, Suite};
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().expect("tempdir");
         // Every node of a cluster shares one genesis: fixed keys, so snapshots built by
         // one store install into another.
@@ -24,9 +26,13 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
             created_ms: 0,
             admin: AccountId(admin.verifying_key().to_bytes()),
             admin_encryption_key: Digest32([0; 32]),
-            nodes: vec![GenesisNode { id: 0, key: node.public() }],
+            nodes: vec![GenesisNode {
+                id: 0,
+                key: node.public(),
+            }],
         };
-        let ledger = Ledger::open(&dir.path().join("ledger.redb"), genesis, node, 0).expect("ledger");
+        let ledger =
+            Ledger::open(&dir.path().join("ledger.redb"), genesis, node, 0).expect("ledger");
         let log = LogStore::open(&dir.path().join("raft.redb")).expect("log");
         Ok((dir, log, StateMachine::new(ledger)))
     }

@@ -28,11 +28,20 @@ fn fixture() -> Fixture {
         created_ms: 1_700_000_000_000,
         admin: AccountId(admin.verifying_key().to_bytes()),
         admin_encryption_key: Digest32([1; 32]),
-        nodes: vec![GenesisNode { id: 1, key: node.public() }],
+        nodes: vec![GenesisNode {
+            id: 1,
+            key: node.public(),
+        }],
     };
     let path = dir.path().join("ledger.redb");
     let ledger = Ledger::open(&path, genesis.clone(), node, 1).unwrap();
-    Fixture { _dir: dir, path, ledger, genesis, admin }
+    Fixture {
+        _dir: dir,
+        path,
+        ledger,
+        genesis,
+        admin,
+    }
 }
 
 fn tx(key: &SigningKey, chain: &str, nonce: u64, payload: Payload) -> Vec<u8> {
@@ -48,15 +57,30 @@ fn tx(key: &SigningKey, chain: &str, nonce: u64, payload: Payload) -> Vec<u8> {
 }
 
 fn anchor(n: u8) -> Payload {
-    Payload::Anchor { digest: Digest32([n; 32]) }
+    Payload::Anchor {
+        digest: Digest32([n; 32]),
+    }
 }
 
 fn apply(l: &Ledger, txs: &[Vec<u8>]) -> medledger_ledger::BatchOutcome {
-    l.apply(&[Batch { time_ms: 1_700_000_001_000, txs }], &[]).unwrap().remove(0)
+    l.apply(
+        &[Batch {
+            time_ms: 1_700_000_001_000,
+            txs,
+        }],
+        &[],
+    )
+    .unwrap()
+    .remove(0)
 }
 
 fn code(o: &medledger_ledger::BatchOutcome, i: usize) -> &'static str {
-    o.txs[i].result.as_ref().err().map(|r| r.code()).unwrap_or("accepted")
+    o.txs[i]
+        .result
+        .as_ref()
+        .err()
+        .map(|r| r.code())
+        .unwrap_or("accepted")
 }
 
 #[test]
@@ -64,7 +88,10 @@ fn every_rejection_reason_changes_nothing() {
     let f = fixture();
     let user = generate_signing_key().unwrap();
     let user_id = AccountId(user.verifying_key().to_bytes());
-    let reg = Payload::RegisterAccount { account: user_id, encryption_key: Digest32([2; 32]) };
+    let reg = Payload::RegisterAccount {
+        account: user_id,
+        encryption_key: Digest32([2; 32]),
+    };
     let ok = apply(&f.ledger, &[tx(&f.admin, "test-chain", 1, reg.clone())]);
     assert_eq!(ok.height, Some(1));
     let before_tip = f.ledger.tip();
@@ -88,11 +115,21 @@ fn every_rejection_reason_changes_nothing() {
     for (bytes, want) in &cases {
         let out = apply(&f.ledger, std::slice::from_ref(bytes));
         assert_eq!(code(&out, 0), *want);
-        assert_eq!(out.height, None, "{want}: a rejected batch must not make a block");
+        assert_eq!(
+            out.height, None,
+            "{want}: a rejected batch must not make a block"
+        );
         assert_eq!(f.ledger.tip(), before_tip, "{want}: tip changed");
-        assert_eq!(f.ledger.account(&f.genesis.admin).unwrap(), before_admin, "{want}");
+        assert_eq!(
+            f.ledger.account(&f.genesis.admin).unwrap(),
+            before_admin,
+            "{want}"
+        );
         if let Some(h) = out.txs[0].hash {
-            assert!(f.ledger.tx_location(&h).unwrap().is_none(), "{want}: tx was indexed");
+            assert!(
+                f.ledger.tx_location(&h).unwrap().is_none(),
+                "{want}: tx was indexed"
+            );
         }
     }
     // The user's own failed attempt did not consume its nonce either.
@@ -113,11 +150,21 @@ fn mixed_batch_keeps_good_txs_in_order_and_proofs_verify() {
         tx(&f.admin, "test-chain", 2, anchor(3)),
     ];
     let out = apply(&f.ledger, &batch);
-    assert_eq!([code(&out, 0), code(&out, 1), code(&out, 2)], ["accepted", "replayed_nonce", "accepted"]);
+    assert_eq!(
+        [code(&out, 0), code(&out, 1), code(&out, 2)],
+        ["accepted", "replayed_nonce", "accepted"]
+    );
     let mut sizes = vec![];
     for round in 0..20u64 {
         let txs: Vec<_> = (0..(round % 7 + 1))
-            .map(|i| tx(&f.admin, "test-chain", f.ledger.account(&f.genesis.admin).unwrap().unwrap().nonce + 1 + i, anchor(i as u8)))
+            .map(|i| {
+                tx(
+                    &f.admin,
+                    "test-chain",
+                    f.ledger.account(&f.genesis.admin).unwrap().unwrap().nonce + 1 + i,
+                    anchor(i as u8),
+                )
+            })
             .collect();
         let out = apply(&f.ledger, &txs);
         assert!(out.txs.iter().all(|t| t.result.is_ok()));
@@ -148,7 +195,13 @@ fn reopen_keeps_everything_and_detects_wrong_genesis() {
     let f = fixture();
     apply(&f.ledger, &[tx(&f.admin, "test-chain", 1, anchor(9))]);
     let tip = f.ledger.tip();
-    let Fixture { _dir, path, ledger, genesis, .. } = f;
+    let Fixture {
+        _dir,
+        path,
+        ledger,
+        genesis,
+        ..
+    } = f;
     drop(ledger);
     let node = NodeSigner::new(generate_signing_key().unwrap());
     let mut other = genesis.clone();
@@ -172,14 +225,25 @@ fn flipped_byte_in_a_block_is_named() {
         }
         apply(&f.ledger, &[t]);
     }
-    let Fixture { _dir, path, ledger, genesis, .. } = f;
+    let Fixture {
+        _dir,
+        path,
+        ledger,
+        genesis,
+        ..
+    } = f;
     drop(ledger);
     let mut bytes = std::fs::read(&path).unwrap();
     let marker = marker_tx.unwrap();
     let sig = &marker[marker.len() - 64..];
     // redb is copy-on-write, so stale copies of a page may hold the same bytes; flip
     // every copy so the live one is hit.
-    let hits: Vec<usize> = bytes.windows(64).enumerate().filter(|(_, w)| *w == sig).map(|(i, _)| i).collect();
+    let hits: Vec<usize> = bytes
+        .windows(64)
+        .enumerate()
+        .filter(|(_, w)| *w == sig)
+        .map(|(i, _)| i)
+        .collect();
     assert!(!hits.is_empty(), "signature is stored verbatim");
     for pos in hits {
         bytes[pos + 10] ^= 0x01;

@@ -66,7 +66,10 @@ fn known_answer_roots() {
             store.0.insert(idx, h);
         });
         assert_eq!(f.root().to_hex(), roots[i], "size {}", i + 1);
-        assert_eq!(root_at(&store, i as u64 + 1, f.size()).unwrap().to_hex(), roots[i]);
+        assert_eq!(
+            root_at(&store, i as u64 + 1, f.size()).unwrap().to_hex(),
+            roots[i]
+        );
     }
     // Historical roots stay computable after the tree has grown.
     for (i, r) in roots.iter().enumerate() {
@@ -162,8 +165,14 @@ fn out_of_range_requests_are_errors_not_panics() {
         inclusion_proof(&store, 11, 0, f.size()),
         Err(MerkleError::SizeOutOfRange { .. })
     ));
-    assert!(matches!(consistency_proof(&store, 0, 5, f.size()), Err(MerkleError::BadSizes { .. })));
-    assert!(matches!(consistency_proof(&store, 6, 5, f.size()), Err(MerkleError::BadSizes { .. })));
+    assert!(matches!(
+        consistency_proof(&store, 0, 5, f.size()),
+        Err(MerkleError::BadSizes { .. })
+    ));
+    assert!(matches!(
+        consistency_proof(&store, 6, 5, f.size()),
+        Err(MerkleError::BadSizes { .. })
+    ));
     let root = f.root();
     assert!(verify_inclusion(&root, 0, &leaf(0), 0, &[]).is_err());
     assert!(verify_consistency(&root, 0, &root, 10, &[]).is_err());
@@ -191,7 +200,11 @@ fn inner_node_cannot_pose_as_leaf() {
 fn checkpoint_round_trip_and_signature() {
     let signer = NodeSigner::new(generate_signing_key().unwrap());
     let other = NodeSigner::new(generate_signing_key().unwrap());
-    let cp = Checkpoint { origin: "medledger/test".into(), size: 42, root: Digest32([3; 32]) };
+    let cp = Checkpoint {
+        origin: "medledger/test".into(),
+        size: 42,
+        root: Digest32([3; 32]),
+    };
     let note = cp.sign("medledger/test/node-1", &signer).to_note();
     assert!(note.starts_with("medledger/test\n42\n"));
     let parsed = SignedCheckpoint::parse(&note).unwrap();
@@ -200,7 +213,12 @@ fn checkpoint_round_trip_and_signature() {
 
     // Changing the size in the text breaks the signature.
     let forged = note.replacen("\n42\n", "\n43\n", 1);
-    assert!(SignedCheckpoint::parse(&forged).unwrap().verify(&signer.public()).is_err());
+    assert!(
+        SignedCheckpoint::parse(&forged)
+            .unwrap()
+            .verify(&signer.public())
+            .is_err()
+    );
     assert!(SignedCheckpoint::parse("no blank line").is_err());
     assert!(SignedCheckpoint::parse("o\n01\nAAAA\n\n— k AAAA\n").is_err());
 }
