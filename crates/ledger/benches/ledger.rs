@@ -11,7 +11,9 @@ fn body(key: &SigningKey, nonce: u64) -> TxBody {
         chain_id: ChainId::new("bench").expect("chain"),
         signer: AccountId(key.verifying_key().to_bytes()),
         nonce,
-        payload: Payload::Anchor { digest: Digest32([7; 32]) },
+        payload: Payload::Anchor {
+            digest: Digest32([7; 32]),
+        },
     }
 }
 
@@ -22,7 +24,9 @@ fn bench(c: &mut Criterion) {
         let t = body(&key, 1);
         b.iter(|| black_box(&t).hash())
     });
-    c.bench_function("tx/sign", |b| b.iter(|| body(&key, black_box(1)).sign(&key)));
+    c.bench_function("tx/sign", |b| {
+        b.iter(|| body(&key, black_box(1)).sign(&key))
+    });
     let tx = body(&key, 1).sign(&key);
     let bytes = tx.to_bytes();
     c.bench_function("tx/decode_check_verify", |b| {
@@ -30,7 +34,9 @@ fn bench(c: &mut Criterion) {
     });
     let txs: Vec<SignedTx> = (1..=256).map(|n| body(&key, n).sign(&key)).collect();
     let pairs: Vec<_> = txs.iter().map(|t| (t, t.body.hash())).collect();
-    c.bench_function("tx/verify_batch_256", |b| b.iter(|| verify_signatures(black_box(&pairs))));
+    c.bench_function("tx/verify_batch_256", |b| {
+        b.iter(|| verify_signatures(black_box(&pairs)))
+    });
 }
 
 criterion_group!(benches, bench);
