@@ -57,11 +57,20 @@ impl LogStore {
     where
         F: FnOnce(&redb::WriteTransaction) -> Result<(), SErr> + Send + 'static,
     {
+        self.write_with(Durability::Immediate, f).await
+    }
+
+    async fn write_with<F>(&self, durability: Durability, f: F) -> Result<(), SErr>
+    where
+        F: FnOnce(&redb::WriteTransaction) -> Result<(), SErr> + Send + 'static,
+    {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let mut w = db.begin_write().map_err(write_err)?;
-            w.set_two_phase_commit(true);
-            w.set_durability(Durability::Immediate).map_err(write_err)?;
+            if matches!(durability, Durability::Immediate) {
+                w.set_two_phase_commit(true);
+            }
+            w.set_durability(durability).map_err(write_err)?;
             f(&w)?;
             w.commit().map_err(write_err)
         })
@@ -153,8 +162,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SErr> {
-        self.write(move |w| put_meta(w, "committed", &committed))
-            .await
+        // Advisory in openraft (it only speeds up recovery), so no fsync of its own:
+        // it reaches disk with the next durable append.
+        self.write_with(Durability::None, move |w| {
+            put_meta(w, "committed", &committed)
+        })
+        .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SErr> {

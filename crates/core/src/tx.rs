@@ -166,9 +166,17 @@ impl SignedTx {
 /// and `verify` use this same function, so they agree on which signatures are valid.
 /// Returns one verdict per input (false also for undecodable keys).
 pub fn verify_signatures(txs: &[(&SignedTx, TxHash)]) -> Vec<bool> {
+    // Decompressing a public key costs about half a verification, and a batch
+    // usually has few distinct signers: decompress each once.
+    let mut cache: std::collections::HashMap<AccountId, Option<ed25519_dalek::VerifyingKey>> =
+        std::collections::HashMap::new();
     let keys: Vec<Option<ed25519_dalek::VerifyingKey>> = txs
         .iter()
-        .map(|(tx, _)| tx.body.signer.verifying_key().ok())
+        .map(|(tx, _)| {
+            *cache
+                .entry(tx.body.signer)
+                .or_insert_with(|| tx.body.signer.verifying_key().ok())
+        })
         .collect();
     if keys.iter().all(Option::is_some) && !txs.is_empty() {
         let msgs: Vec<&[u8]> = txs.iter().map(|(_, h)| &h.0.0[..]).collect();

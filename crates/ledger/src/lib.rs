@@ -10,5 +10,5 @@ pub mod verify;
 
 pub use error::{LedgerError, Result};
 pub use exec::{AccountState, Overlay, StateRead};
-pub use store::{BatchOutcome, Ledger, Tip, TxLocation, TxOutcome};
+pub use store::{ApplyDurability, BatchOutcome, Ledger, Tip, TxLocation, TxOutcome};
 pub use verify::{VerifyMode, VerifyReport, verify_ledger};

@@ -73,6 +73,17 @@ pub struct BatchOutcome {
     pub txs: Vec<TxOutcome>,
 }
 
+/// Whether [`Ledger::apply`] waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyDurability {
+    /// fsync (two-phase commit) before returning.
+    Durable,
+    /// Atomic but not yet on disk: a crash rolls back to the last durable write.
+    /// Only for callers that can re-apply from their own durable log (consensus),
+    /// and that call [`Ledger::flush`] before relying on the state (snapshots).
+    Deferred,
+}
+
 /// A batch as ordered by consensus.
 #[derive(Debug, Clone)]
 pub struct Batch<'a> {
@@ -93,6 +104,32 @@ struct Inner {
     key_name: String,
     origin: String,
     tip: Mutex<TipState>,
+    verified: Mutex<VerifiedCache>,
+}
+
+/// Signatures this node has already verified at admission, keyed by tx hash and
+/// signature bytes. Verification is a pure function, so apply may trust an entry
+/// instead of verifying again; followers and `verify` check everything themselves.
+#[derive(Default)]
+struct VerifiedCache {
+    set: std::collections::HashSet<(TxHash, [u8; 64])>,
+    order: std::collections::VecDeque<(TxHash, [u8; 64])>,
+}
+
+/// Bounds the cache; older entries are simply verified again.
+const VERIFIED_CACHE_CAP: usize = 1 << 20;
+
+impl VerifiedCache {
+    fn insert(&mut self, key: (TxHash, [u8; 64])) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > VERIFIED_CACHE_CAP
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
 }
 
 /// A handle to the ledger; cheap to clone. Reads may run concurrently with the one
@@ -171,17 +208,20 @@ impl<S: StateRead> StateRead for Layered<'_, S> {
     }
 }
 
+/// Which transaction signatures `precheck` verifies.
+pub(crate) enum SigCheck<'a> {
+    Skip,
+    /// All except those this predicate says were already verified.
+    Unless(&'a mut dyn FnMut(&TxHash, &[u8; 64]) -> bool),
+}
+
 /// A decoded, signature-checked tx, or why it was refused (with its hash if known).
 pub(crate) type Prechecked =
     std::result::Result<(SignedTx, TxHash), (Option<TxHash>, RejectReason)>;
 
 /// Decodes and checks a batch's transactions up to (not including) state checks.
 /// Shared by the applier and `verify`, so both apply the same rules.
-pub(crate) fn precheck(
-    genesis: &Genesis,
-    txs: &[Vec<u8>],
-    check_signatures: bool,
-) -> Vec<Prechecked> {
+pub(crate) fn precheck(genesis: &Genesis, txs: &[Vec<u8>], sigs: SigCheck<'_>) -> Vec<Prechecked> {
     let mut out: Vec<_> = txs
         .iter()
         .map(|bytes| {
@@ -212,10 +252,25 @@ pub(crate) fn precheck(
         .iter()
         .filter_map(|r| r.as_ref().ok().map(|(t, h)| (t, *h)))
         .collect();
-    let verdicts = if check_signatures {
-        verify_signatures(&to_verify)
-    } else {
-        vec![true; to_verify.len()]
+    let verdicts: Vec<bool> = match sigs {
+        SigCheck::Skip => vec![true; to_verify.len()],
+        SigCheck::Unless(known) => {
+            let flags: Vec<bool> = to_verify
+                .iter()
+                .map(|(t, h)| known(h, &t.signature.0))
+                .collect();
+            let unknown: Vec<(&SignedTx, TxHash)> = to_verify
+                .iter()
+                .zip(&flags)
+                .filter(|(_, k)| !**k)
+                .map(|(p, _)| *p)
+                .collect();
+            let mut fresh = verify_signatures(&unknown).into_iter();
+            flags
+                .iter()
+                .map(|k| *k || fresh.next().unwrap_or(false))
+                .collect()
+        }
     };
     let mut verdicts = verdicts.into_iter();
     for r in out.iter_mut() {
@@ -335,6 +390,7 @@ impl Ledger {
                 genesis,
                 signer,
                 tip: Mutex::new(TipState { tip, frontier }),
+                verified: Mutex::new(VerifiedCache::default()),
             }),
         })
     }
@@ -358,11 +414,13 @@ impl Ledger {
     }
 
     /// Applies consensus-ordered batches: each batch with an accepted transaction
-    /// becomes one block. All blocks and `meta` are committed in one durable write.
+    /// becomes one block. All blocks and `meta` are committed in one atomic write,
+    /// fsynced before returning only with [`ApplyDurability::Durable`].
     pub fn apply(
         &self,
         batches: &[Batch<'_>],
         meta: &[(&str, &[u8])],
+        durability: ApplyDurability,
     ) -> Result<Vec<BatchOutcome>> {
         let mut guard = self.lock_tip();
         let mut tip = guard.tip.clone();
@@ -374,7 +432,16 @@ impl Ledger {
         let mut outcomes = Vec::with_capacity(batches.len());
 
         for batch in batches {
-            let checked = precheck(&self.inner.genesis, batch.txs, true);
+            let checked = {
+                let mut cache = self
+                    .inner
+                    .verified
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                // Each admission vouches for one application only.
+                let mut known = |h: &TxHash, sig: &[u8; 64]| cache.set.remove(&(*h, *sig));
+                precheck(&self.inner.genesis, batch.txs, SigCheck::Unless(&mut known))
+            };
             let layered = Layered {
                 pending: &pending,
                 base: &base,
@@ -450,7 +517,7 @@ impl Ledger {
         drop(base);
         drop(rtx);
 
-        self.write(&built, &tip, meta)?;
+        self.write(&built, &tip, meta, durability)?;
         guard.tip = tip;
         guard.frontier = frontier;
         Ok(outcomes)
@@ -474,14 +541,17 @@ impl Ledger {
         }
     }
 
-    fn write(&self, built: &[BuiltBlock], tip: &Tip, meta: &[(&str, &[u8])]) -> Result<()> {
+    fn write(
+        &self,
+        built: &[BuiltBlock],
+        tip: &Tip,
+        meta: &[(&str, &[u8])],
+        durability: ApplyDurability,
+    ) -> Result<()> {
         let mut wtx = self.inner.db.begin_write()?;
-        if built.is_empty() {
-            // Nothing but consensus bookkeeping: if lost in a crash, consensus re-applies
-            // the entries, which (being all-rejected) change nothing again.
-            wtx.set_durability(Durability::None)?;
-        } else {
-            wtx.set_two_phase_commit(true);
+        match durability {
+            ApplyDurability::Durable => wtx.set_two_phase_commit(true),
+            ApplyDurability::Deferred => wtx.set_durability(Durability::None)?,
         }
         {
             let mut blocks = wtx.open_table(BLOCKS)?;
@@ -512,6 +582,26 @@ impl Ledger {
                 meta_t.insert(*k, *v)?;
             }
         }
+        wtx.commit()?;
+        Ok(())
+    }
+
+    /// Records signatures this node verified at admission (see `VerifiedCache`).
+    pub fn remember_verified(&self, items: impl IntoIterator<Item = (TxHash, [u8; 64])>) {
+        let mut cache = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for item in items {
+            cache.insert(item);
+        }
+    }
+
+    /// Makes every earlier deferred write durable (one two-phase fsync).
+    pub fn flush(&self) -> Result<()> {
+        let mut wtx = self.inner.db.begin_write()?;
+        wtx.set_two_phase_commit(true);
         wtx.commit()?;
         Ok(())
     }

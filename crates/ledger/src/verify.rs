@@ -6,10 +6,12 @@
 use crate::error::{LedgerError, Result};
 use crate::exec::{self, Overlay};
 use crate::store::{
-    BLOCKS, MERKLE, META, SIZES, STATE, TX_INDEX, Tip, header_for, origin, precheck, signer_name,
+    BLOCKS, MERKLE, META, SIZES, STATE, SigCheck, TX_INDEX, Tip, header_for, origin, precheck,
+    signer_name,
 };
 use borsh::BorshDeserialize;
-use medledger_core::{Digest32, Genesis, SignedBlock, SignedTx, TxHash};
+use medledger_core::tx::verify_signatures;
+use medledger_core::{Digest32, Genesis, RejectReason, SignedBlock, SignedTx, TxHash};
 use medledger_merkle::{Checkpoint, Frontier, SignedCheckpoint};
 use rayon::prelude::*;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -53,18 +55,15 @@ struct Decoded {
     txs: Vec<(SignedTx, TxHash)>,
 }
 
-fn decode_and_check(
-    db_block: Option<Vec<u8>>,
-    height: u64,
-    genesis: &Genesis,
-    mode: VerifyMode,
-) -> Result<Decoded> {
+/// Decodes a block and runs every per-transaction check except signatures, which
+/// [`check_signatures`] does for a whole chunk of blocks at once.
+fn decode_block(db_block: Option<Vec<u8>>, height: u64, genesis: &Genesis) -> Result<Decoded> {
     let raw = db_block.ok_or_else(|| corrupt(height, "block is missing"))?;
     let block =
         SignedBlock::decode(&raw).map_err(|e| corrupt(height, format!("undecodable: {e}")))?;
     let encoded: Vec<Vec<u8>> = block.txs.iter().map(SignedTx::to_bytes).collect();
     let mut txs = Vec::with_capacity(encoded.len());
-    for (i, r) in precheck(genesis, &encoded, mode == VerifyMode::Full)
+    for (i, r) in precheck(genesis, &encoded, SigCheck::Skip)
         .into_iter()
         .enumerate()
     {
@@ -73,7 +72,63 @@ fn decode_and_check(
             Err((_, reason)) => return Err(corrupt(height, format!("transaction {i}: {reason}"))),
         }
     }
+    // Signatures over the header and the tree head need no earlier block, so they are
+    // checked here, in parallel, rather than in the sequential replay.
+    if !genesis.is_node_key(&block.signer) {
+        return Err(corrupt(
+            height,
+            "signed by a key that is not a genesis node",
+        ));
+    }
+    let h = &block.header;
+    if !block.signer.verify(&h.hash().0.0, &block.signature.0) {
+        return Err(corrupt(height, "block signature does not verify"));
+    }
+    let cp = Checkpoint {
+        origin: origin(genesis),
+        size: h.log_size,
+        root: h.log_root,
+    };
+    SignedCheckpoint::from_parts(
+        cp,
+        &signer_name(genesis, &block.signer),
+        &block.signer,
+        block.checkpoint_signature.0,
+    )
+    .verify(&block.signer)
+    .map_err(|_| corrupt(height, "tree-head signature does not verify"))?;
     Ok(Decoded { height, block, txs })
+}
+
+/// Verifies the signatures of every decoded block in a chunk. Batch verification
+/// gets cheaper per signature as batches grow, so the chunk's signatures are pooled
+/// and split evenly over the cores rather than verified block by block. Returns the
+/// first block (in height order) with a bad signature, and which transaction.
+fn check_signatures(decoded: &[Result<Decoded>]) -> Option<(u64, usize)> {
+    let all: Vec<(&SignedTx, TxHash, u64, usize)> = decoded
+        .iter()
+        .flatten()
+        .flat_map(|d| {
+            d.txs
+                .iter()
+                .enumerate()
+                .map(move |(i, (t, h))| (t, *h, d.height, i))
+        })
+        .collect();
+    let parts = rayon::current_num_threads().max(1);
+    let size = all.len().div_ceil(parts).max(1);
+    let verdicts: Vec<bool> = all
+        .par_chunks(size)
+        .flat_map_iter(|chunk| {
+            let pairs: Vec<(&SignedTx, TxHash)> =
+                chunk.iter().map(|(t, h, _, _)| (*t, *h)).collect();
+            verify_signatures(&pairs)
+        })
+        .collect();
+    all.iter()
+        .zip(verdicts)
+        .find(|(_, ok)| !ok)
+        .map(|((_, _, height, i), _)| (*height, *i))
 }
 
 /// Verifies the ledger file at `path` against `genesis`. `progress(done, total)` is
@@ -124,7 +179,6 @@ pub(crate) fn verify_db(
         ));
     }
 
-    let origin = origin(genesis);
     let mut state: BTreeMap<Vec<u8>, Vec<u8>> = exec::genesis_writes(genesis);
     let mut last_writer: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
     let mut nodes: BTreeMap<u64, Digest32> = BTreeMap::new();
@@ -137,124 +191,141 @@ pub(crate) fn verify_db(
     };
     let mut boundaries: Vec<(u64, u64)> = Vec::new(); // (log size after, height)
 
-    let mut next = 1u64;
-    while next <= tip.height {
-        let end = (next + CHUNK - 1).min(tip.height);
-        let mut raws = Vec::with_capacity((end - next + 1) as usize);
-        for h in next..=end {
+    let read_chunk = |from: u64| -> Result<Vec<(u64, Option<Vec<u8>>)>> {
+        let to = (from + CHUNK - 1).min(tip.height);
+        let mut raws = Vec::with_capacity((to + 1 - from) as usize);
+        for h in from..=to {
             raws.push((h, blocks_t.get(h)?.map(|v| v.value().to_vec())));
         }
+        Ok(raws)
+    };
+    let prepare = |raws: Vec<(u64, Option<Vec<u8>>)>| {
         let decoded: Vec<Result<Decoded>> = raws
             .into_par_iter()
-            .map(|(h, raw)| decode_and_check(raw, h, genesis, mode))
+            .map(|(h, raw)| decode_block(raw, h, genesis))
             .collect();
-        for d in decoded {
-            let Decoded { height, block, txs } = d?;
-            let h = &block.header;
-            if h.height != height {
-                return Err(corrupt(height, format!("header says height {}", h.height)));
-            }
-            if h.prev_hash != prev.hash {
-                return Err(corrupt(height, "previous-block hash does not match"));
-            }
-            if h.chain_id != genesis.chain_id {
-                return Err(corrupt(height, "chain id does not match genesis"));
-            }
-            if !genesis.is_node_key(&block.signer) {
-                return Err(corrupt(
-                    height,
-                    "signed by a key that is not a genesis node",
-                ));
-            }
-            if !block.signer.verify(&h.hash().0.0, &block.signature.0) {
-                return Err(corrupt(height, "block signature does not verify"));
-            }
+        let bad = if mode == VerifyMode::Full {
+            check_signatures(&decoded)
+        } else {
+            None
+        };
+        (decoded, bad)
+    };
+    // A two-stage pipeline: while chunk k is replayed in order (state, Merkle log,
+    // indexes), chunk k+1 is decoded and its signatures verified on the other cores.
+    let mut current = if tip.height >= 1 {
+        Some(prepare(read_chunk(1)?))
+    } else {
+        None
+    };
+    let mut next = 1 + CHUNK;
+    while let Some((decoded, bad_signature)) = current.take() {
+        let raws = if next <= tip.height {
+            Some(read_chunk(next)?)
+        } else {
+            None
+        };
+        next += CHUNK;
+        let (prepared, replayed) = rayon::join(
+            || raws.map(&prepare),
+            || -> Result<()> {
+                for d in decoded {
+                    let Decoded { height, block, txs } = d?;
+                    if let Some((bad, i)) = bad_signature
+                        && bad == height
+                    {
+                        return Err(corrupt(
+                            height,
+                            format!("transaction {i}: {}", RejectReason::BadSignature),
+                        ));
+                    }
+                    let h = &block.header;
+                    if h.height != height {
+                        return Err(corrupt(height, format!("header says height {}", h.height)));
+                    }
+                    if h.prev_hash != prev.hash {
+                        return Err(corrupt(height, "previous-block hash does not match"));
+                    }
+                    if h.chain_id != genesis.chain_id {
+                        return Err(corrupt(height, "chain id does not match genesis"));
+                    }
 
-            let base = &state;
-            let mut overlay = Overlay::new(base);
-            for (i, (tx, _)) in txs.iter().enumerate() {
-                if let Err(reason) = exec::execute(&mut overlay, tx)? {
-                    return Err(corrupt(
+                    let base = &state;
+                    let mut overlay = Overlay::new(base);
+                    for (i, (tx, _)) in txs.iter().enumerate() {
+                        if let Err(reason) = exec::execute(&mut overlay, tx)? {
+                            return Err(corrupt(
+                                height,
+                                format!("transaction {i} would be rejected: {reason}"),
+                            ));
+                        }
+                    }
+                    let writes = std::mem::take(&mut overlay.writes);
+                    let hashes: Vec<TxHash> = txs.iter().map(|(_, h)| *h).collect();
+                    let mut new_nodes = Vec::new();
+                    let expected = header_for(
+                        genesis,
+                        &prev,
+                        h.time_ms,
+                        &hashes,
+                        &writes,
+                        &mut frontier,
+                        &mut new_nodes,
+                    );
+                    if h.time_ms < prev.time_ms {
+                        return Err(corrupt(height, "block time goes backwards"));
+                    }
+                    for (what, ok) in [
+                        (
+                            "transaction root",
+                            expected.tx_root == h.tx_root && expected.tx_count == h.tx_count,
+                        ),
+                        ("state digest", expected.state_digest == h.state_digest),
+                        (
+                            "ledger Merkle root",
+                            expected.log_root == h.log_root && expected.log_size == h.log_size,
+                        ),
+                        ("header", &expected == h),
+                    ] {
+                        if !ok {
+                            return Err(corrupt(
+                                height,
+                                format!("{what} does not match its contents"),
+                            ));
+                        }
+                    }
+                    let first_leaf = h.log_size - h.tx_count as u64;
+                    for (i, hash) in hashes.iter().enumerate() {
+                        let got = index_t.get(&hash.0.0[..])?.map(|v| v.value());
+                        if got != Some((height, first_leaf + i as u64)) {
+                            return Err(corrupt(
+                                height,
+                                format!("tx index entry for transaction {i} is wrong"),
+                            ));
+                        }
+                    }
+                    if sizes_t.get(h.log_size)?.map(|v| v.value()) != Some(height) {
+                        return Err(corrupt(height, "tree-size index is wrong"));
+                    }
+                    for (k, v) in writes {
+                        last_writer.insert(k.clone(), height);
+                        state.insert(k, v);
+                    }
+                    nodes.extend(new_nodes);
+                    boundaries.push((h.log_size, height));
+                    prev = Tip {
                         height,
-                        format!("transaction {i} would be rejected: {reason}"),
-                    ));
+                        hash: h.hash(),
+                        time_ms: h.time_ms,
+                        log_size: h.log_size,
+                    };
+                    progress(prev.log_size, tip.log_size);
                 }
-            }
-            let writes = std::mem::take(&mut overlay.writes);
-            let hashes: Vec<TxHash> = txs.iter().map(|(_, h)| *h).collect();
-            let mut new_nodes = Vec::new();
-            let expected = header_for(
-                genesis,
-                &prev,
-                h.time_ms,
-                &hashes,
-                &writes,
-                &mut frontier,
-                &mut new_nodes,
-            );
-            if h.time_ms < prev.time_ms {
-                return Err(corrupt(height, "block time goes backwards"));
-            }
-            for (what, ok) in [
-                (
-                    "transaction root",
-                    expected.tx_root == h.tx_root && expected.tx_count == h.tx_count,
-                ),
-                ("state digest", expected.state_digest == h.state_digest),
-                (
-                    "ledger Merkle root",
-                    expected.log_root == h.log_root && expected.log_size == h.log_size,
-                ),
-                ("header", &expected == h),
-            ] {
-                if !ok {
-                    return Err(corrupt(
-                        height,
-                        format!("{what} does not match its contents"),
-                    ));
-                }
-            }
-            let cp = Checkpoint {
-                origin: origin.clone(),
-                size: h.log_size,
-                root: h.log_root,
-            };
-            SignedCheckpoint::from_parts(
-                cp,
-                &signer_name(genesis, &block.signer),
-                &block.signer,
-                block.checkpoint_signature.0,
-            )
-            .verify(&block.signer)
-            .map_err(|_| corrupt(height, "tree-head signature does not verify"))?;
-            let first_leaf = h.log_size - h.tx_count as u64;
-            for (i, hash) in hashes.iter().enumerate() {
-                let got = index_t.get(&hash.0.0[..])?.map(|v| v.value());
-                if got != Some((height, first_leaf + i as u64)) {
-                    return Err(corrupt(
-                        height,
-                        format!("tx index entry for transaction {i} is wrong"),
-                    ));
-                }
-            }
-            if sizes_t.get(h.log_size)?.map(|v| v.value()) != Some(height) {
-                return Err(corrupt(height, "tree-size index is wrong"));
-            }
-            for (k, v) in writes {
-                last_writer.insert(k.clone(), height);
-                state.insert(k, v);
-            }
-            nodes.extend(new_nodes);
-            boundaries.push((h.log_size, height));
-            prev = Tip {
-                height,
-                hash: h.hash(),
-                time_ms: h.time_ms,
-                log_size: h.log_size,
-            };
-            progress(prev.log_size, tip.log_size);
-        }
-        next = end + 1;
+                Ok(())
+            },
+        );
+        replayed?;
+        current = prepared;
     }
     if prev != tip {
         return Err(LedgerError::CorruptMeta(

@@ -232,6 +232,14 @@ fn admission(
         .filter_map(|d| d.as_ref().ok().map(|(_, t, h)| (t, *h)))
         .collect();
     let verdicts = verify_signatures(&pairs);
+    // Apply on this node may then skip re-verifying exactly these (hash, signature) pairs.
+    ledger.remember_verified(
+        pairs
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, ok)| **ok)
+            .map(|((t, h), _)| (*h, t.signature.0)),
+    );
     let mut v = verdicts.into_iter();
     for d in decoded.iter_mut() {
         if let Ok((_, _, h)) = d

@@ -123,9 +123,20 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         HttpNetwork::new(peer_client),
     )
     .await?;
+    // Entries committed before a crash may not be in the ledger file yet (its writes
+    // are deferred to the Raft log's fsync); answer nobody until they are re-applied,
+    // so every acknowledged transaction is visible from the first request on.
+    let last_log = raft.metrics().borrow().last_log_index;
+    if let Err(e) = raft
+        .wait(Some(std::time::Duration::from_secs(120)))
+        .applied_index_at_least(last_log, "replay of the committed Raft log")
+        .await
+    {
+        tracing::warn!(error = %e, "serving before the Raft log was fully re-applied");
+    }
     let batcher = Batcher::start(raft.clone(), config.batcher.clone());
     let state = AppState {
-        ledger,
+        ledger: ledger.clone(),
         raft: raft.clone(),
         batcher,
         metrics: prometheus,
@@ -172,6 +183,10 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
             .map_err(|e| NodeError::Server(e.to_string()))
     };
     let _ = raft.shutdown().await;
+    let flushed = tokio::task::spawn_blocking(move || ledger.flush()).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        tracing::warn!("ledger flush at shutdown failed; the Raft log will be re-applied at start");
+    }
     result
 }
 

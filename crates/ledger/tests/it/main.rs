@@ -7,7 +7,7 @@ use medledger_core::keys::generate_signing_key;
 use medledger_core::tx::TX_VERSION;
 use medledger_core::{AccountId, ChainId, Digest32, Genesis, NodeSigner, Payload, TxBody};
 use medledger_ledger::store::Batch;
-use medledger_ledger::{Ledger, LedgerError, VerifyMode, verify_ledger};
+use medledger_ledger::{ApplyDurability, Ledger, LedgerError, VerifyMode, verify_ledger};
 use medledger_merkle::verify::{verify_consistency, verify_inclusion};
 
 struct Fixture {
@@ -69,6 +69,7 @@ fn apply(l: &Ledger, txs: &[Vec<u8>]) -> medledger_ledger::BatchOutcome {
             txs,
         }],
         &[],
+        ApplyDurability::Durable,
     )
     .unwrap()
     .remove(0)
@@ -255,4 +256,22 @@ fn flipped_byte_in_a_block_is_named() {
         }
         other => panic!("expected corruption at block 3, got {other:?}"),
     }
+}
+
+#[test]
+fn remembered_verification_covers_only_that_exact_signature() {
+    let f = fixture();
+    let good = tx(&f.admin, "test-chain", 1, anchor(1));
+    let decoded = medledger_core::SignedTx::decode(&good).unwrap();
+    let hash = decoded.body.hash();
+    // Same body (same hash), different signature bytes: must still be verified.
+    let mut forged = good.clone();
+    let n = forged.len();
+    forged[n - 3] ^= 0x04;
+    f.ledger.remember_verified([(hash, decoded.signature.0)]);
+    let out = apply(&f.ledger, &[forged]);
+    assert_eq!(code(&out, 0), "bad_signature");
+    let out = apply(&f.ledger, &[good]);
+    assert_eq!(code(&out, 0), "accepted");
+    verify_ledger_open(&f);
 }
