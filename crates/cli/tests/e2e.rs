@@ -46,6 +46,16 @@ struct Node {
     url: String,
 }
 
+impl Node {
+    /// Graceful stop (SIGTERM): the node flushes its ledger file before exiting.
+    fn stop(mut self) {
+        let st = Command::new("kill").arg(self.child.id().to_string()).status().unwrap();
+        assert!(st.success());
+        let code = self.child.wait().unwrap();
+        assert!(code.success(), "node exited with {code}");
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -391,6 +401,7 @@ fn tampered_store_is_named_by_verify_and_node_refuses_to_serve() {
                 assert_eq!(c.submit(&tx).await.unwrap().status, "committed");
             }
         });
+        node.stop();
     }
     assert!(medledger(&["verify"], &dir).status.success());
     let path = dir.join("ledger.redb");
