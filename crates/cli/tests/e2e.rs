@@ -49,7 +49,10 @@ struct Node {
 impl Node {
     /// Graceful stop (SIGTERM): the node flushes its ledger file before exiting.
     fn stop(mut self) {
-        let st = Command::new("kill").arg(self.child.id().to_string()).status().unwrap();
+        let st = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(st.success());
         let code = self.child.wait().unwrap();
         assert!(code.success(), "node exited with {code}");

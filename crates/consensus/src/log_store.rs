@@ -186,6 +186,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| postcard::to_stdvec(&e).map(|b| (e.log_id.index, b)))
             .collect::<Result<_, _>>()
             .map_err(write_err)?;
+        let started = std::time::Instant::now();
         let res = self
             .write(move |w| {
                 let mut t = w.open_table(LOG).map_err(write_err)?;
@@ -195,6 +196,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(())
             })
             .await;
+        metrics::histogram!("medledger_raft_append_seconds")
+            .record(started.elapsed().as_secs_f64());
         match &res {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),

@@ -160,6 +160,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // so the ledger write may skip its fsync: after a crash openraft re-applies
         // from the last durable applied id and produces the very same blocks.
         let durability = self.durability();
+        let started = std::time::Instant::now();
         let outcomes = tokio::task::spawn_blocking(move || {
             let batches: Vec<Batch<'_>> = requests
                 .iter()
@@ -177,6 +178,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(sm_err)?
         .map_err(sm_err)?;
+        metrics::histogram!("medledger_apply_seconds").record(started.elapsed().as_secs_f64());
         let mut outcomes = outcomes.into_iter();
         Ok(slots
             .into_iter()
