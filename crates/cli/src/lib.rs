@@ -65,6 +65,27 @@ pub struct InitArgs {
     /// written to <data-dir>/admin.password (mode 0600).
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// Fee charged to a registrant when an org admin approves them.
+    #[arg(long, default_value_t = 0)]
+    pub registration_fee: u64,
+    /// How long break-glass access lasts, in hours.
+    #[arg(long, default_value_t = 24)]
+    pub break_glass_hours: u64,
+    /// A legal retention rule, CATEGORY=DAYS (e.g. Observation=3650); repeatable.
+    #[arg(long = "retention", value_parser = parse_retention)]
+    pub retention: Vec<medledger_core::RetentionRule>,
+}
+
+fn parse_retention(s: &str) -> std::result::Result<medledger_core::RetentionRule, String> {
+    let (cat, days) = s
+        .split_once('=')
+        .ok_or("expected CATEGORY=DAYS, e.g. Observation=3650")?;
+    let category = medledger_core::Category::new(cat).map_err(|e| e.to_string())?;
+    let days: u64 = days.parse().map_err(|_| "DAYS must be a whole number")?;
+    Ok(medledger_core::RetentionRule {
+        category,
+        period_ms: days.saturating_mul(86_400_000),
+    })
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -227,6 +248,11 @@ fn init(a: InitArgs) -> Result<()> {
             chain_id: ChainId::new(a.chain_id)?,
             admin_password: password,
             node_id: 1,
+            params: datadir::ParamOptions {
+                registration_fee: a.registration_fee,
+                break_glass_ms: a.break_glass_hours.saturating_mul(3_600_000),
+                retention: a.retention,
+            },
         },
     )?;
     println!("initialised {}", report.data_dir.display());
@@ -249,6 +275,9 @@ fn serve(a: ServeArgs) -> Result<()> {
             dir: a.dir.clone(),
             chain_id: "medledger-dev".into(),
             password_file: None,
+            registration_fee: 0,
+            break_glass_hours: 24,
+            retention: Vec::new(),
         })?;
     }
     let mut config = ServeConfig::new(a.dir.data_dir, a.listen);

@@ -19,6 +19,20 @@ pub enum CoreError {
     Decode(String),
     #[error("random number generator failed")]
     Rng,
+    #[error("organisation id must be 1-64 characters of a-z, 0-9 and '-'")]
+    InvalidOrgId,
+    #[error("category must be 1-64 ASCII letters and digits starting with a capital letter")]
+    InvalidCategory,
+    #[error("not a CIDv1 (raw codec, sha2-256) in base32 text form")]
+    InvalidCid,
+    #[error(
+        "unknown role (expected one of patient, doctor, nurse, hospital_admin, researcher, insurer, auditor)"
+    )]
+    InvalidRole,
+    #[error(
+        "unknown purpose (expected one of treatment, payment, operations, research, emergency)"
+    )]
+    InvalidPurpose,
 }
 
 /// Why a transaction was refused. Every rejection leaves the ledger unchanged.
@@ -48,6 +62,18 @@ pub enum RejectReason {
     AccountExists,
     /// The node's queue is full; retry later. Nothing was recorded.
     Overloaded,
+    /// A referenced object (account, organisation, record, grant, ...) does not exist.
+    NotFound { what: String },
+    /// A field is out of range or inconsistent (empty scope, expiry before start, ...).
+    Invalid { detail: String },
+    /// The request contradicts the object's current state (already decided, revoked, ...).
+    Conflict { detail: String },
+    /// The signer's balance does not cover the amount.
+    InsufficientFunds { balance: u64, needed: u64 },
+    /// The object's deadline has passed.
+    Expired { what: String },
+    /// The record was erased; nothing can be done with it any more.
+    Erased,
 }
 
 impl fmt::Display for RejectReason {
@@ -80,6 +106,14 @@ impl fmt::Display for RejectReason {
             RejectReason::Unauthorized { detail } => write!(f, "not allowed: {detail}"),
             RejectReason::AccountExists => f.write_str("account already exists"),
             RejectReason::Overloaded => f.write_str("node is overloaded; retry later"),
+            RejectReason::NotFound { what } => write!(f, "{what} not found"),
+            RejectReason::Invalid { detail } => write!(f, "invalid: {detail}"),
+            RejectReason::Conflict { detail } => write!(f, "conflict: {detail}"),
+            RejectReason::InsufficientFunds { balance, needed } => {
+                write!(f, "insufficient funds: balance {balance}, needed {needed}")
+            }
+            RejectReason::Expired { what } => write!(f, "{what} has expired"),
+            RejectReason::Erased => f.write_str("the record was erased"),
         }
     }
 }
@@ -99,6 +133,40 @@ impl RejectReason {
             RejectReason::Unauthorized { .. } => "unauthorized",
             RejectReason::AccountExists => "account_exists",
             RejectReason::Overloaded => "overloaded",
+            RejectReason::NotFound { .. } => "not_found",
+            RejectReason::Invalid { .. } => "invalid",
+            RejectReason::Conflict { .. } => "conflict",
+            RejectReason::InsufficientFunds { .. } => "insufficient_funds",
+            RejectReason::Expired { .. } => "expired",
+            RejectReason::Erased => "erased",
         }
+    }
+}
+
+impl RejectReason {
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        RejectReason::Unauthorized {
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        RejectReason::NotFound { what: what.into() }
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        RejectReason::Invalid {
+            detail: detail.into(),
+        }
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        RejectReason::Conflict {
+            detail: detail.into(),
+        }
+    }
+
+    pub fn expired(what: impl Into<String>) -> Self {
+        RejectReason::Expired { what: what.into() }
     }
 }

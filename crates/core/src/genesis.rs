@@ -4,10 +4,14 @@
 
 use crate::hash::{Digest32, TAG_GENESIS, tagged};
 use crate::ids::{AccountId, BlockHash, ChainId, NodeKey};
+use crate::model::RetentionRule;
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 
-pub const GENESIS_VERSION: u8 = 1;
+pub const GENESIS_VERSION: u8 = 2;
+
+/// Default length of break-glass access: 24 hours.
+pub const DEFAULT_BREAK_GLASS_MS: u64 = 24 * 3600 * 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct GenesisNode {
@@ -26,6 +30,33 @@ pub struct Genesis {
     pub admin_encryption_key: Digest32,
     /// Nodes whose signatures on blocks and tree heads are accepted.
     pub nodes: Vec<GenesisNode>,
+    /// Rules of the contracts that the consortium fixes at genesis.
+    pub params: ContractParams,
+}
+
+/// Consortium-wide parameters of the contracts.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct ContractParams {
+    /// Charged to a registrant when an org admin approves them (0: free).
+    pub registration_fee: u64,
+    /// Who may withdraw collected fees.
+    pub fee_owner: AccountId,
+    /// How long break-glass access lasts.
+    pub break_glass_ms: u64,
+    /// Categories kept for a legal period despite erasure requests.
+    pub retention: Vec<RetentionRule>,
+}
+
+impl ContractParams {
+    /// No fee, the consortium admin owns the fees, 24 h break-glass, no retention.
+    pub fn defaults(admin: AccountId) -> Self {
+        ContractParams {
+            registration_fee: 0,
+            fee_owner: admin,
+            break_glass_ms: DEFAULT_BREAK_GLASS_MS,
+            retention: Vec::new(),
+        }
+    }
 }
 
 impl Genesis {

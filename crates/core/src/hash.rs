@@ -91,6 +91,13 @@ impl StateDigest {
         self.0.update(value);
     }
 
+    /// A deleted key: its length and bytes, then a length no value can have.
+    pub fn delete(&mut self, key: &[u8]) {
+        self.0.update((key.len() as u64).to_le_bytes());
+        self.0.update(key);
+        self.0.update(u64::MAX.to_le_bytes());
+    }
+
     pub fn finish(self) -> Digest32 {
         Digest32(self.0.finalize().into())
     }

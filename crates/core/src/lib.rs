@@ -7,12 +7,17 @@ pub mod genesis;
 pub mod hash;
 pub mod ids;
 pub mod keys;
+pub mod model;
 pub mod tx;
 
 pub use block::{BlockHeader, SignedBlock};
 pub use error::{CoreError, RejectReason, Result};
-pub use genesis::Genesis;
+pub use genesis::{ContractParams, Genesis};
 pub use hash::Digest32;
 pub use ids::{AccountId, BlockHash, ChainId, NodeKey, TxHash};
 pub use keys::NodeSigner;
+pub use model::{
+    AccessReport, AgreementId, BreakGlassId, Category, Cid, EmergencyReason, ErasureTarget,
+    GrantId, Grantee, MessageId, OrgId, Purpose, RecordId, RetentionRule, Role, Scope,
+};
 pub use tx::{MAX_TX_BYTES, Payload, SignedTx, TxBody};

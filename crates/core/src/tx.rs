@@ -5,6 +5,10 @@
 use crate::error::{CoreError, RejectReason};
 use crate::hash::{Digest32, TAG_TX, tagged};
 use crate::ids::{AccountId, ChainId, TxHash};
+use crate::model::{
+    AccessReport, AgreementId, Category, Cid, EmergencyReason, ErasureTarget, GrantId, Grantee,
+    MessageId, OrgId, Purpose, RecordId, Role, Scope,
+};
 use borsh::{BorshDeserialize, BorshSerialize};
 use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
@@ -29,7 +33,162 @@ pub enum Payload {
     },
     /// Anchor a 32-byte digest (e.g. of an external document) on the ledger, giving
     /// it a timestamp and an inclusion proof. Only a hash: never content.
-    Anchor { digest: Digest32 },
+    Anchor {
+        digest: Digest32,
+    },
+    /// Consortium admin: create an organisation whose first admin is an existing account.
+    AddOrg {
+        org: OrgId,
+        admin: AccountId,
+    },
+    /// Org admin (or consortium admin): give an account a role in the organisation.
+    AssignRole {
+        org: OrgId,
+        account: AccountId,
+        role: Role,
+    },
+    /// Org admin (or consortium admin): take a role away.
+    RevokeRole {
+        org: OrgId,
+        account: AccountId,
+        role: Role,
+    },
+    /// Any key, known or new: ask to join `org` with `role`; pending until an org admin
+    /// decides. A new key becomes an account holding `encryption_key`.
+    Register {
+        org: OrgId,
+        role: Role,
+        encryption_key: Digest32,
+    },
+    /// Org admin: approve a pending registration (charges the registration fee).
+    ApproveRegistration {
+        account: AccountId,
+    },
+    /// Org admin: reject a pending registration.
+    RejectRegistration {
+        account: AccountId,
+    },
+    /// The patient, or a clinician allowed to treat them: register an encrypted record
+    /// version. The record id is the hash of this transaction.
+    AddRecord {
+        patient: AccountId,
+        category: Category,
+        cid: Cid,
+        content_hash: Digest32,
+        size: u64,
+    },
+    /// A new version of a record; earlier versions stay in its history.
+    AmendRecord {
+        record: RecordId,
+        cid: Cid,
+        content_hash: Digest32,
+        size: u64,
+    },
+    /// The patient: let `grantee` use records in `scope` for `purpose` from `start_ms`
+    /// until `expiry_ms` (exclusive). The grant id is the hash of this transaction.
+    GrantConsent {
+        grantee: Grantee,
+        scope: Scope,
+        purpose: Purpose,
+        start_ms: u64,
+        expiry_ms: u64,
+    },
+    /// The patient: end a grant now.
+    RevokeConsent {
+        grant: GrantId,
+    },
+    /// A doctor: open a patient's records for emergency care without a grant.
+    BreakGlass {
+        patient: AccountId,
+        reason: EmergencyReason,
+    },
+    /// A node: record reads (and refused reads) it served.
+    ReportAccess {
+        reports: Vec<AccessReport>,
+    },
+    /// Send a message whose content is an encrypted blob in the record store.
+    SendMessage {
+        to: AccountId,
+        content: Cid,
+    },
+    /// The recipient: approve or deny a message, once.
+    RespondMessage {
+        message: MessageId,
+        approve: bool,
+    },
+    /// Consortium admin: create units in an account.
+    Mint {
+        to: AccountId,
+        amount: u64,
+    },
+    Transfer {
+        to: AccountId,
+        amount: u64,
+    },
+    /// The fee account's owner: move collected fees to their own balance.
+    WithdrawFees {
+        amount: u64,
+    },
+    /// An insurer or researcher: offer to pay for access; the price is held in escrow
+    /// until the patient answers or `respond_by_ms` passes.
+    ProposeAgreement {
+        patient: AccountId,
+        scope: Scope,
+        purpose: Purpose,
+        duration_ms: u64,
+        price: u64,
+        terms: Cid,
+        respond_by_ms: u64,
+    },
+    /// The patient: accept (grant created, escrow paid to the patient) or reject (refund).
+    RespondAgreement {
+        agreement: AgreementId,
+        accept: bool,
+    },
+    /// Anyone, after the deadline: refund an unanswered proposal.
+    ExpireAgreement {
+        agreement: AgreementId,
+    },
+    /// The patient: erase a record, or all of their records.
+    RequestErasure {
+        target: ErasureTarget,
+    },
+    /// Anyone, once a retention period has ended: carry out a held erasure.
+    CompleteErasure {
+        record: RecordId,
+    },
+}
+
+impl Payload {
+    /// The stable name of this kind (the serde tag).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::RegisterAccount { .. } => "register_account",
+            Payload::Anchor { .. } => "anchor",
+            Payload::AddOrg { .. } => "add_org",
+            Payload::AssignRole { .. } => "assign_role",
+            Payload::RevokeRole { .. } => "revoke_role",
+            Payload::Register { .. } => "register",
+            Payload::ApproveRegistration { .. } => "approve_registration",
+            Payload::RejectRegistration { .. } => "reject_registration",
+            Payload::AddRecord { .. } => "add_record",
+            Payload::AmendRecord { .. } => "amend_record",
+            Payload::GrantConsent { .. } => "grant_consent",
+            Payload::RevokeConsent { .. } => "revoke_consent",
+            Payload::BreakGlass { .. } => "break_glass",
+            Payload::ReportAccess { .. } => "report_access",
+            Payload::SendMessage { .. } => "send_message",
+            Payload::RespondMessage { .. } => "respond_message",
+            Payload::Mint { .. } => "mint",
+            Payload::Transfer { .. } => "transfer",
+            Payload::WithdrawFees { .. } => "withdraw_fees",
+            Payload::ProposeAgreement { .. } => "propose_agreement",
+            Payload::RespondAgreement { .. } => "respond_agreement",
+            Payload::ExpireAgreement { .. } => "expire_agreement",
+            Payload::RequestErasure { .. } => "request_erasure",
+            Payload::CompleteErasure { .. } => "complete_erasure",
+        }
+    }
 }
 
 /// The signed part of a transaction.

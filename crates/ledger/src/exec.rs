@@ -1,47 +1,91 @@
-//! The state machine's rules. Pure: reads go through [`StateRead`], writes collect in
-//! an [`Overlay`], so the node (over redb) and `verify` (over a scratch map) run the
-//! very same code. A rejected transaction writes nothing.
+//! The state the contracts run over. Pure: reads go through [`StateRead`], writes
+//! collect in an [`Overlay`], so the node (over redb) and `verify` (over a scratch
+//! map) run the very same code. A rejected transaction writes nothing.
 
 use crate::error::Result;
 use borsh::{BorshDeserialize, BorshSerialize};
-use medledger_core::{AccountId, Digest32, Genesis, Payload, RejectReason, SignedTx};
-use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// Key prefix of account records in the state table.
-const ACCOUNT_PREFIX: &[u8] = b"acct/";
-
-pub fn account_key(id: &AccountId) -> Vec<u8> {
-    let mut k = ACCOUNT_PREFIX.to_vec();
-    k.extend_from_slice(&id.0);
-    k
-}
-
-/// An account as the ledger knows it. No personal data: a key, a counter, a flag.
-#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
-pub struct AccountState {
-    /// Nonce of the last applied transaction (0 before the first).
-    pub nonce: u64,
-    pub encryption_key: Digest32,
-    /// The consortium admin named in genesis.
-    pub consortium_admin: bool,
-}
-
+/// Key-value state with ordered prefix scans.
 pub trait StateRead {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Up to `limit` entries whose key starts with `prefix` and sorts after
+    /// `start_after` (when given), in key order.
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_page(prefix, None, usize::MAX)
+    }
 }
 
 impl StateRead for BTreeMap<Vec<u8>, Vec<u8>> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(BTreeMap::get(self, key).cloned())
     }
+
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        use std::ops::Bound;
+        let lower = match start_after {
+            Some(s) if s >= prefix => Bound::Excluded(s.to_vec()),
+            _ => Bound::Included(prefix.to_vec()),
+        };
+        Ok(self
+            .range((lower, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+/// A block's (or transaction's) pending writes: `None` deletes the key.
+pub type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Applies `writes` to a plain map.
+pub fn apply_writes(state: &mut BTreeMap<Vec<u8>, Vec<u8>>, writes: Writes) {
+    for (k, v) in writes {
+        match v {
+            Some(v) => state.insert(k, v),
+            None => state.remove(&k),
+        };
+    }
+}
+
+/// Merges pending writes over a base scan (both in key order).
+pub(crate) fn merge_scan(
+    base: Vec<(Vec<u8>, Vec<u8>)>,
+    pending: &Writes,
+    prefix: &[u8],
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = base.into_iter().collect();
+    for (k, v) in pending
+        .range(prefix.to_vec()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
+    {
+        match v {
+            Some(v) => merged.insert(k.clone(), v.clone()),
+            None => merged.remove(k),
+        };
+    }
+    merged.into_iter().collect()
 }
 
 /// Pending writes over a base state. Iterating `writes` yields keys in sorted order,
 /// which is the order the state digest commits to.
 pub struct Overlay<'a, S: StateRead> {
     base: &'a S,
-    pub writes: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub writes: Writes,
 }
 
 impl<'a, S: StateRead> Overlay<'a, S> {
@@ -54,98 +98,72 @@ impl<'a, S: StateRead> Overlay<'a, S> {
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.writes.get(key) {
-            Some(v) => Ok(Some(v.clone())),
+            Some(v) => Ok(v.clone()),
             None => self.base.get(key),
         }
     }
 
+    /// Every entry under `prefix`, pending writes included.
+    pub fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(merge_scan(self.base.scan(prefix)?, &self.writes, prefix))
+    }
+
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
-        self.writes.insert(key, value);
+        self.writes.insert(key, Some(value));
     }
 
-    pub fn account(&self, id: &AccountId) -> Result<Option<AccountState>> {
-        match self.get(&account_key(id))? {
-            None => Ok(None),
-            Some(bytes) => AccountState::try_from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| crate::LedgerError::CorruptMeta(format!("account record: {e}"))),
-        }
+    pub fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
     }
 
-    fn put_account(&mut self, id: &AccountId, acct: &AccountState) {
+    /// Reads a borsh-encoded value; a value that does not decode is corruption.
+    pub fn get_obj<T: BorshDeserialize>(&self, key: &[u8]) -> Result<Option<T>> {
+        decode_opt(key, self.get(key)?)
+    }
+
+    pub fn put_obj<T: BorshSerialize>(&mut self, key: Vec<u8>, value: &T) {
         self.put(
-            account_key(id),
-            borsh::to_vec(acct).expect("encoding into a Vec cannot fail"),
+            key,
+            borsh::to_vec(value).expect("encoding into a Vec cannot fail"),
         );
     }
 }
 
-/// The state writes genesis makes (the consortium admin's account).
-pub fn genesis_writes(genesis: &Genesis) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let admin = AccountState {
-        nonce: 0,
-        encryption_key: genesis.admin_encryption_key,
-        consortium_admin: true,
-    };
-    let mut w = BTreeMap::new();
-    w.insert(
-        account_key(&genesis.admin),
-        borsh::to_vec(&admin).expect("Vec encoding"),
-    );
-    w
+impl<S: StateRead> StateRead for Overlay<'_, S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Overlay::get(self, key)
+    }
+
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(Overlay::scan(self, prefix)?
+            .into_iter()
+            .filter(|(k, _)| start_after.is_none_or(|s| k.as_slice() > s))
+            .take(limit)
+            .collect())
+    }
 }
 
-/// Checks a transaction whose signature is already verified against the state, and
-/// on success applies it to `state`. On error `state` is unchanged.
-pub fn execute<S: StateRead>(
-    state: &mut Overlay<'_, S>,
-    tx: &SignedTx,
-) -> Result<Result<(), RejectReason>> {
-    let body = &tx.body;
-    let Some(mut signer) = state.account(&body.signer)? else {
-        return Ok(Err(RejectReason::UnknownSigner));
-    };
-    let expected = signer.nonce + 1;
-    if body.nonce < expected {
-        return Ok(Err(RejectReason::ReplayedNonce {
-            expected,
-            got: body.nonce,
-        }));
+/// Reads a borsh-encoded value from any state.
+pub fn read_obj<T: BorshDeserialize>(state: &impl StateRead, key: &[u8]) -> Result<Option<T>> {
+    decode_opt(key, state.get(key)?)
+}
+
+/// Decodes a stored value, naming the key's prefix on failure (never the value).
+pub(crate) fn decode_opt<T: BorshDeserialize>(key: &[u8], v: Option<Vec<u8>>) -> Result<Option<T>> {
+    match v {
+        None => Ok(None),
+        Some(bytes) => T::try_from_slice(&bytes).map(Some).map_err(|e| {
+            let prefix: String = key
+                .iter()
+                .take_while(|b| **b != b'/')
+                .map(|b| *b as char)
+                .collect();
+            crate::LedgerError::CorruptMeta(format!("state entry {prefix}/: {e}"))
+        }),
     }
-    if body.nonce > expected {
-        return Ok(Err(RejectReason::NonceGap {
-            expected,
-            got: body.nonce,
-        }));
-    }
-    match &body.payload {
-        Payload::RegisterAccount {
-            account,
-            encryption_key,
-        } => {
-            if !signer.consortium_admin {
-                return Ok(Err(RejectReason::Unauthorized {
-                    detail: "only the consortium admin registers accounts".into(),
-                }));
-            }
-            if account.verifying_key().is_err() {
-                return Ok(Err(RejectReason::Malformed {
-                    detail: "account is not a valid Ed25519 public key".into(),
-                }));
-            }
-            if state.account(account)?.is_some() || account == &body.signer {
-                return Ok(Err(RejectReason::AccountExists));
-            }
-            let new = AccountState {
-                nonce: 0,
-                encryption_key: *encryption_key,
-                consortium_admin: false,
-            };
-            state.put_account(account, &new);
-        }
-        Payload::Anchor { .. } => {}
-    }
-    signer.nonce = expected;
-    state.put_account(&body.signer, &signer);
-    Ok(Ok(()))
 }

@@ -3,12 +3,15 @@
 //! redb, proofs against stored tree heads, and `verify`, which recomputes everything
 //! from the stored blocks.
 
+pub mod contracts;
 mod error;
 pub mod exec;
 pub mod store;
 pub mod verify;
 
+pub use contracts::state::AccountState;
+pub use contracts::{BlockCtx, Decision};
 pub use error::{LedgerError, Result};
-pub use exec::{AccountState, Overlay, StateRead};
-pub use store::{ApplyDurability, BatchOutcome, Ledger, Tip, TxLocation, TxOutcome};
+pub use exec::{Overlay, StateRead};
+pub use store::{ApplyDurability, BatchOutcome, Ledger, StateView, Tip, TxLocation, TxOutcome};
 pub use verify::{VerifyMode, VerifyReport, verify_ledger};

@@ -6,8 +6,9 @@
 //! blocks is written in one write transaction with two-phase commit and immediate
 //! durability: a block is either wholly stored with its state writes, or not at all.
 
+use crate::contracts::{self, BlockCtx, state::AccountState};
 use crate::error::{LedgerError, Result};
-use crate::exec::{self, AccountState, Overlay, StateRead};
+use crate::exec::{Overlay, StateRead, Writes, merge_scan};
 use borsh::{BorshDeserialize, BorshSerialize};
 use medledger_core::block::BLOCK_VERSION;
 use medledger_core::hash::StateDigest;
@@ -191,20 +192,57 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> StateRead for TableState<T>
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.0.get(key)?.map(|v| v.value().to_vec()))
     }
+
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for r in self.0.range(prefix..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = r?;
+            let k = k.value();
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if start_after.is_some_and(|s| k <= s) {
+                continue;
+            }
+            out.push((k.to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
 }
 
 /// Earlier blocks' writes (same apply call) over the stored state.
 struct Layered<'a, S: StateRead> {
-    pending: &'a BTreeMap<Vec<u8>, Vec<u8>>,
+    pending: &'a Writes,
     base: &'a S,
 }
 
 impl<S: StateRead> StateRead for Layered<'_, S> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.pending.get(key) {
-            Some(v) => Ok(Some(v.clone())),
+            Some(v) => Ok(v.clone()),
             None => self.base.get(key),
         }
+    }
+
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(merge_scan(self.base.scan(prefix)?, self.pending, prefix)
+            .into_iter()
+            .filter(|(k, _)| start_after.is_none_or(|s| k.as_slice() > s))
+            .take(limit)
+            .collect())
     }
 }
 
@@ -287,7 +325,7 @@ pub(crate) fn precheck(genesis: &Genesis, txs: &[Vec<u8>], sigs: SigCheck<'_>) -
 pub(crate) struct BuiltBlock {
     pub block: SignedBlock,
     pub hashes: Vec<TxHash>,
-    pub writes: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub writes: Writes,
     pub nodes: Vec<(u64, Digest32)>,
 }
 
@@ -297,7 +335,7 @@ pub(crate) fn header_for(
     prev: &Tip,
     time_ms: u64,
     hashes: &[TxHash],
-    writes: &BTreeMap<Vec<u8>, Vec<u8>>,
+    writes: &Writes,
     frontier: &mut Frontier,
     nodes: &mut Vec<(u64, Digest32)>,
 ) -> BlockHeader {
@@ -307,7 +345,10 @@ pub(crate) fn header_for(
     }
     let mut digest = StateDigest::default();
     for (k, v) in writes {
-        digest.write(k, v);
+        match v {
+            Some(v) => digest.write(k, v),
+            None => digest.delete(k),
+        }
     }
     BlockHeader {
         version: BLOCK_VERSION,
@@ -360,7 +401,7 @@ impl Ledger {
                         .map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))?
                 }
                 None => {
-                    for (k, v) in exec::genesis_writes(&genesis) {
+                    for (k, v) in contracts::genesis_writes(&genesis) {
                         state.insert(&k[..], &v[..])?;
                     }
                     let tip = Tip {
@@ -427,7 +468,7 @@ impl Ledger {
         let mut frontier = guard.frontier.clone();
         let rtx = self.inner.db.begin_read()?;
         let base = TableState(rtx.open_table(STATE)?);
-        let mut pending: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut pending: Writes = BTreeMap::new();
         let mut built: Vec<BuiltBlock> = Vec::new();
         let mut outcomes = Vec::with_capacity(batches.len());
 
@@ -447,6 +488,10 @@ impl Ledger {
                 base: &base,
             };
             let mut overlay = Overlay::new(&layered);
+            let ctx = BlockCtx {
+                genesis: &self.inner.genesis,
+                time_ms: batch.time_ms.max(tip.time_ms),
+            };
             let mut accepted = Vec::new();
             let mut results = Vec::with_capacity(checked.len());
             for c in checked {
@@ -455,7 +500,7 @@ impl Ledger {
                         hash,
                         result: Err(reason),
                     }),
-                    Ok((tx, hash)) => match exec::execute(&mut overlay, &tx)? {
+                    Ok((tx, hash)) => match contracts::execute(&mut overlay, &tx, &hash, &ctx)? {
                         Err(reason) => results.push(TxOutcome {
                             hash: Some(hash),
                             result: Err(reason),
@@ -571,7 +616,10 @@ impl Ledger {
                     merkle.insert(*i, &d.0[..])?;
                 }
                 for (k, v) in &b.writes {
-                    state.insert(&k[..], &v[..])?;
+                    match v {
+                        Some(v) => state.insert(&k[..], &v[..])?,
+                        None => state.remove(&k[..])?,
+                    };
                 }
                 sizes.insert(h.log_size, h.height)?;
             }
@@ -659,7 +707,14 @@ impl Ledger {
     pub fn account(&self, id: &AccountId) -> Result<Option<AccountState>> {
         let rtx = self.inner.db.begin_read()?;
         let state = TableState(rtx.open_table(STATE)?);
-        Overlay::new(&state).account(id)
+        crate::exec::read_obj(&state, &contracts::state::account_key(id))
+    }
+
+    /// A consistent read-only view of the committed state, for queries
+    /// (see [`crate::contracts::query`]).
+    pub fn state(&self) -> Result<StateView> {
+        let rtx = self.inner.db.begin_read()?;
+        Ok(StateView(TableState(rtx.open_table(STATE)?)))
     }
 
     /// The signed tree head at `size` (a block boundary), or the latest.
@@ -823,6 +878,24 @@ impl Ledger {
 
     pub(crate) fn db(&self) -> &Database {
         &self.inner.db
+    }
+}
+
+/// The committed state as of one read transaction.
+pub struct StateView(TableState<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>);
+
+impl StateRead for StateView {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.0.get(key)
+    }
+
+    fn scan_page(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.0.scan_page(prefix, start_after, limit)
     }
 }
 

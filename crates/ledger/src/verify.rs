@@ -3,8 +3,9 @@
 //! then checks the stored state, Merkle nodes and indexes against what it rebuilt.
 //! The first inconsistency is reported with the height of the block it belongs to.
 
+use crate::contracts::{self, BlockCtx};
 use crate::error::{LedgerError, Result};
-use crate::exec::{self, Overlay};
+use crate::exec::Overlay;
 use crate::store::{
     BLOCKS, MERKLE, META, SIZES, STATE, SigCheck, TX_INDEX, Tip, header_for, origin, precheck,
     signer_name,
@@ -179,7 +180,7 @@ pub(crate) fn verify_db(
         ));
     }
 
-    let mut state: BTreeMap<Vec<u8>, Vec<u8>> = exec::genesis_writes(genesis);
+    let mut state: BTreeMap<Vec<u8>, Vec<u8>> = contracts::genesis_writes(genesis);
     let mut last_writer: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
     let mut nodes: BTreeMap<u64, Digest32> = BTreeMap::new();
     let mut frontier = Frontier::new();
@@ -252,8 +253,12 @@ pub(crate) fn verify_db(
 
                     let base = &state;
                     let mut overlay = Overlay::new(base);
-                    for (i, (tx, _)) in txs.iter().enumerate() {
-                        if let Err(reason) = exec::execute(&mut overlay, tx)? {
+                    let ctx = BlockCtx {
+                        genesis,
+                        time_ms: h.time_ms.max(prev.time_ms),
+                    };
+                    for (i, (tx, hash)) in txs.iter().enumerate() {
+                        if let Err(reason) = contracts::execute(&mut overlay, tx, hash, &ctx)? {
                             return Err(corrupt(
                                 height,
                                 format!("transaction {i} would be rejected: {reason}"),
@@ -307,10 +312,10 @@ pub(crate) fn verify_db(
                     if sizes_t.get(h.log_size)?.map(|v| v.value()) != Some(height) {
                         return Err(corrupt(height, "tree-size index is wrong"));
                     }
-                    for (k, v) in writes {
+                    for k in writes.keys() {
                         last_writer.insert(k.clone(), height);
-                        state.insert(k, v);
                     }
+                    crate::exec::apply_writes(&mut state, writes);
                     nodes.extend(new_nodes);
                     boundaries.push((h.log_size, height));
                     prev = Tip {

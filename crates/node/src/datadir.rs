@@ -54,6 +54,27 @@ pub struct InitOptions {
     /// The admin keystore password; generated (and written to `admin.password`) if None.
     pub admin_password: Option<String>,
     pub node_id: u64,
+    /// Registration fee, break-glass duration and retention rules; `None` fee owner
+    /// means the consortium admin.
+    pub params: ParamOptions,
+}
+
+/// The genesis contract parameters `init` takes (see [`medledger_core::ContractParams`]).
+#[derive(Debug, Clone)]
+pub struct ParamOptions {
+    pub registration_fee: u64,
+    pub break_glass_ms: u64,
+    pub retention: Vec<medledger_core::RetentionRule>,
+}
+
+impl Default for ParamOptions {
+    fn default() -> Self {
+        ParamOptions {
+            registration_fee: 0,
+            break_glass_ms: medledger_core::genesis::DEFAULT_BREAK_GLASS_MS,
+            retention: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -105,6 +126,12 @@ pub fn init(dir: &Path, opts: InitOptions) -> Result<InitReport> {
             id: opts.node_id,
             key: node.public(),
         }],
+        params: medledger_core::ContractParams {
+            registration_fee: opts.params.registration_fee,
+            fee_owner: admin.account(),
+            break_glass_ms: opts.params.break_glass_ms,
+            retention: opts.params.retention,
+        },
     };
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
         .map_err(|e| NodeError::Tls(e.to_string()))?;

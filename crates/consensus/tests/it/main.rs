@@ -30,6 +30,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Bui
                 id: 0,
                 key: node.public(),
             }],
+            params: medledger_core::ContractParams::defaults(AccountId(
+                admin.verifying_key().to_bytes(),
+            )),
         };
         let ledger =
             Ledger::open(&dir.path().join("ledger.redb"), genesis, node, 0).expect("ledger");

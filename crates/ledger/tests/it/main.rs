@@ -32,6 +32,9 @@ fn fixture() -> Fixture {
             id: 1,
             key: node.public(),
         }],
+        params: medledger_core::ContractParams::defaults(AccountId(
+            admin.verifying_key().to_bytes(),
+        )),
     };
     let path = dir.path().join("ledger.redb");
     let ledger = Ledger::open(&path, genesis.clone(), node, 1).unwrap();

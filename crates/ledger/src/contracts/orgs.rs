@@ -1,0 +1,184 @@
+//! Organisations, roles and registration: the consortium admin founds organisations;
+//! an organisation's admins (HospitalAdmin) assign roles and decide registrations.
+
+use super::state::*;
+use super::{Ctx, R, ensure, existing_account, signer_state};
+use crate::exec::{Overlay, StateRead};
+use medledger_core::{AccountId, Digest32, OrgId, RejectReason, Role};
+
+fn require_org<S: StateRead>(st: &Overlay<'_, S>, org: &OrgId) -> R {
+    ensure(org.is_valid(), || RejectReason::invalid("organisation id"))?;
+    ensure(st.get(&org_key(org))?.is_some(), || {
+        RejectReason::not_found("organisation")
+    })
+}
+
+/// The signer administers `org` (or is the consortium admin, who may act for any).
+fn require_admin_of<S: StateRead>(st: &Overlay<'_, S>, cx: &Ctx<'_>, org: &OrgId) -> R {
+    let me = signer_state(st, cx)?;
+    ensure(
+        me.consortium_admin || me.has_role_in(org, Role::HospitalAdmin),
+        || RejectReason::unauthorized(format!("only an admin of {org} may do this")),
+    )
+}
+
+pub(super) fn register_account<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    _cx: &Ctx<'_>,
+    signer: &AccountState,
+    account: &AccountId,
+    encryption_key: &Digest32,
+) -> R {
+    ensure(signer.consortium_admin, || {
+        RejectReason::unauthorized("only the consortium admin registers accounts")
+    })?;
+    ensure(account.verifying_key().is_ok(), || {
+        RejectReason::Malformed {
+            detail: "account is not a valid Ed25519 public key".into(),
+        }
+    })?;
+    ensure(st.get(&account_key(account))?.is_none(), || {
+        RejectReason::AccountExists
+    })?;
+    st.put_obj(account_key(account), &AccountState::new(*encryption_key));
+    Ok(())
+}
+
+pub(super) fn add_org<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    signer: &AccountState,
+    org: &OrgId,
+    admin: &AccountId,
+) -> R {
+    ensure(signer.consortium_admin, || {
+        RejectReason::unauthorized("only the consortium admin adds organisations")
+    })?;
+    ensure(org.is_valid(), || RejectReason::invalid("organisation id"))?;
+    ensure(st.get(&org_key(org))?.is_none(), || {
+        RejectReason::conflict("organisation exists")
+    })?;
+    let mut a = existing_account(st, admin)?;
+    ensure(!a.node, || {
+        RejectReason::invalid("a node key cannot hold roles")
+    })?;
+    st.put_obj(org_key(org), &OrgState { created_ms: cx.now });
+    a.roles.push(Membership {
+        org: org.clone(),
+        role: Role::HospitalAdmin,
+    });
+    st.put_obj(account_key(admin), &a);
+    st.put(member_key(org, admin, Role::HospitalAdmin), Vec::new());
+    Ok(())
+}
+
+pub(super) fn assign_role<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    org: &OrgId,
+    account: &AccountId,
+    role: Role,
+) -> R {
+    require_org(st, org)?;
+    require_admin_of(st, cx, org)?;
+    let mut a = existing_account(st, account)?;
+    ensure(!a.node, || {
+        RejectReason::invalid("a node key cannot hold roles")
+    })?;
+    ensure(!a.has_role_in(org, role), || {
+        RejectReason::conflict(format!("already has role {role} in {org}"))
+    })?;
+    a.roles.push(Membership {
+        org: org.clone(),
+        role,
+    });
+    st.put_obj(account_key(account), &a);
+    st.put(member_key(org, account, role), Vec::new());
+    Ok(())
+}
+
+pub(super) fn revoke_role<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    org: &OrgId,
+    account: &AccountId,
+    role: Role,
+) -> R {
+    require_org(st, org)?;
+    require_admin_of(st, cx, org)?;
+    let mut a = existing_account(st, account)?;
+    ensure(a.has_role_in(org, role), || {
+        RejectReason::not_found(format!("role {role} in {org} for that account"))
+    })?;
+    a.roles.retain(|m| !(m.role == role && &m.org == org));
+    st.put_obj(account_key(account), &a);
+    st.delete(member_key(org, account, role));
+    Ok(())
+}
+
+pub(super) fn register<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    org: &OrgId,
+    role: Role,
+    encryption_key: &Digest32,
+) -> R {
+    require_org(st, org)?;
+    let mut me = signer_state(st, cx)?;
+    if me.nonce == 1 && me.encryption_key == Digest32::ZERO && me.roles.is_empty() {
+        // A new key introducing itself (its first transaction).
+        ensure(*encryption_key != Digest32::ZERO, || {
+            RejectReason::invalid("an encryption key is required")
+        })?;
+        me.encryption_key = *encryption_key;
+    }
+    ensure(!me.consortium_admin && !me.node, || {
+        RejectReason::invalid("this account cannot register")
+    })?;
+    ensure(me.pending.is_none(), || {
+        RejectReason::conflict("a registration is already pending")
+    })?;
+    ensure(!me.has_role_in(org, role), || {
+        RejectReason::conflict(format!("already has role {role} in {org}"))
+    })?;
+    me.pending = Some(Membership {
+        org: org.clone(),
+        role,
+    });
+    st.put_obj(account_key(&cx.signer), &me);
+    st.put(pending_key(org, &cx.signer), vec![role as u8]);
+    Ok(())
+}
+
+pub(super) fn decide<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    account: &AccountId,
+    approve: bool,
+) -> R {
+    let mut a = existing_account(st, account)?;
+    let m = a
+        .pending
+        .clone()
+        .ok_or_else(|| RejectReason::not_found("pending registration"))?;
+    require_admin_of(st, cx, &m.org)?;
+    if approve {
+        let fee = cx.params.registration_fee;
+        if fee > 0 {
+            let balance = super::balance(st, account)?;
+            ensure(balance >= fee, || RejectReason::InsufficientFunds {
+                balance,
+                needed: fee,
+            })?;
+            st.put_obj(balance_key(account), &(balance - fee));
+            let fees = super::counter(st, FEES_KEY)?;
+            st.put_obj(FEES_KEY.to_vec(), &(fees + fee));
+        }
+        a.roles.push(m.clone());
+        st.put(member_key(&m.org, account, m.role), Vec::new());
+    }
+    a.pending = None;
+    st.put_obj(account_key(account), &a);
+    st.delete(pending_key(&m.org, account));
+    Ok(())
+}

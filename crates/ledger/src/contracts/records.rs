@@ -1,0 +1,100 @@
+//! The record registry: which encrypted blob (CID and content hash) is which version
+//! of which patient's record, and who wrote it. Contents never come here.
+
+use super::decision::may_write;
+use super::state::*;
+use super::{Ctx, R, ensure, patient_account};
+use crate::exec::{Overlay, StateRead};
+use medledger_core::{AccountId, Category, Cid, Digest32, RecordId, RejectReason};
+
+fn writer_denied() -> RejectReason {
+    RejectReason::unauthorized(
+        "only the patient, or a clinician with a live treatment grant or break-glass, may write this record",
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    patient: &AccountId,
+    category: &Category,
+    cid: &Cid,
+    content_hash: &Digest32,
+    size: u64,
+) -> R {
+    ensure(category.is_valid(), || RejectReason::invalid("category"))?;
+    patient_account(st, patient)?;
+    ensure(
+        may_write(st, &cx.signer, patient, category, None, cx.now)?.is_some(),
+        writer_denied,
+    )?;
+    let id = RecordId::from_tx(&cx.hash);
+    st.put_obj(
+        record_key(&id),
+        &RecordState {
+            patient: *patient,
+            category: category.clone(),
+            created_by: cx.signer,
+            created_ms: cx.now,
+            versions: 1,
+            erasure: ErasureStatus::None,
+        },
+    );
+    put_version(st, cx, &id, 1, cid, content_hash, size);
+    st.put(patient_record_key(patient, &id), Vec::new());
+    Ok(())
+}
+
+pub(super) fn amend<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    record: &RecordId,
+    cid: &Cid,
+    content_hash: &Digest32,
+    size: u64,
+) -> R {
+    let mut rec: RecordState = st
+        .get_obj(&record_key(record))?
+        .ok_or_else(|| RejectReason::not_found("record"))?;
+    ensure(!rec.is_erased(), || RejectReason::Erased)?;
+    ensure(
+        may_write(
+            st,
+            &cx.signer,
+            &rec.patient,
+            &rec.category,
+            Some(record),
+            cx.now,
+        )?
+        .is_some(),
+        writer_denied,
+    )?;
+    rec.versions += 1;
+    put_version(st, cx, record, rec.versions, cid, content_hash, size);
+    st.put_obj(record_key(record), &rec);
+    Ok(())
+}
+
+fn put_version<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    id: &RecordId,
+    version: u32,
+    cid: &Cid,
+    content_hash: &Digest32,
+    size: u64,
+) {
+    st.put_obj(
+        version_key(id, version),
+        &VersionState {
+            version,
+            cid: *cid,
+            content_hash: *content_hash,
+            size,
+            author: cx.signer,
+            time_ms: cx.now,
+            tx: cx.hash,
+        },
+    );
+}
