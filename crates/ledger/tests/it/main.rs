@@ -1,6 +1,9 @@
 //! Ledger through its public API: every rejection reason leaves the state unchanged,
 //! blocks chain and verify, proofs verify offline, and tampering is found.
 
+mod contracts;
+mod world;
+
 use ed25519_dalek::SigningKey;
 use medledger_core::genesis::{GENESIS_VERSION, GenesisNode};
 use medledger_core::keys::generate_signing_key;
