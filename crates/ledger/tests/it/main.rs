@@ -2,6 +2,7 @@
 //! blocks chain and verify, proofs verify offline, and tampering is found.
 
 mod contracts;
+mod props;
 mod world;
 
 use ed25519_dalek::SigningKey;
