@@ -45,6 +45,14 @@ pub enum Command {
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Query the node's JSON API: `medledger query orgs/general`,
+    /// `medledger query "audit?patient=did:key:..."`, `medledger query decision?...`.
+    Query {
+        /// Path under /v1/.
+        path: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -184,6 +192,12 @@ pub enum PayloadArg {
         /// Its X25519 public key, hex.
         encryption_key: String,
     },
+    /// Any transaction kind, as JSON (the API's payload form), e.g.
+    /// '{"kind":"add_org","org":"general","admin":"did:key:z6Mk..."}'.
+    Json {
+        /// The payload JSON, or @FILE to read it from a file.
+        payload: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,6 +233,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(d) => verify(&d.data_dir),
         Command::Tx(TxCommand::Submit(a)) => runtime()?.block_on(submit(a)),
         Command::Tx(TxCommand::Status { hash, node }) => runtime()?.block_on(status(&hash, &node)),
+        Command::Query { path, node } => runtime()?.block_on(query(&path, &node)),
         Command::Proof(ProofCommand::Inclusion { hash, size, node }) => {
             runtime()?.block_on(proof_inclusion(&hash, size, &node))
         }
@@ -343,6 +358,14 @@ async fn submit(a: SubmitArgs) -> Result<()> {
             encryption_key: Digest32::from_hex(&encryption_key)
                 .context("encryption key must be 64 hex digits")?,
         },
+        PayloadArg::Json { payload } => {
+            let text = match payload.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {path}"))?,
+                None => payload,
+            };
+            serde_json::from_str::<Payload>(&text).context("invalid transaction payload JSON")?
+        }
     };
     let client = a.node.client()?;
     let status = client.status().await?;
@@ -359,6 +382,16 @@ async fn submit(a: SubmitArgs) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(&r)?);
     if r.status != "committed" {
         bail!("transaction rejected");
+    }
+    Ok(())
+}
+
+async fn query(path: &str, node: &NodeArgs) -> Result<()> {
+    let path = format!("/v1/{}", path.trim_start_matches('/'));
+    let (code, body) = node.client()?.get_raw(&path, &[]).await?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    if !(200..300).contains(&code) {
+        bail!("the node answered {code}");
     }
     Ok(())
 }

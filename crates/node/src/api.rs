@@ -29,6 +29,7 @@ pub struct AppState {
     pub raft: Raft,
     pub batcher: Batcher,
     pub metrics: PrometheusHandle,
+    pub reporter: crate::reporter::Reporter,
 }
 
 /// `peer_rpc` mounts the node-to-node Raft endpoints; off for a single node, since
@@ -52,6 +53,7 @@ pub fn router(state: AppState, peer_rpc: bool) -> Router {
         .route("/v1/status", get(status))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
+        .merge(crate::contracts_api::routes())
         .with_state(state)
 }
 
@@ -61,6 +63,8 @@ pub enum ApiError {
     BadRequest(String),
     NotFound(&'static str),
     Unavailable(String),
+    /// The request needs a valid signature of the acting account.
+    Unauthenticated(String),
     Internal(String),
 }
 
@@ -80,6 +84,7 @@ impl IntoResponse for ApiError {
                 format!("{what} not found"),
             ),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            ApiError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, "unauthenticated", m),
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
@@ -337,7 +342,7 @@ async fn submit_many(
     }))
 }
 
-fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiError> {
+pub(crate) fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiError> {
     s.parse()
         .map_err(|_| ApiError::BadRequest(format!("invalid {what}")))
 }
@@ -460,12 +465,21 @@ async fn consistency(
     }))
 }
 
+/// An account: nonce, keys, roles, pending registration and balance.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct AccountView {
     pub account: AccountId,
     pub nonce: u64,
     pub encryption_key: Digest32,
     pub consortium_admin: bool,
+    #[serde(default)]
+    pub node: bool,
+    #[serde(default)]
+    pub roles: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub pending: Option<serde_json::Value>,
+    #[serde(default)]
+    pub balance: u64,
 }
 
 async fn account(
@@ -473,15 +487,24 @@ async fn account(
     Path(id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
     let id: AccountId = parse(&id, "account id (did:key)")?;
-    let a = s
-        .ledger
-        .account(&id)?
+    let state = s.ledger.state()?;
+    let a = medledger_ledger::contracts::query::account(&state, &id)?
         .ok_or(ApiError::NotFound("account"))?;
+    let to_value = |v| serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()));
     Ok(Json(AccountView {
         account: id,
-        nonce: a.nonce,
-        encryption_key: a.encryption_key,
-        consortium_admin: a.consortium_admin,
+        nonce: a.state.nonce,
+        encryption_key: a.state.encryption_key,
+        consortium_admin: a.state.consortium_admin,
+        node: a.state.node,
+        roles: a
+            .state
+            .roles
+            .iter()
+            .map(to_value)
+            .collect::<Result<_, _>>()?,
+        pending: a.state.pending.as_ref().map(to_value).transpose()?,
+        balance: a.balance,
     }))
 }
 

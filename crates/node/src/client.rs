@@ -47,6 +47,25 @@ impl Client {
         decode(r).await
     }
 
+    /// GET `path` (with optional extra headers); returns the status and the JSON body
+    /// whatever the status, for callers that show errors themselves.
+    pub async fn get_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+    ) -> Result<(u16, serde_json::Value)> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let r = req.send().await.map_err(http)?;
+        let status = r.status().as_u16();
+        let body = r.bytes().await.map_err(http)?;
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+        Ok((status, json))
+    }
+
     pub async fn status(&self) -> Result<StatusView> {
         self.get("/v1/status").await
     }

@@ -4,9 +4,11 @@
 
 pub mod api;
 pub mod client;
+pub mod contracts_api;
 pub mod datadir;
 mod error;
 pub mod keystore;
+pub mod reporter;
 mod server;
 
 pub use error::{NodeError, Result};

@@ -35,6 +35,8 @@ pub struct ServeConfig {
     /// Mount the node-to-node Raft endpoints (for multi-node clusters).
     pub peer_rpc: bool,
     pub batcher: BatcherConfig,
+    /// How often the node settles due work (expired proposals, ended retentions).
+    pub housekeeping: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -48,6 +50,7 @@ impl ServeConfig {
             startup_check: StartupCheck::Full,
             peer_rpc: false,
             batcher: BatcherConfig::default(),
+            housekeeping: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -135,11 +138,18 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         tracing::warn!(error = %e, "serving before the Raft log was fully re-applied");
     }
     let batcher = Batcher::start(raft.clone(), config.batcher.clone());
+    let reporter = crate::reporter::Reporter::start(
+        ledger.clone(),
+        batcher.clone(),
+        dd.node.clone(),
+        config.housekeeping,
+    );
     let state = AppState {
         ledger: ledger.clone(),
         raft: raft.clone(),
         batcher,
         metrics: prometheus,
+        reporter,
     };
     let app = api::router(state, config.peer_rpc)
         .layer(RequestBodyLimitLayer::new(api::MAX_BODY_BYTES))

@@ -144,10 +144,17 @@ fn run<S: StateRead>(
         expected,
         got: body.nonce,
     })?;
-    // Nodes only report accesses: their key must not act as a person.
+    // A node reports accesses and settles what has come due; its key must never
+    // act as a person.
     ensure(
-        !signer.node || matches!(body.payload, Payload::ReportAccess { .. }),
-        || RejectReason::unauthorized("a node key may only report accesses"),
+        !signer.node
+            || matches!(
+                body.payload,
+                Payload::ReportAccess { .. }
+                    | Payload::ExpireAgreement { .. }
+                    | Payload::CompleteErasure { .. }
+            ),
+        || RejectReason::unauthorized("a node key may only report accesses and settle due work"),
     )?;
     let mut signer = signer;
     signer.nonce = expected;
