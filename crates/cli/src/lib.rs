@@ -360,8 +360,9 @@ async fn submit(a: SubmitArgs) -> Result<()> {
         },
         PayloadArg::Json { payload } => {
             let text = match payload.strip_prefix('@') {
-                Some(path) => std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {path}"))?,
+                Some(path) => {
+                    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+                }
                 None => payload,
             };
             serde_json::from_str::<Payload>(&text).context("invalid transaction payload JSON")?

@@ -6,107 +6,11 @@ use medledger_core::{AccountId, ChainId, Digest32, Payload, TxBody, TxHash};
 use medledger_node::client::Client;
 use medledger_node::keystore::{AccountKeys, KeystoreFile};
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_medledger");
-
-fn medledger(args: &[&str], dir: &Path) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .expect("run medledger")
-}
-
-fn init(root: &Path) -> PathBuf {
-    let dir = root.join("data");
-    let pw = root.join("pw");
-    std::fs::write(&pw, "a long enough test password").unwrap();
-    let out = Command::new(BIN)
-        .args(["init", "--chain-id", "e2e-chain", "--password-file"])
-        .arg(&pw)
-        .arg("--data-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
-struct Node {
-    child: Child,
-    url: String,
-}
-
-impl Node {
-    /// Graceful stop (SIGTERM): the node flushes its ledger file before exiting.
-    fn stop(mut self) {
-        let st = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let code = self.child.wait().unwrap();
-        assert!(code.success(), "node exited with {code}");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(dir: &Path) -> Node {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("MEDLEDGER_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(url.starts_with("https://"), "node did not start: {line:?}");
-    Node { child, url }
-}
-
-async fn client(node: &Node, dir: &Path) -> Client {
-    let c = Client::new(&node.url, Some(&dir.join("tls/cert.pem"))).unwrap();
-    c.wait_ready(Duration::from_secs(30)).await.unwrap();
-    c
-}
-
-fn admin(dir: &Path) -> AccountKeys {
-    KeystoreFile::read(&dir.join("admin.keystore.json"))
-        .unwrap()
-        .open(b"a long enough test password")
-        .unwrap()
-}
-
-fn sign(keys: &AccountKeys, chain: &str, nonce: u64, payload: Payload) -> Vec<u8> {
-    TxBody {
-        version: TX_VERSION,
-        chain_id: ChainId::new(chain).unwrap(),
-        signer: keys.account(),
-        nonce,
-        payload,
-    }
-    .sign(&keys.signing)
-    .to_bytes()
-}
+mod common;
+use common::*;
 
 fn anchor(n: u64) -> Payload {
     let mut d = [0u8; 32];

@@ -258,6 +258,10 @@ fn admission(
         .map(|d| {
             let (bytes, tx, hash) = d?;
             match ledger.account(&tx.body.signer) {
+                // A new key may introduce itself (the contracts check the rest).
+                Ok(None) if matches!(tx.body.payload, medledger_core::Payload::Register { .. }) => {
+                    Ok(bytes)
+                }
                 Ok(None) => Err(reject(Some(hash), RejectReason::UnknownSigner)),
                 Ok(Some(a)) if tx.body.nonce <= a.nonce => Err(reject(
                     Some(hash),

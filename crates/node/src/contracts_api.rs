@@ -121,7 +121,10 @@ async fn org(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<V
     to_json(o.ok_or(ApiError::NotFound("organisation"))?)
 }
 
-async fn record(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn record(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id: RecordId = parse(&id, "record id")?;
     let r = view(&s, move |st| query::record(st, &id)).await?;
     to_json(r.ok_or(ApiError::NotFound("record"))?)
@@ -150,9 +153,16 @@ async fn patient_records(
 ) -> Result<Json<Value>, ApiError> {
     let Query(page) = q?;
     let patient: AccountId = parse(&did, "patient id (did:key)")?;
-    let after: Option<RecordId> = page.after.as_deref().map(|a| parse(a, "after")).transpose()?;
+    let after: Option<RecordId> = page
+        .after
+        .as_deref()
+        .map(|a| parse(a, "after"))
+        .transpose()?;
     let n = limit(page.limit)?;
-    let ids = view(&s, move |st| query::patient_records(st, &patient, after.as_ref(), n)).await?;
+    let ids = view(&s, move |st| {
+        query::patient_records(st, &patient, after.as_ref(), n)
+    })
+    .await?;
     to_json(json!({ "records": ids }))
 }
 
@@ -180,7 +190,10 @@ async fn patient_agreements(
     to_json(json!({ "agreements": view(&s, move |st| query::agreements(st, &patient)).await? }))
 }
 
-async fn inbox(State(s): State<AppState>, Path(did): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn inbox(
+    State(s): State<AppState>,
+    Path(did): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let to: AccountId = parse(&did, "account id (did:key)")?;
     to_json(json!({ "messages": view(&s, move |st| query::inbox(st, &to)).await? }))
 }
@@ -191,7 +204,10 @@ async fn grant(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json
     to_json(g.ok_or(ApiError::NotFound("grant"))?)
 }
 
-async fn message(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn message(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id: MessageId = parse(&id, "message id")?;
     let m = view(&s, move |st| query::message(st, &id)).await?;
     to_json(m.ok_or(ApiError::NotFound("message"))?)
@@ -222,7 +238,12 @@ async fn audit(
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q?;
-    let filters = [q.patient.is_some(), q.record.is_some(), q.accessor.is_some(), q.from.is_some() || q.to.is_some()];
+    let filters = [
+        q.patient.is_some(),
+        q.record.is_some(),
+        q.accessor.is_some(),
+        q.from.is_some() || q.to.is_some(),
+    ];
     if filters.iter().filter(|f| **f).count() != 1 {
         return Err(ApiError::BadRequest(
             "give exactly one of patient, record, accessor, or a from/to time range".into(),
@@ -269,7 +290,10 @@ async fn decision(
     let record: RecordId = parse(&q.record, "record id")?;
     let purpose: Purpose = parse(&q.purpose, "purpose")?;
     let at = q.at.unwrap_or_else(now_ms);
-    let d = view(&s, move |st| contracts::can(st, &account, &record, purpose, at)).await?;
+    let d = view(&s, move |st| {
+        contracts::can(st, &account, &record, purpose, at)
+    })
+    .await?;
     Ok(Json(decision_json(&d)))
 }
 
@@ -291,12 +315,18 @@ pub fn request_message(method: &str, path_and_query: &str, ts: u64) -> String {
     format!("{REQUEST_TAG}\n{method}\n{path_and_query}\n{ts}")
 }
 
-fn authenticate(headers: &HeaderMap, method: &str, path_and_query: &str) -> Result<AccountId, ApiError> {
+fn authenticate(
+    headers: &HeaderMap,
+    method: &str,
+    path_and_query: &str,
+) -> Result<AccountId, ApiError> {
     let unauth = |m: &str| ApiError::Unauthenticated(m.to_owned());
     let h = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| unauth("a signed request is required (Authorization: Medledger-Ed25519 ...)"))?;
+        .ok_or_else(|| {
+            unauth("a signed request is required (Authorization: Medledger-Ed25519 ...)")
+        })?;
     let params = h
         .strip_prefix("Medledger-Ed25519 ")
         .ok_or_else(|| unauth("unsupported authorization scheme"))?;
@@ -314,11 +344,16 @@ fn authenticate(headers: &HeaderMap, method: &str, path_and_query: &str) -> Resu
     };
     let account: AccountId = did.parse().map_err(|_| unauth("invalid did"))?;
     if now_ms().abs_diff(ts) > REQUEST_WINDOW_MS {
-        return Err(unauth("request timestamp is outside the five-minute window"));
+        return Err(unauth(
+            "request timestamp is outside the five-minute window",
+        ));
     }
     let mut sig_bytes = [0u8; 64];
     hex::decode_to_slice(sig, &mut sig_bytes).map_err(|_| unauth("sig must be 128 hex digits"))?;
-    if !account.verify(request_message(method, path_and_query, ts).as_bytes(), &sig_bytes) {
+    if !account.verify(
+        request_message(method, path_and_query, ts).as_bytes(),
+        &sig_bytes,
+    ) {
         return Err(unauth("request signature does not verify"));
     }
     Ok(account)
@@ -347,7 +382,11 @@ async fn access(
     let at = now_ms();
     let (d, rec) = view(&s, move |st| {
         let d = contracts::can(st, &accessor, &record, purpose, at)?;
-        let rec = if d.allowed() { query::record(st, &record)? } else { None };
+        let rec = if d.allowed() {
+            query::record(st, &record)?
+        } else {
+            None
+        };
         Ok((d, rec))
     })
     .await?;

@@ -25,7 +25,12 @@ const QUEUE: usize = 100_000;
 
 impl Reporter {
     /// Starts the reporting task. `housekeeping` is how often due work is settled.
-    pub fn start(ledger: Ledger, batcher: Batcher, signer: NodeSigner, housekeeping: Duration) -> Self {
+    pub fn start(
+        ledger: Ledger,
+        batcher: Batcher,
+        signer: NodeSigner,
+        housekeeping: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(ledger, batcher, signer, rx, housekeeping));
         Reporter { tx }
@@ -141,7 +146,11 @@ async fn run(
 }
 
 async fn settle_due(node: &NodeTxs) {
-    let due = match node.ledger.state().and_then(|s| query::due(&s, now_ms(), 100)) {
+    let due = match node
+        .ledger
+        .state()
+        .and_then(|s| query::due(&s, now_ms(), 100))
+    {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %e, "reading due work failed");

@@ -1,0 +1,290 @@
+//! The contracts end to end against the real binary: the CLI submits any kind as JSON
+//! and queries; a self-custody client prepares, signs and submits over the JSON API;
+//! record access needs a signed request, is decided by the ledger's rules and lands in
+//! the audit trail (refusals too); the OpenAPI document is served.
+
+mod common;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use common::*;
+use ed25519_dalek::{Signer, SigningKey};
+use medledger_core::{AccountId, Digest32, RecordId, TxHash};
+use medledger_node::contracts_api::request_message;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+fn cli(dir: &Path, node: &Node, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .args(["--node", &node.url, "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `medledger tx submit ... json PAYLOAD` signed with the admin keystore.
+fn submit_json(dir: &Path, node: &Node, pw: &str, payload: &str) -> (bool, String) {
+    let d = dir.to_str().unwrap();
+    cli_raw(&[
+        "tx",
+        "submit",
+        "--node",
+        &node.url,
+        "--data-dir",
+        d,
+        "--password-file",
+        pw,
+        "json",
+        payload,
+    ])
+}
+
+fn cli_raw(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn http(dir: &Path) -> reqwest::Client {
+    medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap()
+}
+
+/// prepare → sign locally → submit, as a client holding its own key would.
+async fn self_custody(
+    h: &reqwest::Client,
+    url: &str,
+    key: &SigningKey,
+    payload: Value,
+) -> (u16, Value) {
+    let did = AccountId(key.verifying_key().to_bytes()).to_did();
+    let prep: Value = h
+        .post(format!("{url}/v1/tx/prepare"))
+        .json(&json!({ "signer": did, "payload": payload }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hash = Digest32::from_hex(prep["hash"].as_str().expect("prepared")).unwrap();
+    let mut tx = B64.decode(prep["body"].as_str().unwrap()).unwrap();
+    tx.extend_from_slice(&key.sign(&hash.0).to_bytes());
+    let r = h
+        .post(format!("{url}/v1/tx"))
+        .json(&json!({ "tx": B64.encode(tx) }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn get(h: &reqwest::Client, url: &str, path: &str) -> (u16, Value) {
+    let r = h.get(format!("{url}{path}")).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn signed_get(h: &reqwest::Client, url: &str, key: &SigningKey, path: &str) -> u16 {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let sig = key.sign(request_message("GET", path, ts).as_bytes());
+    let did = AccountId(key.verifying_key().to_bytes()).to_did();
+    h.get(format!("{url}{path}"))
+        .header(
+            "authorization",
+            format!(
+                "Medledger-Ed25519 did={did},ts={ts},sig={}",
+                hex::encode(sig.to_bytes())
+            ),
+        )
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn audit_len(h: &reqwest::Client, url: &str, query: &str) -> usize {
+    let (code, body) = get(h, url, &format!("/v1/audit?{query}")).await;
+    assert_eq!(code, 200, "{body}");
+    body["entries"].as_array().unwrap().len()
+}
+
+#[test]
+fn contracts_through_cli_json_api_and_audited_access() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let pw = root.path().join("pw");
+    let node = start(&dir);
+    let rt = rt();
+    let url = node.url.clone();
+    let h = http(&dir);
+    rt.block_on(client(&node, &dir));
+    let admin = admin(&dir).account().to_did();
+    let pw_s = pw.to_str().unwrap();
+
+    // The consortium admin founds an organisation (CLI, JSON payload) and administers it.
+    let (ok, out) = submit_json(
+        &dir,
+        &node,
+        pw_s,
+        &format!(r#"{{"kind":"add_org","org":"general","admin":"{admin}"}}"#),
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&dir, &node, &["query", "orgs/general"]);
+    assert!(ok && out.contains("hospital_admin"), "{out}");
+    // Malformed JSON payloads are refused before anything is signed.
+    let (ok, out) = submit_json(&dir, &node, pw_s, r#"{"kind":"add_org","org":"Bad Name"}"#);
+    assert!(
+        !ok && out.contains("invalid transaction payload JSON"),
+        "{out}"
+    );
+    let (ok, out) = cli(&dir, &node, &["query", "orgs/nowhere"]);
+    assert!(!ok && out.contains("not found"), "{out}");
+
+    // Self-custody patient and doctor register over the JSON API; the admin approves.
+    let patient = SigningKey::from_bytes(&[21; 32]);
+    let doctor = SigningKey::from_bytes(&[22; 32]);
+    let stranger = SigningKey::from_bytes(&[23; 32]);
+    let did = |k: &SigningKey| AccountId(k.verifying_key().to_bytes()).to_did();
+    rt.block_on(async {
+        for (k, role) in [(&patient, "patient"), (&doctor, "doctor")] {
+            let (code, body) = self_custody(
+                &h,
+                &url,
+                k,
+                json!({"kind": "register", "org": "general", "role": role, "encryption_key": hex::encode([7u8; 32])}),
+            )
+            .await;
+            assert_eq!(code, 200, "{body}");
+        }
+        // A forged signature (the stranger signs for the patient) changes nothing.
+        let (code, body) = get(&h, &url, &format!("/v1/accounts/{}", did(&patient))).await;
+        assert_eq!(code, 200);
+        let nonce_before = body["nonce"].as_u64().unwrap();
+        let prep: Value = h
+            .post(format!("{url}/v1/tx/prepare"))
+            .json(&json!({"signer": did(&patient), "payload": {"kind": "anchor", "digest": hex::encode([1u8; 32])}}))
+            .send().await.unwrap().json().await.unwrap();
+        let hash = Digest32::from_hex(prep["hash"].as_str().unwrap()).unwrap();
+        let mut tx = B64.decode(prep["body"].as_str().unwrap()).unwrap();
+        tx.extend_from_slice(&stranger.sign(&hash.0).to_bytes());
+        let r = h.post(format!("{url}/v1/tx")).json(&json!({"tx": B64.encode(tx)})).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 422);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_signature");
+        let (_, after) = get(&h, &url, &format!("/v1/accounts/{}", did(&patient))).await;
+        assert_eq!(after["nonce"].as_u64().unwrap(), nonce_before);
+    });
+    for k in [&patient, &doctor] {
+        let (ok, out) = submit_json(
+            &dir,
+            &node,
+            pw_s,
+            &format!(
+                r#"{{"kind":"approve_registration","account":"{}"}}"#,
+                did(k)
+            ),
+        );
+        assert!(ok, "{out}");
+    }
+
+    rt.block_on(async {
+        // The patient registers a record (only CID and hashes on the ledger).
+        let cid = medledger_core::Cid::of(b"ciphertext").to_string();
+        let (code, body) = self_custody(
+            &h,
+            &url,
+            &patient,
+            json!({"kind": "add_record", "patient": did(&patient), "category": "Observation", "cid": cid, "content_hash": hex::encode([3u8; 32]), "size": 10}),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        let record = RecordId::from_tx(&body["hash"].as_str().unwrap().parse::<TxHash>().unwrap());
+        let access = format!("/v1/records/{record}/access?purpose=treatment");
+
+        // Without a grant the doctor is refused; the refusal is audited too.
+        let (_, d) = get(&h, &url, &format!("/v1/decision?account={}&record={record}&purpose=treatment", did(&doctor))).await;
+        assert_eq!(d["allowed"], false);
+        assert_eq!(d["reason"], "no_valid_grant");
+        assert_eq!(signed_get(&h, &url, &doctor, &access).await, 403);
+        // Unsigned, wrongly signed, and signed-for-another-path requests are refused.
+        let (code, _) = get(&h, &url, &access).await;
+        assert_eq!(code, 401);
+        assert_eq!(signed_get(&h, &url, &doctor, &format!("/v1/records/{record}/access?purpose=payment")).await, 403);
+
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let (code, body) = self_custody(
+            &h,
+            &url,
+            &patient,
+            json!({"kind": "grant_consent", "grantee": {"type": "account", "id": did(&doctor)}, "scope": {"type": "all"}, "purpose": "treatment", "start_ms": 0, "expiry_ms": now + 3_600_000}),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        let (_, d) = get(&h, &url, &format!("/v1/decision?account={}&record={record}&purpose=treatment", did(&doctor))).await;
+        assert_eq!(d["allowed"], true);
+        assert_eq!(d["reason"], "grant");
+        assert_eq!(signed_get(&h, &url, &doctor, &access).await, 200);
+        assert_eq!(signed_get(&h, &url, &patient, &access).await, 200);
+
+        // Reports are batched by the node; wait for them to commit.
+        let mut n = 0;
+        for _ in 0..100 {
+            n = audit_len(&h, &url, &format!("record={record}")).await;
+            if n >= 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(n, 4, "every access, allowed or refused, is audited");
+        let (_, trail) = get(&h, &url, &format!("/v1/audit?accessor={}", did(&doctor))).await;
+        let allowed: Vec<bool> = trail["entries"].as_array().unwrap().iter().map(|e| e["allowed"].as_bool().unwrap()).collect();
+        assert_eq!(allowed, vec![false, false, true]);
+        assert_eq!(audit_len(&h, &url, &format!("patient={}", did(&patient))).await, 4);
+        let (code, _) = get(&h, &url, "/v1/audit").await;
+        assert_eq!(code, 400);
+
+        // OpenAPI is served and names the endpoints.
+        let (code, doc) = get(&h, &url, "/v1/openapi.json").await;
+        assert_eq!(code, 200);
+        assert_eq!(doc["openapi"], "3.0.3");
+        assert!(doc["paths"]["/v1/decision"].is_object());
+    });
+    let (ok, out) = cli(
+        &dir,
+        &node,
+        &["query", &format!("patients/{}/grants", did(&patient))],
+    );
+    assert!(ok && out.contains("treatment"), "{out}");
+    node.stop();
+    let out = medledger(&["verify"], &dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
