@@ -272,13 +272,16 @@ fn payload(w: &mut World, ids: &Ids, op: &Op) -> Option<(&'static str, Payload)>
 
 /// Runs `ops` on `w` (consecutive ops share a block until an `Advance`); returns the
 /// exact batches applied, with their block times.
-fn run(w: &mut World, ops: &[Op]) -> (Ids, Vec<(u64, Vec<Vec<u8>>)>) {
+/// Batches as applied: block time and the transactions' bytes.
+type Batches = Vec<(u64, Vec<Vec<u8>>)>;
+
+fn run(w: &mut World, ops: &[Op]) -> (Ids, Batches) {
     let mut ids = Ids::default();
     let mut batches = Vec::new();
     for (i, who) in ["patient", "patient2"].into_iter().enumerate() {
         let id = w.id(who);
-        for c in 0..CATS.len() {
-            let (bytes, hash) = w.sign(who, add_record(id, CATS[c], (10 * i + c) as u8));
+        for (c, cat) in CATS.iter().enumerate() {
+            let (bytes, hash) = w.sign(who, add_record(id, cat, (10 * i + c) as u8));
             assert!(w.apply(std::slice::from_ref(&bytes))[0].is_ok());
             ids.records.push(RecordId::from_tx(&hash));
             batches.push((w.now, vec![bytes]));
