@@ -776,6 +776,13 @@ fn erasure_tombstones_and_retention_holds_with_a_reason() {
     w.rejected(
         "node",
         Payload::CompleteErasure { record: cond },
+        "conflict",
+    );
+    w.rejected(
+        "node",
+        Payload::Anchor {
+            digest: Digest32::ZERO,
+        },
         "unauthorized",
     );
     w.rejected(
