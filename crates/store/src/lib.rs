@@ -1,0 +1,14 @@
+//! The record store: record contents encrypted before they are stored anywhere, in
+//! content-addressed blobs (CIDv1, raw, sha2-256, as IPFS computes them) kept through
+//! `object_store` (local filesystem by default). Each record version has a fresh data
+//! key; the key is wrapped with HPKE for every reader. Reads verify the CID before
+//! decrypting. Erasure deletes the ciphertext and every envelope (crypto-shredding).
+
+pub mod envelope;
+mod error;
+pub mod format;
+mod store;
+
+pub use envelope::{Reader, ReaderSecret};
+pub use error::{Result, StoreError};
+pub use store::{BlobStore, PutReceipt, StoreConfig};

@@ -1,0 +1,448 @@
+//! The record store through its public API on the local filesystem backend: round
+//! trips at chunk boundaries, tampering of every kind, envelopes and revocation, key
+//! rotation, erasure that leaves nothing behind, and our CIDs checked against an
+//! independent implementation (PyPI `multiformats`).
+
+use medledger_core::{AccountId, Cid};
+use medledger_store::format::{HEADER_LEN, TAG_LEN};
+use medledger_store::{BlobStore, ReaderSecret, StoreConfig, StoreError};
+use object_store::path::Path as OPath;
+use object_store::{ObjectStoreExt, PutPayload};
+use std::path::{Path, PathBuf};
+
+struct Fx {
+    dir: tempfile::TempDir,
+    store: BlobStore,
+}
+
+fn fx(chunk: u32) -> Fx {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(&StoreConfig::Local {
+        path: dir.path().join("blobs"),
+    })
+    .unwrap()
+    .with_chunk_size(chunk)
+    .unwrap();
+    Fx { dir, store }
+}
+
+fn person(n: u8) -> ReaderSecret {
+    ReaderSecret {
+        account: AccountId([n; 32]),
+        secret: [n.wrapping_mul(7).wrapping_add(1); 32],
+    }
+}
+
+/// Deterministic, non-repeating content (so chunks differ from each other).
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    let mut x: u32 = 0x9e37_79b9 ^ seed as u32;
+    for _ in 0..len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        v.push(x as u8);
+    }
+    v
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn read(store: &BlobStore, cid: &Cid, who: &ReaderSecret) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    store.get(cid, who, &mut out).await.map(|_| out)
+}
+
+fn blob_file(f: &Fx, cid: &Cid) -> PathBuf {
+    f.dir.path().join("blobs/blobs").join(cid.to_string())
+}
+
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(all_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn round_trips_at_chunk_boundaries() {
+    let f = fx(1024);
+    let alice = person(1);
+    rt().block_on(async {
+        for len in [0usize, 1, 17, 1023, 1024, 1025, 2048, 5000, 64 * 1024] {
+            let data = content(len, len as u8);
+            let r = f.store.put(&data[..], &[alice.reader()]).await.unwrap();
+            assert_eq!(r.plain_bytes, len as u64);
+            let chunks = len.div_ceil(1024).max(1);
+            assert_eq!(
+                r.stored_bytes as usize,
+                HEADER_LEN + len + chunks * TAG_LEN,
+                "len {len}"
+            );
+            assert_eq!(f.store.verify(&r.cid).await.unwrap(), r.stored_bytes);
+            assert_eq!(
+                read(&f.store, &r.cid, &alice).await.unwrap(),
+                data,
+                "len {len}"
+            );
+            // The stored bytes are not the plaintext.
+            if len >= 17 {
+                let stored = std::fs::read(blob_file(&f, &r.cid)).unwrap();
+                assert!(!contains(&stored, &data[..17]));
+            }
+        }
+    });
+}
+
+#[test]
+fn default_chunking_round_trips_several_mebibytes() {
+    let f = fx(medledger_store::format::DEFAULT_CHUNK);
+    let alice = person(1);
+    rt().block_on(async {
+        let data = content(3 * (1 << 20) + 12345, 3);
+        let r = f.store.put(&data[..], &[alice.reader()]).await.unwrap();
+        assert_eq!(read(&f.store, &r.cid, &alice).await.unwrap(), data);
+    });
+}
+
+#[test]
+fn cids_match_an_independent_implementation() {
+    let f = fx(1024);
+    rt().block_on(async {
+        for len in [0usize, 100, 5000] {
+            let r = f
+                .store
+                .put(&content(len, 9)[..], &[person(1).reader()])
+                .await
+                .unwrap();
+            let path = blob_file(&f, &r.cid);
+            let out = std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import sys; from multiformats import CID, multihash\n\
+                     data = open(sys.argv[1], 'rb').read()\n\
+                     print(CID('base32', 1, 'raw', multihash.digest(data, 'sha2-256')))",
+                ])
+                .arg(&path)
+                .output()
+                .expect("python3 with the multiformats package (pip install multiformats)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                r.cid.to_string()
+            );
+        }
+    });
+}
+
+#[test]
+fn tampering_is_detected_before_any_plaintext() {
+    let f = fx(1024);
+    let alice = person(1);
+    rt().block_on(async {
+        let data = content(4000, 5);
+        let r = f.store.put(&data[..], &[alice.reader()]).await.unwrap();
+        let path = blob_file(&f, &r.cid);
+        let good = std::fs::read(&path).unwrap();
+
+        // A flipped bit anywhere: the CID no longer matches; nothing is written.
+        for i in [0, HEADER_LEN + 5, good.len() / 2, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[i] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            let mut out = Vec::new();
+            let e = f.store.get(&r.cid, &alice, &mut out).await.unwrap_err();
+            assert!(matches!(e, StoreError::Corrupt { .. }), "byte {i}: {e}");
+            assert!(out.is_empty(), "plaintext served from a corrupt blob");
+        }
+        // Truncated.
+        std::fs::write(&path, &good[..good.len() - 100]).unwrap();
+        assert!(matches!(
+            read(&f.store, &r.cid, &alice).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(read(&f.store, &r.cid, &alice).await.unwrap(), data);
+
+        // A dishonest writer who stores altered bytes under their own (correct) CID and
+        // copies the envelope: the chunk tags catch reordering and truncation.
+        let rec = 1024 + TAG_LEN;
+        let mut swapped = good.clone();
+        let (a, b) = (HEADER_LEN, HEADER_LEN + rec);
+        let first: Vec<u8> = swapped[a..a + rec].to_vec();
+        swapped.copy_within(b..b + rec, a);
+        swapped[b..b + rec].copy_from_slice(&first);
+        let truncated = good[..HEADER_LEN + 2 * rec].to_vec();
+        let os = f.store.object_store();
+        let env = os
+            .get(&OPath::from(format!(
+                "env/{}/{}",
+                r.cid,
+                hex::encode(alice.account.0)
+            )))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        for (name, bytes) in [("swapped", swapped), ("truncated", truncated)] {
+            let cid = Cid::of(&bytes);
+            os.put(&BlobStore::blob_location(&cid), PutPayload::from(bytes))
+                .await
+                .unwrap();
+            os.put(
+                &OPath::from(format!("env/{cid}/{}", hex::encode(alice.account.0))),
+                PutPayload::from(env.clone()),
+            )
+            .await
+            .unwrap();
+            // The envelope is bound to the original CID, so even the key is refused...
+            let e = read(&f.store, &cid, &alice).await.unwrap_err();
+            assert!(matches!(e, StoreError::EnvelopeOpen(_)), "{name}: {e}");
+        }
+        // (With the right key the chunk layer refuses such streams: see
+        // `chunk_layer_refuses_reordered_truncated_and_wrong_key_streams`.)
+    });
+}
+
+#[test]
+fn chunk_layer_refuses_reordered_truncated_and_wrong_key_streams() {
+    use medledger_store::format::{ChunkSealer, Header, StreamOpener};
+    let key = [7u8; 32];
+    let header = Header {
+        chunk_size: 64,
+        nonce_prefix: [1; 7],
+    };
+    let mut blob = header.encode().to_vec();
+    let mut s = ChunkSealer::new(&key, &header);
+    for i in 0..3u8 {
+        let mut c = vec![i; 64];
+        s.seal_next(&mut c).unwrap();
+        blob.extend_from_slice(&c);
+    }
+    let mut last = vec![9u8; 10];
+    s.seal_last(&mut last).unwrap();
+    blob.extend_from_slice(&last);
+    let open = |bytes: &[u8], key: [u8; 32]| -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        let mut o = StreamOpener::new(key);
+        o.feed(bytes, &mut |p| {
+            out.extend_from_slice(p);
+            Ok(())
+        })?;
+        o.finish(&mut |p| {
+            out.extend_from_slice(p);
+            Ok(())
+        })?;
+        Ok(out)
+    };
+    assert_eq!(open(&blob, key).unwrap().len(), 3 * 64 + 10);
+    let rec = 64 + TAG_LEN;
+    let mut swapped = blob.clone();
+    let first = swapped[HEADER_LEN..HEADER_LEN + rec].to_vec();
+    swapped.copy_within(HEADER_LEN + rec..HEADER_LEN + 2 * rec, HEADER_LEN);
+    swapped[HEADER_LEN + rec..HEADER_LEN + 2 * rec].copy_from_slice(&first);
+    assert!(matches!(
+        open(&swapped, key),
+        Err(StoreError::Decrypt { chunk: 0 })
+    ));
+    // Dropping the last chunk: the new final chunk was not sealed as last.
+    assert!(matches!(
+        open(&blob[..HEADER_LEN + 3 * rec], key),
+        Err(StoreError::Decrypt { chunk: 2 })
+    ));
+    assert!(matches!(
+        open(&blob[..HEADER_LEN + 3], key),
+        Err(StoreError::Decrypt { .. })
+    ));
+    assert!(matches!(
+        open(&blob, [8u8; 32]),
+        Err(StoreError::Decrypt { chunk: 0 })
+    ));
+    let mut hdr = blob.clone();
+    hdr[8] ^= 1; // chunk size in the header is authenticated too
+    assert!(open(&hdr, key).is_err());
+    assert!(matches!(
+        open(b"not a blob at all", key),
+        Err(StoreError::Format(_))
+    ));
+}
+
+#[test]
+fn envelopes_revocation_and_new_versions() {
+    let f = fx(1024);
+    let (patient, doctor, nurse) = (person(1), person(2), person(3));
+    rt().block_on(async {
+        let v1 = f
+            .store
+            .put(&b"version one"[..], &[patient.reader(), doctor.reader()])
+            .await
+            .unwrap();
+        assert_eq!(
+            read(&f.store, &v1.cid, &doctor).await.unwrap(),
+            b"version one"
+        );
+        // No envelope: no access.
+        assert!(matches!(
+            read(&f.store, &v1.cid, &nurse).await,
+            Err(StoreError::NoAccess(_))
+        ));
+        // A wrong private key for an account that has an envelope.
+        let impostor = ReaderSecret {
+            account: doctor.account,
+            secret: [0x55; 32],
+        };
+        assert!(matches!(
+            read(&f.store, &v1.cid, &impostor).await,
+            Err(StoreError::EnvelopeOpen(_))
+        ));
+        // Grant: the patient wraps the key for the nurse.
+        f.store
+            .add_reader(&v1.cid, &patient, &nurse.reader())
+            .await
+            .unwrap();
+        assert_eq!(
+            read(&f.store, &v1.cid, &nurse).await.unwrap(),
+            b"version one"
+        );
+        assert_eq!(
+            f.store.readers(&v1.cid).await.unwrap(),
+            vec![patient.account, doctor.account, nurse.account]
+        );
+        // Revoke the doctor: their envelope is gone, and the next version is wrapped
+        // only for current readers.
+        f.store
+            .remove_reader(&v1.cid, &doctor.account)
+            .await
+            .unwrap();
+        assert!(matches!(
+            read(&f.store, &v1.cid, &doctor).await,
+            Err(StoreError::NoAccess(_))
+        ));
+        let current = [patient.reader(), nurse.reader()];
+        let v2 = f.store.put(&b"version two"[..], &current).await.unwrap();
+        assert!(matches!(
+            read(&f.store, &v2.cid, &doctor).await,
+            Err(StoreError::NoAccess(_))
+        ));
+        assert_eq!(
+            read(&f.store, &v2.cid, &nurse).await.unwrap(),
+            b"version two"
+        );
+        // A reader who could not open the key cannot grant it on.
+        assert!(matches!(
+            f.store.add_reader(&v2.cid, &doctor, &doctor.reader()).await,
+            Err(StoreError::NoAccess(_))
+        ));
+        // Key rotation: a new blob under a new key; the old one is gone.
+        let v3 = f.store.rotate(&v2.cid, &patient, &current).await.unwrap();
+        assert_ne!(v3.cid, v2.cid);
+        assert_eq!(
+            read(&f.store, &v3.cid, &patient).await.unwrap(),
+            b"version two"
+        );
+        assert!(matches!(
+            read(&f.store, &v2.cid, &patient).await,
+            Err(StoreError::Erased(_))
+        ));
+        assert!(f.store.put(&b"x"[..], &[]).await.is_err());
+        let unknown = Cid::of(b"never stored");
+        assert!(matches!(
+            read(&f.store, &unknown, &patient).await,
+            Err(StoreError::NotFound(_))
+        ));
+    });
+}
+
+#[test]
+fn erasure_leaves_no_ciphertext_or_envelope_on_disk() {
+    let f = fx(1024);
+    let (patient, doctor) = (person(1), person(2));
+    rt().block_on(async {
+        let keep = f
+            .store
+            .put(&content(3000, 1)[..], &[patient.reader()])
+            .await
+            .unwrap();
+        let gone = f
+            .store
+            .put(&content(3000, 2)[..], &[patient.reader(), doctor.reader()])
+            .await
+            .unwrap();
+        let stored = std::fs::read(blob_file(&f, &gone.cid)).unwrap();
+        let samples: Vec<Vec<u8>> = vec![
+            stored[HEADER_LEN..HEADER_LEN + 64].to_vec(),
+            stored[stored.len() - 64..].to_vec(),
+        ];
+        let mut env_samples = Vec::new();
+        for a in [patient.account, doctor.account] {
+            let p = f
+                .dir
+                .path()
+                .join(format!("blobs/env/{}/{}", gone.cid, hex::encode(a.0)));
+            let env: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            env_samples.push(env["ct"].as_str().unwrap().as_bytes().to_vec());
+        }
+        f.store.erase(&gone.cid).await.unwrap();
+        for file in all_files(f.dir.path()) {
+            let bytes = std::fs::read(&file).unwrap();
+            for s in samples.iter().chain(&env_samples) {
+                assert!(
+                    !contains(&bytes, s),
+                    "{} still holds erased data",
+                    file.display()
+                );
+            }
+        }
+        for who in [&patient, &doctor] {
+            let e = read(&f.store, &gone.cid, who).await.unwrap_err();
+            assert!(matches!(e, StoreError::Erased(_)), "{e}");
+            assert!(e.to_string().contains("erased"));
+        }
+        assert!(matches!(
+            f.store.verify(&gone.cid).await,
+            Err(StoreError::Erased(_))
+        ));
+        // Erasing is idempotent and leaves other blobs alone.
+        f.store.erase(&gone.cid).await.unwrap();
+        assert_eq!(
+            read(&f.store, &keep.cid, &patient).await.unwrap(),
+            content(3000, 1)
+        );
+    });
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+    #[test]
+    fn any_size_and_chunking_round_trips(len in 0usize..20_000, chunk in 1u32..4096, seed in 0u8..255) {
+        let f = fx(chunk);
+        let alice = person(4);
+        let data = content(len, seed);
+        let back = rt().block_on(async {
+            let r = f.store.put(&data[..], &[alice.reader()]).await.unwrap();
+            read(&f.store, &r.cid, &alice).await.unwrap()
+        });
+        proptest::prop_assert_eq!(back, data);
+    }
+}
