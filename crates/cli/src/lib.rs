@@ -2,6 +2,7 @@
 //! client libraries; `main` stays thin.
 
 mod bench;
+mod blob;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -45,6 +46,9 @@ pub enum Command {
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Encrypted record store: put, get, verify and erase blobs.
+    #[command(subcommand)]
+    Blob(blob::BlobCommand),
     /// Query the node's JSON API: `medledger query orgs/general`,
     /// `medledger query "audit?patient=did:key:..."`, `medledger query decision?...`.
     Query {
@@ -224,6 +228,8 @@ pub enum ProofCommand {
 pub enum BenchCommand {
     /// Commit throughput and latency over the HTTP API, and verify throughput.
     Ledger(bench::LedgerBenchArgs),
+    /// Record store throughput (large and small records) and peak memory.
+    Store(blob::StoreBenchArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -241,6 +247,8 @@ pub fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(proof_consistency(old, new, &node))
         }
         Command::Bench(BenchCommand::Ledger(a)) => bench::ledger(a),
+        Command::Bench(BenchCommand::Store(a)) => runtime()?.block_on(blob::bench(a)),
+        Command::Blob(c) => runtime()?.block_on(blob::run(c)),
     }
 }
 
@@ -250,7 +258,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn read_secret(path: &Path) -> Result<String> {
+pub(crate) fn read_secret(path: &Path) -> Result<String> {
     let s = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(s.trim_end_matches(['\n', '\r']).to_owned())
 }

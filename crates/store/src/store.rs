@@ -1,8 +1,8 @@
 //! [`BlobStore`]: encrypted blobs and their key envelopes over any `object_store`
 //! backend, streamed in and out with memory bounded by a few chunks.
 //!
-//! Layout: `blobs/<cid>` (the sealed blob), `env/<cid>/<reader hex>` (one HPKE
-//! envelope per reader), `erased/<cid>` (an empty tombstone so reads can say
+//! Layout: `blobs/<cid>` (the sealed blob), `env/<cid>` (the blob's HPKE envelopes,
+//! one per reader, as a JSON [`EnvelopeSet`]), `erased/<cid>` (an empty tombstone so reads can say
 //! "erased"), `tmp/` (uploads in progress; renamed to their CID when complete).
 
 use crate::envelope::{self, Envelope, Reader, ReaderSecret};
@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Multipart part size for uploads.
 const PART: usize = 8 << 20;
+/// Read size for local files.
+const READ_PIECE: usize = 1 << 20;
 /// Parts in flight at once (bounds upload memory to about PART × this).
 const PARTS_IN_FLIGHT: usize = 2;
 
@@ -45,6 +47,15 @@ pub struct PutReceipt {
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
     chunk_size: u32,
+    /// Serialises read-modify-write of envelope sets (grants and revocations).
+    envelopes: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// The stored envelopes of one blob.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct EnvelopeSet {
+    pub version: u8,
+    pub envelopes: Vec<Envelope>,
 }
 
 fn random<const N: usize>() -> Result<[u8; N]> {
@@ -57,12 +68,10 @@ fn blob_path(cid: &Cid) -> Path {
     Path::from(format!("blobs/{cid}"))
 }
 
-fn env_prefix(cid: &Cid) -> Path {
+/// All envelopes of a blob live in one object: one file create per put instead of a
+/// directory and a file per reader (filesystem metadata dominated small puts).
+fn env_path(cid: &Cid) -> Path {
     Path::from(format!("env/{cid}"))
-}
-
-fn env_path(cid: &Cid, reader: &AccountId) -> Path {
-    Path::from(format!("env/{cid}/{}", hex::encode(reader.0)))
 }
 
 fn erased_path(cid: &Cid) -> Path {
@@ -83,6 +92,7 @@ impl BlobStore {
         BlobStore {
             inner,
             chunk_size: DEFAULT_CHUNK,
+            envelopes: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -125,10 +135,34 @@ impl BlobStore {
             chunk_size: self.chunk_size,
             nonce_prefix: random::<NONCE_PREFIX_LEN>()?,
         };
+        let chunk = header.chunk_size as usize;
+        let mut first = Vec::with_capacity(chunk + 16);
+        read_up_to(&mut src, &mut first, chunk).await?;
+        let mut second = Vec::new();
+        if first.len() == chunk {
+            read_up_to(&mut src, &mut second, chunk).await?;
+        }
+        if second.is_empty() {
+            // One chunk (most records): seal in memory and store it in one put.
+            let plain = first.len() as u64;
+            let mut blob = header.encode().to_vec();
+            let mut buf = first;
+            ChunkSealer::new(&key, &header).seal_last(&mut buf)?;
+            blob.extend_from_slice(&buf);
+            let cid = Cid::of(&blob);
+            let stored = blob.len() as u64;
+            self.inner
+                .put(&blob_path(&cid), PutPayload::from(blob))
+                .await?;
+            return self.finish_put(cid, &key, readers, stored, plain).await;
+        }
         let tmp = Path::from(format!("tmp/{}", hex::encode(random::<16>()?)));
         let upload = self.inner.put_multipart(&tmp).await?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-        match self.seal_into(&mut src, &key, &header, &mut w).await {
+        match self
+            .seal_into(&mut src, &key, &header, &mut w, first, second)
+            .await
+        {
             Ok((hash, stored, plain)) => {
                 w.finish().await?;
                 let cid = Cid(Digest32(hash));
@@ -136,17 +170,7 @@ impl BlobStore {
                     let _ = self.inner.delete(&tmp).await;
                     return Err(e.into());
                 }
-                for r in readers {
-                    self.put_envelope(&cid, &envelope::wrap(&key, &cid, r)?)
-                        .await?;
-                }
-                tracing::debug!(%cid, stored, "blob stored");
-                Ok(PutReceipt {
-                    cid,
-                    content_hash: cid.0,
-                    stored_bytes: stored,
-                    plain_bytes: plain,
-                })
+                self.finish_put(cid, &key, readers, stored, plain).await
             }
             Err(e) => {
                 let _ = w.abort().await;
@@ -155,12 +179,39 @@ impl BlobStore {
         }
     }
 
+    async fn finish_put(
+        &self,
+        cid: Cid,
+        key: &[u8; 32],
+        readers: &[Reader],
+        stored: u64,
+        plain: u64,
+    ) -> Result<PutReceipt> {
+        let set = EnvelopeSet {
+            version: envelope::ENVELOPE_VERSION,
+            envelopes: readers
+                .iter()
+                .map(|r| envelope::wrap(key, &cid, r))
+                .collect::<Result<_>>()?,
+        };
+        self.write_envelopes(&cid, &set).await?;
+        tracing::debug!(%cid, stored, "blob stored");
+        Ok(PutReceipt {
+            cid,
+            content_hash: cid.0,
+            stored_bytes: stored,
+            plain_bytes: plain,
+        })
+    }
+
     async fn seal_into<R: AsyncRead + Unpin>(
         &self,
         src: &mut R,
         key: &[u8; 32],
         header: &Header,
         w: &mut WriteMultipart,
+        first: Vec<u8>,
+        second: Vec<u8>,
     ) -> Result<([u8; 32], u64, u64)> {
         let chunk = header.chunk_size as usize;
         let mut hasher = Sha256::new();
@@ -170,31 +221,40 @@ impl BlobStore {
         let mut stored = head.len() as u64;
         let mut plain = 0u64;
         let mut sealer = Some(ChunkSealer::new(key, header));
-        let mut cur = Vec::with_capacity(chunk + 16);
-        read_up_to(src, &mut cur, chunk).await?;
+        // Two chunks of lookahead: a chunk is the last iff nothing follows it, and
+        // while one chunk is sealed and hashed on a blocking thread, the next is read.
+        let mut cur = first;
+        let mut next = second;
         loop {
-            // Read one chunk ahead: the current chunk is the last iff nothing follows.
-            let mut next = Vec::with_capacity(chunk + 16);
-            if cur.len() == chunk {
-                read_up_to(src, &mut next, chunk).await?;
-            }
             let last = next.is_empty();
             plain += cur.len() as u64;
             let s = sealer.take().expect("sealer present until the last chunk");
-            let (s, sealed) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut h = hasher;
+            let seal = tokio::task::spawn_blocking(move || -> Result<_> {
                 let mut buf = cur;
-                if last {
+                let s = if last {
                     s.seal_last(&mut buf)?;
-                    Ok((None, buf))
+                    None
                 } else {
                     let mut s = s;
                     s.seal_next(&mut buf)?;
-                    Ok((Some(s), buf))
+                    Some(s)
+                };
+                h.update(&buf);
+                Ok((s, h, buf))
+            });
+            let read_more = async {
+                let mut more = Vec::new();
+                if !last && next.len() == chunk {
+                    more.reserve(chunk + 16);
+                    read_up_to(src, &mut more, chunk).await?;
                 }
-            })
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
-            hasher.update(&sealed);
+                Ok::<_, StoreError>(more)
+            };
+            let (sealed, more) = tokio::join!(seal, read_more);
+            let (s, h, sealed) = sealed.map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+            let more = more?;
+            hasher = h;
             stored += sealed.len() as u64;
             w.wait_for_capacity(PARTS_IN_FLIGHT).await?;
             w.put(sealed.into());
@@ -203,15 +263,31 @@ impl BlobStore {
             }
             sealer = s;
             cur = next;
+            next = more;
         }
     }
 
-    async fn put_envelope(&self, cid: &Cid, env: &Envelope) -> Result<()> {
-        let bytes = serde_json::to_vec(env).map_err(|e| StoreError::Format(e.to_string()))?;
+    async fn write_envelopes(&self, cid: &Cid, set: &EnvelopeSet) -> Result<()> {
+        let bytes = serde_json::to_vec(set).map_err(|e| StoreError::Format(e.to_string()))?;
         self.inner
-            .put(&env_path(cid, &env.reader), PutPayload::from(bytes))
+            .put(&env_path(cid), PutPayload::from(bytes))
             .await?;
         Ok(())
+    }
+
+    /// The blob's envelopes (none if it has no envelope object).
+    async fn read_envelopes(&self, cid: &Cid) -> Result<EnvelopeSet> {
+        match self.inner.get(&env_path(cid)).await {
+            Ok(g) => {
+                let bytes = g.bytes().await?;
+                serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
+                    cid: *cid,
+                    detail: "key envelopes are malformed".into(),
+                })
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(EnvelopeSet::default()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Why a blob cannot be read: erased, or simply absent.
@@ -222,17 +298,55 @@ impl BlobStore {
         }
     }
 
-    /// Hashes the stored blob and checks it against its CID; returns its size.
-    pub async fn verify(&self, cid: &Cid) -> Result<u64> {
+    /// The stored bytes of a blob as a stream of pieces. A local file is read in
+    /// large pieces on a blocking thread (the generic stream reads 8 KiB at a time).
+    async fn pieces(&self, cid: &Cid) -> Result<tokio::sync::mpsc::Receiver<Result<bytes::Bytes>>> {
         let got = match self.inner.get(&blob_path(cid)).await {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => return Err(self.missing(cid).await),
             Err(e) => return Err(e.into()),
         };
-        let mut stream = got.into_stream();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        match got.payload {
+            object_store::GetResultPayload::File(mut file, _) => {
+                tokio::task::spawn_blocking(move || {
+                    use std::io::Read;
+                    loop {
+                        let mut buf = vec![0u8; READ_PIECE];
+                        let n = match file.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => n,
+                            Err(e) => {
+                                let _ = tx.blocking_send(Err(e.into()));
+                                return;
+                            }
+                        };
+                        buf.truncate(n);
+                        if tx.blocking_send(Ok(buf.into())).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            object_store::GetResultPayload::Stream(mut stream) => {
+                tokio::spawn(async move {
+                    while let Some(b) = stream.next().await {
+                        if tx.send(b.map_err(StoreError::from)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+        Ok(rx)
+    }
+
+    /// Hashes the stored blob and checks it against its CID; returns its size.
+    pub async fn verify(&self, cid: &Cid) -> Result<u64> {
+        let mut pieces = self.pieces(cid).await?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        while let Some(b) = stream.next().await {
+        while let Some(b) = pieces.recv().await {
             let b = b?;
             size += b.len() as u64;
             hasher.update(&b);
@@ -248,21 +362,15 @@ impl BlobStore {
     }
 
     async fn envelope(&self, cid: &Cid, reader: &AccountId) -> Result<Envelope> {
-        match self.inner.get(&env_path(cid, reader)).await {
-            Ok(g) => {
-                let bytes = g.bytes().await?;
-                serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
-                    cid: *cid,
-                    detail: "key envelope is malformed".into(),
-                })
-            }
-            Err(object_store::Error::NotFound { .. }) => {
+        let set = self.read_envelopes(cid).await?;
+        match set.envelopes.into_iter().find(|e| &e.reader == reader) {
+            Some(e) => Ok(e),
+            None => {
                 if self.inner.head(&blob_path(cid)).await.is_err() {
                     return Err(self.missing(cid).await);
                 }
                 Err(StoreError::NoAccess(*cid))
             }
-            Err(e) => Err(e.into()),
         }
     }
 
@@ -285,12 +393,11 @@ impl BlobStore {
     ) -> Result<u64> {
         let key = self.data_key(cid, who).await?;
         self.verify(cid).await?;
-        let got = self.inner.get(&blob_path(cid)).await?;
-        let mut stream = got.into_stream();
+        let mut pieces = self.pieces(cid).await?;
         let mut opener = StreamOpener::new(key);
         let mut written = 0u64;
         let mut ready: Vec<Vec<u8>> = Vec::new();
-        while let Some(b) = stream.next().await {
+        while let Some(b) = pieces.recv().await {
             let b = b?;
             opener.feed(&b, &mut |p| {
                 ready.push(p.to_vec());
@@ -315,17 +422,13 @@ impl BlobStore {
 
     /// Accounts holding an envelope for the blob.
     pub async fn readers(&self, cid: &Cid) -> Result<Vec<AccountId>> {
-        let mut out = Vec::new();
-        let mut list = self.inner.list(Some(&env_prefix(cid)));
-        while let Some(m) = list.next().await {
-            let m = m?;
-            let Some(name) = m.location.filename() else {
-                continue;
-            };
-            if let Ok(a) = name.parse::<AccountId>() {
-                out.push(a);
-            }
-        }
+        let mut out: Vec<AccountId> = self
+            .read_envelopes(cid)
+            .await?
+            .envelopes
+            .iter()
+            .map(|e| e.reader)
+            .collect();
         out.sort();
         Ok(out)
     }
@@ -333,16 +436,25 @@ impl BlobStore {
     /// Wraps the blob's key for `new`, opening it with `opener`'s envelope.
     pub async fn add_reader(&self, cid: &Cid, opener: &ReaderSecret, new: &Reader) -> Result<()> {
         let key = self.data_key(cid, opener).await?;
-        self.put_envelope(cid, &envelope::wrap(&key, cid, new)?)
-            .await
+        let env = envelope::wrap(&key, cid, new)?;
+        let _guard = self.envelopes.lock().await;
+        let mut set = self.read_envelopes(cid).await?;
+        set.envelopes.retain(|e| e.reader != new.account);
+        set.envelopes.push(env);
+        set.version = envelope::ENVELOPE_VERSION;
+        self.write_envelopes(cid, &set).await
     }
 
     /// Deletes `reader`'s envelope (consent revoked).
     pub async fn remove_reader(&self, cid: &Cid, reader: &AccountId) -> Result<()> {
-        match self.inner.delete(&env_path(cid, reader)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
+        let _guard = self.envelopes.lock().await;
+        let mut set = self.read_envelopes(cid).await?;
+        let before = set.envelopes.len();
+        set.envelopes.retain(|e| &e.reader != reader);
+        if set.envelopes.len() != before {
+            self.write_envelopes(cid, &set).await?;
         }
+        Ok(())
     }
 
     /// Re-encrypts the blob under a new data key for `readers`, then erases the old
@@ -369,13 +481,9 @@ impl BlobStore {
     /// Crypto-shredding: deletes the ciphertext and every envelope, and leaves a
     /// tombstone so later reads say "erased". Idempotent.
     pub async fn erase(&self, cid: &Cid) -> Result<()> {
-        let mut list = self.inner.list(Some(&env_prefix(cid)));
-        let mut envs = Vec::new();
-        while let Some(m) = list.next().await {
-            envs.push(m?.location);
-        }
-        for p in envs {
-            match self.inner.delete(&p).await {
+        {
+            let _guard = self.envelopes.lock().await;
+            match self.inner.delete(&env_path(cid)).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }

@@ -194,11 +194,7 @@ fn tampering_is_detected_before_any_plaintext() {
         let truncated = good[..HEADER_LEN + 2 * rec].to_vec();
         let os = f.store.object_store();
         let env = os
-            .get(&OPath::from(format!(
-                "env/{}/{}",
-                r.cid,
-                hex::encode(alice.account.0)
-            )))
+            .get(&OPath::from(format!("env/{}", r.cid)))
             .await
             .unwrap()
             .bytes()
@@ -210,7 +206,7 @@ fn tampering_is_detected_before_any_plaintext() {
                 .await
                 .unwrap();
             os.put(
-                &OPath::from(format!("env/{cid}/{}", hex::encode(alice.account.0))),
+                &OPath::from(format!("env/{cid}")),
                 PutPayload::from(env.clone()),
             )
             .await
@@ -394,15 +390,13 @@ fn erasure_leaves_no_ciphertext_or_envelope_on_disk() {
             stored[stored.len() - 64..].to_vec(),
         ];
         let mut env_samples = Vec::new();
-        for a in [patient.account, doctor.account] {
-            let p = f
-                .dir
-                .path()
-                .join(format!("blobs/env/{}/{}", gone.cid, hex::encode(a.0)));
-            let env: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        let p = f.dir.path().join(format!("blobs/env/{}", gone.cid));
+        let set: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        for env in set["envelopes"].as_array().unwrap() {
             env_samples.push(env["ct"].as_str().unwrap().as_bytes().to_vec());
+            env_samples.push(env["enc"].as_str().unwrap().as_bytes().to_vec());
         }
+        assert_eq!(env_samples.len(), 4);
         f.store.erase(&gone.cid).await.unwrap();
         for file in all_files(f.dir.path()) {
             let bytes = std::fs::read(&file).unwrap();
