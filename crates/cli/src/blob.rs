@@ -127,7 +127,11 @@ struct Progress<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Progress<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
@@ -137,7 +141,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Progress<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Progress<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskCx<'_>, b: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskCx<'_>,
+        b: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, b);
         if let Poll::Ready(Ok(n)) = &r {
             self.pb.inc(*n as u64);
@@ -157,7 +165,12 @@ pub async fn run(cmd: BlobCommand) -> Result<()> {
         BlobCommand::Put(a) => {
             let me = secret(&a.keys)?;
             let mut readers = vec![me.reader()];
-            readers.extend(a.readers.iter().copied().filter(|r| r.account != me.account));
+            readers.extend(
+                a.readers
+                    .iter()
+                    .copied()
+                    .filter(|r| r.account != me.account),
+            );
             let file = tokio::fs::File::open(&a.file)
                 .await
                 .with_context(|| format!("opening {}", a.file.display()))?;
@@ -165,7 +178,13 @@ pub async fn run(cmd: BlobCommand) -> Result<()> {
             let pb = bar(len, "encrypting");
             let started = Instant::now();
             let r = store(&a.keys.dir.data_dir)?
-                .put(Progress { inner: file, pb: pb.clone() }, &readers)
+                .put(
+                    Progress {
+                        inner: file,
+                        pb: pb.clone(),
+                    },
+                    &readers,
+                )
                 .await?;
             pb.finish_and_clear();
             let json = serde_json::json!({
@@ -184,7 +203,10 @@ pub async fn run(cmd: BlobCommand) -> Result<()> {
                 .with_context(|| format!("creating {}", partial.display()))?;
             let pb = bar(0, "decrypting");
             let started = Instant::now();
-            let mut w = Progress { inner: file, pb: pb.clone() };
+            let mut w = Progress {
+                inner: file,
+                pb: pb.clone(),
+            };
             let res = store(&a.keys.dir.data_dir)?.get(&cid, &me, &mut w).await;
             pb.finish_and_clear();
             match res {
@@ -206,7 +228,10 @@ pub async fn run(cmd: BlobCommand) -> Result<()> {
         BlobCommand::Verify(a) => {
             let cid: Cid = a.cid.parse().context("not a CID")?;
             let size = store(&a.dir.data_dir)?.verify(&cid).await?;
-            println!("{}", serde_json::json!({ "cid": cid, "stored_bytes": size, "ok": true }));
+            println!(
+                "{}",
+                serde_json::json!({ "cid": cid, "stored_bytes": size, "ok": true })
+            );
         }
         BlobCommand::Erase(a) => {
             let cid: Cid = a.cid.parse().context("not a CID")?;
@@ -258,7 +283,11 @@ impl Synthetic {
 }
 
 impl AsyncRead for Synthetic {
-    fn poll_read(mut self: Pin<&mut Self>, _: &mut TaskCx<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut TaskCx<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let n = (buf.remaining() as u64)
             .min(self.left)
             .min((self.block.len() - self.pos) as u64) as usize;
@@ -283,9 +312,7 @@ pub async fn bench(a: StoreBenchArgs) -> Result<()> {
 
     let large = a.large_mib << 20;
     let started = Instant::now();
-    let r = store
-        .put(Synthetic::new(large), &readers)
-        .await?;
+    let r = store.put(Synthetic::new(large), &readers).await?;
     let put_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let n = store.get(&r.cid, &me, &mut tokio::io::sink()).await?;
@@ -315,10 +342,16 @@ pub async fn bench(a: StoreBenchArgs) -> Result<()> {
     let get_mb_per_s = mb / get_s;
     let small_puts_per_s = a.small as f64 / small_s;
     let peak = peak_rss_mb();
-    println!("medledger bench store ({} MiB large record, {} x 4 KiB small records)", a.large_mib, a.small);
+    println!(
+        "medledger bench store ({} MiB large record, {} x 4 KiB small records)",
+        a.large_mib, a.small
+    );
     println!("{:<36}{:>10}", "metric", "value");
     println!("{:<36}{:>10.1}", "encrypt+store large (MB/s)", put_mb_per_s);
-    println!("{:<36}{:>10.1}", "fetch+verify+decrypt large (MB/s)", get_mb_per_s);
+    println!(
+        "{:<36}{:>10.1}",
+        "fetch+verify+decrypt large (MB/s)", get_mb_per_s
+    );
     println!("{:<36}{:>10.0}", "small puts/s", small_puts_per_s);
     println!("{:<36}{:>10.1}", "peak RSS (MB)", peak);
     println!(

@@ -1,8 +1,9 @@
 //! [`BlobStore`]: encrypted blobs and their key envelopes over any `object_store`
 //! backend, streamed in and out with memory bounded by a few chunks.
 //!
-//! Layout: `blobs/<cid>` (the sealed blob), `env/<cid>` (the blob's HPKE envelopes,
-//! one per reader, as a JSON [`EnvelopeSet`]), `erased/<cid>` (an empty tombstone so reads can say
+//! Layout (each sharded by the CID's next-to-last two characters, as IPFS's flatfs
+//! does): `blobs/<shard>/<cid>` (the sealed blob), `env/<shard>/<cid>` (the blob's HPKE envelopes,
+//! one per reader, as a JSON [`EnvelopeSet`]), `erased/<shard>/<cid>` (an empty tombstone so reads can say
 //! "erased"), `tmp/` (uploads in progress; renamed to their CID when complete).
 
 use crate::envelope::{self, Envelope, Reader, ReaderSecret};
@@ -64,18 +65,27 @@ fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(b)
 }
 
+/// Directory shard of a CID: its next-to-last two characters (IPFS flatfs's
+/// `next-to-last/2`), so concurrent writes do not all contend for one directory.
+fn shard(cid: &str) -> &str {
+    &cid[cid.len() - 3..cid.len() - 1]
+}
+
 fn blob_path(cid: &Cid) -> Path {
-    Path::from(format!("blobs/{cid}"))
+    let c = cid.to_string();
+    Path::from(format!("blobs/{}/{c}", shard(&c)))
 }
 
 /// All envelopes of a blob live in one object: one file create per put instead of a
 /// directory and a file per reader (filesystem metadata dominated small puts).
 fn env_path(cid: &Cid) -> Path {
-    Path::from(format!("env/{cid}"))
+    let c = cid.to_string();
+    Path::from(format!("env/{}/{c}", shard(&c)))
 }
 
 fn erased_path(cid: &Cid) -> Path {
-    Path::from(format!("erased/{cid}"))
+    let c = cid.to_string();
+    Path::from(format!("erased/{}/{c}", shard(&c)))
 }
 
 /// Reads until `buf` holds `n` bytes or the source ends.
@@ -506,6 +516,10 @@ impl BlobStore {
 
     pub fn blob_location(cid: &Cid) -> Path {
         blob_path(cid)
+    }
+
+    pub fn envelope_location(cid: &Cid) -> Path {
+        env_path(cid)
     }
 }
 

@@ -6,7 +6,6 @@
 use medledger_core::{AccountId, Cid};
 use medledger_store::format::{HEADER_LEN, TAG_LEN};
 use medledger_store::{BlobStore, ReaderSecret, StoreConfig, StoreError};
-use object_store::path::Path as OPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use std::path::{Path, PathBuf};
 
@@ -59,7 +58,10 @@ async fn read(store: &BlobStore, cid: &Cid, who: &ReaderSecret) -> Result<Vec<u8
 }
 
 fn blob_file(f: &Fx, cid: &Cid) -> PathBuf {
-    f.dir.path().join("blobs/blobs").join(cid.to_string())
+    f.dir
+        .path()
+        .join("blobs")
+        .join(BlobStore::blob_location(cid).as_ref())
 }
 
 fn all_files(dir: &Path) -> Vec<PathBuf> {
@@ -194,7 +196,7 @@ fn tampering_is_detected_before_any_plaintext() {
         let truncated = good[..HEADER_LEN + 2 * rec].to_vec();
         let os = f.store.object_store();
         let env = os
-            .get(&OPath::from(format!("env/{}", r.cid)))
+            .get(&BlobStore::envelope_location(&r.cid))
             .await
             .unwrap()
             .bytes()
@@ -206,7 +208,7 @@ fn tampering_is_detected_before_any_plaintext() {
                 .await
                 .unwrap();
             os.put(
-                &OPath::from(format!("env/{cid}")),
+                &BlobStore::envelope_location(&cid),
                 PutPayload::from(env.clone()),
             )
             .await
@@ -390,7 +392,11 @@ fn erasure_leaves_no_ciphertext_or_envelope_on_disk() {
             stored[stored.len() - 64..].to_vec(),
         ];
         let mut env_samples = Vec::new();
-        let p = f.dir.path().join(format!("blobs/env/{}", gone.cid));
+        let p = f
+            .dir
+            .path()
+            .join("blobs")
+            .join(BlobStore::envelope_location(&gone.cid).as_ref());
         let set: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
         for env in set["envelopes"].as_array().unwrap() {
             env_samples.push(env["ct"].as_str().unwrap().as_bytes().to_vec());
