@@ -89,7 +89,7 @@ pub fn peak_rss_mb() -> f64 {
 
 fn store(dir: &Path) -> Result<BlobStore> {
     Ok(BlobStore::open(&StoreConfig::Local {
-        path: dir.join("blobs"),
+        path: dir.join(datadir::BLOBS_DIR),
     })?)
 }
 

@@ -129,6 +129,9 @@ pub struct ServeArgs {
     /// Mount the node-to-node Raft endpoints (multi-node clusters).
     #[arg(long)]
     pub peer_rpc: bool,
+    /// How often the node settles due work and shreds erased records, in ms.
+    #[arg(long, default_value_t = 5000)]
+    pub housekeeping_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -308,6 +311,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     config.tls_cert = a.tls_cert;
     config.tls_key = a.tls_key;
     config.peer_rpc = a.peer_rpc;
+    config.housekeeping = std::time::Duration::from_millis(a.housekeeping_ms.max(10));
     config.startup_check = match a.startup_check {
         CheckArg::Full => StartupCheck::Full,
         CheckArg::Quick => StartupCheck::Quick,

@@ -288,3 +288,106 @@ fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A patient's erasure request on the ledger makes the node delete the record's
+/// ciphertext and key envelopes from its record store; reads then say "erased".
+#[test]
+fn ledger_erasure_shreds_the_blob_on_the_node() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let pw = root.path().join("pw");
+    let pw_s = pw.to_str().unwrap();
+    let node = start_with(&dir, &["--housekeeping-ms", "100"]);
+    let rt = rt();
+    let url = node.url.clone();
+    let h = http(&dir);
+    rt.block_on(client(&node, &dir));
+    let admin = admin(&dir).account().to_did();
+    let (ok, out) = submit_json(
+        &dir,
+        &node,
+        pw_s,
+        &format!(r#"{{"kind":"add_org","org":"general","admin":"{admin}"}}"#),
+    );
+    assert!(ok, "{out}");
+    let patient = SigningKey::from_bytes(&[31; 32]);
+    let did = AccountId(patient.verifying_key().to_bytes()).to_did();
+
+    // Synthetic content, encrypted into the node's record store by the CLI.
+    let file = root.path().join("note.txt");
+    std::fs::write(&file, "synthetic clinical note 0042 for erasure test").unwrap();
+    let (ok, out) = cli_raw(&[
+        "blob",
+        "put",
+        file.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--password-file",
+        pw_s,
+    ]);
+    assert!(ok, "{out}");
+    let receipt: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let cid = receipt["cid"].as_str().unwrap().to_owned();
+    let c: medledger_core::Cid = cid.parse().unwrap();
+    let blob = dir
+        .join("blobs")
+        .join(medledger_store::BlobStore::blob_location(&c).as_ref());
+    let envs = dir
+        .join("blobs")
+        .join(medledger_store::BlobStore::envelope_location(&c).as_ref());
+    assert!(blob.exists() && envs.exists());
+
+    rt.block_on(async {
+        let (code, body) = self_custody(
+            &h,
+            &url,
+            &patient,
+            json!({"kind": "register", "org": "general", "role": "patient", "encryption_key": hex::encode([7u8; 32])}),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+    });
+    let (ok, out) = submit_json(
+        &dir,
+        &node,
+        pw_s,
+        &format!(r#"{{"kind":"approve_registration","account":"{did}"}}"#),
+    );
+    assert!(ok, "{out}");
+    rt.block_on(async {
+        let (code, body) = self_custody(
+            &h,
+            &url,
+            &patient,
+            json!({"kind": "add_record", "patient": did, "category": "DocumentReference", "cid": cid, "content_hash": receipt["content_hash"], "size": receipt["stored_bytes"]}),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        let record = body["hash"].as_str().unwrap().to_owned();
+        let (code, body) = self_custody(&h, &url, &patient, json!({"kind": "request_erasure", "target": {"type": "record", "record": record}})).await;
+        assert_eq!(code, 200, "{body}");
+        for _ in 0..100 {
+            if !blob.exists() && !envs.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert!(!blob.exists(), "ciphertext still on disk after erasure");
+    assert!(!envs.exists(), "key envelopes still on disk after erasure");
+    let back = root.path().join("back.txt");
+    let (ok, out) = cli_raw(&[
+        "blob",
+        "get",
+        &cid,
+        "--out",
+        back.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--password-file",
+        pw_s,
+    ]);
+    assert!(!ok && out.contains("erased"), "{out}");
+    assert!(!back.exists());
+    node.stop();
+}

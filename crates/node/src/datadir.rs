@@ -27,6 +27,8 @@ pub const ADMIN_PASSWORD: &str = "admin.password";
 pub const TLS_CERT: &str = "tls/cert.pem";
 pub const TLS_KEY: &str = "tls/key.pem";
 pub const LEDGER_DB: &str = "ledger.redb";
+/// The record store (encrypted blobs and key envelopes).
+pub const BLOBS_DIR: &str = "blobs";
 pub const RAFT_DB: &str = "raft.redb";
 
 /// Writes a file readable only by its owner.

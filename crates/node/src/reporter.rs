@@ -9,6 +9,10 @@ use medledger_core::tx::{SignatureBytes, TX_VERSION};
 use medledger_core::{AccessReport, AccountId, NodeSigner, Payload, SignedTx, TxBody};
 use medledger_ledger::Ledger;
 use medledger_ledger::contracts::query;
+use medledger_store::BlobStore;
+
+/// This node's progress through the ledger's shred queue (local metadata, not state).
+const SHRED_CURSOR: &str = "shred_cursor";
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -29,10 +33,11 @@ impl Reporter {
         ledger: Ledger,
         batcher: Batcher,
         signer: NodeSigner,
+        store: BlobStore,
         housekeeping: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(ledger, batcher, signer, rx, housekeeping));
+        tokio::spawn(run(ledger, batcher, signer, store, rx, housekeeping));
         Reporter { tx }
     }
 
@@ -58,6 +63,7 @@ struct NodeTxs {
     batcher: Batcher,
     signer: NodeSigner,
     id: AccountId,
+    store: BlobStore,
 }
 
 impl NodeTxs {
@@ -109,6 +115,7 @@ async fn run(
     ledger: Ledger,
     batcher: Batcher,
     signer: NodeSigner,
+    store: BlobStore,
     mut rx: mpsc::Receiver<AccessReport>,
     housekeeping: Duration,
 ) {
@@ -118,6 +125,7 @@ async fn run(
         batcher,
         signer,
         id,
+        store,
     };
     let mut tick = tokio::time::interval(housekeeping);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -140,7 +148,10 @@ async fn run(
                     metrics::counter!("medledger_access_reports_failed_total").increment(n as u64);
                 }
             }
-            _ = tick.tick() => settle_due(&node).await,
+            _ = tick.tick() => {
+                settle_due(&node).await;
+                shred_erased(&node).await;
+            }
         }
     }
 }
@@ -162,5 +173,45 @@ async fn settle_due(node: &NodeTxs) {
     }
     for record in due.erasures {
         node.send(Payload::CompleteErasure { record }).await;
+    }
+}
+
+/// Deletes from this node's record store every version of each record the ledger has
+/// erased since the last pass (crypto-shredding), then advances the local cursor.
+async fn shred_erased(node: &NodeTxs) {
+    let cursor = node
+        .ledger
+        .meta(SHRED_CURSOR)
+        .ok()
+        .flatten()
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    let work = node.ledger.state().and_then(|s| {
+        query::shred_after(&s, cursor, 100)?
+            .into_iter()
+            .map(|(seq, id)| Ok((seq, query::record(&s, &id)?)))
+            .collect::<medledger_ledger::Result<Vec<_>>>()
+    });
+    let work = match work {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the shred queue failed");
+            return;
+        }
+    };
+    for (seq, record) in work {
+        for v in record.map(|r| r.history).unwrap_or_default() {
+            if let Err(e) = node.store.erase(&v.cid).await {
+                // Retried on the next pass: the cursor stays before this record.
+                tracing::warn!(error = %e, "shredding an erased record failed");
+                return;
+            }
+        }
+        if let Err(e) = node.ledger.put_meta(SHRED_CURSOR, &seq.to_be_bytes()) {
+            tracing::warn!(error = %e, "saving the shred cursor failed");
+            return;
+        }
+        metrics::counter!("medledger_records_shredded_total").increment(1);
     }
 }

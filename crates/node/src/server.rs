@@ -1,7 +1,7 @@
 //! `serve`: config → data dir → start-up check → ledger → Raft → batcher → HTTPS.
 
 use crate::api::{self, AppState};
-use crate::datadir::{self, LEDGER_DB, RAFT_DB, TLS_CERT, TLS_KEY};
+use crate::datadir::{self, BLOBS_DIR, LEDGER_DB, RAFT_DB, TLS_CERT, TLS_KEY};
 use crate::error::{NodeError, Result};
 use medledger_consensus::{Batcher, BatcherConfig, LogStore, StateMachine, network::HttpNetwork};
 use medledger_ledger::{Ledger, VerifyMode};
@@ -138,10 +138,15 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         tracing::warn!(error = %e, "serving before the Raft log was fully re-applied");
     }
     let batcher = Batcher::start(raft.clone(), config.batcher.clone());
+    let store = medledger_store::BlobStore::open(&medledger_store::StoreConfig::Local {
+        path: dd.dir.join(BLOBS_DIR),
+    })
+    .map_err(|e| NodeError::Server(format!("record store: {e}")))?;
     let reporter = crate::reporter::Reporter::start(
         ledger.clone(),
         batcher.clone(),
         dd.node.clone(),
+        store,
         config.housekeeping,
     );
     let state = AppState {

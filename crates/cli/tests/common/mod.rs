@@ -67,8 +67,15 @@ impl Drop for Node {
 }
 
 pub fn start(dir: &Path) -> Node {
+    start_with(dir, &[])
+}
+
+/// Starts a node with extra `serve` flags.
+pub fn start_with(dir: &Path, extra: &[&str]) -> Node {
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
         .arg(dir)
         .env("MEDLEDGER_LOG", "error")
         .stdout(Stdio::piped())

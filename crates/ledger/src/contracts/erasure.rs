@@ -3,7 +3,7 @@
 //! retention rule is held until its period ends, and the patient sees why.
 
 use super::state::*;
-use super::{Ctx, R, ensure};
+use super::{Ctx, R, counter, ensure};
 use crate::exec::{Overlay, StateRead};
 use medledger_core::{Digest32, ErasureTarget, RecordId, RejectReason};
 
@@ -23,7 +23,7 @@ pub(super) fn request<S: StateRead>(
             ensure(matches!(rec.erasure, ErasureStatus::None), || {
                 RejectReason::conflict("erasure was already requested")
             })?;
-            mark(st, cx, id, rec);
+            mark(st, cx, id, rec)?;
         }
         ErasureTarget::Everything => {
             let prefix = patient_record_prefix(&cx.signer);
@@ -35,7 +35,7 @@ pub(super) fn request<S: StateRead>(
                 let id = RecordId(Digest32(raw.try_into().expect("32 bytes")));
                 let rec: Option<RecordState> = st.get_obj(&record_key(&id))?;
                 if let Some(rec) = rec.filter(|r| matches!(r.erasure, ErasureStatus::None)) {
-                    mark(st, cx, &id, rec);
+                    mark(st, cx, &id, rec)?;
                     any = true;
                 }
             }
@@ -45,7 +45,20 @@ pub(super) fn request<S: StateRead>(
     Ok(())
 }
 
-fn mark<S: StateRead>(st: &mut Overlay<'_, S>, cx: &Ctx<'_>, id: &RecordId, mut rec: RecordState) {
+/// Queues the record's blobs for deletion on every node.
+fn shred<S: StateRead>(st: &mut Overlay<'_, S>, id: &RecordId) -> R {
+    let seq = counter(st, SHRED_SEQ_KEY)? + 1;
+    st.put_obj(SHRED_SEQ_KEY.to_vec(), &seq);
+    st.put_obj(shred_key(seq), id);
+    Ok(())
+}
+
+fn mark<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    id: &RecordId,
+    mut rec: RecordState,
+) -> R {
     let rule = cx
         .params
         .retention
@@ -61,12 +74,16 @@ fn mark<S: StateRead>(st: &mut Overlay<'_, S>, cx: &Ctx<'_>, id: &RecordId, mut 
                 period_ms: r.period_ms,
             }
         }
-        _ => ErasureStatus::Erased {
-            requested_ms: cx.now,
-            erased_ms: cx.now,
-        },
+        _ => {
+            shred(st, id)?;
+            ErasureStatus::Erased {
+                requested_ms: cx.now,
+                erased_ms: cx.now,
+            }
+        }
     };
     st.put_obj(record_key(id), &rec);
+    Ok(())
 }
 
 pub(super) fn complete<S: StateRead>(st: &mut Overlay<'_, S>, cx: &Ctx<'_>, id: &RecordId) -> R {
@@ -90,5 +107,5 @@ pub(super) fn complete<S: StateRead>(st: &mut Overlay<'_, S>, cx: &Ctx<'_>, id: 
     };
     st.put_obj(record_key(id), &rec);
     st.delete(erasure_due_key(until_ms, id));
-    Ok(())
+    shred(st, id)
 }

@@ -339,3 +339,24 @@ pub fn due(state: &impl StateRead, now: u64, limit: usize) -> Result<Due> {
     d.erasures = walk(b"erdue")?.into_iter().map(RecordId).collect();
     Ok(d)
 }
+
+/// Records erased after shred sequence number `after` (at most `limit`), with their
+/// sequence numbers: what a node must still delete from its record store.
+pub fn shred_after(
+    state: &impl StateRead,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, RecordId)>> {
+    let prefix = key(b"shred", &[]);
+    let start = shred_key(after);
+    let mut out = Vec::new();
+    for (k, v) in state.scan_page(&prefix, Some(&start), limit)? {
+        let Ok(seq) = <[u8; 8]>::try_from(&k[prefix.len()..]) else {
+            continue;
+        };
+        if let Some(id) = crate::exec::decode_opt::<RecordId>(&k, Some(v))? {
+            out.push((u64::from_be_bytes(seq), id));
+        }
+    }
+    Ok(out)
+}

@@ -136,6 +136,14 @@ pub const SUPPLY_KEY: &[u8] = b"sys/supply";
 pub const FEES_KEY: &[u8] = b"sys/fees";
 pub const ESCROW_KEY: &[u8] = b"sys/escrow";
 pub const AUDIT_SEQ_KEY: &[u8] = b"sys/audit-seq";
+pub const SHRED_SEQ_KEY: &[u8] = b"sys/shred-seq";
+
+/// Records whose contents every node must now delete from its record store, in the
+/// order they were erased: `shred/<seq be>` → record id. Each node keeps its own
+/// cursor (local metadata), so shredding resumes after a restart.
+pub fn shred_key(seq: u64) -> Vec<u8> {
+    key(b"shred", &[&seq.to_be_bytes()])
+}
 
 /// One role in one organisation.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
