@@ -27,10 +27,33 @@ pub enum BlobCommand {
     Erase(CidArgs),
 }
 
+/// Where the record store is: `<data-dir>/blobs` unless given.
+#[derive(Args, Debug, Clone, Default)]
+pub struct StoreArg {
+    /// Record store: `s3://BUCKET?endpoint=URL&region=R` (credentials from
+    /// MEDLEDGER_S3_ACCESS_KEY_ID / MEDLEDGER_S3_SECRET_ACCESS_KEY or their *_FILE
+    /// variants); default: the local directory <data-dir>/blobs.
+    #[arg(long = "store", env = "MEDLEDGER_STORE")]
+    pub url: Option<String>,
+}
+
+impl StoreArg {
+    pub fn config(&self, data_dir: &Path) -> Result<StoreConfig> {
+        Ok(match &self.url {
+            None => StoreConfig::Local {
+                path: data_dir.join(datadir::BLOBS_DIR),
+            },
+            Some(u) => StoreConfig::S3(medledger_store::S3Config::from_url(u)?),
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct KeyArgs {
     #[command(flatten)]
     pub dir: crate::DataDirArg,
+    #[command(flatten)]
+    pub store: StoreArg,
     /// Keystore of the acting account (default: the data dir's admin keystore).
     #[arg(long)]
     pub keystore: Option<PathBuf>,
@@ -63,6 +86,8 @@ pub struct CidArgs {
     pub cid: String,
     #[command(flatten)]
     pub dir: crate::DataDirArg,
+    #[command(flatten)]
+    pub store: StoreArg,
 }
 
 fn parse_reader(s: &str) -> std::result::Result<Reader, String> {
@@ -87,10 +112,8 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn store(dir: &Path) -> Result<BlobStore> {
-    Ok(BlobStore::open(&StoreConfig::Local {
-        path: dir.join(datadir::BLOBS_DIR),
-    })?)
+fn store(dir: &Path, arg: &StoreArg) -> Result<BlobStore> {
+    Ok(BlobStore::open(&arg.config(dir)?)?)
 }
 
 fn secret(k: &KeyArgs) -> Result<ReaderSecret> {
@@ -177,7 +200,7 @@ pub async fn run(cmd: BlobCommand) -> Result<()> {
             let len = file.metadata().await?.len();
             let pb = bar(len, "encrypting");
             let started = Instant::now();
-            let r = store(&a.keys.dir.data_dir)?
+            let r = store(&a.keys.dir.data_dir, &a.keys.store)?
                 .put(
                     Progress {
                         inner: file,
@@ -207,7 +230,9 @@ pub async fn run(cmd: BlobCommand) -> Result<()> {
                 inner: file,
                 pb: pb.clone(),
             };
-            let res = store(&a.keys.dir.data_dir)?.get(&cid, &me, &mut w).await;
+            let res = store(&a.keys.dir.data_dir, &a.keys.store)?
+                .get(&cid, &me, &mut w)
+                .await;
             pb.finish_and_clear();
             match res {
                 Ok(n) => {
@@ -227,7 +252,7 @@ pub async fn run(cmd: BlobCommand) -> Result<()> {
         }
         BlobCommand::Verify(a) => {
             let cid: Cid = a.cid.parse().context("not a CID")?;
-            let size = store(&a.dir.data_dir)?.verify(&cid).await?;
+            let size = store(&a.dir.data_dir, &a.store)?.verify(&cid).await?;
             println!(
                 "{}",
                 serde_json::json!({ "cid": cid, "stored_bytes": size, "ok": true })
@@ -235,7 +260,7 @@ pub async fn run(cmd: BlobCommand) -> Result<()> {
         }
         BlobCommand::Erase(a) => {
             let cid: Cid = a.cid.parse().context("not a CID")?;
-            store(&a.dir.data_dir)?.erase(&cid).await?;
+            store(&a.dir.data_dir, &a.store)?.erase(&cid).await?;
             println!("{}", serde_json::json!({ "cid": cid, "erased": true }));
         }
     }

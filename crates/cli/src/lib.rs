@@ -129,6 +129,8 @@ pub struct ServeArgs {
     /// Mount the node-to-node Raft endpoints (multi-node clusters).
     #[arg(long)]
     pub peer_rpc: bool,
+    #[command(flatten)]
+    pub store: blob::StoreArg,
     /// How often the node settles due work and shreds erased records, in ms.
     #[arg(long, default_value_t = 5000)]
     pub housekeeping_ms: u64,
@@ -312,6 +314,9 @@ fn serve(a: ServeArgs) -> Result<()> {
     config.tls_key = a.tls_key;
     config.peer_rpc = a.peer_rpc;
     config.housekeeping = std::time::Duration::from_millis(a.housekeeping_ms.max(10));
+    if a.store.url.is_some() {
+        config.store = Some(a.store.config(&config.data_dir)?);
+    }
     config.startup_check = match a.startup_check {
         CheckArg::Full => StartupCheck::Full,
         CheckArg::Quick => StartupCheck::Quick,

@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub batcher: BatcherConfig,
     /// How often the node settles due work (expired proposals, ended retentions).
     pub housekeeping: std::time::Duration,
+    /// The record store; default: `<data-dir>/blobs` on the local filesystem.
+    pub store: Option<medledger_store::StoreConfig>,
 }
 
 impl ServeConfig {
@@ -51,6 +53,7 @@ impl ServeConfig {
             peer_rpc: false,
             batcher: BatcherConfig::default(),
             housekeeping: std::time::Duration::from_secs(5),
+            store: None,
         }
     }
 }
@@ -138,10 +141,14 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         tracing::warn!(error = %e, "serving before the Raft log was fully re-applied");
     }
     let batcher = Batcher::start(raft.clone(), config.batcher.clone());
-    let store = medledger_store::BlobStore::open(&medledger_store::StoreConfig::Local {
-        path: dd.dir.join(BLOBS_DIR),
-    })
-    .map_err(|e| NodeError::Server(format!("record store: {e}")))?;
+    let store_config = config
+        .store
+        .clone()
+        .unwrap_or(medledger_store::StoreConfig::Local {
+            path: dd.dir.join(BLOBS_DIR),
+        });
+    let store = medledger_store::BlobStore::open(&store_config)
+        .map_err(|e| NodeError::Server(format!("record store: {e}")))?;
     let reporter = crate::reporter::Reporter::start(
         ledger.clone(),
         batcher.clone(),

@@ -11,4 +11,4 @@ mod store;
 
 pub use envelope::{Reader, ReaderSecret};
 pub use error::{Result, StoreError};
-pub use store::{BlobStore, PutReceipt, StoreConfig};
+pub use store::{BlobStore, EnvelopeSet, PutReceipt, S3Config, StoreConfig};

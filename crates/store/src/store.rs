@@ -31,6 +31,83 @@ const PARTS_IN_FLIGHT: usize = 2;
 pub enum StoreConfig {
     /// A directory on the local filesystem (the default: `<data-dir>/blobs`).
     Local { path: std::path::PathBuf },
+    /// An S3-compatible bucket (AWS S3, MinIO, Ceph RGW, ...).
+    S3(S3Config),
+}
+
+/// An S3-compatible bucket. Credentials come from the environment
+/// (`MEDLEDGER_S3_ACCESS_KEY_ID`, `MEDLEDGER_S3_SECRET_ACCESS_KEY`, or `*_FILE`
+/// variants naming files that hold them), never from command lines or config files.
+#[derive(Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    /// e.g. `https://s3.eu-central-1.amazonaws.com` or `http://127.0.0.1:9000`.
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Plain HTTP to the endpoint (only for a store on loopback).
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &"<redacted>")
+            .field("secret_access_key", &"<redacted>")
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+fn secret_from_env(name: &str) -> Result<String> {
+    if let Ok(v) = std::env::var(name) {
+        return Ok(v);
+    }
+    if let Ok(path) = std::env::var(format!("{name}_FILE")) {
+        return std::fs::read_to_string(&path)
+            .map(|s| s.trim_end().to_owned())
+            .map_err(|e| StoreError::Config(format!("{name}_FILE: {e}")));
+    }
+    Err(StoreError::Config(format!(
+        "{name} (or {name}_FILE) is not set"
+    )))
+}
+
+impl S3Config {
+    /// `s3://BUCKET?endpoint=URL&region=R`, with credentials from the environment.
+    pub fn from_url(url: &str) -> Result<Self> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            StoreError::Config("expected s3://BUCKET?endpoint=URL&region=R".into())
+        })?;
+        let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StoreError::Config("bucket name is empty".into()));
+        }
+        let mut endpoint = None;
+        let mut region = "us-east-1".to_owned();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("endpoint", v)) => endpoint = Some(v.to_owned()),
+                Some(("region", v)) => region = v.to_owned(),
+                _ => return Err(StoreError::Config(format!("unknown S3 option {pair:?}"))),
+            }
+        }
+        let endpoint =
+            endpoint.ok_or_else(|| StoreError::Config("endpoint= is required".into()))?;
+        let allow_http = endpoint.starts_with("http://");
+        Ok(S3Config {
+            bucket: bucket.to_owned(),
+            endpoint,
+            region,
+            access_key_id: secret_from_env("MEDLEDGER_S3_ACCESS_KEY_ID")?,
+            secret_access_key: secret_from_env("MEDLEDGER_S3_SECRET_ACCESS_KEY")?,
+            allow_http,
+        })
+    }
 }
 
 /// What a put produced.
@@ -113,6 +190,20 @@ impl BlobStore {
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(path)?
                     .with_automatic_cleanup(true);
                 Ok(BlobStore::new(Arc::new(fs)))
+            }
+            StoreConfig::S3(c) => {
+                // HTTPS to the bucket uses the process-wide rustls provider (ring, as
+                // the node's own TLS does); idempotent.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let s3 = object_store::aws::AmazonS3Builder::new()
+                    .with_bucket_name(&c.bucket)
+                    .with_endpoint(&c.endpoint)
+                    .with_region(&c.region)
+                    .with_access_key_id(&c.access_key_id)
+                    .with_secret_access_key(&c.secret_access_key)
+                    .with_allow_http(c.allow_http)
+                    .build()?;
+                Ok(BlobStore::new(Arc::new(s3)))
             }
         }
     }

@@ -3,6 +3,8 @@
 //! rotation, erasure that leaves nothing behind, and our CIDs checked against an
 //! independent implementation (PyPI `multiformats`).
 
+mod s3;
+
 use medledger_core::{AccountId, Cid};
 use medledger_store::format::{HEADER_LEN, TAG_LEN};
 use medledger_store::{BlobStore, ReaderSecret, StoreConfig, StoreError};
