@@ -123,8 +123,15 @@ macro_rules! digest_id {
                 Digest32::from_hex(s).map($name).ok_or(CoreError::InvalidHash)
             }
         }
+
+        impl From<Digest32> for $name {
+            fn from(d: Digest32) -> Self {
+                $name(d)
+            }
+        }
     };
 }
+pub(crate) use digest_id;
 
 digest_id!(
     /// Hash of a transaction body (see [`crate::hash::TAG_TX`]).

@@ -5,51 +5,21 @@
 
 use crate::error::CoreError;
 use crate::hash::Digest32;
-use crate::ids::{AccountId, TxHash};
+use crate::ids::{AccountId, TxHash, digest_id};
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+/// A ledger object id: a [`digest_id`] that equals the hash of the creating tx.
 macro_rules! object_id {
     ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(
-            Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, BorshSerialize,
-            BorshDeserialize, Serialize, Deserialize,
-        )]
-        #[serde(transparent)]
-        pub struct $name(pub Digest32);
+        digest_id!($(#[$doc])* $name);
 
         impl $name {
             /// The id of the object created by the transaction with this hash.
             pub fn from_tx(hash: &TxHash) -> Self {
                 $name(hash.0)
-            }
-        }
-
-        impl From<Digest32> for $name {
-            fn from(d: Digest32) -> Self {
-                $name(d)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0, f)
-            }
-        }
-
-        impl fmt::Debug for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Display::fmt(&self.0, f)
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = CoreError;
-            fn from_str(s: &str) -> Result<Self, CoreError> {
-                Digest32::from_hex(s).map($name).ok_or(CoreError::InvalidHash)
             }
         }
     };
@@ -77,149 +47,93 @@ object_id!(
     BreakGlassId
 );
 
-/// An organisation of the consortium: a short slug such as `st-mary`, never a
-/// person's name.
-#[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    BorshSerialize,
-    BorshDeserialize,
-    Serialize,
-    Deserialize,
-)]
-#[serde(try_from = "String", into = "String")]
-pub struct OrgId(String);
+/// A string newtype whose every value (serde, `FromStr`, constructor) obeys `$valid`.
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $valid:expr, $err:expr) => {
+        $(#[$doc])*
+        #[derive(
+            Clone, PartialEq, Eq, Hash, PartialOrd, Ord, BorshSerialize, BorshDeserialize,
+            Serialize, Deserialize,
+        )]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
 
-impl OrgId {
-    pub fn new(s: impl Into<String>) -> Result<Self, CoreError> {
-        let s = s.into();
-        let ok = (1..=64).contains(&s.len())
+        impl $name {
+            pub fn new(s: impl Into<String>) -> Result<Self, CoreError> {
+                let s = s.into();
+                let valid: fn(&str) -> bool = $valid;
+                if valid(&s) { Ok($name(s)) } else { Err($err) }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// Whether a decoded value obeys the same rules as `new` (borsh decoding
+            /// bypasses the constructor).
+            pub fn is_valid(&self) -> bool {
+                let valid: fn(&str) -> bool = $valid;
+                valid(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = CoreError;
+            fn try_from(s: String) -> Result<Self, CoreError> {
+                $name::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = CoreError;
+            fn from_str(s: &str) -> Result<Self, CoreError> {
+                $name::new(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+    };
+}
+
+checked_string!(
+    /// An organisation of the consortium: a short slug such as `st-mary`, never a
+    /// person's name.
+    OrgId,
+    |s| {
+        (1..=64).contains(&s.len())
             && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if ok {
-            Ok(OrgId(s))
-        } else {
-            Err(CoreError::InvalidOrgId)
-        }
-    }
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    },
+    CoreError::InvalidOrgId
+);
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether a decoded value obeys the same rules as [`OrgId::new`] (borsh decoding
-    /// bypasses the constructor).
-    pub fn is_valid(&self) -> bool {
-        OrgId::new(self.0.clone()).is_ok()
-    }
-}
-
-impl TryFrom<String> for OrgId {
-    type Error = CoreError;
-    fn try_from(s: String) -> Result<Self, CoreError> {
-        OrgId::new(s)
-    }
-}
-
-impl From<OrgId> for String {
-    fn from(o: OrgId) -> String {
-        o.0
-    }
-}
-
-impl FromStr for OrgId {
-    type Err = CoreError;
-    fn from_str(s: &str) -> Result<Self, CoreError> {
-        OrgId::new(s)
-    }
-}
-
-impl fmt::Display for OrgId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for OrgId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "OrgId({})", self.0)
-    }
-}
-
-/// A record category: a FHIR resource type name (`Observation`, `Condition`, ...) or
-/// another code of up to 64 ASCII letters and digits, starting with a capital letter.
-#[derive(
-    Clone,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    BorshSerialize,
-    BorshDeserialize,
-    Serialize,
-    Deserialize,
-)]
-#[serde(try_from = "String", into = "String")]
-pub struct Category(String);
-
-impl Category {
-    pub fn new(s: impl Into<String>) -> Result<Self, CoreError> {
-        let s = s.into();
-        let ok = (1..=64).contains(&s.len())
+checked_string!(
+    /// A record category: a FHIR resource type name (`Observation`, `Condition`, ...)
+    /// or another code of up to 64 ASCII letters and digits, starting with a capital.
+    Category,
+    |s| {
+        (1..=64).contains(&s.len())
             && s.as_bytes()[0].is_ascii_uppercase()
-            && s.bytes().all(|b| b.is_ascii_alphanumeric());
-        if ok {
-            Ok(Category(s))
-        } else {
-            Err(CoreError::InvalidCategory)
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_valid(&self) -> bool {
-        Category::new(self.0.clone()).is_ok()
-    }
-}
-
-impl TryFrom<String> for Category {
-    type Error = CoreError;
-    fn try_from(s: String) -> Result<Self, CoreError> {
-        Category::new(s)
-    }
-}
-
-impl From<Category> for String {
-    fn from(c: Category) -> String {
-        c.0
-    }
-}
-
-impl FromStr for Category {
-    type Err = CoreError;
-    fn from_str(s: &str) -> Result<Self, CoreError> {
-        Category::new(s)
-    }
-}
-
-impl fmt::Display for Category {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for Category {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Category({})", self.0)
-    }
-}
+            && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    },
+    CoreError::InvalidCategory
+);
 
 /// The binary prefix of every CID we issue: CIDv1, `raw` codec (0x55), sha2-256
 /// multihash (0x12) of 32 bytes (0x20).
