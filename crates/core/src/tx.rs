@@ -157,6 +157,28 @@ pub enum Payload {
     CompleteErasure {
         record: RecordId,
     },
+    /// A clinician or org admin: invite a patient to `org`. `commitment` is
+    /// SHA-256("medledger/invite/v1\0" ‖ secret) of the single-use secret sent to the
+    /// patient; the secret itself stays off the ledger until it is used.
+    InvitePatient {
+        org: OrgId,
+        commitment: Digest32,
+        expires_ms: u64,
+    },
+    /// A key (new or known): join as a patient through an unexpired, unused invite,
+    /// proving it with the invite's secret. No approval step: the invite was it.
+    RegisterInvited {
+        secret: Digest32,
+        encryption_key: Digest32,
+    },
+}
+
+/// Domain tag of invite commitments.
+pub const TAG_INVITE: &[u8] = b"medledger/invite/v1\0";
+
+/// The on-ledger commitment to an invite secret.
+pub fn invite_commitment(secret: &Digest32) -> Digest32 {
+    crate::hash::tagged(TAG_INVITE, &[&secret.0])
 }
 
 impl Payload {
@@ -187,6 +209,8 @@ impl Payload {
             Payload::ExpireAgreement { .. } => "expire_agreement",
             Payload::RequestErasure { .. } => "request_erasure",
             Payload::CompleteErasure { .. } => "complete_erasure",
+            Payload::InvitePatient { .. } => "invite_patient",
+            Payload::RegisterInvited { .. } => "register_invited",
         }
     }
 }

@@ -259,7 +259,13 @@ fn admission(
             let (bytes, tx, hash) = d?;
             match ledger.account(&tx.body.signer) {
                 // A new key may introduce itself (the contracts check the rest).
-                Ok(None) if matches!(tx.body.payload, medledger_core::Payload::Register { .. }) => {
+                Ok(None)
+                    if matches!(
+                        tx.body.payload,
+                        medledger_core::Payload::Register { .. }
+                            | medledger_core::Payload::RegisterInvited { .. }
+                    ) =>
+                {
                     Ok(bytes)
                 }
                 Ok(None) => Err(reject(Some(hash), RejectReason::UnknownSigner)),

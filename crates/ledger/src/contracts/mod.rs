@@ -130,7 +130,11 @@ fn run<S: StateRead>(
     let signer = match st.get_obj::<AccountState>(&account_key(&body.signer))? {
         Some(a) => a,
         // A new key may only introduce itself, with its first transaction.
-        None if matches!(body.payload, Payload::Register { .. }) => {
+        None if matches!(
+            body.payload,
+            Payload::Register { .. } | Payload::RegisterInvited { .. }
+        ) =>
+        {
             AccountState::new(medledger_core::Digest32::ZERO)
         }
         None => return Err(RejectReason::UnknownSigner.into()),
@@ -237,6 +241,15 @@ fn run<S: StateRead>(
         Payload::ExpireAgreement { agreement } => money::expire(st, &cx, agreement),
         Payload::RequestErasure { target } => erasure::request(st, &cx, target),
         Payload::CompleteErasure { record } => erasure::complete(st, &cx, record),
+        Payload::InvitePatient {
+            org,
+            commitment,
+            expires_ms,
+        } => orgs::invite_patient(st, &cx, org, commitment, *expires_ms),
+        Payload::RegisterInvited {
+            secret,
+            encryption_key,
+        } => orgs::register_invited(st, &cx, secret, encryption_key),
     }
 }
 

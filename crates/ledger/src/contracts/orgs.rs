@@ -182,3 +182,79 @@ pub(super) fn decide<S: StateRead>(
     st.delete(pending_key(&m.org, account));
     Ok(())
 }
+
+pub(super) fn invite_patient<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    org: &OrgId,
+    commitment: &Digest32,
+    expires_ms: u64,
+) -> R {
+    require_org(st, org)?;
+    let me = signer_state(st, cx)?;
+    ensure(
+        me.consortium_admin
+            || me.has_role_in(org, Role::HospitalAdmin)
+            || me.has_role_in(org, Role::Doctor)
+            || me.has_role_in(org, Role::Nurse),
+        || {
+            RejectReason::unauthorized(format!(
+                "only a clinician or admin of {org} invites patients"
+            ))
+        },
+    )?;
+    ensure(expires_ms > cx.now, || {
+        RejectReason::invalid("invite expiry is in the past")
+    })?;
+    ensure(st.get(&invite_key(commitment))?.is_none(), || {
+        RejectReason::conflict("invite exists")
+    })?;
+    st.put_obj(
+        invite_key(commitment),
+        &InviteState {
+            org: org.clone(),
+            inviter: cx.signer,
+            expires_ms,
+            used_by: None,
+        },
+    );
+    Ok(())
+}
+
+pub(super) fn register_invited<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    secret: &Digest32,
+    encryption_key: &Digest32,
+) -> R {
+    let commitment = medledger_core::tx::invite_commitment(secret);
+    let mut inv: InviteState = st
+        .get_obj(&invite_key(&commitment))?
+        .ok_or_else(|| RejectReason::not_found("invite"))?;
+    ensure(inv.used_by.is_none(), || {
+        RejectReason::conflict("invite already used")
+    })?;
+    ensure(cx.now < inv.expires_ms, || RejectReason::expired("invite"))?;
+    let mut me = signer_state(st, cx)?;
+    ensure(!me.consortium_admin && !me.node, || {
+        RejectReason::invalid("this account cannot register")
+    })?;
+    if me.nonce == 1 && me.encryption_key == Digest32::ZERO && me.roles.is_empty() {
+        ensure(*encryption_key != Digest32::ZERO, || {
+            RejectReason::invalid("an encryption key is required")
+        })?;
+        me.encryption_key = *encryption_key;
+    }
+    ensure(!me.has_role_in(&inv.org, Role::Patient), || {
+        RejectReason::conflict(format!("already a patient of {}", inv.org))
+    })?;
+    me.roles.push(Membership {
+        org: inv.org.clone(),
+        role: Role::Patient,
+    });
+    st.put_obj(account_key(&cx.signer), &me);
+    st.put(member_key(&inv.org, &cx.signer, Role::Patient), Vec::new());
+    inv.used_by = Some(cx.signer);
+    st.put_obj(invite_key(&commitment), &inv);
+    Ok(())
+}

@@ -132,6 +132,19 @@ impl AuditIndex {
     }
 }
 
+pub fn invite_key(commitment: &Digest32) -> Vec<u8> {
+    key(b"inv", &[&commitment.0])
+}
+
+/// A patient invite: who issued it, for which org, until when, and whether used.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+pub struct InviteState {
+    pub org: OrgId,
+    pub inviter: AccountId,
+    pub expires_ms: u64,
+    pub used_by: Option<AccountId>,
+}
+
 pub const SUPPLY_KEY: &[u8] = b"sys/supply";
 pub const FEES_KEY: &[u8] = b"sys/fees";
 pub const ESCROW_KEY: &[u8] = b"sys/escrow";

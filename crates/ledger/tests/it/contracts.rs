@@ -25,6 +25,8 @@ const ACTORS: [&str; 12] = [
     "stranger",
 ];
 
+const INVITE_SECRET: Digest32 = Digest32([0x1e; 32]);
+
 struct Fixtures {
     r1: RecordId,
     r2: RecordId,
@@ -76,6 +78,14 @@ fn matrix_world() -> (World, Fixtures) {
         "patient",
         Payload::RequestErasure {
             target: ErasureTarget::Record(r2),
+        },
+    );
+    w.ok(
+        "orgadmin",
+        Payload::InvitePatient {
+            org: org(),
+            commitment: medledger_core::tx::invite_commitment(&INVITE_SECRET),
+            expires_ms: w.now + 100 * HOUR,
         },
     );
     w.now += 2 * HOUR;
@@ -201,6 +211,15 @@ fn payload_for(kind: &str, actor: &str, w: &mut World, f: &Fixtures) -> Payload 
             target: ErasureTarget::Record(f.r1),
         },
         "complete_erasure" => Payload::CompleteErasure { record: f.r2 },
+        "invite_patient" => Payload::InvitePatient {
+            org: org(),
+            commitment: Digest32([0x2f; 32]),
+            expires_ms: w.now + HOUR,
+        },
+        "register_invited" => Payload::RegisterInvited {
+            secret: INVITE_SECRET,
+            encryption_key: Digest32([9; 32]),
+        },
         other => panic!("no payload for {other}"),
     }
 }
@@ -237,11 +256,14 @@ fn expected(kind: &str) -> [&'static str; 12] {
         "break_glass" => only(&[3]),
         "report_access" => only(&[10]),
         "propose_agreement" => only(&[5, 6]),
+        "invite_patient" => only(&[0, 1, 3, 4]),
+        // Through the invite; a patient of the org already is one.
+        "register_invited" => ["invalid", OK, "conflict", OK, OK, OK, OK, OK, OK, OK, U, OK],
         other => panic!("no expectations for {other}"),
     }
 }
 
-const KINDS: [&str; 24] = [
+const KINDS: [&str; 26] = [
     "register_account",
     "anchor",
     "add_org",
@@ -266,6 +288,8 @@ const KINDS: [&str; 24] = [
     "expire_agreement",
     "request_erasure",
     "complete_erasure",
+    "invite_patient",
+    "register_invited",
 ];
 
 #[test]
@@ -986,4 +1010,59 @@ fn amended_records_keep_their_history() {
         .unwrap();
     assert_eq!(report.tip, w.ledger.tip());
     let _ = StateRead::get(&w.ledger.state().unwrap(), b"x").unwrap();
+}
+
+#[test]
+fn patient_invites_are_single_use_and_expire() {
+    let mut w = standard(0, vec![]);
+    let secret = Digest32([0x42; 32]);
+    let commitment = medledger_core::tx::invite_commitment(&secret);
+    w.ok(
+        "doctor",
+        Payload::InvitePatient {
+            org: org(),
+            commitment,
+            expires_ms: w.now + HOUR,
+        },
+    );
+    let join = Payload::RegisterInvited {
+        secret,
+        encryption_key: Digest32([5; 32]),
+    };
+    // A wrong secret finds no invite.
+    w.rejected(
+        "newbie",
+        Payload::RegisterInvited {
+            secret: Digest32([0x43; 32]),
+            encryption_key: Digest32([5; 32]),
+        },
+        "not_found",
+    );
+    w.ok("newbie", join.clone());
+    let newbie = w.id("newbie");
+    let acct = query::account(&w.ledger.state().unwrap(), &newbie)
+        .unwrap()
+        .unwrap();
+    assert!(acct.state.has_role_in(&org(), Role::Patient));
+    let e = w.rejected("other", join, "conflict");
+    assert!(e.to_string().contains("already used"), "{e}");
+    // Expired.
+    let s2 = Digest32([0x44; 32]);
+    w.ok(
+        "nurse",
+        Payload::InvitePatient {
+            org: org(),
+            commitment: medledger_core::tx::invite_commitment(&s2),
+            expires_ms: w.now + HOUR,
+        },
+    );
+    w.now += HOUR;
+    w.rejected(
+        "late",
+        Payload::RegisterInvited {
+            secret: s2,
+            encryption_key: Digest32([5; 32]),
+        },
+        "expired",
+    );
 }
