@@ -30,6 +30,7 @@ pub struct AppState {
     pub batcher: Batcher,
     pub metrics: PrometheusHandle,
     pub reporter: crate::reporter::Reporter,
+    pub auth: std::sync::Arc<crate::auth::Auth>,
 }
 
 /// `peer_rpc` mounts the node-to-node Raft endpoints; off for a single node, since
@@ -54,6 +55,7 @@ pub fn router(state: AppState, peer_rpc: bool) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .merge(crate::contracts_api::routes())
+        .merge(crate::auth_api::routes())
         .with_state(state)
 }
 

@@ -3,6 +3,8 @@
 //! [`datadir::init`]; tests call them too.
 
 pub mod api;
+pub mod auth;
+pub mod auth_api;
 pub mod client;
 pub mod contracts_api;
 pub mod datadir;

@@ -39,6 +39,8 @@ pub struct ServeConfig {
     pub housekeeping: std::time::Duration,
     /// The record store; default: `<data-dir>/blobs` on the local filesystem.
     pub store: Option<medledger_store::StoreConfig>,
+    /// Outgoing mail; default: files in `<data-dir>/outbox`.
+    pub mail: Option<crate::auth::mail::MailConfig>,
 }
 
 impl ServeConfig {
@@ -54,6 +56,7 @@ impl ServeConfig {
             batcher: BatcherConfig::default(),
             housekeeping: std::time::Duration::from_secs(5),
             store: None,
+            mail: None,
         }
     }
 }
@@ -156,12 +159,21 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         store,
         config.housekeeping,
     );
+    let auth = crate::auth::Auth::open(
+        &dd.dir,
+        ledger.clone(),
+        batcher.clone(),
+        config.mail.clone(),
+        url.clone(),
+    )
+    .map_err(|e| NodeError::Server(format!("sign-in directory: {e}")))?;
     let state = AppState {
         ledger: ledger.clone(),
         raft: raft.clone(),
         batcher,
         metrics: prometheus,
         reporter,
+        auth: std::sync::Arc::new(auth),
     };
     let app = api::router(state, config.peer_rpc)
         .layer(RequestBodyLimitLayer::new(api::MAX_BODY_BYTES))

@@ -1,0 +1,189 @@
+//! The sign-in directory, `accounts.redb` in the data dir: the node's own record of
+//! people who sign in here (never on the ledger, which holds no personal data). Email
+//! addresses are stored only as keyed lookup tokens and inside sealed profiles; every
+//! secret token only as its hash.
+
+use super::AuthError;
+use crate::keystore::KeystoreFile;
+use medledger_core::{AccountId, OrgId, Role};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::path::Path;
+
+pub(super) const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
+pub(super) const EMAILS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("emails");
+pub(super) const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("invites");
+pub(super) const VERIFY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("verify");
+pub(super) const API_TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("api_tokens");
+
+pub const DIRECTORY_VERSION: u8 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoverySlot {
+    pub used: bool,
+    /// The account keys sealed under this recovery code.
+    pub keystore: KeystoreFile,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TotpState {
+    /// The TOTP secret, sealed with the node's local key (hex).
+    pub secret: String,
+    pub confirmed: bool,
+    /// The last accepted time step (a code is accepted once).
+    pub last_step: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub version: u8,
+    pub account: AccountId,
+    pub org: OrgId,
+    pub role: Role,
+    /// Name and email, sealed with the node's local key (hex).
+    pub profile: String,
+    /// The account keys sealed under the password (the password's only verifier).
+    pub keystore: KeystoreFile,
+    pub recovery: Vec<RecoverySlot>,
+    pub email_verified: bool,
+    pub totp: Option<TotpState>,
+    pub failed_logins: u32,
+    pub last_failed_ms: u64,
+    pub locked_until_ms: u64,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InviteRecord {
+    pub org: OrgId,
+    pub inviter: AccountId,
+    pub expires_ms: u64,
+    pub used: bool,
+    /// The invite's secret (also the preimage of the ledger commitment), sealed.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Expiring {
+    pub account: AccountId,
+    pub expires_ms: u64,
+}
+
+pub struct Directory {
+    db: Database,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Directory")
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> AuthError {
+    AuthError::Internal(format!("directory: {e}"))
+}
+
+impl Directory {
+    pub fn open(path: &Path) -> Result<Self, AuthError> {
+        let db = Database::create(path).map_err(storage)?;
+        let mut w = db.begin_write().map_err(storage)?;
+        w.set_two_phase_commit(true);
+        for t in [USERS, EMAILS, INVITES, VERIFY, API_TOKENS] {
+            w.open_table(t).map_err(storage)?;
+        }
+        w.commit().map_err(storage)?;
+        Ok(Directory { db })
+    }
+
+    pub fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&[u8], &[u8]>,
+        key: &[u8],
+    ) -> Result<Option<T>, AuthError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(table).map_err(storage)?;
+        match t.get(key).map_err(storage)? {
+            None => Ok(None),
+            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(storage),
+        }
+    }
+
+    pub fn raw(
+        &self,
+        table: TableDefinition<&[u8], &[u8]>,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, AuthError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(table).map_err(storage)?;
+        Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Applies puts and deletes in one durable transaction.
+    pub fn write(&self, ops: Vec<Op>) -> Result<(), AuthError> {
+        let mut w = self.db.begin_write().map_err(storage)?;
+        w.set_two_phase_commit(true);
+        for op in ops {
+            match op {
+                Op::Put(table, k, v) => {
+                    w.open_table(table)
+                        .map_err(storage)?
+                        .insert(&k[..], &v[..])
+                        .map_err(storage)?;
+                }
+                Op::Delete(table, k) => {
+                    w.open_table(table)
+                        .map_err(storage)?
+                        .remove(&k[..])
+                        .map_err(storage)?;
+                }
+                Op::PutNew(table, k, v) => {
+                    let mut t = w.open_table(table).map_err(storage)?;
+                    if t.get(&k[..]).map_err(storage)?.is_some() {
+                        return Err(AuthError::EmailTaken);
+                    }
+                    t.insert(&k[..], &v[..]).map_err(storage)?;
+                }
+            }
+        }
+        w.commit().map_err(storage)?;
+        Ok(())
+    }
+
+    /// Every API token of an account (for sign-out everywhere).
+    pub fn tokens_of(&self, account: &AccountId) -> Result<Vec<Vec<u8>>, AuthError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(API_TOKENS).map_err(storage)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(storage)? {
+            let (k, v) = e.map_err(storage)?;
+            if let Ok(x) = serde_json::from_slice::<Expiring>(v.value())
+                && &x.account == account
+            {
+                out.push(k.value().to_vec());
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub enum Op {
+    Put(
+        TableDefinition<'static, &'static [u8], &'static [u8]>,
+        Vec<u8>,
+        Vec<u8>,
+    ),
+    /// Fails with `EmailTaken` if the key exists (used for the email index).
+    PutNew(
+        TableDefinition<'static, &'static [u8], &'static [u8]>,
+        Vec<u8>,
+        Vec<u8>,
+    ),
+    Delete(
+        TableDefinition<'static, &'static [u8], &'static [u8]>,
+        Vec<u8>,
+    ),
+}
+
+pub fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("directory records serialize")
+}

@@ -1,0 +1,844 @@
+//! Accounts and sign-in for people who use the node's web and JSON interfaces
+//! (custodial accounts): registration (self-service for staff, by invitation for
+//! patients), email verification, password sign-in with lockout, TOTP second factor,
+//! recovery codes that re-open the keystore, sessions with CSRF tokens, API tokens,
+//! and sign-out everywhere.
+//!
+//! The password is never stored: it seals the account's keystore (Argon2id), and
+//! opening the keystore is how a password is checked. A session holds the opened keys
+//! in memory only, so the node can sign the person's ledger transactions while they
+//! are signed in; sign-out drops them.
+
+mod directory;
+pub mod mail;
+pub mod secrets;
+
+use crate::keystore::{AccountKeys, KeystoreFile};
+use directory::*;
+use mail::{MailConfig, Mailer};
+use medledger_consensus::Batcher;
+use medledger_core::tx::{SignatureBytes, TX_VERSION, invite_commitment};
+use medledger_core::{AccountId, Digest32, OrgId, Payload, RejectReason, Role, SignedTx, TxBody};
+use medledger_ledger::Ledger;
+use secrets::{LocalKey, token_hash};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub use directory::DIRECTORY_VERSION;
+
+/// Failed sign-ins before the account locks.
+pub const MAX_FAILURES: u32 = 5;
+pub const LOCKOUT_MS: u64 = 15 * 60 * 1000;
+pub const SESSION_MS: u64 = 8 * 3600 * 1000;
+pub const INVITE_MS: u64 = 72 * 3600 * 1000;
+pub const VERIFY_MS: u64 = 48 * 3600 * 1000;
+pub const MAX_TOKEN_MS: u64 = 90 * 24 * 3600 * 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("password rejected: {0}")]
+    WeakPassword(String),
+    #[error("an account with this email address exists")]
+    EmailTaken,
+    #[error("invalid {0}")]
+    Invalid(String),
+    #[error("this link is invalid, expired or already used")]
+    BadLink,
+    #[error("wrong email or password")]
+    BadCredentials,
+    #[error("too many failed sign-ins; try again later")]
+    Locked,
+    #[error("verify your email address first (see the link we sent)")]
+    EmailUnverified,
+    #[error("your registration is waiting for an administrator's approval")]
+    PendingApproval,
+    #[error("a one-time code from your authenticator app is required")]
+    MfaRequired,
+    #[error("wrong or already used one-time code")]
+    BadCode,
+    #[error("wrong or already used recovery code")]
+    BadRecoveryCode,
+    #[error("sign in first")]
+    NoSession,
+    #[error("missing or wrong CSRF token")]
+    BadCsrf,
+    #[error("set up your authenticator app first")]
+    MfaSetupRequired,
+    #[error("not allowed: {0}")]
+    Forbidden(String),
+    #[error("the ledger refused: {0}")]
+    Ledger(RejectReason),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// A signed-in person. The keys stay in memory only.
+#[derive(Clone)]
+pub struct Session {
+    pub account: AccountId,
+    pub org: OrgId,
+    pub role: Role,
+    pub keys: Arc<AccountKeys>,
+    pub csrf: String,
+    pub expires_ms: u64,
+    /// False until a clinician or admin has a confirmed second factor.
+    pub mfa_ok: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({}, {})", self.account, self.role)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegisterRequest {
+    pub name: String,
+    pub email: String,
+    pub password: String,
+    /// Required without an invite; taken from the invite with one.
+    pub org: Option<OrgId>,
+    /// Staff roles self-register; patients come through an invite.
+    pub role: Option<Role>,
+    pub invite: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Registered {
+    pub account: AccountId,
+    pub role: Role,
+    pub org: OrgId,
+    /// Shown once: each re-opens the account if the password is lost.
+    pub recovery_codes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoginOk {
+    #[serde(skip)]
+    pub token: String,
+    pub csrf: String,
+    pub account: AccountId,
+    pub role: Role,
+    pub mfa_setup_required: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Profile {
+    name: String,
+    email: String,
+}
+
+/// Roles that must use a second factor.
+pub fn mfa_required(role: Role) -> bool {
+    matches!(role, Role::Doctor | Role::Nurse | Role::HospitalAdmin)
+}
+
+pub struct Auth {
+    dir: Directory,
+    mailer: Mailer,
+    key: LocalKey,
+    ledger: Ledger,
+    batcher: Batcher,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    base_url: String,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Auth")
+    }
+}
+
+fn now() -> u64 {
+    crate::reporter::now_ms()
+}
+
+fn valid_name(s: &str) -> bool {
+    let n = s.trim().chars().count();
+    (1..=200).contains(&n) && !s.chars().any(char::is_control)
+}
+
+fn valid_email(s: &str) -> bool {
+    s.len() <= 254 && s.parse::<lettre::Address>().is_ok()
+}
+
+impl Auth {
+    /// Opens (creating) `accounts.redb` and the node-local key in `data_dir`.
+    pub fn open(
+        data_dir: &Path,
+        ledger: Ledger,
+        batcher: Batcher,
+        mail: Option<MailConfig>,
+        base_url: String,
+    ) -> Result<Self, AuthError> {
+        let key_path = data_dir.join("auth.key");
+        let key = match std::fs::read(&key_path) {
+            Ok(b) => <[u8; 32]>::try_from(b.as_slice())
+                .map_err(|_| AuthError::Internal("auth.key is not 32 bytes".into()))?,
+            Err(_) => {
+                let k = secrets::random::<32>()?;
+                crate::datadir::write_private(&key_path, &k)
+                    .map_err(|e| AuthError::Internal(e.to_string()))?;
+                k
+            }
+        };
+        let mail = mail.unwrap_or_else(|| MailConfig::Outbox(data_dir.join("outbox")));
+        Ok(Auth {
+            dir: Directory::open(&data_dir.join("accounts.redb"))?,
+            mailer: Mailer::new(&mail)?,
+            key: LocalKey::new(key),
+            ledger,
+            batcher,
+            sessions: Mutex::new(HashMap::new()),
+            base_url,
+        })
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Signs with `keys` and submits through consensus, waiting for the outcome.
+    async fn submit(&self, keys: &AccountKeys, payload: Payload) -> Result<(), AuthError> {
+        let signer = keys.account();
+        let nonce = self
+            .ledger
+            .account(&signer)
+            .map_err(|e| AuthError::Internal(e.to_string()))?
+            .map(|a| a.nonce)
+            .unwrap_or(0)
+            + 1;
+        let body = TxBody {
+            version: TX_VERSION,
+            chain_id: self.ledger.genesis().chain_id.clone(),
+            signer,
+            nonce,
+            payload,
+        };
+        let tx: SignedTx = body.sign(&keys.signing);
+        let _ = SignatureBytes([0; 64]);
+        match self.batcher.submit(vec![tx.to_bytes()]).await.pop() {
+            Some(Ok(o)) => o.result.map(|_| ()).map_err(AuthError::Ledger),
+            Some(Err(e)) => Err(AuthError::Internal(e.to_string())),
+            None => Err(AuthError::Internal("no outcome".into())),
+        }
+    }
+
+    fn user(&self, account: &AccountId) -> Result<Option<UserRecord>, AuthError> {
+        self.dir.get(USERS, &account.0)
+    }
+
+    fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, AuthError> {
+        let token = self.key.email_token(email);
+        match self.dir.raw(EMAILS, &token)? {
+            None => Ok(None),
+            Some(a) => {
+                let id = AccountId(
+                    a.try_into()
+                        .map_err(|_| AuthError::Internal("email index".into()))?,
+                );
+                self.user(&id)
+            }
+        }
+    }
+
+    fn save(&self, u: &UserRecord) -> Result<(), AuthError> {
+        self.dir
+            .write(vec![Op::Put(USERS, u.account.0.to_vec(), json(u))])
+    }
+
+    fn profile(&self, u: &UserRecord) -> Result<Profile, AuthError> {
+        let sealed = hex::decode(&u.profile).map_err(|_| AuthError::Internal("profile".into()))?;
+        let plain = self.key.open(&sealed, &u.account.0)?;
+        serde_json::from_slice(&plain).map_err(|_| AuthError::Internal("profile".into()))
+    }
+
+    fn link(&self, path: &str, token: &str) -> String {
+        format!("{}{path}?token={token}", self.base_url)
+    }
+
+    pub async fn register(&self, req: RegisterRequest) -> Result<Registered, AuthError> {
+        if !valid_name(&req.name) {
+            return Err(AuthError::Invalid("name".into()));
+        }
+        if !valid_email(&req.email) {
+            return Err(AuthError::Invalid("email address".into()));
+        }
+        secrets::check_password(&req.password, &[&req.name, &req.email])?;
+        if self.user_by_email(&req.email)?.is_some() {
+            return Err(AuthError::EmailTaken);
+        }
+        let keys = AccountKeys::generate().map_err(|e| AuthError::Internal(e.to_string()))?;
+        let (org, role, invite) = match &req.invite {
+            Some(token) => {
+                let h = token_hash(token);
+                let inv: InviteRecord = self.dir.get(INVITES, &h)?.ok_or(AuthError::BadLink)?;
+                if inv.used || now() >= inv.expires_ms {
+                    return Err(AuthError::BadLink);
+                }
+                (inv.org.clone(), Role::Patient, Some((h, inv)))
+            }
+            None => {
+                let org = req
+                    .org
+                    .clone()
+                    .ok_or_else(|| AuthError::Invalid("organisation".into()))?;
+                let role = req.role.ok_or_else(|| AuthError::Invalid("role".into()))?;
+                if role == Role::Patient {
+                    return Err(AuthError::Forbidden(
+                        "patients register through an invitation".into(),
+                    ));
+                }
+                (org, role, None)
+            }
+        };
+        // Argon2id for the password and each recovery code: off the async threads.
+        let codes = secrets::recovery_codes()?;
+        let (keys, sealed, slots) = {
+            let password = req.password.clone();
+            let codes = codes.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, AuthError> {
+                let seal = |p: &[u8]| keys.seal(p).map_err(|e| AuthError::Internal(e.to_string()));
+                let sealed = seal(password.as_bytes())?;
+                let slots = codes
+                    .iter()
+                    .map(|c| {
+                        Ok(RecoverySlot {
+                            used: false,
+                            keystore: seal(c.as_bytes())?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, AuthError>>()?;
+                Ok((keys, sealed, slots))
+            })
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))??
+        };
+        // The ledger first: if it refuses, nothing is stored here.
+        match &invite {
+            Some((_, inv)) => {
+                let secret = self.key.open(
+                    &hex::decode(&inv.secret).map_err(|_| AuthError::Internal("invite".into()))?,
+                    b"invite",
+                )?;
+                let secret = Digest32(
+                    secret
+                        .try_into()
+                        .map_err(|_| AuthError::Internal("invite".into()))?,
+                );
+                self.submit(
+                    &keys,
+                    Payload::RegisterInvited {
+                        secret,
+                        encryption_key: keys.encryption_public(),
+                    },
+                )
+                .await?;
+            }
+            None => {
+                self.submit(
+                    &keys,
+                    Payload::Register {
+                        org: org.clone(),
+                        role,
+                        encryption_key: keys.encryption_public(),
+                    },
+                )
+                .await?;
+            }
+        }
+        let account = keys.account();
+        let profile = Profile {
+            name: req.name.trim().to_owned(),
+            email: req.email.trim().to_owned(),
+        };
+        let user = UserRecord {
+            version: DIRECTORY_VERSION,
+            account,
+            org: org.clone(),
+            role,
+            profile: hex::encode(
+                self.key
+                    .seal(&serde_json::to_vec(&profile).expect("json"), &account.0)?,
+            ),
+            keystore: sealed,
+            recovery: slots,
+            email_verified: false,
+            totp: None,
+            failed_logins: 0,
+            last_failed_ms: 0,
+            locked_until_ms: 0,
+            created_ms: now(),
+        };
+        let verify = secrets::new_token()?;
+        let mut ops = vec![
+            Op::PutNew(
+                EMAILS,
+                self.key.email_token(&req.email).to_vec(),
+                account.0.to_vec(),
+            ),
+            Op::Put(USERS, account.0.to_vec(), json(&user)),
+            Op::Put(
+                VERIFY,
+                token_hash(&verify).to_vec(),
+                json(&Expiring {
+                    account,
+                    expires_ms: now() + VERIFY_MS,
+                }),
+            ),
+        ];
+        if let Some((h, mut inv)) = invite {
+            inv.used = true;
+            ops.push(Op::Put(INVITES, h.to_vec(), json(&inv)));
+        }
+        self.dir.write(ops)?;
+        self.mailer
+            .send(
+                &profile.email,
+                "Verify your medledger email address",
+                &format!(
+                    "Open this link to verify your address:\n{}\n",
+                    self.link("/auth/verify", &verify)
+                ),
+            )
+            .await?;
+        tracing::info!(%account, role = %role, "account registered");
+        Ok(Registered {
+            account,
+            role,
+            org,
+            recovery_codes: codes,
+        })
+    }
+
+    pub fn verify_email(&self, token: &str) -> Result<(), AuthError> {
+        let h = token_hash(token);
+        let v: Expiring = self.dir.get(VERIFY, &h)?.ok_or(AuthError::BadLink)?;
+        if now() >= v.expires_ms {
+            return Err(AuthError::BadLink);
+        }
+        let mut u = self.user(&v.account)?.ok_or(AuthError::BadLink)?;
+        u.email_verified = true;
+        self.dir.write(vec![
+            Op::Put(USERS, u.account.0.to_vec(), json(&u)),
+            Op::Delete(VERIFY, h.to_vec()),
+        ])
+    }
+
+    async fn open_keystore(ks: &KeystoreFile, secret: &str) -> Option<AccountKeys> {
+        let ks = ks.clone();
+        let secret = secret.to_owned();
+        tokio::task::spawn_blocking(move || ks.open(secret.as_bytes()).ok())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn fail(&self, mut u: UserRecord) -> Result<AuthError, AuthError> {
+        let t = now();
+        u.failed_logins += 1;
+        u.last_failed_ms = t;
+        if u.failed_logins >= MAX_FAILURES {
+            u.locked_until_ms = t + LOCKOUT_MS;
+            u.failed_logins = 0;
+            tracing::warn!(account = %u.account, "account locked after repeated failed sign-ins");
+        }
+        self.save(&u)?;
+        Ok(AuthError::BadCredentials)
+    }
+
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        code: Option<&str>,
+    ) -> Result<LoginOk, AuthError> {
+        let Some(mut u) = self.user_by_email(email)? else {
+            return Err(AuthError::BadCredentials);
+        };
+        if now() < u.locked_until_ms {
+            return Err(AuthError::Locked);
+        }
+        let Some(keys) = Self::open_keystore(&u.keystore, password).await else {
+            return Err(self.fail(u)?);
+        };
+        if !u.email_verified {
+            return Err(AuthError::EmailUnverified);
+        }
+        let state = self
+            .ledger
+            .account(&u.account)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        if !state.is_some_and(|a| a.has_role_in(&u.org, u.role)) {
+            return Err(AuthError::PendingApproval);
+        }
+        let mut mfa_ok = !mfa_required(u.role);
+        if let Some(t) = u.totp.clone().filter(|t| t.confirmed) {
+            let Some(code) = code else {
+                return Err(AuthError::MfaRequired);
+            };
+            let secret = self.key.open(
+                &hex::decode(&t.secret).map_err(|_| AuthError::Internal("totp".into()))?,
+                &u.account.0,
+            )?;
+            let totp = secrets::totp(&secret, &u.account.to_did())?;
+            match secrets::check_totp(&totp, code, now() / 1000, t.last_step) {
+                Some(step) => {
+                    u.totp = Some(TotpState {
+                        last_step: step,
+                        ..t
+                    });
+                    mfa_ok = true;
+                }
+                None => return Err(self.fail(u).map(|_| AuthError::BadCode)?),
+            }
+        }
+        u.failed_logins = 0;
+        self.save(&u)?;
+        let token = secrets::new_token()?;
+        let csrf = secrets::new_token()?;
+        self.sessions().insert(
+            token_hash(&token),
+            Session {
+                account: u.account,
+                org: u.org.clone(),
+                role: u.role,
+                keys: Arc::new(keys),
+                csrf: csrf.clone(),
+                expires_ms: now() + SESSION_MS,
+                mfa_ok,
+            },
+        );
+        Ok(LoginOk {
+            token,
+            csrf,
+            account: u.account,
+            role: u.role,
+            mfa_setup_required: !mfa_ok,
+        })
+    }
+
+    pub fn session(&self, token: &str) -> Option<Session> {
+        let h = token_hash(token);
+        let mut s = self.sessions();
+        match s.get(&h) {
+            Some(x) if now() < x.expires_ms => Some(x.clone()),
+            Some(_) => {
+                s.remove(&h);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn logout(&self, token: &str) {
+        self.sessions().remove(&token_hash(token));
+    }
+
+    /// Ends every session and API token of the account.
+    pub fn logout_all(&self, account: &AccountId) -> Result<(), AuthError> {
+        self.sessions().retain(|_, s| &s.account != account);
+        let ops = self
+            .dir
+            .tokens_of(account)?
+            .into_iter()
+            .map(|k| Op::Delete(API_TOKENS, k))
+            .collect();
+        self.dir.write(ops)
+    }
+
+    pub fn totp_setup(&self, s: &Session) -> Result<(String, String), AuthError> {
+        let mut u = self.user(&s.account)?.ok_or(AuthError::NoSession)?;
+        if u.totp.as_ref().is_some_and(|t| t.confirmed) {
+            return Err(AuthError::Forbidden(
+                "a second factor is already set up".into(),
+            ));
+        }
+        let secret = secrets::random::<20>()?;
+        let totp = secrets::totp(&secret, &s.account.to_did())?;
+        u.totp = Some(TotpState {
+            secret: hex::encode(self.key.seal(&secret, &s.account.0)?),
+            confirmed: false,
+            last_step: 0,
+        });
+        self.save(&u)?;
+        let b32 = data_encoding::BASE32_NOPAD.encode(&secret);
+        let url = format!(
+            "otpauth://totp/medledger:{}?secret={b32}&issuer=medledger",
+            s.account.to_did()
+        );
+        let _ = totp;
+        Ok((b32, url))
+    }
+
+    pub fn totp_confirm(&self, token: &str, s: &Session, code: &str) -> Result<(), AuthError> {
+        let mut u = self.user(&s.account)?.ok_or(AuthError::NoSession)?;
+        let t = u.totp.clone().ok_or(AuthError::MfaSetupRequired)?;
+        let secret = self.key.open(
+            &hex::decode(&t.secret).map_err(|_| AuthError::Internal("totp".into()))?,
+            &u.account.0,
+        )?;
+        let totp = secrets::totp(&secret, &u.account.to_did())?;
+        let step = secrets::check_totp(&totp, code, now() / 1000, t.last_step)
+            .ok_or(AuthError::BadCode)?;
+        u.totp = Some(TotpState {
+            confirmed: true,
+            last_step: step,
+            ..t
+        });
+        self.save(&u)?;
+        if let Some(x) = self.sessions().get_mut(&token_hash(token)) {
+            x.mfa_ok = true;
+        }
+        Ok(())
+    }
+
+    /// A clinician or admin invites a patient: an on-ledger commitment, and a link by email.
+    pub async fn invite(&self, s: &Session, email: &str) -> Result<(), AuthError> {
+        if !valid_email(email) {
+            return Err(AuthError::Invalid("email address".into()));
+        }
+        if !matches!(s.role, Role::Doctor | Role::Nurse | Role::HospitalAdmin) {
+            return Err(AuthError::Forbidden(
+                "only clinicians and admins invite patients".into(),
+            ));
+        }
+        let secret = Digest32(secrets::random::<32>()?);
+        let token = secrets::new_token()?;
+        let expires_ms = now() + INVITE_MS;
+        self.submit(
+            &s.keys,
+            Payload::InvitePatient {
+                org: s.org.clone(),
+                commitment: invite_commitment(&secret),
+                expires_ms,
+            },
+        )
+        .await?;
+        let inv = InviteRecord {
+            org: s.org.clone(),
+            inviter: s.account,
+            expires_ms,
+            used: false,
+            secret: hex::encode(self.key.seal(&secret.0, b"invite")?),
+        };
+        self.dir.write(vec![Op::Put(
+            INVITES,
+            token_hash(&token).to_vec(),
+            json(&inv),
+        )])?;
+        self.mailer
+            .send(
+                email,
+                "You are invited to medledger",
+                &format!(
+                    "Your care team invites you to see and control your health records.\nRegister here (single use, valid 72 hours):\n{}\n",
+                    format!("{}/auth/register?invite={token}", self.base_url)
+                ),
+            )
+            .await
+    }
+
+    /// An org admin approves a pending registration (signed with their own key).
+    pub async fn approve(
+        &self,
+        s: &Session,
+        account: &AccountId,
+        approve: bool,
+    ) -> Result<(), AuthError> {
+        let payload = if approve {
+            Payload::ApproveRegistration { account: *account }
+        } else {
+            Payload::RejectRegistration { account: *account }
+        };
+        self.submit(&s.keys, payload).await
+    }
+
+    /// Re-opens the keystore with a one-time recovery code and seals it under a new
+    /// password: every record stays readable (the keys are the same keys).
+    pub async fn recover(
+        &self,
+        email: &str,
+        code: &str,
+        new_password: &str,
+    ) -> Result<(), AuthError> {
+        let Some(mut u) = self.user_by_email(email)? else {
+            return Err(AuthError::BadRecoveryCode);
+        };
+        if now() < u.locked_until_ms {
+            return Err(AuthError::Locked);
+        }
+        let profile = self.profile(&u)?;
+        secrets::check_password(new_password, &[&profile.name, &profile.email])?;
+        let code = secrets::normalise_code(code);
+        let mut found = None;
+        for (i, slot) in u.recovery.iter().enumerate().filter(|(_, s)| !s.used) {
+            if let Some(k) = Self::open_keystore(&slot.keystore, &code).await {
+                found = Some((i, k));
+                break;
+            }
+        }
+        let Some((i, keys)) = found else {
+            return Err(self.fail(u).map(|_| AuthError::BadRecoveryCode)?);
+        };
+        let pw = new_password.to_owned();
+        let sealed = tokio::task::spawn_blocking(move || keys.seal(pw.as_bytes()))
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        u.keystore = sealed;
+        u.recovery[i].used = true;
+        // A recovery code is also the way back in after losing the authenticator.
+        u.totp = None;
+        u.failed_logins = 0;
+        u.locked_until_ms = 0;
+        self.save(&u)?;
+        self.logout_all(&u.account)?;
+        tracing::info!(account = %u.account, "password reset with a recovery code");
+        Ok(())
+    }
+
+    /// The account's keystore, sealed under the current password, for self-custody.
+    pub fn export_keystore(&self, s: &Session) -> Result<KeystoreFile, AuthError> {
+        Ok(self.user(&s.account)?.ok_or(AuthError::NoSession)?.keystore)
+    }
+
+    pub fn create_api_token(&self, s: &Session, ttl_ms: u64) -> Result<(String, u64), AuthError> {
+        let ttl = ttl_ms.clamp(60_000, MAX_TOKEN_MS);
+        let token = format!("mlt_{}", secrets::new_token()?);
+        let expires_ms = now() + ttl;
+        self.dir.write(vec![Op::Put(
+            API_TOKENS,
+            token_hash(&token).to_vec(),
+            json(&Expiring {
+                account: s.account,
+                expires_ms,
+            }),
+        )])?;
+        Ok((token, expires_ms))
+    }
+
+    pub fn api_token(&self, token: &str) -> Result<Option<AccountId>, AuthError> {
+        let e: Option<Expiring> = self.dir.get(API_TOKENS, &token_hash(token))?;
+        Ok(e.filter(|e| now() < e.expires_ms).map(|e| e.account))
+    }
+
+    /// What a person may see about their own account.
+    pub fn me(&self, account: &AccountId) -> Result<serde_json::Value, AuthError> {
+        let u = self.user(account)?.ok_or(AuthError::NoSession)?;
+        let p = self.profile(&u)?;
+        Ok(serde_json::json!({
+            "account": u.account, "name": p.name, "email": p.email, "org": u.org, "role": u.role,
+            "email_verified": u.email_verified,
+            "mfa": u.totp.as_ref().is_some_and(|t| t.confirmed),
+            "recovery_codes_left": u.recovery.iter().filter(|s| !s.used).count(),
+        }))
+    }
+
+    /// Enrolls an existing keystore (e.g. the consortium admin's) for web sign-in,
+    /// proving possession with its password.
+    pub async fn enroll(
+        &self,
+        keystore: KeystoreFile,
+        keystore_password: &str,
+        name: &str,
+        email: &str,
+        password: &str,
+        org: OrgId,
+        role: Role,
+    ) -> Result<Registered, AuthError> {
+        if !valid_name(name) || !valid_email(email) {
+            return Err(AuthError::Invalid("name or email address".into()));
+        }
+        secrets::check_password(password, &[name, email])?;
+        let keys = Self::open_keystore(&keystore, keystore_password)
+            .await
+            .ok_or(AuthError::BadCredentials)?;
+        let account = keys.account();
+        let state = self
+            .ledger
+            .account(&account)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        if !state.is_some_and(|a| a.has_role_in(&org, role)) {
+            return Err(AuthError::Forbidden(format!(
+                "the ledger does not give this account role {role} in {org}"
+            )));
+        }
+        let codes = secrets::recovery_codes()?;
+        let pw = password.to_owned();
+        let c2 = codes.clone();
+        let (sealed, slots) = tokio::task::spawn_blocking(move || -> Result<_, AuthError> {
+            let seal = |p: &[u8]| keys.seal(p).map_err(|e| AuthError::Internal(e.to_string()));
+            Ok((
+                seal(pw.as_bytes())?,
+                c2.iter()
+                    .map(|c| {
+                        Ok(RecoverySlot {
+                            used: false,
+                            keystore: seal(c.as_bytes())?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, AuthError>>()?,
+            ))
+        })
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))??;
+        let profile = Profile {
+            name: name.trim().into(),
+            email: email.trim().into(),
+        };
+        let user = UserRecord {
+            version: DIRECTORY_VERSION,
+            account,
+            org: org.clone(),
+            role,
+            profile: hex::encode(
+                self.key
+                    .seal(&serde_json::to_vec(&profile).expect("json"), &account.0)?,
+            ),
+            keystore: sealed,
+            recovery: slots,
+            email_verified: false,
+            totp: None,
+            failed_logins: 0,
+            last_failed_ms: 0,
+            locked_until_ms: 0,
+            created_ms: now(),
+        };
+        let verify = secrets::new_token()?;
+        self.dir.write(vec![
+            Op::PutNew(
+                EMAILS,
+                self.key.email_token(email).to_vec(),
+                account.0.to_vec(),
+            ),
+            Op::Put(USERS, account.0.to_vec(), json(&user)),
+            Op::Put(
+                VERIFY,
+                token_hash(&verify).to_vec(),
+                json(&Expiring {
+                    account,
+                    expires_ms: now() + VERIFY_MS,
+                }),
+            ),
+        ])?;
+        self.mailer
+            .send(
+                email,
+                "Verify your medledger email address",
+                &format!(
+                    "Open this link to verify your address:\n{}\n",
+                    self.link("/auth/verify", &verify)
+                ),
+            )
+            .await?;
+        Ok(Registered {
+            account,
+            role,
+            org,
+            recovery_codes: codes,
+        })
+    }
+}

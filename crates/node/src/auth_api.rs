@@ -1,0 +1,345 @@
+//! Sign-in over HTTP (`/auth`): registration, email verification, sign-in with a
+//! second factor, sessions in `__Host-` cookies (HttpOnly, Secure, SameSite=Strict)
+//! with a CSRF token that every state-changing request must echo in `X-CSRF-Token`,
+//! API tokens (`Authorization: Bearer mlt_...`) for scripts, sign-out (here and
+//! everywhere), recovery with a one-time code.
+
+use crate::api::AppState;
+use crate::auth::{AuthError, RegisterRequest, Session};
+use crate::keystore::KeystoreFile;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use medledger_core::{AccountId, OrgId, Role};
+use serde::Deserialize;
+use serde_json::json;
+
+pub const SESSION_COOKIE: &str = "__Host-medledger_session";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/enroll", post(enroll))
+        .route("/auth/verify", get(verify))
+        .route("/auth/login", post(login))
+        .route("/auth/logout", post(logout))
+        .route("/auth/logout-all", post(logout_all))
+        .route("/auth/me", get(me))
+        .route("/auth/mfa/setup", post(mfa_setup))
+        .route("/auth/mfa/confirm", post(mfa_confirm))
+        .route("/auth/invite", post(invite))
+        .route("/auth/approve", post(approve))
+        .route("/auth/recover", post(recover))
+        .route("/auth/tokens", post(tokens))
+        .route("/auth/keystore", post(export_keystore))
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            AuthError::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password"),
+            AuthError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            AuthError::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+            AuthError::BadLink => (StatusCode::BAD_REQUEST, "invalid_link"),
+            AuthError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+            AuthError::Locked => (StatusCode::TOO_MANY_REQUESTS, "locked"),
+            AuthError::EmailUnverified => (StatusCode::FORBIDDEN, "email_unverified"),
+            AuthError::PendingApproval => (StatusCode::FORBIDDEN, "pending_approval"),
+            AuthError::MfaRequired => (StatusCode::UNAUTHORIZED, "mfa_required"),
+            AuthError::BadCode => (StatusCode::UNAUTHORIZED, "bad_code"),
+            AuthError::BadRecoveryCode => (StatusCode::UNAUTHORIZED, "bad_recovery_code"),
+            AuthError::NoSession => (StatusCode::UNAUTHORIZED, "no_session"),
+            AuthError::BadCsrf => (StatusCode::FORBIDDEN, "bad_csrf"),
+            AuthError::MfaSetupRequired => (StatusCode::FORBIDDEN, "mfa_setup_required"),
+            AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            AuthError::Ledger(r) => (StatusCode::UNPROCESSABLE_ENTITY, r.code()),
+            AuthError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let message = match &self {
+            AuthError::Internal(detail) => {
+                tracing::error!(%detail, "auth internal error");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        (
+            status,
+            Json(json!({ "error": { "code": code, "message": message } })),
+        )
+            .into_response()
+    }
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// The session of a cookie-authenticated request that changes state: the CSRF token
+/// must match, and clinicians and admins must have passed their second factor unless
+/// `allow_mfa_setup`.
+fn session(
+    s: &AppState,
+    headers: &HeaderMap,
+    allow_mfa_setup: bool,
+) -> Result<(String, Session), AuthError> {
+    let token = cookie_token(headers).ok_or(AuthError::NoSession)?;
+    let sess = s.auth.session(&token).ok_or(AuthError::NoSession)?;
+    let csrf = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+    if csrf != Some(sess.csrf.as_str()) {
+        return Err(AuthError::BadCsrf);
+    }
+    if !sess.mfa_ok && !allow_mfa_setup {
+        return Err(AuthError::MfaSetupRequired);
+    }
+    Ok((token, sess))
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, AuthError> {
+    b.map(|Json(v)| v)
+        .map_err(|e| AuthError::Invalid(e.body_text()))
+}
+
+async fn register(
+    State(s): State<AppState>,
+    b: Result<Json<RegisterRequest>, JsonRejection>,
+) -> Result<Response, AuthError> {
+    let r = s.auth.register(body(b)?).await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+#[derive(Deserialize)]
+struct EnrollRequest {
+    keystore: KeystoreFile,
+    keystore_password: String,
+    name: String,
+    email: String,
+    password: String,
+    org: OrgId,
+    role: Role,
+}
+
+async fn enroll(
+    State(s): State<AppState>,
+    b: Result<Json<EnrollRequest>, JsonRejection>,
+) -> Result<Response, AuthError> {
+    let r = body(b)?;
+    let out = s
+        .auth
+        .enroll(
+            r.keystore,
+            &r.keystore_password,
+            &r.name,
+            &r.email,
+            &r.password,
+            r.org,
+            r.role,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: String,
+}
+
+async fn verify(
+    State(s): State<AppState>,
+    q: Result<Query<TokenQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AuthError> {
+    let Query(q) = q.map_err(|_| AuthError::BadLink)?;
+    s.auth.verify_email(&q.token)?;
+    Ok(Json(json!({ "verified": true })))
+}
+
+#[derive(Deserialize)]
+struct LoginRequest {
+    email: String,
+    password: String,
+    code: Option<String>,
+}
+
+async fn login(
+    State(s): State<AppState>,
+    b: Result<Json<LoginRequest>, JsonRejection>,
+) -> Result<Response, AuthError> {
+    let r = body(b)?;
+    let ok = s
+        .auth
+        .login(&r.email, &r.password, r.code.as_deref())
+        .await?;
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        ok.token,
+        crate::auth::SESSION_MS / 1000
+    );
+    let mut resp = Json(&ok).into_response();
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| AuthError::Internal(e.to_string()))?,
+    );
+    Ok(resp)
+}
+
+fn clear_cookie(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "__Host-medledger_session=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    resp
+}
+
+async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, AuthError> {
+    let (token, _) = session(&s, &headers, true)?;
+    s.auth.logout(&token);
+    Ok(clear_cookie(StatusCode::NO_CONTENT.into_response()))
+}
+
+async fn logout_all(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, AuthError> {
+    let (_, sess) = session(&s, &headers, true)?;
+    s.auth.logout_all(&sess.account)?;
+    Ok(clear_cookie(StatusCode::NO_CONTENT.into_response()))
+}
+
+/// Reads accept a session cookie or an API token.
+fn reader(s: &AppState, headers: &HeaderMap) -> Result<AccountId, AuthError> {
+    if let Some(bearer) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return s.auth.api_token(bearer)?.ok_or(AuthError::NoSession);
+    }
+    let token = cookie_token(headers).ok_or(AuthError::NoSession)?;
+    Ok(s.auth.session(&token).ok_or(AuthError::NoSession)?.account)
+}
+
+async fn me(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, AuthError> {
+    let account = reader(&s, &headers)?;
+    Ok(Json(s.auth.me(&account)?))
+}
+
+async fn mfa_setup(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, AuthError> {
+    let (_, sess) = session(&s, &headers, true)?;
+    let (secret, url) = s.auth.totp_setup(&sess)?;
+    Ok(Json(json!({ "secret": secret, "otpauth_url": url })))
+}
+
+#[derive(Deserialize)]
+struct CodeRequest {
+    code: String,
+}
+
+async fn mfa_confirm(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    b: Result<Json<CodeRequest>, JsonRejection>,
+) -> Result<StatusCode, AuthError> {
+    let (token, sess) = session(&s, &headers, true)?;
+    s.auth.totp_confirm(&token, &sess, &body(b)?.code)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct InviteRequest {
+    email: String,
+}
+
+async fn invite(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    b: Result<Json<InviteRequest>, JsonRejection>,
+) -> Result<StatusCode, AuthError> {
+    let (_, sess) = session(&s, &headers, false)?;
+    s.auth.invite(&sess, &body(b)?.email).await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[derive(Deserialize)]
+struct ApproveRequest {
+    account: AccountId,
+    #[serde(default = "yes")]
+    approve: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn approve(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    b: Result<Json<ApproveRequest>, JsonRejection>,
+) -> Result<StatusCode, AuthError> {
+    let (_, sess) = session(&s, &headers, false)?;
+    let r = body(b)?;
+    s.auth.approve(&sess, &r.account, r.approve).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct RecoverRequest {
+    email: String,
+    recovery_code: String,
+    new_password: String,
+}
+
+async fn recover(
+    State(s): State<AppState>,
+    b: Result<Json<RecoverRequest>, JsonRejection>,
+) -> Result<StatusCode, AuthError> {
+    let r = body(b)?;
+    s.auth
+        .recover(&r.email, &r.recovery_code, &r.new_password)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    ttl_s: u64,
+}
+
+async fn tokens(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    b: Result<Json<TokenRequest>, JsonRejection>,
+) -> Result<Response, AuthError> {
+    let (_, sess) = session(&s, &headers, false)?;
+    let (token, expires_ms) = s
+        .auth
+        .create_api_token(&sess, body(b)?.ttl_s.saturating_mul(1000))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "expires_ms": expires_ms })),
+    )
+        .into_response())
+}
+
+/// The signed-in account's keystore file (sealed under its password), so the person
+/// can hold their keys themself (`medledger` CLI) without the node.
+async fn export_keystore(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<KeystoreFile>, AuthError> {
+    let (_, sess) = session(&s, &headers, false)?;
+    Ok(Json(s.auth.export_keystore(&sess)?))
+}
