@@ -21,8 +21,8 @@ pub enum MailConfig {
 pub enum Mailer {
     Outbox(PathBuf),
     Smtp {
-        transport: AsyncSmtpTransport<Tokio1Executor>,
-        from: Mailbox,
+        transport: Box<AsyncSmtpTransport<Tokio1Executor>>,
+        from: Box<Mailbox>,
     },
 }
 
@@ -45,14 +45,18 @@ impl Mailer {
                     .map_err(|e| AuthError::Internal(format!("outbox: {e}")))?;
                 Ok(Mailer::Outbox(p.clone()))
             }
-            MailConfig::Smtp { url, from } => Ok(Mailer::Smtp {
-                transport: AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+            MailConfig::Smtp { url, from } => {
+                let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                     .map_err(|e| AuthError::Internal(format!("smtp: {e}")))?
-                    .build(),
-                from: from
+                    .build();
+                let from: Mailbox = from
                     .parse()
-                    .map_err(|e| AuthError::Internal(format!("smtp from: {e}")))?,
-            }),
+                    .map_err(|e| AuthError::Internal(format!("smtp from: {e}")))?;
+                Ok(Mailer::Smtp {
+                    transport: Box::new(transport),
+                    from: Box::new(from),
+                })
+            }
         }
     }
 
@@ -62,7 +66,7 @@ impl Mailer {
             .map_err(|_| AuthError::Invalid("email address".into()))?;
         let from = match self {
             Mailer::Outbox(_) => OUTBOX_FROM.parse().expect("static address"),
-            Mailer::Smtp { from, .. } => from.clone(),
+            Mailer::Smtp { from, .. } => (**from).clone(),
         };
         let msg = Message::builder()
             .from(from)

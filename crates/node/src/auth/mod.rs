@@ -17,7 +17,7 @@ use crate::keystore::{AccountKeys, KeystoreFile};
 use directory::*;
 use mail::{MailConfig, Mailer};
 use medledger_consensus::Batcher;
-use medledger_core::tx::{SignatureBytes, TX_VERSION, invite_commitment};
+use medledger_core::tx::{TX_VERSION, invite_commitment};
 use medledger_core::{AccountId, Digest32, OrgId, Payload, RejectReason, Role, SignedTx, TxBody};
 use medledger_ledger::Ledger;
 use secrets::{LocalKey, token_hash};
@@ -218,7 +218,6 @@ impl Auth {
             payload,
         };
         let tx: SignedTx = body.sign(&keys.signing);
-        let _ = SignatureBytes([0; 64]);
         match self.batcher.submit(vec![tx.to_bytes()]).await.pop() {
             Some(Ok(o)) => o.result.map(|_| ()).map_err(AuthError::Ledger),
             Some(Err(e)) => Err(AuthError::Internal(e.to_string())),
@@ -483,7 +482,7 @@ impl Auth {
                 &hex::decode(&t.secret).map_err(|_| AuthError::Internal("totp".into()))?,
                 &u.account.0,
             )?;
-            let totp = secrets::totp(&secret, &u.account.to_did())?;
+            let totp = secrets::totp(&secret)?;
             match secrets::check_totp(&totp, code, now() / 1000, t.last_step) {
                 Some(step) => {
                     u.totp = Some(TotpState {
@@ -557,7 +556,6 @@ impl Auth {
             ));
         }
         let secret = secrets::random::<20>()?;
-        let totp = secrets::totp(&secret, &s.account.to_did())?;
         u.totp = Some(TotpState {
             secret: hex::encode(self.key.seal(&secret, &s.account.0)?),
             confirmed: false,
@@ -569,7 +567,6 @@ impl Auth {
             "otpauth://totp/medledger:{}?secret={b32}&issuer=medledger",
             s.account.to_did()
         );
-        let _ = totp;
         Ok((b32, url))
     }
 
@@ -580,7 +577,7 @@ impl Auth {
             &hex::decode(&t.secret).map_err(|_| AuthError::Internal("totp".into()))?,
             &u.account.0,
         )?;
-        let totp = secrets::totp(&secret, &u.account.to_did())?;
+        let totp = secrets::totp(&secret)?;
         let step = secrets::check_totp(&totp, code, now() / 1000, t.last_step)
             .ok_or(AuthError::BadCode)?;
         u.totp = Some(TotpState {
@@ -634,8 +631,8 @@ impl Auth {
                 email,
                 "You are invited to medledger",
                 &format!(
-                    "Your care team invites you to see and control your health records.\nRegister here (single use, valid 72 hours):\n{}\n",
-                    format!("{}/auth/register?invite={token}", self.base_url)
+                    "Your care team invites you to see and control your health records.\nRegister here (single use, valid 72 hours):\n{}/auth/register?invite={token}\n",
+                    self.base_url
                 ),
             )
             .await
@@ -737,6 +734,7 @@ impl Auth {
         }))
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// Enrolls an existing keystore (e.g. the consortium admin's) for web sign-in,
     /// proving possession with its password.
     pub async fn enroll(

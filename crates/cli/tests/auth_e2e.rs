@@ -1,0 +1,418 @@
+//! Sign-in through the HTTP interface of the real binary: the clinician register →
+//! verify → approve → sign in → MFA story, the patient invite → register → verify →
+//! sign in → MFA → sign in with MFA story, every refusal the issue lists, and password
+//! recovery that keeps earlier records readable. Mail is read from the outbox folder.
+
+mod common;
+use common::*;
+use medledger_core::AccountId;
+use medledger_node::keystore::KeystoreFile;
+use reqwest::header::{COOKIE, SET_COOKIE};
+use serde_json::{Value, json};
+use std::path::Path;
+
+const PW: &str = "a long enough test password";
+const STRONG: &str = "quartz lantern ribbon 47 meadow";
+
+struct Http {
+    c: reqwest::Client,
+    url: String,
+}
+
+struct Signed {
+    cookie: String,
+    csrf: String,
+}
+
+impl Http {
+    async fn post(
+        &self,
+        path: &str,
+        body: Value,
+        who: Option<&Signed>,
+    ) -> (u16, Value, Option<String>) {
+        let mut r = self.c.post(format!("{}{path}", self.url)).json(&body);
+        if let Some(s) = who {
+            r = r.header(COOKIE, &s.cookie).header("x-csrf-token", &s.csrf);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let cookie = resp
+            .headers()
+            .get(SET_COOKIE)
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+        let v = resp.json().await.unwrap_or(Value::Null);
+        (status, v, cookie)
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut r = self.c.get(format!("{}{path}", self.url));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let resp = r.send().await.unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        code: Option<&str>,
+    ) -> Result<(Signed, Value), (u16, String)> {
+        let (st, v, cookie) = self
+            .post(
+                "/auth/login",
+                json!({"email": email, "password": password, "code": code}),
+                None,
+            )
+            .await;
+        if st != 200 {
+            return Err((st, v["error"]["code"].as_str().unwrap_or("").to_owned()));
+        }
+        let cookie = cookie.expect("session cookie");
+        assert!(cookie.starts_with("__Host-medledger_session="));
+        Ok((
+            Signed {
+                cookie,
+                csrf: v["csrf"].as_str().unwrap().to_owned(),
+            },
+            v,
+        ))
+    }
+}
+
+/// The newest mail to `to` in the outbox, and the token after `param=` in it.
+fn mail_token(dir: &Path, to: &str, param: &str) -> String {
+    let mut mails: Vec<_> = std::fs::read_dir(dir.join("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    mails.sort();
+    for m in mails.iter().rev() {
+        // Undo quoted-printable (soft line breaks, escaped '=') as a mail client would.
+        let text = std::fs::read_to_string(m)
+            .unwrap()
+            .replace("=\r\n", "")
+            .replace("=3D", "=");
+        if text.contains(&format!("To: {to}")) {
+            let i = text.find(&format!("{param}=")).expect("link in mail") + param.len() + 1;
+            return text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .collect();
+        }
+    }
+    panic!("no mail to {to}");
+}
+
+fn code_at(secret_b32: &str, offset_s: i64) -> String {
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(secret_b32.as_bytes())
+        .unwrap();
+    let t = totp_rs::Builder::new().with_secret(secret).build().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    t.generate((now + offset_s) as u64).to_string()
+}
+
+async fn verify(h: &Http, dir: &Path, email: &str) {
+    let token = mail_token(dir, email, "token");
+    let (st, _) = h.get(&format!("/auth/verify?token={token}"), &[]).await;
+    assert_eq!(st, 200);
+    // A verification link works once.
+    let (st, v) = h.get(&format!("/auth/verify?token={token}"), &[]).await;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("invalid_link"))
+    );
+}
+
+/// Sets up a second factor; returns its secret (the confirmation used the current step).
+async fn enable_mfa(h: &Http, s: &Signed) -> String {
+    let (st, v, _) = h.post("/auth/mfa/setup", json!({}), Some(s)).await;
+    assert_eq!(st, 200, "{v}");
+    let secret = v["secret"].as_str().unwrap().to_owned();
+    let wrong = if code_at(&secret, 0) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let (st, v, _) = h
+        .post("/auth/mfa/confirm", json!({"code": wrong}), Some(s))
+        .await;
+    assert_eq!((st, v["error"]["code"].as_str()), (401, Some("bad_code")));
+    let (st, v, _) = h
+        .post(
+            "/auth/mfa/confirm",
+            json!({"code": code_at(&secret, 0)}),
+            Some(s),
+        )
+        .await;
+    assert_eq!(st, 204, "{v}");
+    secret
+}
+
+/// Org `general` with the consortium admin enrolled for web sign-in, verified, with MFA.
+async fn admin_signed_in(h: &Http, dir: &Path, node: &Node) -> Signed {
+    let admin = admin(dir).account().to_did();
+    let out = std::process::Command::new(BIN)
+        .args(["tx", "submit", "--node", &node.url, "--data-dir"])
+        .arg(dir)
+        .args(["--password-file"])
+        .arg(dir.parent().unwrap().join("pw"))
+        .args([
+            "json",
+            &format!(r#"{{"kind":"add_org","org":"general","admin":"{admin}"}}"#),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ks: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("admin.keystore.json")).unwrap()).unwrap();
+    let (st, v, _) = h
+        .post(
+            "/auth/enroll",
+            json!({"keystore": ks, "keystore_password": PW, "name": "Ada Admin", "email": "admin@hospital.example",
+                   "password": STRONG, "org": "general", "role": "hospital_admin"}),
+            None,
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    verify(h, dir, "admin@hospital.example").await;
+    let (s, v) = h
+        .login("admin@hospital.example", STRONG, None)
+        .await
+        .unwrap();
+    assert_eq!(v["mfa_setup_required"], true);
+    enable_mfa(h, &s).await;
+    s
+}
+
+#[test]
+fn clinician_registers_is_approved_signs_in_and_sets_up_mfa() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let node = start(&dir);
+    let rt = rt();
+    rt.block_on(async {
+        client(&node, &dir).await;
+        let h = Http {
+            c: medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap(),
+            url: node.url.clone(),
+        };
+        let admin = admin_signed_in(&h, &dir, &node).await;
+
+        // Weak passwords are refused, and nothing is created.
+        let reg = |pw: &str| {
+            json!({"name": "Dora Doctor", "email": "dora@hospital.example", "password": pw, "org": "general", "role": "doctor"})
+        };
+        for weak in ["short", "password1234", "dora@hospital.example"] {
+            let (st, v, _) = h.post("/auth/register", reg(weak), None).await;
+            assert_eq!((st, v["error"]["code"].as_str()), (400, Some("weak_password")), "{weak}");
+        }
+        let (st, v, _) = h.post("/auth/register", reg(STRONG), None).await;
+        assert_eq!(st, 201, "{v}");
+        assert_eq!(v["recovery_codes"].as_array().unwrap().len(), 10);
+        let doctor: AccountId = serde_json::from_value(v["account"].clone()).unwrap();
+        let (st, v, _) = h.post("/auth/register", reg(STRONG), None).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (409, Some("email_taken")));
+        // Patients cannot self-register.
+        let (st, _, _) = h
+            .post("/auth/register", json!({"name": "P", "email": "p@x.example", "password": STRONG, "org": "general", "role": "patient"}), None)
+            .await;
+        assert_eq!(st, 403);
+
+        // Unverified, then pending approval.
+        assert_eq!(h.login("dora@hospital.example", STRONG, None).await.err(), Some((403, "email_unverified".into())));
+        verify(&h, &dir, "dora@hospital.example").await;
+        assert_eq!(h.login("dora@hospital.example", STRONG, None).await.err(), Some((403, "pending_approval".into())));
+
+        // Approval needs the admin's session and CSRF token.
+        let no_csrf = Signed { cookie: admin.cookie.clone(), csrf: "wrong".into() };
+        let (st, v, _) = h.post("/auth/approve", json!({"account": doctor}), Some(&no_csrf)).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (403, Some("bad_csrf")));
+        let resp = h
+            .c
+            .post(format!("{}/auth/approve", h.url))
+            .header(COOKIE, &admin.cookie)
+            .json(&json!({"account": doctor}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 403, "missing CSRF header");
+        let (st, v, _) = h.post("/auth/approve", json!({"account": doctor}), Some(&admin)).await;
+        assert_eq!(st, 204, "{v}");
+
+        // Signed in, but a clinician must set up MFA before doing anything else.
+        let (s, v) = h.login("dora@hospital.example", STRONG, None).await.unwrap();
+        assert_eq!(v["mfa_setup_required"], true);
+        let (st, v, _) = h.post("/auth/invite", json!({"email": "pat@home.example"}), Some(&s)).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (403, Some("mfa_setup_required")));
+        let secret = enable_mfa(&h, &s).await;
+        let (st, v, _) = h.post("/auth/invite", json!({"email": "pat@home.example"}), Some(&s)).await;
+        assert_eq!(st, 201, "{v}");
+        // Next sign-in needs the code; a wrong one and a reused one are refused.
+        assert_eq!(h.login("dora@hospital.example", STRONG, None).await.err(), Some((401, "mfa_required".into())));
+        let bad = if code_at(&secret, 30) == "123456" { "654321" } else { "123456" };
+        assert_eq!(h.login("dora@hospital.example", STRONG, Some(bad)).await.err(), Some((401, "bad_code".into())));
+        let code = code_at(&secret, 30);
+        let (_, v) = h.login("dora@hospital.example", STRONG, Some(&code)).await.unwrap();
+        assert_eq!(v["mfa_setup_required"], false);
+        assert_eq!(h.login("dora@hospital.example", STRONG, Some(&code)).await.err(), Some((401, "bad_code".into())));
+
+        // Lockout: failures (the bad code above counted) lock the account; then even
+        // the right password is refused.
+        for _ in 0..3 {
+            assert_eq!(h.login("dora@hospital.example", "wrong password entirely", None).await.err().unwrap().0, 401);
+        }
+        assert_eq!(h.login("dora@hospital.example", "wrong password entirely", None).await.err().unwrap().0, 401);
+        assert_eq!(h.login("dora@hospital.example", STRONG, Some(&code_at(&secret, 30))).await.err(), Some((429, "locked".into())));
+        // Unknown addresses look like wrong passwords.
+        assert_eq!(h.login("nobody@x.example", STRONG, None).await.err(), Some((401, "bad_credentials".into())));
+    });
+    node.stop();
+}
+
+#[test]
+fn patient_invite_register_mfa_sign_out_and_recovery_keep_records_readable() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let node = start(&dir);
+    let rt = rt();
+    rt.block_on(async {
+        client(&node, &dir).await;
+        let h = Http {
+            c: medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap(),
+            url: node.url.clone(),
+        };
+        let admin = admin_signed_in(&h, &dir, &node).await;
+        let (st, v, _) = h.post("/auth/invite", json!({"email": "pat@home.example"}), Some(&admin)).await;
+        assert_eq!(st, 201, "{v}");
+        let invite = mail_token(&dir, "pat@home.example", "invite");
+        let reg = json!({"name": "Pat Patient", "email": "pat@home.example", "password": STRONG, "invite": invite});
+        let (st, v, _) = h.post("/auth/register", reg.clone(), None).await;
+        assert_eq!(st, 201, "{v}");
+        assert_eq!(v["role"], "patient");
+        let codes: Vec<String> = serde_json::from_value(v["recovery_codes"].clone()).unwrap();
+        let patient: AccountId = serde_json::from_value(v["account"].clone()).unwrap();
+        // The invite is single-use.
+        let again = json!({"name": "Eve", "email": "eve@x.example", "password": STRONG, "invite": invite});
+        let (st, v, _) = h.post("/auth/register", again, None).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some("invalid_link")));
+        let (st, v, _) = h
+            .post("/auth/register", json!({"name": "Eve", "email": "eve@x.example", "password": STRONG, "invite": "00ff"}), None)
+            .await;
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some("invalid_link")));
+
+        assert_eq!(h.login("pat@home.example", STRONG, None).await.err(), Some((403, "email_unverified".into())));
+        verify(&h, &dir, "pat@home.example").await;
+        let (s1, v) = h.login("pat@home.example", STRONG, None).await.unwrap();
+        assert_eq!(v["mfa_setup_required"], false, "MFA is optional for patients");
+        let (st, me) = h.get("/auth/me", &[("cookie", &s1.cookie)]).await;
+        assert_eq!(st, 200);
+        assert_eq!(me["name"], "Pat Patient");
+        assert_eq!(me["role"], "patient");
+        // The ledger knows the patient (role granted through the invite, no approval).
+        let (st, acct) = h.get(&format!("/v1/accounts/{}", patient.to_did()), &[]).await;
+        assert_eq!(st, 200);
+        assert!(acct["roles"].to_string().contains("patient"), "{acct}");
+
+        // A record encrypted for the patient's ledger key before any recovery.
+        let enc = acct["encryption_key"].as_str().unwrap().to_owned();
+        let note = root.path().join("note.txt");
+        std::fs::write(&note, "synthetic note for recovery test").unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["blob", "put"])
+            .arg(&note)
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--password-file")
+            .arg(root.path().join("pw"))
+            .args(["--reader", &format!("{}={enc}", patient.to_did())])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let cid: medledger_core::Cid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["cid"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+
+        // MFA on, then the story again with the second factor.
+        let secret = enable_mfa(&h, &s1).await;
+        let (s2, _) = h.login("pat@home.example", STRONG, Some(&code_at(&secret, 30))).await.unwrap();
+        let (st, v, _) = h.post("/auth/tokens", json!({"ttl_s": 3600}), Some(&s2)).await;
+        assert_eq!(st, 201);
+        let api = v["token"].as_str().unwrap().to_owned();
+        let bearer = format!("Bearer {api}");
+        assert_eq!(h.get("/auth/me", &[("authorization", &bearer)]).await.0, 200);
+
+        // Sign-out: that session is dead even if the cookie was stolen.
+        let (st, _, cleared) = h.post("/auth/logout", json!({}), Some(&s1)).await;
+        assert_eq!(st, 204);
+        assert!(cleared.unwrap().ends_with('='));
+        assert_eq!(h.get("/auth/me", &[("cookie", &s1.cookie)]).await.0, 401);
+        assert_eq!(h.get("/auth/me", &[("cookie", &s2.cookie)]).await.0, 200);
+        // Sign-out everywhere ends the other session and the API token.
+        let (st, _, _) = h.post("/auth/logout-all", json!({}), Some(&s2)).await;
+        assert_eq!(st, 204);
+        assert_eq!(h.get("/auth/me", &[("cookie", &s2.cookie)]).await.0, 401);
+        assert_eq!(h.get("/auth/me", &[("authorization", &bearer)]).await.0, 401);
+
+        // Forgotten password: a wrong code is refused; a right one re-opens the keys.
+        let new_pw = "saffron kettle orbit 93 glacier";
+        let (st, v, _) = h
+            .post("/auth/recover", json!({"email": "pat@home.example", "recovery_code": "aaaaa-bbbbb", "new_password": new_pw}), None)
+            .await;
+        assert_eq!((st, v["error"]["code"].as_str()), (401, Some("bad_recovery_code")));
+        let (st, v, _) = h
+            .post("/auth/recover", json!({"email": "pat@home.example", "recovery_code": codes[3], "new_password": new_pw}), None)
+            .await;
+        assert_eq!(st, 204, "{v}");
+        // Used once only.
+        let (st, _, _) = h
+            .post("/auth/recover", json!({"email": "pat@home.example", "recovery_code": codes[3], "new_password": new_pw}), None)
+            .await;
+        assert_eq!(st, 401);
+        assert_eq!(h.login("pat@home.example", STRONG, None).await.err().unwrap().0, 401);
+        let (s3, _) = h.login("pat@home.example", new_pw, None).await.unwrap();
+        let (st, me) = h.get("/auth/me", &[("cookie", &s3.cookie)]).await;
+        assert_eq!(st, 200);
+        assert_eq!(me["account"], serde_json::to_value(patient).unwrap());
+        assert_eq!(me["recovery_codes_left"], 9);
+
+        // The exported keystore opens with the new password, and the earlier record
+        // decrypts with it: nothing was lost.
+        let (st, ks, _) = h.post("/auth/keystore", json!({}), Some(&s3)).await;
+        assert_eq!(st, 200);
+        let ks: KeystoreFile = serde_json::from_value(ks).unwrap();
+        assert!(ks.open(STRONG.as_bytes()).is_err());
+        let keys = ks.open(new_pw.as_bytes()).unwrap();
+        assert_eq!(keys.account(), patient);
+        let store = medledger_store::BlobStore::open(&medledger_store::StoreConfig::Local { path: dir.join("blobs") }).unwrap();
+        let mut out = Vec::new();
+        store
+            .get(&cid, &medledger_store::ReaderSecret { account: patient, secret: keys.encryption_secret }, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, b"synthetic note for recovery test");
+    });
+    node.stop();
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
