@@ -416,3 +416,102 @@ fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Organisation-assisted recovery: one admin requests, the same admin cannot approve,
+/// a second admin approves (both on the ledger, both in the audit trail); the patient
+/// sets a new password from the mailed link and every earlier record stays readable.
+#[test]
+fn organisation_assisted_recovery_needs_two_admins_and_keeps_records_readable() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let node = start(&dir);
+    let rt = rt();
+    rt.block_on(async {
+        client(&node, &dir).await;
+        let h = Http {
+            c: medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap(),
+            url: node.url.clone(),
+        };
+        let admin = admin_signed_in(&h, &dir, &node).await;
+        // A second hospital admin registers and is approved.
+        let (st, v, _) = h
+            .post("/auth/register", json!({"name": "Ben Admin", "email": "ben@hospital.example", "password": STRONG, "org": "general", "role": "hospital_admin"}), None)
+            .await;
+        assert_eq!(st, 201, "{v}");
+        let ben: AccountId = serde_json::from_value(v["account"].clone()).unwrap();
+        verify(&h, &dir, "ben@hospital.example").await;
+        let (st, _, _) = h.post("/auth/approve", json!({"account": ben}), Some(&admin)).await;
+        assert_eq!(st, 204);
+        let (ben_s, _) = h.login("ben@hospital.example", STRONG, None).await.unwrap();
+        enable_mfa(&h, &ben_s).await;
+
+        // A patient with a record encrypted for their key.
+        let (st, _, _) = h.post("/auth/invite", json!({"email": "rita@home.example"}), Some(&admin)).await;
+        assert_eq!(st, 201);
+        let invite = mail_token(&dir, "rita@home.example", "invite");
+        let (st, v, _) = h
+            .post("/auth/register", json!({"name": "Rita Patient", "email": "rita@home.example", "password": STRONG, "invite": invite}), None)
+            .await;
+        assert_eq!(st, 201, "{v}");
+        let rita: AccountId = serde_json::from_value(v["account"].clone()).unwrap();
+        verify(&h, &dir, "rita@home.example").await;
+        let (_, acct) = h.get(&format!("/v1/accounts/{}", rita.to_did()), &[]).await;
+        let enc = acct["encryption_key"].as_str().unwrap().to_owned();
+        let note = root.path().join("note.txt");
+        std::fs::write(&note, "synthetic note for organisation recovery").unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["blob", "put"])
+            .arg(&note)
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--password-file")
+            .arg(root.path().join("pw"))
+            .args(["--reader", &format!("{}={enc}", rita.to_did())])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let cid: medledger_core::Cid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["cid"].as_str().unwrap().parse().unwrap();
+
+        // Rita forgets her password and her recovery codes.
+        let (st, v, _) = h.post("/auth/recovery/request", json!({"email": "rita@home.example"}), Some(&admin)).await;
+        assert_eq!(st, 201, "{v}");
+        let request = v["request"].clone();
+        // The requesting admin cannot approve alone; the ledger refuses.
+        let (st, v, _) = h.post("/auth/recovery/approve", json!({"request": request}), Some(&admin)).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (422, Some("unauthorized")), "{v}");
+        // A made-up reset token is refused.
+        let (st, _, _) = h.post("/auth/recovery/complete", json!({"token": "00", "new_password": STRONG}), None).await;
+        assert_eq!(st, 400);
+        let (st, v, _) = h.post("/auth/recovery/approve", json!({"request": request}), Some(&ben_s)).await;
+        assert_eq!(st, 204, "{v}");
+        let token = mail_token(&dir, "rita@home.example", "token");
+        let new_pw = "violet harbour cinder 58 lattice";
+        let (st, v, _) = h.post("/auth/recovery/complete", json!({"token": token, "new_password": "weak"}), None).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some("weak_password")));
+        let (st, _, _) = h.post("/auth/recovery/complete", json!({"token": token, "new_password": new_pw}), None).await;
+        assert_eq!(st, 204);
+        // Single use.
+        let (st, _, _) = h.post("/auth/recovery/complete", json!({"token": token, "new_password": new_pw}), None).await;
+        assert_eq!(st, 400);
+        assert_eq!(h.login("rita@home.example", STRONG, None).await.err().unwrap().0, 401);
+        let (s, _) = h.login("rita@home.example", new_pw, None).await.unwrap();
+
+        // Both steps are in the ledger's audit trail for Rita.
+        let (_, trail) = h.get(&format!("/v1/audit?patient={}", rita.to_did()), &[]).await;
+        let reasons: Vec<&str> = trail["entries"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
+        assert_eq!(reasons, vec!["recovery_requested", "recovery_approved"]);
+
+        let (st, ks, _) = h.post("/auth/keystore", json!({}), Some(&s)).await;
+        assert_eq!(st, 200);
+        let keys = serde_json::from_value::<KeystoreFile>(ks).unwrap().open(new_pw.as_bytes()).unwrap();
+        assert_eq!(keys.account(), rita);
+        let store = medledger_store::BlobStore::open(&medledger_store::StoreConfig::Local { path: dir.join("blobs") }).unwrap();
+        let mut out = Vec::new();
+        store
+            .get(&cid, &medledger_store::ReaderSecret { account: rita, secret: keys.encryption_secret }, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out, b"synthetic note for organisation recovery");
+    });
+    node.stop();
+}

@@ -171,6 +171,15 @@ pub enum Payload {
         secret: Digest32,
         encryption_key: Digest32,
     },
+    /// An org admin: ask to restore a member's access through the organisation's
+    /// recovery escrow. Takes effect only when a second admin approves.
+    RequestRecovery {
+        account: AccountId,
+    },
+    /// A second, different admin of the same org: approve a recovery request.
+    ApproveRecovery {
+        request: GrantId,
+    },
 }
 
 /// Domain tag of invite commitments.
@@ -211,6 +220,8 @@ impl Payload {
             Payload::CompleteErasure { .. } => "complete_erasure",
             Payload::InvitePatient { .. } => "invite_patient",
             Payload::RegisterInvited { .. } => "register_invited",
+            Payload::RequestRecovery { .. } => "request_recovery",
+            Payload::ApproveRecovery { .. } => "approve_recovery",
         }
     }
 }

@@ -35,6 +35,9 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/recover", post(recover))
         .route("/auth/tokens", post(tokens))
         .route("/auth/keystore", post(export_keystore))
+        .route("/auth/recovery/request", post(recovery_request))
+        .route("/auth/recovery/approve", post(recovery_approve))
+        .route("/auth/recovery/complete", post(recovery_complete))
 }
 
 impl IntoResponse for AuthError {
@@ -342,4 +345,49 @@ async fn export_keystore(
 ) -> Result<Json<KeystoreFile>, AuthError> {
     let (_, sess) = session(&s, &headers, false)?;
     Ok(Json(s.auth.export_keystore(&sess)?))
+}
+
+#[derive(Deserialize)]
+struct RecoveryRequest {
+    email: String,
+}
+
+async fn recovery_request(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    b: Result<Json<RecoveryRequest>, JsonRejection>,
+) -> Result<Response, AuthError> {
+    let (_, sess) = session(&s, &headers, false)?;
+    let id = s.auth.request_recovery(&sess, &body(b)?.email).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "request": id }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct RecoveryApprove {
+    request: medledger_core::GrantId,
+}
+
+async fn recovery_approve(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    b: Result<Json<RecoveryApprove>, JsonRejection>,
+) -> Result<StatusCode, AuthError> {
+    let (_, sess) = session(&s, &headers, false)?;
+    s.auth.approve_recovery(&sess, &body(b)?.request).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct RecoveryComplete {
+    token: String,
+    new_password: String,
+}
+
+async fn recovery_complete(
+    State(s): State<AppState>,
+    b: Result<Json<RecoveryComplete>, JsonRejection>,
+) -> Result<StatusCode, AuthError> {
+    let r = body(b)?;
+    s.auth.complete_recovery(&r.token, &r.new_password).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -8,7 +8,7 @@ use crate::exec::{Overlay, StateRead};
 use medledger_core::model::MAX_ACCESS_REPORTS;
 use medledger_core::{AccessReport, AccountId, BreakGlassId, Cid, MessageId, RejectReason};
 
-pub(super) fn append_audit<S: StateRead>(
+pub(crate) fn append_audit<S: StateRead>(
     st: &mut Overlay<'_, S>,
     cx: &Ctx<'_>,
     fact: AuditFact,

@@ -250,6 +250,8 @@ fn run<S: StateRead>(
             secret,
             encryption_key,
         } => orgs::register_invited(st, &cx, secret, encryption_key),
+        Payload::RequestRecovery { account } => orgs::request_recovery(st, &cx, account),
+        Payload::ApproveRecovery { request } => orgs::approve_recovery(st, &cx, request),
     }
 }
 

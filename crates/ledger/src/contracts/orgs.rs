@@ -4,7 +4,7 @@
 use super::state::*;
 use super::{Ctx, R, ensure, existing_account, signer_state};
 use crate::exec::{Overlay, StateRead};
-use medledger_core::{AccountId, Digest32, OrgId, RejectReason, Role};
+use medledger_core::{AccountId, Digest32, GrantId, OrgId, Purpose, RejectReason, Role};
 
 fn require_org<S: StateRead>(st: &Overlay<'_, S>, org: &OrgId) -> R {
     ensure(org.is_valid(), || RejectReason::invalid("organisation id"))?;
@@ -257,4 +257,96 @@ pub(super) fn register_invited<S: StateRead>(
     inv.used_by = Some(cx.signer);
     st.put_obj(invite_key(&commitment), &inv);
     Ok(())
+}
+
+/// The org (shared by the member and the signing admin) a recovery concerns.
+fn shared_admin_org<S: StateRead>(
+    st: &Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    member: &AccountState,
+) -> R<OrgId> {
+    let me = signer_state(st, cx)?;
+    member
+        .roles
+        .iter()
+        .map(|m| m.org.clone())
+        .find(|o| me.has_role_in(o, Role::HospitalAdmin))
+        .ok_or_else(|| {
+            RejectReason::unauthorized(
+                "only an admin of the member's organisation handles recovery",
+            )
+            .into()
+        })
+}
+
+fn audit_recovery<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    account: &AccountId,
+    reason: &str,
+) -> R {
+    super::messages::append_audit(
+        st,
+        cx,
+        super::consent::AuditFact {
+            accessor: cx.signer,
+            record: None,
+            patient: Some(*account),
+            purpose: Purpose::Operations,
+            time_ms: cx.now,
+            allowed: true,
+            reason: reason.into(),
+            break_glass: false,
+        },
+    )
+}
+
+pub(super) fn request_recovery<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    account: &AccountId,
+) -> R {
+    ensure(account != &cx.signer, || {
+        RejectReason::invalid("recovery of one's own account")
+    })?;
+    let member = existing_account(st, account)?;
+    let org = shared_admin_org(st, cx, &member)?;
+    let id = GrantId::from_tx(&cx.hash);
+    st.put_obj(
+        recovery_key(&id),
+        &RecoveryState {
+            account: *account,
+            org,
+            requested_by: cx.signer,
+            requested_ms: cx.now,
+            approved_by: None,
+            approved_ms: None,
+        },
+    );
+    audit_recovery(st, cx, account, "recovery_requested")
+}
+
+pub(super) fn approve_recovery<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    id: &GrantId,
+) -> R {
+    let mut r: RecoveryState = st
+        .get_obj(&recovery_key(id))?
+        .ok_or_else(|| RejectReason::not_found("recovery request"))?;
+    ensure(r.approved_by.is_none(), || {
+        RejectReason::conflict("recovery already approved")
+    })?;
+    ensure(r.requested_by != cx.signer, || {
+        RejectReason::unauthorized("a second, different admin must approve a recovery")
+    })?;
+    let me = signer_state(st, cx)?;
+    ensure(me.has_role_in(&r.org, Role::HospitalAdmin), || {
+        RejectReason::unauthorized(format!("only an admin of {} approves this recovery", r.org))
+    })?;
+    r.approved_by = Some(cx.signer);
+    r.approved_ms = Some(cx.now);
+    let account = r.account;
+    st.put_obj(recovery_key(id), &r);
+    audit_recovery(st, cx, &account, "recovery_approved")
 }

@@ -360,3 +360,7 @@ pub fn shred_after(
     }
     Ok(out)
 }
+
+pub fn recovery(state: &impl StateRead, id: &GrantId) -> Result<Option<RecoveryState>> {
+    read_obj(state, &recovery_key(id))
+}

@@ -145,6 +145,21 @@ pub struct InviteState {
     pub used_by: Option<AccountId>,
 }
 
+pub fn recovery_key(id: &GrantId) -> Vec<u8> {
+    key(b"recov", &[&id.0.0])
+}
+
+/// An organisation-assisted recovery: requested by one admin, approved by another.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+pub struct RecoveryState {
+    pub account: AccountId,
+    pub org: OrgId,
+    pub requested_by: AccountId,
+    pub requested_ms: u64,
+    pub approved_by: Option<AccountId>,
+    pub approved_ms: Option<u64>,
+}
+
 pub const SUPPLY_KEY: &[u8] = b"sys/supply";
 pub const FEES_KEY: &[u8] = b"sys/fees";
 pub const ESCROW_KEY: &[u8] = b"sys/escrow";

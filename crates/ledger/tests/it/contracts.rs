@@ -28,6 +28,7 @@ const ACTORS: [&str; 12] = [
 const INVITE_SECRET: Digest32 = Digest32([0x1e; 32]);
 
 struct Fixtures {
+    recovery: GrantId,
     r1: RecordId,
     r2: RecordId,
     g_doc: GrantId,
@@ -88,10 +89,23 @@ fn matrix_world() -> (World, Fixtures) {
             expires_ms: w.now + 100 * HOUR,
         },
     );
+    // The consortium admin also administers `general`, so a recovery it requests can
+    // be approved by the other admin.
+    let admin_id = w.id("admin");
+    w.ok(
+        "admin",
+        Payload::AssignRole {
+            org: org(),
+            account: admin_id,
+            role: Role::HospitalAdmin,
+        },
+    );
+    let recovery = GrantId::from_tx(&w.ok("admin", Payload::RequestRecovery { account: patient }));
     w.now += 2 * HOUR;
     (
         w,
         Fixtures {
+            recovery,
             r1,
             r2,
             g_doc,
@@ -220,6 +234,10 @@ fn payload_for(kind: &str, actor: &str, w: &mut World, f: &Fixtures) -> Payload 
             secret: INVITE_SECRET,
             encryption_key: Digest32([9; 32]),
         },
+        "request_recovery" => Payload::RequestRecovery { account: patient },
+        "approve_recovery" => Payload::ApproveRecovery {
+            request: f.recovery,
+        },
         other => panic!("no payload for {other}"),
     }
 }
@@ -257,13 +275,17 @@ fn expected(kind: &str) -> [&'static str; 12] {
         "report_access" => only(&[10]),
         "propose_agreement" => only(&[5, 6]),
         "invite_patient" => only(&[0, 1, 3, 4]),
+        // Admins of the member's org; nobody for themself.
+        "request_recovery" => [OK, OK, "invalid", U, U, U, U, U, U, U, U, X],
+        // Only a second admin: the requester (admin) may not approve its own request.
+        "approve_recovery" => only(&[1]),
         // Through the invite; a patient of the org already is one.
         "register_invited" => ["invalid", OK, "conflict", OK, OK, OK, OK, OK, OK, OK, U, OK],
         other => panic!("no expectations for {other}"),
     }
 }
 
-const KINDS: [&str; 26] = [
+const KINDS: [&str; 28] = [
     "register_account",
     "anchor",
     "add_org",
@@ -290,6 +312,8 @@ const KINDS: [&str; 26] = [
     "complete_erasure",
     "invite_patient",
     "register_invited",
+    "request_recovery",
+    "approve_recovery",
 ];
 
 #[test]

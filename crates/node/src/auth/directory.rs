@@ -15,6 +15,7 @@ pub(super) const EMAILS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("e
 pub(super) const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("invites");
 pub(super) const VERIFY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("verify");
 pub(super) const API_TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("api_tokens");
+pub(super) const RESETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("resets");
 
 pub const DIRECTORY_VERSION: u8 = 1;
 
@@ -47,6 +48,10 @@ pub struct UserRecord {
     pub recovery: Vec<RecoverySlot>,
     pub email_verified: bool,
     pub totp: Option<TotpState>,
+    /// The account keys sealed for the organisation's recovery escrow (hex): opened
+    /// only after two admins have approved a recovery on the ledger.
+    #[serde(default)]
+    pub org_escrow: String,
     pub failed_logins: u32,
     pub last_failed_ms: u64,
     pub locked_until_ms: u64,
@@ -88,7 +93,7 @@ impl Directory {
         let db = Database::create(path).map_err(storage)?;
         let mut w = db.begin_write().map_err(storage)?;
         w.set_two_phase_commit(true);
-        for t in [USERS, EMAILS, INVITES, VERIFY, API_TOKENS] {
+        for t in [USERS, EMAILS, INVITES, VERIFY, API_TOKENS, RESETS] {
             w.open_table(t).map_err(storage)?;
         }
         w.commit().map_err(storage)?;
@@ -186,4 +191,12 @@ pub enum Op {
 
 pub fn json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("directory records serialize")
+}
+
+/// A pending organisation-assisted reset: the approved ledger request it rests on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResetRecord {
+    pub account: AccountId,
+    pub request: medledger_core::GrantId,
+    pub expires_ms: u64,
 }

@@ -18,7 +18,9 @@ use directory::*;
 use mail::{MailConfig, Mailer};
 use medledger_consensus::Batcher;
 use medledger_core::tx::{TX_VERSION, invite_commitment};
-use medledger_core::{AccountId, Digest32, OrgId, Payload, RejectReason, Role, SignedTx, TxBody};
+use medledger_core::{
+    AccountId, Digest32, GrantId, OrgId, Payload, RejectReason, Role, SignedTx, TxBody, TxHash,
+};
 use medledger_ledger::Ledger;
 use secrets::{LocalKey, token_hash};
 use serde::{Deserialize, Serialize};
@@ -151,6 +153,12 @@ impl std::fmt::Debug for Auth {
     }
 }
 
+fn escrow_aad(account: &AccountId) -> Vec<u8> {
+    let mut a = b"medledger/org-escrow/v1\0".to_vec();
+    a.extend_from_slice(&account.0);
+    a
+}
+
 fn now() -> u64 {
     crate::reporter::now_ms()
 }
@@ -201,7 +209,7 @@ impl Auth {
     }
 
     /// Signs with `keys` and submits through consensus, waiting for the outcome.
-    async fn submit(&self, keys: &AccountKeys, payload: Payload) -> Result<(), AuthError> {
+    async fn submit(&self, keys: &AccountKeys, payload: Payload) -> Result<TxHash, AuthError> {
         let signer = keys.account();
         let nonce = self
             .ledger
@@ -217,9 +225,10 @@ impl Auth {
             nonce,
             payload,
         };
+        let hash = body.hash();
         let tx: SignedTx = body.sign(&keys.signing);
         match self.batcher.submit(vec![tx.to_bytes()]).await.pop() {
-            Some(Ok(o)) => o.result.map(|_| ()).map_err(AuthError::Ledger),
+            Some(Ok(o)) => o.result.map(|_| hash).map_err(AuthError::Ledger),
             Some(Err(e)) => Err(AuthError::Internal(e.to_string())),
             None => Err(AuthError::Internal("no outcome".into())),
         }
@@ -362,6 +371,7 @@ impl Auth {
                 self.key
                     .seal(&serde_json::to_vec(&profile).expect("json"), &account.0)?,
             ),
+            org_escrow: self.escrow(&keys)?,
             keystore: sealed,
             recovery: slots,
             email_verified: false,
@@ -650,7 +660,126 @@ impl Auth {
         } else {
             Payload::RejectRegistration { account: *account }
         };
-        self.submit(&s.keys, payload).await
+        self.submit(&s.keys, payload).await.map(|_| ())
+    }
+
+    /// Seals the account keys into the organisation's recovery escrow.
+    fn escrow(&self, keys: &AccountKeys) -> Result<String, AuthError> {
+        let mut plain = keys.signing.to_bytes().to_vec();
+        plain.extend_from_slice(&keys.encryption_secret);
+        Ok(hex::encode(
+            self.key.seal(&plain, &escrow_aad(&keys.account()))?,
+        ))
+    }
+
+    fn open_escrow(&self, u: &UserRecord) -> Result<AccountKeys, AuthError> {
+        let sealed = hex::decode(&u.org_escrow)
+            .map_err(|_| AuthError::Forbidden("no recovery escrow".into()))?;
+        let plain = self.key.open(&sealed, &escrow_aad(&u.account))?;
+        if plain.len() != 64 {
+            return Err(AuthError::Internal("escrow".into()));
+        }
+        let keys = AccountKeys {
+            signing: ed25519_dalek::SigningKey::from_bytes(
+                plain[..32].try_into().expect("32 bytes"),
+            ),
+            encryption_secret: plain[32..].try_into().expect("32 bytes"),
+        };
+        if keys.account() != u.account {
+            return Err(AuthError::Internal("escrow holds another account".into()));
+        }
+        Ok(keys)
+    }
+
+    /// Organisation-assisted recovery, step 1: an org admin asks (on the ledger).
+    pub async fn request_recovery(&self, s: &Session, email: &str) -> Result<GrantId, AuthError> {
+        let u = self
+            .user_by_email(email)?
+            .ok_or_else(|| AuthError::Invalid("account".into()))?;
+        let hash = self
+            .submit(&s.keys, Payload::RequestRecovery { account: u.account })
+            .await?;
+        Ok(GrantId::from_tx(&hash))
+    }
+
+    /// Step 2: a second admin approves (on the ledger); the member gets a reset link.
+    pub async fn approve_recovery(&self, s: &Session, request: &GrantId) -> Result<(), AuthError> {
+        self.submit(&s.keys, Payload::ApproveRecovery { request: *request })
+            .await?;
+        let state = self
+            .ledger
+            .state()
+            .and_then(|st| medledger_ledger::contracts::query::recovery(&st, request))
+            .map_err(|e| AuthError::Internal(e.to_string()))?
+            .ok_or_else(|| AuthError::Internal("approved recovery not found".into()))?;
+        let u = self
+            .user(&state.account)?
+            .ok_or_else(|| AuthError::Invalid("account".into()))?;
+        let token = secrets::new_token()?;
+        self.dir.write(vec![Op::Put(
+            RESETS,
+            token_hash(&token).to_vec(),
+            json(&ResetRecord {
+                account: u.account,
+                request: *request,
+                expires_ms: now() + VERIFY_MS,
+            }),
+        )])?;
+        let email = self.profile(&u)?.email;
+        self.mailer
+            .send(
+                &email,
+                "Reset your medledger password",
+                &format!(
+                    "Two administrators of your organisation approved restoring your access.\nChoose a new password here (single use):\n{}\n",
+                    self.link("/auth/recovery/complete", &token)
+                ),
+            )
+            .await
+    }
+
+    /// Step 3: the member sets a new password; the same keys are re-sealed under it.
+    pub async fn complete_recovery(
+        &self,
+        token: &str,
+        new_password: &str,
+    ) -> Result<(), AuthError> {
+        let h = token_hash(token);
+        let r: ResetRecord = self.dir.get(RESETS, &h)?.ok_or(AuthError::BadLink)?;
+        if now() >= r.expires_ms {
+            return Err(AuthError::BadLink);
+        }
+        // The ledger must still say two different admins approved this very request.
+        let state = self
+            .ledger
+            .state()
+            .and_then(|st| medledger_ledger::contracts::query::recovery(&st, &r.request))
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let approved = state.is_some_and(|x| {
+            x.account == r.account && x.approved_by.is_some_and(|a| a != x.requested_by)
+        });
+        if !approved {
+            return Err(AuthError::BadLink);
+        }
+        let mut u = self.user(&r.account)?.ok_or(AuthError::BadLink)?;
+        let profile = self.profile(&u)?;
+        secrets::check_password(new_password, &[&profile.name, &profile.email])?;
+        let keys = self.open_escrow(&u)?;
+        let pw = new_password.to_owned();
+        u.keystore = tokio::task::spawn_blocking(move || keys.seal(pw.as_bytes()))
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        u.totp = None;
+        u.failed_logins = 0;
+        u.locked_until_ms = 0;
+        self.dir.write(vec![
+            Op::Put(USERS, u.account.0.to_vec(), json(&u)),
+            Op::Delete(RESETS, h.to_vec()),
+        ])?;
+        self.logout_all(&u.account)?;
+        tracing::info!(account = %u.account, "access restored by organisation-assisted recovery");
+        Ok(())
     }
 
     /// Re-opens the keystore with a one-time recovery code and seals it under a new
@@ -764,6 +893,7 @@ impl Auth {
                 "the ledger does not give this account role {role} in {org}"
             )));
         }
+        let escrow = self.escrow(&keys)?;
         let codes = secrets::recovery_codes()?;
         let pw = password.to_owned();
         let c2 = codes.clone();
@@ -796,6 +926,7 @@ impl Auth {
                 self.key
                     .seal(&serde_json::to_vec(&profile).expect("json"), &account.0)?,
             ),
+            org_escrow: escrow,
             keystore: sealed,
             recovery: slots,
             email_verified: false,
