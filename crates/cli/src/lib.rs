@@ -1,6 +1,7 @@
 //! The `medledger` commands. Each subcommand is a function over the node, ledger and
 //! client libraries; `main` stays thin.
 
+mod account;
 mod bench;
 mod blob;
 
@@ -46,6 +47,9 @@ pub enum Command {
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Self-custody keystores: new, show, import, export.
+    #[command(subcommand)]
+    Account(account::AccountCommand),
     /// Encrypted record store: put, get, verify and erase blobs.
     #[command(subcommand)]
     Blob(blob::BlobCommand),
@@ -131,6 +135,20 @@ pub struct ServeArgs {
     pub peer_rpc: bool,
     #[command(flatten)]
     pub store: blob::StoreArg,
+    /// Send mail over SMTP (lettre URL, e.g. smtps://user:pass@mail.example:465);
+    /// default: write it to <data-dir>/outbox. Prefer the environment for credentials.
+    #[arg(long, env = "MEDLEDGER_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender address for SMTP mail.
+    #[arg(
+        long,
+        env = "MEDLEDGER_SMTP_FROM",
+        default_value = "medledger <no-reply@localhost>"
+    )]
+    pub smtp_from: String,
+    /// How long patient invitation links stay valid, in ms.
+    #[arg(long, default_value_t = 72 * 3600 * 1000)]
+    pub invite_ttl_ms: u64,
     /// How often the node settles due work and shreds erased records, in ms.
     #[arg(long, default_value_t = 5000)]
     pub housekeeping_ms: u64,
@@ -254,6 +272,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Ledger(a)) => bench::ledger(a),
         Command::Bench(BenchCommand::Store(a)) => runtime()?.block_on(blob::bench(a)),
         Command::Blob(c) => runtime()?.block_on(blob::run(c)),
+        Command::Account(c) => account::run(c),
     }
 }
 
@@ -314,6 +333,13 @@ fn serve(a: ServeArgs) -> Result<()> {
     config.tls_key = a.tls_key;
     config.peer_rpc = a.peer_rpc;
     config.housekeeping = std::time::Duration::from_millis(a.housekeeping_ms.max(10));
+    config.invite_ttl = std::time::Duration::from_millis(a.invite_ttl_ms);
+    if let Some(url) = a.smtp_url {
+        config.mail = Some(medledger_node::auth::mail::MailConfig::Smtp {
+            url,
+            from: a.smtp_from,
+        });
+    }
     if a.store.url.is_some() {
         config.store = Some(a.store.config(&config.data_dir)?);
     }

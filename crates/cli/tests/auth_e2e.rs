@@ -160,6 +160,11 @@ async fn enable_mfa(h: &Http, s: &Signed) -> String {
 
 /// Org `general` with the consortium admin enrolled for web sign-in, verified, with MFA.
 async fn admin_signed_in(h: &Http, dir: &Path, node: &Node) -> Signed {
+    admin_with_codes(h, dir, node).await.0
+}
+
+/// As [`admin_signed_in`], also returning the admin's recovery codes.
+async fn admin_with_codes(h: &Http, dir: &Path, node: &Node) -> (Signed, Vec<String>) {
     let admin = admin(dir).account().to_did();
     let out = std::process::Command::new(BIN)
         .args(["tx", "submit", "--node", &node.url, "--data-dir"])
@@ -188,6 +193,7 @@ async fn admin_signed_in(h: &Http, dir: &Path, node: &Node) -> Signed {
         )
         .await;
     assert_eq!(st, 201, "{v}");
+    let codes: Vec<String> = serde_json::from_value(v["recovery_codes"].clone()).unwrap();
     verify(h, dir, "admin@hospital.example").await;
     let (s, v) = h
         .login("admin@hospital.example", STRONG, None)
@@ -195,7 +201,7 @@ async fn admin_signed_in(h: &Http, dir: &Path, node: &Node) -> Signed {
         .unwrap();
     assert_eq!(v["mfa_setup_required"], true);
     enable_mfa(h, &s).await;
-    s
+    (s, codes)
 }
 
 #[test]
@@ -512,6 +518,133 @@ fn organisation_assisted_recovery_needs_two_admins_and_keeps_records_readable() 
             .await
             .unwrap();
         assert_eq!(out, b"synthetic note for organisation recovery");
+    });
+    node.stop();
+}
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Self-custody keystores from the CLI (and a transaction they sign accepted), an
+/// expired invitation refused, and a recovery code standing in for a lost authenticator.
+#[test]
+fn self_custody_keystores_expired_invites_and_recovery_code_as_second_factor() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let node = start_with(&dir, &["--invite-ttl-ms", "400"]);
+    let p = |name: &str, text: &str| {
+        let f = root.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        f.to_str().unwrap().to_owned()
+    };
+    let (weak, strong, other) = (
+        p("weak", "password1234"),
+        p("strong", STRONG),
+        p("other", "violet harbour cinder 58 lattice"),
+    );
+    let ks = root.path().join("me.json");
+    let ks_s = ks.to_str().unwrap();
+    let (ok, out) = cli(&["account", "new", "--out", ks_s, "--password-file", &weak]);
+    assert!(!ok && out.contains("password rejected"), "{out}");
+    assert!(!ks.exists());
+    let (ok, out) = cli(&["account", "new", "--out", ks_s, "--password-file", &strong]);
+    assert!(ok, "{out}");
+    let did = serde_json::from_str::<Value>(out.trim()).unwrap()["account"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (ok, out) = cli(&["account", "show", ks_s]);
+    assert!(ok && out.contains(&did), "{out}");
+    let copy = root.path().join("copy.json");
+    let (ok, out) = cli(&[
+        "account",
+        "export",
+        ks_s,
+        "--password-file",
+        &other,
+        "--new-password-file",
+        &other,
+        "--out",
+        copy.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("wrong password"), "{out}");
+    let (ok, out) = cli(&[
+        "account",
+        "export",
+        ks_s,
+        "--password-file",
+        &strong,
+        "--new-password-file",
+        &other,
+        "--out",
+        copy.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains(&did), "{out}");
+    assert!(
+        KeystoreFile::read(&copy)
+            .unwrap()
+            .open(STRONG.as_bytes())
+            .is_err()
+    );
+    let secret = p("secret", &"11".repeat(64));
+    let (ok, out) = cli(&[
+        "account",
+        "import",
+        "--secret-file",
+        &secret,
+        "--out",
+        root.path().join("imp.json").to_str().unwrap(),
+        "--password-file",
+        &strong,
+    ]);
+    let want = AccountId(
+        ed25519_dalek::SigningKey::from_bytes(&[0x11; 32])
+            .verifying_key()
+            .to_bytes(),
+    )
+    .to_did();
+    assert!(ok && out.contains(&want), "{out}");
+
+    let rt = rt();
+    rt.block_on(async {
+        client(&node, &dir).await;
+        let h = Http {
+            c: medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap(),
+            url: node.url.clone(),
+        };
+        let (admin, codes) = admin_with_codes(&h, &dir, &node).await;
+        // The self-custody key signs its own registration locally; the node accepts it.
+        let (ok, out) = cli(&["tx", "submit", "--node", &node.url, "--data-dir", dir.to_str().unwrap(), "--keystore", ks_s, "--password-file", &strong,
+            "json", &format!(r#"{{"kind":"register","org":"general","role":"researcher","encryption_key":"{}"}}"#, "22".repeat(32))]);
+        assert!(ok && out.contains("committed"), "{out}");
+        let (_, acct) = h.get(&format!("/v1/accounts/{did}"), &[]).await;
+        assert_eq!(acct["pending"]["role"], "researcher");
+
+        // An invitation used after it expired is refused.
+        let (st, _, _) = h.post("/auth/invite", json!({"email": "late@home.example"}), Some(&admin)).await;
+        assert_eq!(st, 201);
+        let invite = mail_token(&dir, "late@home.example", "invite");
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+        let (st, v, _) = h
+            .post("/auth/register", json!({"name": "Late", "email": "late@home.example", "password": STRONG, "invite": invite}), None)
+            .await;
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some("invalid_link")));
+
+        // Lost authenticator: a recovery code works once as the second factor.
+        assert_eq!(h.login("admin@hospital.example", STRONG, Some("zzzzz-zzzzz")).await.err(), Some((401, "bad_code".into())));
+        let (s, _) = h.login("admin@hospital.example", STRONG, Some(&codes[0])).await.unwrap();
+        let (_, me) = h.get("/auth/me", &[("cookie", &s.cookie)]).await;
+        assert_eq!(me["recovery_codes_left"], 9);
+        assert_eq!(h.login("admin@hospital.example", STRONG, Some(&codes[0])).await.err(), Some((401, "bad_code".into())));
     });
     node.stop();
 }

@@ -70,9 +70,15 @@ impl Client {
         self.get("/v1/status").await
     }
 
+    /// The account's last used nonce; 0 for a key the ledger does not know yet (its
+    /// first transaction may register it).
     pub async fn account_nonce(&self, id: &AccountId) -> Result<u64> {
-        let v: serde_json::Value = self.get(&format!("/v1/accounts/{id}")).await?;
-        Ok(v["nonce"].as_u64().unwrap_or(0))
+        let (status, v) = self.get_raw(&format!("/v1/accounts/{id}"), &[]).await?;
+        match status {
+            200 => Ok(v["nonce"].as_u64().unwrap_or(0)),
+            404 => Ok(0),
+            s => Err(crate::NodeError::Http(format!("{s}: {v}"))),
+        }
     }
 
     pub async fn submit(&self, tx: &[u8]) -> Result<SubmitResult> {

@@ -41,6 +41,8 @@ pub struct ServeConfig {
     pub store: Option<medledger_store::StoreConfig>,
     /// Outgoing mail; default: files in `<data-dir>/outbox`.
     pub mail: Option<crate::auth::mail::MailConfig>,
+    /// How long patient invites stay valid.
+    pub invite_ttl: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -57,6 +59,7 @@ impl ServeConfig {
             housekeeping: std::time::Duration::from_secs(5),
             store: None,
             mail: None,
+            invite_ttl: std::time::Duration::from_millis(crate::auth::INVITE_MS),
         }
     }
 }
@@ -166,7 +169,8 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         config.mail.clone(),
         url.clone(),
     )
-    .map_err(|e| NodeError::Server(format!("sign-in directory: {e}")))?;
+    .map_err(|e| NodeError::Server(format!("sign-in directory: {e}")))?
+    .with_invite_ttl(config.invite_ttl.as_millis() as u64);
     let state = AppState {
         ledger: ledger.clone(),
         raft: raft.clone(),

@@ -145,6 +145,7 @@ pub struct Auth {
     batcher: Batcher,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     base_url: String,
+    invite_ms: u64,
 }
 
 impl std::fmt::Debug for Auth {
@@ -201,7 +202,14 @@ impl Auth {
             batcher,
             sessions: Mutex::new(HashMap::new()),
             base_url,
+            invite_ms: INVITE_MS,
         })
+    }
+
+    /// How long patient invites stay valid (default 72 hours).
+    pub fn with_invite_ttl(mut self, ms: u64) -> Self {
+        self.invite_ms = ms.max(1);
+        self
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
@@ -488,6 +496,22 @@ impl Auth {
             let Some(code) = code else {
                 return Err(AuthError::MfaRequired);
             };
+            // A one-time recovery code stands in for a lost authenticator.
+            if code.contains('-') {
+                let code = secrets::normalise_code(code);
+                let mut used = None;
+                for (i, slot) in u.recovery.iter().enumerate().filter(|(_, s)| !s.used) {
+                    if Self::open_keystore(&slot.keystore, &code).await.is_some() {
+                        used = Some(i);
+                        break;
+                    }
+                }
+                let Some(i) = used else {
+                    return Err(self.fail(u).map(|_| AuthError::BadCode)?);
+                };
+                u.recovery[i].used = true;
+                return self.start_session(u, keys, true);
+            }
             let secret = self.key.open(
                 &hex::decode(&t.secret).map_err(|_| AuthError::Internal("totp".into()))?,
                 &u.account.0,
@@ -504,6 +528,15 @@ impl Auth {
                 None => return Err(self.fail(u).map(|_| AuthError::BadCode)?),
             }
         }
+        self.start_session(u, keys, mfa_ok)
+    }
+
+    fn start_session(
+        &self,
+        mut u: UserRecord,
+        keys: AccountKeys,
+        mfa_ok: bool,
+    ) -> Result<LoginOk, AuthError> {
         u.failed_logins = 0;
         self.save(&u)?;
         let token = secrets::new_token()?;
@@ -614,7 +647,7 @@ impl Auth {
         }
         let secret = Digest32(secrets::random::<32>()?);
         let token = secrets::new_token()?;
-        let expires_ms = now() + INVITE_MS;
+        let expires_ms = now() + self.invite_ms;
         self.submit(
             &s.keys,
             Payload::InvitePatient {
