@@ -49,6 +49,7 @@ impl IntoResponse for AuthError {
             AuthError::BadLink => (StatusCode::BAD_REQUEST, "invalid_link"),
             AuthError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
             AuthError::Locked => (StatusCode::TOO_MANY_REQUESTS, "locked"),
+            AuthError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             AuthError::EmailUnverified => (StatusCode::FORBIDDEN, "email_unverified"),
             AuthError::PendingApproval => (StatusCode::FORBIDDEN, "pending_approval"),
             AuthError::MfaRequired => (StatusCode::UNAUTHORIZED, "mfa_required"),

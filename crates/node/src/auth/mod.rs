@@ -37,6 +37,9 @@ pub const SESSION_MS: u64 = 8 * 3600 * 1000;
 pub const INVITE_MS: u64 = 72 * 3600 * 1000;
 pub const VERIFY_MS: u64 = 48 * 3600 * 1000;
 pub const MAX_TOKEN_MS: u64 = 90 * 24 * 3600 * 1000;
+/// Sign-in and recovery attempts the whole node accepts per second (and in a burst).
+pub const ATTEMPTS_PER_S: f64 = 20.0;
+pub const ATTEMPTS_BURST: f64 = 100.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -52,6 +55,8 @@ pub enum AuthError {
     BadCredentials,
     #[error("too many failed sign-ins; try again later")]
     Locked,
+    #[error("too many sign-in attempts on this node; slow down")]
+    RateLimited,
     #[error("verify your email address first (see the link we sent)")]
     EmailUnverified,
     #[error("your registration is waiting for an administrator's approval")]
@@ -146,6 +151,7 @@ pub struct Auth {
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     base_url: String,
     invite_ms: u64,
+    attempts: secrets::RateLimiter,
 }
 
 impl std::fmt::Debug for Auth {
@@ -203,6 +209,7 @@ impl Auth {
             sessions: Mutex::new(HashMap::new()),
             base_url,
             invite_ms: INVITE_MS,
+            attempts: secrets::RateLimiter::new(ATTEMPTS_PER_S, ATTEMPTS_BURST),
         })
     }
 
@@ -466,12 +473,21 @@ impl Auth {
         Ok(AuthError::BadCredentials)
     }
 
+    fn attempt(&self) -> Result<(), AuthError> {
+        if self.attempts.allow() {
+            Ok(())
+        } else {
+            Err(AuthError::RateLimited)
+        }
+    }
+
     pub async fn login(
         &self,
         email: &str,
         password: &str,
         code: Option<&str>,
     ) -> Result<LoginOk, AuthError> {
+        self.attempt()?;
         let Some(mut u) = self.user_by_email(email)? else {
             return Err(AuthError::BadCredentials);
         };
@@ -823,6 +839,7 @@ impl Auth {
         code: &str,
         new_password: &str,
     ) -> Result<(), AuthError> {
+        self.attempt()?;
         let Some(mut u) = self.user_by_email(email)? else {
             return Err(AuthError::BadRecoveryCode);
         };
