@@ -142,6 +142,41 @@ pub fn mfa_required(role: Role) -> bool {
     matches!(role, Role::Doctor | Role::Nurse | Role::HospitalAdmin)
 }
 
+/// Account keys sealed under the password and under each new recovery code.
+struct Sealed {
+    keystore: KeystoreFile,
+    slots: Vec<RecoverySlot>,
+    codes: Vec<String>,
+}
+
+/// Argon2id once for the password and once per recovery code: off the async threads.
+async fn seal_all(keys: AccountKeys, password: String) -> Result<(AccountKeys, Sealed), AuthError> {
+    let codes = secrets::recovery_codes()?;
+    tokio::task::spawn_blocking(move || {
+        let seal = |p: &[u8]| keys.seal(p).map_err(|e| AuthError::Internal(e.to_string()));
+        let keystore = seal(password.as_bytes())?;
+        let slots = codes
+            .iter()
+            .map(|c| {
+                Ok(RecoverySlot {
+                    used: false,
+                    keystore: seal(c.as_bytes())?,
+                })
+            })
+            .collect::<Result<Vec<_>, AuthError>>()?;
+        Ok((
+            keys,
+            Sealed {
+                keystore,
+                slots,
+                codes,
+            },
+        ))
+    })
+    .await
+    .map_err(|e| AuthError::Internal(e.to_string()))?
+}
+
 pub struct Auth {
     dir: Directory,
     mailer: Mailer,
@@ -317,28 +352,7 @@ impl Auth {
                 (org, role, None)
             }
         };
-        // Argon2id for the password and each recovery code: off the async threads.
-        let codes = secrets::recovery_codes()?;
-        let (keys, sealed, slots) = {
-            let password = req.password.clone();
-            let codes = codes.clone();
-            tokio::task::spawn_blocking(move || -> Result<_, AuthError> {
-                let seal = |p: &[u8]| keys.seal(p).map_err(|e| AuthError::Internal(e.to_string()));
-                let sealed = seal(password.as_bytes())?;
-                let slots = codes
-                    .iter()
-                    .map(|c| {
-                        Ok(RecoverySlot {
-                            used: false,
-                            keystore: seal(c.as_bytes())?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, AuthError>>()?;
-                Ok((keys, sealed, slots))
-            })
-            .await
-            .map_err(|e| AuthError::Internal(e.to_string()))??
-        };
+        let (keys, sealed) = seal_all(keys, req.password.clone()).await?;
         // The ledger first: if it refuses, nothing is stored here.
         match &invite {
             Some((_, inv)) => {
@@ -373,9 +387,43 @@ impl Auth {
             }
         }
         let account = keys.account();
+        let extra = invite
+            .map(|(h, mut inv)| {
+                inv.used = true;
+                Op::Put(INVITES, h.to_vec(), json(&inv))
+            })
+            .into_iter()
+            .collect();
+        let codes = self
+            .create_user(&keys, sealed, &req.name, &req.email, &org, role, extra)
+            .await?;
+        tracing::info!(%account, role = %role, "account registered");
+        Ok(Registered {
+            account,
+            role,
+            org,
+            recovery_codes: codes,
+        })
+    }
+
+    /// Stores a new person (keys sealed under their password and recovery codes, the
+    /// escrow, the sealed profile), indexes the email, and mails a verification link.
+    /// Returns the recovery codes to show once.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_user(
+        &self,
+        keys: &AccountKeys,
+        sealed: Sealed,
+        name: &str,
+        email: &str,
+        org: &OrgId,
+        role: Role,
+        extra: Vec<Op>,
+    ) -> Result<Vec<String>, AuthError> {
+        let account = keys.account();
         let profile = Profile {
-            name: req.name.trim().to_owned(),
-            email: req.email.trim().to_owned(),
+            name: name.trim().to_owned(),
+            email: email.trim().to_owned(),
         };
         let user = UserRecord {
             version: DIRECTORY_VERSION,
@@ -386,9 +434,9 @@ impl Auth {
                 self.key
                     .seal(&serde_json::to_vec(&profile).expect("json"), &account.0)?,
             ),
-            org_escrow: self.escrow(&keys)?,
-            keystore: sealed,
-            recovery: slots,
+            org_escrow: self.escrow(keys)?,
+            keystore: sealed.keystore,
+            recovery: sealed.slots,
             email_verified: false,
             totp: None,
             failed_logins: 0,
@@ -400,7 +448,7 @@ impl Auth {
         let mut ops = vec![
             Op::PutNew(
                 EMAILS,
-                self.key.email_token(&req.email).to_vec(),
+                self.key.email_token(email).to_vec(),
                 account.0.to_vec(),
             ),
             Op::Put(USERS, account.0.to_vec(), json(&user)),
@@ -413,10 +461,7 @@ impl Auth {
                 }),
             ),
         ];
-        if let Some((h, mut inv)) = invite {
-            inv.used = true;
-            ops.push(Op::Put(INVITES, h.to_vec(), json(&inv)));
-        }
+        ops.extend(extra);
         self.dir.write(ops)?;
         self.mailer
             .send(
@@ -428,13 +473,7 @@ impl Auth {
                 ),
             )
             .await?;
-        tracing::info!(%account, role = %role, "account registered");
-        Ok(Registered {
-            account,
-            role,
-            org,
-            recovery_codes: codes,
-        })
+        Ok(sealed.codes)
     }
 
     pub fn verify_email(&self, token: &str) -> Result<(), AuthError> {
@@ -943,75 +982,9 @@ impl Auth {
                 "the ledger does not give this account role {role} in {org}"
             )));
         }
-        let escrow = self.escrow(&keys)?;
-        let codes = secrets::recovery_codes()?;
-        let pw = password.to_owned();
-        let c2 = codes.clone();
-        let (sealed, slots) = tokio::task::spawn_blocking(move || -> Result<_, AuthError> {
-            let seal = |p: &[u8]| keys.seal(p).map_err(|e| AuthError::Internal(e.to_string()));
-            Ok((
-                seal(pw.as_bytes())?,
-                c2.iter()
-                    .map(|c| {
-                        Ok(RecoverySlot {
-                            used: false,
-                            keystore: seal(c.as_bytes())?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, AuthError>>()?,
-            ))
-        })
-        .await
-        .map_err(|e| AuthError::Internal(e.to_string()))??;
-        let profile = Profile {
-            name: name.trim().into(),
-            email: email.trim().into(),
-        };
-        let user = UserRecord {
-            version: DIRECTORY_VERSION,
-            account,
-            org: org.clone(),
-            role,
-            profile: hex::encode(
-                self.key
-                    .seal(&serde_json::to_vec(&profile).expect("json"), &account.0)?,
-            ),
-            org_escrow: escrow,
-            keystore: sealed,
-            recovery: slots,
-            email_verified: false,
-            totp: None,
-            failed_logins: 0,
-            last_failed_ms: 0,
-            locked_until_ms: 0,
-            created_ms: now(),
-        };
-        let verify = secrets::new_token()?;
-        self.dir.write(vec![
-            Op::PutNew(
-                EMAILS,
-                self.key.email_token(email).to_vec(),
-                account.0.to_vec(),
-            ),
-            Op::Put(USERS, account.0.to_vec(), json(&user)),
-            Op::Put(
-                VERIFY,
-                token_hash(&verify).to_vec(),
-                json(&Expiring {
-                    account,
-                    expires_ms: now() + VERIFY_MS,
-                }),
-            ),
-        ])?;
-        self.mailer
-            .send(
-                email,
-                "Verify your medledger email address",
-                &format!(
-                    "Open this link to verify your address:\n{}\n",
-                    self.link("/auth/verify", &verify)
-                ),
-            )
+        let (keys, sealed) = seal_all(keys, password.to_owned()).await?;
+        let codes = self
+            .create_user(&keys, sealed, name, email, &org, role, Vec::new())
             .await?;
         Ok(Registered {
             account,
