@@ -266,6 +266,17 @@ fn contracts_through_cli_json_api_and_audited_access() {
         assert_eq!(code, 200);
         assert_eq!(doc["openapi"], "3.0.3");
         assert!(doc["paths"]["/v1/decision"].is_object());
+        assert!(doc["paths"]["/auth/login"].is_object());
+        // An independent validator (PyPI openapi-spec-validator) accepts the document.
+        let spec = std::env::temp_dir().join(format!("medledger-openapi-{}.json", std::process::id()));
+        std::fs::write(&spec, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import json,sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('valid')"])
+            .arg(&spec)
+            .output()
+            .expect("python3 with openapi-spec-validator");
+        let _ = std::fs::remove_file(&spec);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     });
     let (ok, out) = cli(
         &dir,
