@@ -109,6 +109,47 @@ fn mail_token(dir: &Path, to: &str, param: &str) -> String {
     panic!("no mail to {to}");
 }
 
+/// Encrypts `text` into the node's record store for `reader` (and the admin) with the
+/// CLI; returns its CID.
+fn put_blob_for(
+    root: &Path,
+    dir: &Path,
+    reader: &AccountId,
+    enc: &str,
+    text: &str,
+) -> medledger_core::Cid {
+    let note = root.join("note.txt");
+    std::fs::write(&note, text).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["blob", "put"])
+        .arg(&note)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--password-file")
+        .arg(root.join("pw"))
+        .args(["--reader", &format!("{}={enc}", reader.to_did())])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["cid"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A sign-in client for a running node that trusts its self-signed certificate.
+fn http(node: &Node, dir: &Path) -> Http {
+    Http {
+        c: medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap(),
+        url: node.url.clone(),
+    }
+}
+
 fn code_at(secret_b32: &str, offset_s: i64) -> String {
     let secret = data_encoding::BASE32_NOPAD
         .decode(secret_b32.as_bytes())
@@ -212,10 +253,7 @@ fn clinician_registers_is_approved_signs_in_and_sets_up_mfa() {
     let rt = rt();
     rt.block_on(async {
         client(&node, &dir).await;
-        let h = Http {
-            c: medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap(),
-            url: node.url.clone(),
-        };
+        let h = http(&node, &dir);
         let admin = admin_signed_in(&h, &dir, &node).await;
 
         // Weak passwords are refused, and nothing is created.
@@ -297,10 +335,7 @@ fn patient_invite_register_mfa_sign_out_and_recovery_keep_records_readable() {
     let rt = rt();
     rt.block_on(async {
         client(&node, &dir).await;
-        let h = Http {
-            c: medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap(),
-            url: node.url.clone(),
-        };
+        let h = http(&node, &dir);
         let admin = admin_signed_in(&h, &dir, &node).await;
         let (st, v, _) = h.post("/auth/invite", json!({"email": "pat@home.example"}), Some(&admin)).await;
         assert_eq!(st, 201, "{v}");
@@ -335,24 +370,7 @@ fn patient_invite_register_mfa_sign_out_and_recovery_keep_records_readable() {
 
         // A record encrypted for the patient's ledger key before any recovery.
         let enc = acct["encryption_key"].as_str().unwrap().to_owned();
-        let note = root.path().join("note.txt");
-        std::fs::write(&note, "synthetic note for recovery test").unwrap();
-        let out = std::process::Command::new(BIN)
-            .args(["blob", "put"])
-            .arg(&note)
-            .arg("--data-dir")
-            .arg(&dir)
-            .arg("--password-file")
-            .arg(root.path().join("pw"))
-            .args(["--reader", &format!("{}={enc}", patient.to_did())])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let cid: medledger_core::Cid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["cid"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let cid = put_blob_for(root.path(), &dir, &patient, &enc, "synthetic note for recovery test");
 
         // MFA on, then the story again with the second factor.
         let secret = enable_mfa(&h, &s1).await;
@@ -434,10 +452,7 @@ fn organisation_assisted_recovery_needs_two_admins_and_keeps_records_readable() 
     let rt = rt();
     rt.block_on(async {
         client(&node, &dir).await;
-        let h = Http {
-            c: medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap(),
-            url: node.url.clone(),
-        };
+        let h = http(&node, &dir);
         let admin = admin_signed_in(&h, &dir, &node).await;
         // A second hospital admin registers and is approved.
         let (st, v, _) = h
@@ -463,20 +478,7 @@ fn organisation_assisted_recovery_needs_two_admins_and_keeps_records_readable() 
         verify(&h, &dir, "rita@home.example").await;
         let (_, acct) = h.get(&format!("/v1/accounts/{}", rita.to_did()), &[]).await;
         let enc = acct["encryption_key"].as_str().unwrap().to_owned();
-        let note = root.path().join("note.txt");
-        std::fs::write(&note, "synthetic note for organisation recovery").unwrap();
-        let out = std::process::Command::new(BIN)
-            .args(["blob", "put"])
-            .arg(&note)
-            .arg("--data-dir")
-            .arg(&dir)
-            .arg("--password-file")
-            .arg(root.path().join("pw"))
-            .args(["--reader", &format!("{}={enc}", rita.to_did())])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        let cid: medledger_core::Cid = serde_json::from_slice::<Value>(&out.stdout).unwrap()["cid"].as_str().unwrap().parse().unwrap();
+        let cid = put_blob_for(root.path(), &dir, &rita, &enc, "synthetic note for organisation recovery");
 
         // Rita forgets her password and her recovery codes.
         let (st, v, _) = h.post("/auth/recovery/request", json!({"email": "rita@home.example"}), Some(&admin)).await;
@@ -617,10 +619,7 @@ fn self_custody_keystores_expired_invites_and_recovery_code_as_second_factor() {
     let rt = rt();
     rt.block_on(async {
         client(&node, &dir).await;
-        let h = Http {
-            c: medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap(),
-            url: node.url.clone(),
-        };
+        let h = http(&node, &dir);
         let (admin, codes) = admin_with_codes(&h, &dir, &node).await;
         // The self-custody key signs its own registration locally; the node accepts it.
         let (ok, out) = cli(&["tx", "submit", "--node", &node.url, "--data-dir", dir.to_str().unwrap(), "--keystore", ks_s, "--password-file", &strong,

@@ -81,6 +81,19 @@ pub(crate) fn merge_scan(
     merged.into_iter().collect()
 }
 
+/// The part of a key-ordered scan after `start_after`, at most `limit` entries.
+pub(crate) fn page(
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    start_after: Option<&[u8]>,
+    limit: usize,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    entries
+        .into_iter()
+        .filter(|(k, _)| start_after.is_none_or(|s| k.as_slice() > s))
+        .take(limit)
+        .collect()
+}
+
 /// Pending writes over a base state. Iterating `writes` yields keys in sorted order,
 /// which is the order the state digest commits to.
 pub struct Overlay<'a, S: StateRead> {
@@ -140,11 +153,7 @@ impl<S: StateRead> StateRead for Overlay<'_, S> {
         start_after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        Ok(Overlay::scan(self, prefix)?
-            .into_iter()
-            .filter(|(k, _)| start_after.is_none_or(|s| k.as_slice() > s))
-            .take(limit)
-            .collect())
+        Ok(page(Overlay::scan(self, prefix)?, start_after, limit))
     }
 }
 

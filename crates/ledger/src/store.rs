@@ -8,7 +8,7 @@
 
 use crate::contracts::{self, BlockCtx, state::AccountState};
 use crate::error::{LedgerError, Result};
-use crate::exec::{Overlay, StateRead, Writes, merge_scan};
+use crate::exec::{Overlay, StateRead, Writes, merge_scan, page};
 use borsh::{BorshDeserialize, BorshSerialize};
 use medledger_core::block::BLOCK_VERSION;
 use medledger_core::hash::StateDigest;
@@ -238,11 +238,11 @@ impl<S: StateRead> StateRead for Layered<'_, S> {
         start_after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        Ok(merge_scan(self.base.scan(prefix)?, self.pending, prefix)
-            .into_iter()
-            .filter(|(k, _)| start_after.is_none_or(|s| k.as_slice() > s))
-            .take(limit)
-            .collect())
+        Ok(page(
+            merge_scan(self.base.scan(prefix)?, self.pending, prefix),
+            start_after,
+            limit,
+        ))
     }
 }
 

@@ -22,6 +22,33 @@ fn require_admin_of<S: StateRead>(st: &Overlay<'_, S>, cx: &Ctx<'_>, org: &OrgId
     )
 }
 
+/// Gives `account` `role` in `org` and indexes the membership; the caller stores `a`.
+fn add_membership<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    account: &AccountId,
+    a: &mut AccountState,
+    org: &OrgId,
+    role: Role,
+) {
+    a.roles.push(Membership {
+        org: org.clone(),
+        role,
+    });
+    st.put(member_key(org, account, role), Vec::new());
+}
+
+/// A new key introducing itself with its first transaction takes the encryption key
+/// it names; a known account keeps its own.
+fn adopt_new_key(me: &mut AccountState, encryption_key: &Digest32) -> R {
+    if me.nonce == 1 && me.encryption_key == Digest32::ZERO && me.roles.is_empty() {
+        ensure(*encryption_key != Digest32::ZERO, || {
+            RejectReason::invalid("an encryption key is required")
+        })?;
+        me.encryption_key = *encryption_key;
+    }
+    Ok(())
+}
+
 pub(super) fn register_account<S: StateRead>(
     st: &mut Overlay<'_, S>,
     _cx: &Ctx<'_>,
@@ -63,12 +90,8 @@ pub(super) fn add_org<S: StateRead>(
         RejectReason::invalid("a node key cannot hold roles")
     })?;
     st.put_obj(org_key(org), &OrgState { created_ms: cx.now });
-    a.roles.push(Membership {
-        org: org.clone(),
-        role: Role::HospitalAdmin,
-    });
+    add_membership(st, admin, &mut a, org, Role::HospitalAdmin);
     st.put_obj(account_key(admin), &a);
-    st.put(member_key(org, admin, Role::HospitalAdmin), Vec::new());
     Ok(())
 }
 
@@ -88,12 +111,8 @@ pub(super) fn assign_role<S: StateRead>(
     ensure(!a.has_role_in(org, role), || {
         RejectReason::conflict(format!("already has role {role} in {org}"))
     })?;
-    a.roles.push(Membership {
-        org: org.clone(),
-        role,
-    });
+    add_membership(st, account, &mut a, org, role);
     st.put_obj(account_key(account), &a);
-    st.put(member_key(org, account, role), Vec::new());
     Ok(())
 }
 
@@ -125,13 +144,7 @@ pub(super) fn register<S: StateRead>(
 ) -> R {
     require_org(st, org)?;
     let mut me = signer_state(st, cx)?;
-    if me.nonce == 1 && me.encryption_key == Digest32::ZERO && me.roles.is_empty() {
-        // A new key introducing itself (its first transaction).
-        ensure(*encryption_key != Digest32::ZERO, || {
-            RejectReason::invalid("an encryption key is required")
-        })?;
-        me.encryption_key = *encryption_key;
-    }
+    adopt_new_key(&mut me, encryption_key)?;
     ensure(!me.consortium_admin && !me.node, || {
         RejectReason::invalid("this account cannot register")
     })?;
@@ -174,8 +187,7 @@ pub(super) fn decide<S: StateRead>(
             let fees = super::counter(st, FEES_KEY)?;
             st.put_obj(FEES_KEY.to_vec(), &(fees + fee));
         }
-        a.roles.push(m.clone());
-        st.put(member_key(&m.org, account, m.role), Vec::new());
+        add_membership(st, account, &mut a, &m.org, m.role);
     }
     a.pending = None;
     st.put_obj(account_key(account), &a);
@@ -239,21 +251,12 @@ pub(super) fn register_invited<S: StateRead>(
     ensure(!me.consortium_admin && !me.node, || {
         RejectReason::invalid("this account cannot register")
     })?;
-    if me.nonce == 1 && me.encryption_key == Digest32::ZERO && me.roles.is_empty() {
-        ensure(*encryption_key != Digest32::ZERO, || {
-            RejectReason::invalid("an encryption key is required")
-        })?;
-        me.encryption_key = *encryption_key;
-    }
+    adopt_new_key(&mut me, encryption_key)?;
     ensure(!me.has_role_in(&inv.org, Role::Patient), || {
         RejectReason::conflict(format!("already a patient of {}", inv.org))
     })?;
-    me.roles.push(Membership {
-        org: inv.org.clone(),
-        role: Role::Patient,
-    });
+    add_membership(st, &cx.signer, &mut me, &inv.org, Role::Patient);
     st.put_obj(account_key(&cx.signer), &me);
-    st.put(member_key(&inv.org, &cx.signer, Role::Patient), Vec::new());
     inv.used_by = Some(cx.signer);
     st.put_obj(invite_key(&commitment), &inv);
     Ok(())

@@ -499,6 +499,23 @@ impl Auth {
             .flatten()
     }
 
+    /// The first unused recovery slot that `code` opens, with the keys it holds.
+    async fn open_with_recovery_code(u: &UserRecord, code: &str) -> Option<(usize, AccountKeys)> {
+        let code = secrets::normalise_code(code);
+        for (i, slot) in u.recovery.iter().enumerate().filter(|(_, s)| !s.used) {
+            if let Some(keys) = Self::open_keystore(&slot.keystore, &code).await {
+                return Some((i, keys));
+            }
+        }
+        None
+    }
+
+    /// The account's TOTP generator, from its sealed secret.
+    fn totp_of(&self, account: &AccountId, t: &TotpState) -> Result<totp_rs::Totp, AuthError> {
+        let sealed = hex::decode(&t.secret).map_err(|_| AuthError::Internal("totp".into()))?;
+        secrets::totp(&self.key.open(&sealed, &account.0)?)
+    }
+
     fn fail(&self, mut u: UserRecord) -> Result<AuthError, AuthError> {
         let t = now();
         u.failed_logins += 1;
@@ -553,25 +570,13 @@ impl Auth {
             };
             // A one-time recovery code stands in for a lost authenticator.
             if code.contains('-') {
-                let code = secrets::normalise_code(code);
-                let mut used = None;
-                for (i, slot) in u.recovery.iter().enumerate().filter(|(_, s)| !s.used) {
-                    if Self::open_keystore(&slot.keystore, &code).await.is_some() {
-                        used = Some(i);
-                        break;
-                    }
-                }
-                let Some(i) = used else {
+                let Some((i, _)) = Self::open_with_recovery_code(&u, code).await else {
                     return Err(self.fail(u).map(|_| AuthError::BadCode)?);
                 };
                 u.recovery[i].used = true;
                 return self.start_session(u, keys, true);
             }
-            let secret = self.key.open(
-                &hex::decode(&t.secret).map_err(|_| AuthError::Internal("totp".into()))?,
-                &u.account.0,
-            )?;
-            let totp = secrets::totp(&secret)?;
+            let totp = self.totp_of(&u.account, &t)?;
             match secrets::check_totp(&totp, code, now() / 1000, t.last_step) {
                 Some(step) => {
                     u.totp = Some(TotpState {
@@ -671,11 +676,7 @@ impl Auth {
     pub fn totp_confirm(&self, token: &str, s: &Session, code: &str) -> Result<(), AuthError> {
         let mut u = self.user(&s.account)?.ok_or(AuthError::NoSession)?;
         let t = u.totp.clone().ok_or(AuthError::MfaSetupRequired)?;
-        let secret = self.key.open(
-            &hex::decode(&t.secret).map_err(|_| AuthError::Internal("totp".into()))?,
-            &u.account.0,
-        )?;
-        let totp = secrets::totp(&secret)?;
+        let totp = self.totp_of(&u.account, &t)?;
         let step = secrets::check_totp(&totp, code, now() / 1000, t.last_step)
             .ok_or(AuthError::BadCode)?;
         u.totp = Some(TotpState {
@@ -887,15 +888,7 @@ impl Auth {
         }
         let profile = self.profile(&u)?;
         secrets::check_password(new_password, &[&profile.name, &profile.email])?;
-        let code = secrets::normalise_code(code);
-        let mut found = None;
-        for (i, slot) in u.recovery.iter().enumerate().filter(|(_, s)| !s.used) {
-            if let Some(k) = Self::open_keystore(&slot.keystore, &code).await {
-                found = Some((i, k));
-                break;
-            }
-        }
-        let Some((i, keys)) = found else {
+        let Some((i, keys)) = Self::open_with_recovery_code(&u, code).await else {
             return Err(self.fail(u).map(|_| AuthError::BadRecoveryCode)?);
         };
         let pw = new_password.to_owned();
