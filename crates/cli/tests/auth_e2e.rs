@@ -434,13 +434,6 @@ fn patient_invite_register_mfa_sign_out_and_recovery_keep_records_readable() {
     node.stop();
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Organisation-assisted recovery: one admin requests, the same admin cannot approve,
 /// a second admin approves (both on the ledger, both in the audit trail); the patient
 /// sets a new password from the mailed link and every earlier record stays readable.

@@ -293,13 +293,6 @@ fn contracts_through_cli_json_api_and_audited_access() {
     );
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// A patient's erasure request on the ledger makes the node delete the record's
 /// ciphertext and key envelopes from its record store; reads then say "erased".
 #[test]

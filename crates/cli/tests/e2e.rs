@@ -20,13 +20,6 @@ fn anchor(n: u64) -> Payload {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn rejections_over_http_change_nothing_and_proofs_verify_via_cli() {
     let tmp = tempfile::tempdir().unwrap();

@@ -114,3 +114,11 @@ pub fn sign(keys: &AccountKeys, chain: &str, nonce: u64, payload: Payload) -> Ve
     .sign(&keys.signing)
     .to_bytes()
 }
+
+/// A multi-threaded runtime for tests that drive the node with async clients.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
