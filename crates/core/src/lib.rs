@@ -18,6 +18,6 @@ pub use ids::{AccountId, BlockHash, ChainId, NodeKey, TxHash};
 pub use keys::NodeSigner;
 pub use model::{
     AccessReport, AgreementId, BreakGlassId, Category, Cid, EmergencyReason, ErasureTarget,
-    GrantId, Grantee, MessageId, OrgId, Purpose, RecordId, RetentionRule, Role, Scope,
+    GrantId, Grantee, MessageId, OrgId, Purpose, RecordId, RecordWrite, RetentionRule, Role, Scope,
 };
 pub use tx::{MAX_TX_BYTES, Payload, SignedTx, TxBody};

@@ -450,6 +450,38 @@ pub struct AccessReport {
     pub reason: String,
 }
 
+/// One item of a `WriteRecords` transaction.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RecordWrite {
+    Add {
+        patient: AccountId,
+        category: Category,
+        cid: Cid,
+        content_hash: Digest32,
+        size: u64,
+    },
+    Amend {
+        record: RecordId,
+        cid: Cid,
+        content_hash: Digest32,
+        size: u64,
+    },
+}
+
+/// Most items one `WriteRecords` transaction may carry.
+pub const MAX_RECORD_WRITES: usize = 1000;
+
+impl RecordId {
+    /// The id of the record added by item `index` of a `WriteRecords` transaction.
+    pub fn in_batch(tx: &TxHash, index: u32) -> Self {
+        RecordId(crate::hash::tagged(
+            b"medledger/record-in-batch/v1\0",
+            &[&tx.0.0, &index.to_be_bytes()],
+        ))
+    }
+}
+
 /// Most access reports one transaction may carry.
 pub const MAX_ACCESS_REPORTS: usize = 100;
 

@@ -7,7 +7,7 @@ use crate::hash::{Digest32, TAG_TX, tagged};
 use crate::ids::{AccountId, ChainId, TxHash};
 use crate::model::{
     AccessReport, AgreementId, Category, Cid, EmergencyReason, ErasureTarget, GrantId, Grantee,
-    MessageId, OrgId, Purpose, RecordId, Role, Scope,
+    MessageId, OrgId, Purpose, RecordId, RecordWrite, Role, Scope,
 };
 use borsh::{BorshDeserialize, BorshSerialize};
 use ed25519_dalek::{Signature, Signer, SigningKey};
@@ -180,6 +180,12 @@ pub enum Payload {
     ApproveRecovery {
         request: GrantId,
     },
+    /// Several record additions and amendments that succeed or fail together (a FHIR
+    /// transaction Bundle). Each item obeys the rules of `AddRecord`/`AmendRecord`;
+    /// the record added by item `i` has id `RecordId::in_batch(tx hash, i)`.
+    WriteRecords {
+        items: Vec<RecordWrite>,
+    },
 }
 
 /// Domain tag of invite commitments.
@@ -222,6 +228,7 @@ impl Payload {
             Payload::RegisterInvited { .. } => "register_invited",
             Payload::RequestRecovery { .. } => "request_recovery",
             Payload::ApproveRecovery { .. } => "approve_recovery",
+            Payload::WriteRecords { .. } => "write_records",
         }
     }
 }

@@ -18,7 +18,7 @@ pub mod state;
 use crate::error::{LedgerError, Result};
 use crate::exec::{Overlay, StateRead, read_obj};
 use medledger_core::{
-    AccountId, ContractParams, Genesis, Payload, RejectReason, Role, SignedTx, TxHash,
+    AccountId, ContractParams, Genesis, Payload, RecordId, RejectReason, Role, SignedTx, TxHash,
 };
 use state::*;
 use std::collections::BTreeMap;
@@ -190,7 +190,17 @@ fn run<S: StateRead>(
             cid,
             content_hash,
             size,
-        } => records::add(st, &cx, patient, category, cid, content_hash, *size),
+        } => records::add(
+            st,
+            &cx,
+            RecordId::from_tx(&cx.hash),
+            patient,
+            category,
+            cid,
+            content_hash,
+            *size,
+        ),
+        Payload::WriteRecords { items } => records::write_many(st, &cx, items),
         Payload::AmendRecord {
             record,
             cid,

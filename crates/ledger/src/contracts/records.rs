@@ -5,7 +5,8 @@ use super::decision::may_write;
 use super::state::*;
 use super::{Ctx, R, ensure, patient_account};
 use crate::exec::{Overlay, StateRead};
-use medledger_core::{AccountId, Category, Cid, Digest32, RecordId, RejectReason};
+use medledger_core::model::MAX_RECORD_WRITES;
+use medledger_core::{AccountId, Category, Cid, Digest32, RecordId, RecordWrite, RejectReason};
 
 fn writer_denied() -> RejectReason {
     RejectReason::unauthorized(
@@ -17,6 +18,7 @@ fn writer_denied() -> RejectReason {
 pub(super) fn add<S: StateRead>(
     st: &mut Overlay<'_, S>,
     cx: &Ctx<'_>,
+    id: RecordId,
     patient: &AccountId,
     category: &Category,
     cid: &Cid,
@@ -29,7 +31,6 @@ pub(super) fn add<S: StateRead>(
         may_write(st, &cx.signer, patient, category, None, cx.now)?.is_some(),
         writer_denied,
     )?;
-    let id = RecordId::from_tx(&cx.hash);
     st.put_obj(
         record_key(&id),
         &RecordState {
@@ -97,4 +98,38 @@ fn put_version<S: StateRead>(
             tx: cx.hash,
         },
     );
+}
+
+/// All items or none: they run in the transaction's overlay, which is dropped on the
+/// first rejection.
+pub(super) fn write_many<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    items: &[RecordWrite],
+) -> R {
+    ensure(
+        !items.is_empty() && items.len() <= MAX_RECORD_WRITES,
+        || RejectReason::invalid(format!("1 to {MAX_RECORD_WRITES} record writes per transaction")),
+    )?;
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            RecordWrite::Add {
+                patient,
+                category,
+                cid,
+                content_hash,
+                size,
+            } => {
+                let id = RecordId::in_batch(&cx.hash, i as u32);
+                add(st, cx, id, patient, category, cid, content_hash, *size)?
+            }
+            RecordWrite::Amend {
+                record,
+                cid,
+                content_hash,
+                size,
+            } => amend(st, cx, record, cid, content_hash, *size)?,
+        }
+    }
+    Ok(())
 }

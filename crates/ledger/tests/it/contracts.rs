@@ -238,6 +238,23 @@ fn payload_for(kind: &str, actor: &str, w: &mut World, f: &Fixtures) -> Payload 
         "approve_recovery" => Payload::ApproveRecovery {
             request: f.recovery,
         },
+        "write_records" => Payload::WriteRecords {
+            items: vec![
+                RecordWrite::Add {
+                    patient,
+                    category: Category::new("Observation").unwrap(),
+                    cid: cid(11),
+                    content_hash: Digest32([11; 32]),
+                    size: 11,
+                },
+                RecordWrite::Amend {
+                    record: f.r1,
+                    cid: cid(12),
+                    content_hash: Digest32([12; 32]),
+                    size: 12,
+                },
+            ],
+        },
         other => panic!("no payload for {other}"),
     }
 }
@@ -268,7 +285,7 @@ fn expected(kind: &str) -> [&'static str; 12] {
         "register" => [
             "invalid", OK, OK, "conflict", OK, OK, OK, OK, "conflict", OK, U, OK,
         ],
-        "add_record" | "amend_record" => only(&[2, 3]),
+        "add_record" | "amend_record" | "write_records" => only(&[2, 3]),
         "grant_consent" | "revoke_consent" | "respond_message" | "respond_agreement"
         | "request_erasure" => only(&[2]),
         "break_glass" => only(&[3]),
@@ -285,7 +302,7 @@ fn expected(kind: &str) -> [&'static str; 12] {
     }
 }
 
-const KINDS: [&str; 28] = [
+const KINDS: [&str; 29] = [
     "register_account",
     "anchor",
     "add_org",
@@ -314,6 +331,7 @@ const KINDS: [&str; 28] = [
     "register_invited",
     "request_recovery",
     "approve_recovery",
+    "write_records",
 ];
 
 #[test]
@@ -360,6 +378,72 @@ fn authorization_matrix_every_role_times_every_kind() {
     }
     assert_eq!(checked, KINDS.len() * ACTORS.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn record_writes_succeed_or_fail_together() {
+    let mut w = standard(0, vec![]);
+    let patient = w.id("patient");
+    let add = |n: u8| RecordWrite::Add {
+        patient,
+        category: Category::new("Observation").unwrap(),
+        cid: cid(n),
+        content_hash: Digest32([n; 32]),
+        size: n as u64,
+    };
+    // The second item amends a record that does not exist: nothing of the first stays.
+    let missing = RecordWrite::Amend {
+        record: RecordId::from_tx(&TxHash(Digest32([0xee; 32]))),
+        cid: cid(3),
+        content_hash: Digest32([3; 32]),
+        size: 3,
+    };
+    w.rejected(
+        "patient",
+        Payload::WriteRecords {
+            items: vec![add(1), missing],
+        },
+        "not_found",
+    );
+    w.rejected("patient", Payload::WriteRecords { items: vec![] }, "invalid");
+    // A doctor without a grant may not write any item.
+    w.rejected(
+        "doctor",
+        Payload::WriteRecords {
+            items: vec![add(4)],
+        },
+        "unauthorized",
+    );
+    let h = w.ok(
+        "patient",
+        Payload::WriteRecords {
+            items: vec![add(1), add(2)],
+        },
+    );
+    let (r0, r1) = (RecordId::in_batch(&h, 0), RecordId::in_batch(&h, 1));
+    assert_ne!(r0, r1);
+    let st = w.ledger.state().unwrap();
+    for (r, n) in [(r0, 1u8), (r1, 2)] {
+        let rec = query::record(&st, &r).unwrap().expect("record in batch");
+        assert_eq!(rec.history.last().unwrap().cid, cid(n));
+    }
+    // A later batch amends one of them and adds another, atomically.
+    w.ok(
+        "patient",
+        Payload::WriteRecords {
+            items: vec![
+                RecordWrite::Amend {
+                    record: r0,
+                    cid: cid(5),
+                    content_hash: Digest32([5; 32]),
+                    size: 5,
+                },
+                add(6),
+            ],
+        },
+    );
+    let rec = query::record(&w.ledger.state().unwrap(), &r0).unwrap().unwrap();
+    assert_eq!(rec.history.len(), 2);
 }
 
 #[test]
