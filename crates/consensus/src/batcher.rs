@@ -49,43 +49,41 @@ impl Batcher {
         Batcher { tx }
     }
 
+    /// Queues one already-checked transaction now (so queue order is call order) and
+    /// returns a future that waits for its outcome.
+    pub fn enqueue(
+        &self,
+        bytes: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<TxOutcome, ConsensusError>> + use<> {
+        let (reply, rx) = oneshot::channel();
+        let early = match self.tx.try_send(Pending { bytes, reply }) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(p)) => {
+                let hash = medledger_core::SignedTx::decode(&p.bytes)
+                    .ok()
+                    .map(|t| t.body.hash());
+                Some(Ok(TxOutcome {
+                    hash,
+                    result: Err(medledger_core::RejectReason::Overloaded),
+                }))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(Err(ConsensusError::ShuttingDown)),
+        };
+        async move {
+            match early {
+                Some(r) => r,
+                None => rx.await.unwrap_or(Err(ConsensusError::ShuttingDown)),
+            }
+        }
+    }
+
     /// Queues already-checked transactions and waits until each is committed or
     /// rejected by the state machine. Returns one result per input, in order.
     pub async fn submit(&self, txs: Vec<Vec<u8>>) -> Vec<Result<TxOutcome, ConsensusError>> {
-        let mut waits = Vec::with_capacity(txs.len());
-        for bytes in txs {
-            let (reply, rx) = oneshot::channel();
-            let queued = match self.tx.try_send(Pending { bytes, reply }) {
-                Ok(()) => Ok(rx),
-                Err(mpsc::error::TrySendError::Full(p)) => {
-                    Err((p.bytes, medledger_core::RejectReason::Overloaded))
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    waits.push(Err(ConsensusError::ShuttingDown));
-                    continue;
-                }
-            };
-            waits.push(match queued {
-                Ok(rx) => Ok(rx),
-                Err((bytes, reason)) => {
-                    let hash = medledger_core::SignedTx::decode(&bytes)
-                        .ok()
-                        .map(|t| t.body.hash());
-                    let (reply, rx) = oneshot::channel();
-                    let _ = reply.send(Ok(TxOutcome {
-                        hash,
-                        result: Err(reason),
-                    }));
-                    Ok(rx)
-                }
-            });
-        }
+        let waits: Vec<_> = txs.into_iter().map(|b| self.enqueue(b)).collect();
         let mut out = Vec::with_capacity(waits.len());
         for w in waits {
-            out.push(match w {
-                Ok(rx) => rx.await.unwrap_or(Err(ConsensusError::ShuttingDown)),
-                Err(e) => Err(e),
-            });
+            out.push(w.await);
         }
         out
     }

@@ -470,14 +470,17 @@ pub enum RecordWrite {
 }
 
 /// Most items one `WriteRecords` transaction may carry.
-pub const MAX_RECORD_WRITES: usize = 1000;
+pub const MAX_RECORD_WRITES: usize = 1500;
 
 impl RecordId {
     /// The id of the record added by item `index` of a `WriteRecords` transaction.
-    pub fn in_batch(tx: &TxHash, index: u32) -> Self {
+    /// Derived from the signer and nonce (unique per transaction) rather than the tx
+    /// hash, so a writer knows every id before it seals contents that refer to each
+    /// other (a FHIR transaction Bundle's references).
+    pub fn in_batch(signer: &AccountId, nonce: u64, index: u32) -> Self {
         RecordId(crate::hash::tagged(
             b"medledger/record-in-batch/v1\0",
-            &[&tx.0.0, &index.to_be_bytes()],
+            &[&signer.0, &nonce.to_be_bytes(), &index.to_be_bytes()],
         ))
     }
 }

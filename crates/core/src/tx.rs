@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// Upper bound on one encoded signed transaction. Record contents never go on the
 /// ledger (only ids, CIDs and hashes), so real transactions are a few hundred bytes.
-pub const MAX_TX_BYTES: usize = 16 * 1024;
+pub const MAX_TX_BYTES: usize = 256 * 1024;
 
 /// The transaction format this node writes and accepts.
 pub const TX_VERSION: u8 = 1;
@@ -182,7 +182,7 @@ pub enum Payload {
     },
     /// Several record additions and amendments that succeed or fail together (a FHIR
     /// transaction Bundle). Each item obeys the rules of `AddRecord`/`AmendRecord`;
-    /// the record added by item `i` has id `RecordId::in_batch(tx hash, i)`.
+    /// the record added by item `i` has id `RecordId::in_batch(signer, nonce, i)`.
     WriteRecords {
         items: Vec<RecordWrite>,
     },

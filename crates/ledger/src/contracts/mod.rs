@@ -38,6 +38,7 @@ pub(crate) struct Ctx<'a> {
     pub params: &'a ContractParams,
     pub now: u64,
     pub signer: AccountId,
+    pub nonce: u64,
     pub hash: TxHash,
 }
 
@@ -125,6 +126,7 @@ fn run<S: StateRead>(
         params: &block.genesis.params,
         now: block.time_ms,
         signer: body.signer,
+        nonce: body.nonce,
         hash: *hash,
     };
     let signer = match st.get_obj::<AccountState>(&account_key(&body.signer))? {

@@ -120,7 +120,7 @@ pub(super) fn write_many<S: StateRead>(
                 content_hash,
                 size,
             } => {
-                let id = RecordId::in_batch(&cx.hash, i as u32);
+                let id = RecordId::in_batch(&cx.signer, cx.nonce, i as u32);
                 add(st, cx, id, patient, category, cid, content_hash, *size)?
             }
             RecordWrite::Amend {

@@ -414,13 +414,17 @@ fn record_writes_succeed_or_fail_together() {
         },
         "unauthorized",
     );
-    let h = w.ok(
+    w.ok(
         "patient",
         Payload::WriteRecords {
             items: vec![add(1), add(2)],
         },
     );
-    let (r0, r1) = (RecordId::in_batch(&h, 0), RecordId::in_batch(&h, 1));
+    let nonce = w.ledger.account(&patient).unwrap().unwrap().nonce;
+    let (r0, r1) = (
+        RecordId::in_batch(&patient, nonce, 0),
+        RecordId::in_batch(&patient, nonce, 1),
+    );
     assert_ne!(r0, r1);
     let st = w.ledger.state().unwrap();
     for (r, n) in [(r0, 1u8), (r1, 2)] {

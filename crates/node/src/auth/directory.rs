@@ -72,6 +72,10 @@ pub struct InviteRecord {
 pub struct Expiring {
     pub account: AccountId,
     pub expires_ms: u64,
+    /// API tokens only: the account keys sealed under a key derived from the token,
+    /// so a request presenting the token can sign as its owner (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<String>,
 }
 
 pub struct Directory {

@@ -81,6 +81,52 @@ pub enum AuthError {
     Internal(String),
 }
 
+/// Whoever a request acts for (a session or an API token), with the keys to sign
+/// their transactions and open their envelopes.
+#[derive(Clone)]
+pub struct Principal {
+    pub account: AccountId,
+    pub org: OrgId,
+    pub role: Role,
+    pub keys: Arc<AccountKeys>,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Principal({}, {})", self.account, self.role)
+    }
+}
+
+impl From<&Session> for Principal {
+    fn from(s: &Session) -> Self {
+        Principal {
+            account: s.account,
+            org: s.org.clone(),
+            role: s.role,
+            keys: s.keys.clone(),
+        }
+    }
+}
+
+/// The key that seals an API token's copy of the account keys: derived from the
+/// token (which only its holder has), domain-separated from the token's lookup hash.
+fn token_key(token: &str) -> LocalKey {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"medledger/api-token-keys/v1\0");
+    h.update(token.as_bytes());
+    LocalKey::new(h.finalize().into())
+}
+
+fn keys_from(plain: &[u8]) -> Option<AccountKeys> {
+    let signing: [u8; 32] = plain.get(..32)?.try_into().ok()?;
+    let encryption_secret: [u8; 32] = plain.get(32..64)?.try_into().ok()?;
+    Some(AccountKeys {
+        signing: ed25519_dalek::SigningKey::from_bytes(&signing),
+        encryption_secret,
+    })
+}
+
 /// A signed-in person. The keys stay in memory only.
 #[derive(Clone)]
 pub struct Session {
@@ -458,6 +504,7 @@ impl Auth {
                 json(&Expiring {
                     account,
                     expires_ms: now() + VERIFY_MS,
+                    keys: None,
                 }),
             ),
         ];
@@ -913,16 +960,23 @@ impl Auth {
         Ok(self.user(&s.account)?.ok_or(AuthError::NoSession)?.keystore)
     }
 
+    /// A new API token for the session's account. The token also unlocks a copy of
+    /// the account keys (sealed under a key derived from the token, which the node
+    /// does not keep), so scripts and FHIR clients can write as the person.
     pub fn create_api_token(&self, s: &Session, ttl_ms: u64) -> Result<(String, u64), AuthError> {
         let ttl = ttl_ms.clamp(60_000, MAX_TOKEN_MS);
         let token = format!("mlt_{}", secrets::new_token()?);
         let expires_ms = now() + ttl;
+        let mut plain = s.keys.signing.to_bytes().to_vec();
+        plain.extend_from_slice(&s.keys.encryption_secret);
+        let sealed = token_key(&token).seal(&plain, &s.account.0)?;
         self.dir.write(vec![Op::Put(
             API_TOKENS,
             token_hash(&token).to_vec(),
             json(&Expiring {
                 account: s.account,
                 expires_ms,
+                keys: Some(hex::encode(sealed)),
             }),
         )])?;
         Ok((token, expires_ms))
@@ -931,6 +985,33 @@ impl Auth {
     pub fn api_token(&self, token: &str) -> Result<Option<AccountId>, AuthError> {
         let e: Option<Expiring> = self.dir.get(API_TOKENS, &token_hash(token))?;
         Ok(e.filter(|e| now() < e.expires_ms).map(|e| e.account))
+    }
+
+    /// Who presents this API token, with their keys, role and organisation; `None`
+    /// if the token is unknown, expired, or its account left the directory.
+    pub fn principal(&self, token: &str) -> Result<Option<Principal>, AuthError> {
+        let Some(e) = self
+            .dir
+            .get::<Expiring>(API_TOKENS, &token_hash(token))?
+            .filter(|e| now() < e.expires_ms)
+        else {
+            return Ok(None);
+        };
+        let (Some(sealed), Some(u)) = (e.keys, self.user(&e.account)?) else {
+            return Ok(None);
+        };
+        let sealed = hex::decode(sealed).map_err(|_| AuthError::Internal("token keys".into()))?;
+        let plain = token_key(token).open(&sealed, &e.account.0)?;
+        let keys = keys_from(&plain).ok_or_else(|| AuthError::Internal("token keys".into()))?;
+        if keys.account() != e.account {
+            return Err(AuthError::Internal("token keys".into()));
+        }
+        Ok(Some(Principal {
+            account: e.account,
+            org: u.org,
+            role: u.role,
+            keys: Arc::new(keys),
+        }))
     }
 
     /// What a person may see about their own account.
