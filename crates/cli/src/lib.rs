@@ -4,6 +4,7 @@
 mod account;
 mod bench;
 mod blob;
+mod fhir;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -53,6 +54,10 @@ pub enum Command {
     /// Encrypted record store: put, get, verify and erase blobs.
     #[command(subcommand)]
     Blob(blob::BlobCommand),
+    /// Import FHIR transaction Bundles (files or directories) through a node's FHIR API.
+    Import(fhir::ImportArgs),
+    /// Export a patient's whole record (`Patient/{id}/$everything`) as a FHIR Bundle.
+    Export(fhir::ExportArgs),
     /// Query the node's JSON API: `medledger query orgs/general`,
     /// `medledger query "audit?patient=did:key:..."`, `medledger query decision?...`.
     Query {
@@ -167,18 +172,22 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
-    fn client(&self) -> Result<Client> {
+    /// The certificate to trust: `--ca`, else the data directory's (HTTPS only).
+    pub fn ca_path(&self) -> Option<PathBuf> {
         let default_ca = self.dir.data_dir.join(datadir::TLS_CERT);
         let ca = self
             .ca
             .clone()
             .or_else(|| default_ca.exists().then_some(default_ca));
-        let ca = if self.node.starts_with("https://") {
+        if self.node.starts_with("https://") {
             ca
         } else {
             None
-        };
-        Ok(Client::new(&self.node, ca.as_deref())?)
+        }
+    }
+
+    fn client(&self) -> Result<Client> {
+        Ok(Client::new(&self.node, self.ca_path().as_deref())?)
     }
 }
 
@@ -273,6 +282,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Store(a)) => runtime()?.block_on(blob::bench(a)),
         Command::Blob(c) => runtime()?.block_on(blob::run(c)),
         Command::Account(c) => account::run(c),
+        Command::Import(a) => runtime()?.block_on(fhir::import(a)),
+        Command::Export(a) => runtime()?.block_on(fhir::export(a)),
     }
 }
 

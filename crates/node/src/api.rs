@@ -21,7 +21,7 @@ use std::time::Instant;
 /// Most transactions accepted in one `POST /v1/txs`.
 pub const MAX_TXS_PER_REQUEST: usize = 10_000;
 /// Request body limit: a full batch of maximum-size transactions in base64, plus JSON.
-pub const MAX_BODY_BYTES: usize = 24 * 1024 * 1024;
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -31,6 +31,7 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub reporter: crate::reporter::Reporter,
     pub auth: std::sync::Arc<crate::auth::Auth>,
+    pub fhir: std::sync::Arc<crate::fhir::Fhir>,
 }
 
 /// `peer_rpc` mounts the node-to-node Raft endpoints; off for a single node, since
@@ -56,6 +57,7 @@ pub fn router(state: AppState, peer_rpc: bool) -> Router {
         .route("/metrics", get(metrics_text))
         .merge(crate::contracts_api::routes())
         .merge(crate::auth_api::routes())
+        .merge(crate::fhir_api::routes())
         .with_state(state)
 }
 

@@ -77,7 +77,7 @@ impl IntoResponse for AuthError {
     }
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
+pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()

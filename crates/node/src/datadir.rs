@@ -32,6 +32,21 @@ pub const BLOBS_DIR: &str = "blobs";
 pub const RAFT_DB: &str = "raft.redb";
 
 /// Writes a file readable only by its owner.
+/// A 32-byte node-local secret at `path`, created (mode 0600) on first use.
+pub fn local_secret(path: &Path) -> Result<[u8; 32]> {
+    match std::fs::read(path) {
+        Ok(b) => <[u8; 32]>::try_from(b.as_slice())
+            .map_err(|_| NodeError::Server(format!("{} is not 32 bytes", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut k = [0u8; 32];
+            getrandom::fill(&mut k).map_err(|e| NodeError::Server(format!("randomness: {e}")))?;
+            write_private(path, &k)?;
+            Ok(k)
+        }
+        Err(e) => Err(NodeError::io(path, e)),
+    }
+}
+
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -8,6 +8,8 @@ pub mod auth_api;
 pub mod client;
 pub mod contracts_api;
 pub mod datadir;
+pub mod fhir;
+pub mod fhir_api;
 mod error;
 pub mod keystore;
 pub mod reporter;

@@ -159,9 +159,19 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         ledger.clone(),
         batcher.clone(),
         dd.node.clone(),
-        store,
+        store.clone(),
         config.housekeeping,
     );
+    let fhir = crate::fhir::Fhir::open(
+        &dd.dir,
+        crate::datadir::local_secret(&dd.dir.join("fhir.key"))?,
+        medledger_core::AccountId(dd.node.public().0),
+        ledger.clone(),
+        batcher.clone(),
+        store,
+        reporter.clone(),
+    )
+    .map_err(|e| NodeError::Server(format!("FHIR index: {e}")))?;
     let auth = crate::auth::Auth::open(
         &dd.dir,
         ledger.clone(),
@@ -178,6 +188,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         metrics: prometheus,
         reporter,
         auth: std::sync::Arc::new(auth),
+        fhir: std::sync::Arc::new(fhir),
     };
     let app = api::router(state, config.peer_rpc)
         .layer(RequestBodyLimitLayer::new(api::MAX_BODY_BYTES))

@@ -2,6 +2,8 @@
 //! 127.0.0.1 with a free port, and a client that trusts its self-signed certificate.
 #![allow(dead_code)]
 
+pub mod signin;
+
 use medledger_core::tx::TX_VERSION;
 use medledger_core::{ChainId, Payload, TxBody};
 use medledger_node::client::Client;

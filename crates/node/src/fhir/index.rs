@@ -1,0 +1,248 @@
+//! The node-local FHIR index (`fhir.redb`): which records are FHIR resources of which
+//! type, in creation order, and keyed search tokens. Search values are stored only as
+//! HMAC-SHA256 under the node's FHIR key; dates (which cannot be compared as tokens)
+//! live in a per-record document sealed with the same key. Patient custody keys and
+//! each organisation's directory subject live here too, sealed.
+//!
+//! The ledger stays the source of truth for what exists, its versions and who may see
+//! it; everything here can be rebuilt by re-reading the records.
+
+use super::FhirError;
+use crate::auth::secrets::LocalKey;
+use hmac::{Hmac, Mac};
+use medledger_core::{AccountId, RecordId};
+use medledger_fhir::date::Range;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::path::Path;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `type ‖ 0 ‖ seq` → record id.
+const TYPES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("types");
+/// `token ‖ seq` → record id.
+const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens");
+/// record id → sealed [`Doc`].
+const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs");
+/// patient account → keys sealed under the node key (custody until claimed).
+const CUSTODY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("custody");
+/// organisation → its directory subject account.
+const DIRECTORY: TableDefinition<&str, &[u8]> = TableDefinition::new("directory");
+
+/// What the index knows about one record (sealed at rest).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Doc {
+    pub seq: u64,
+    pub rtype: String,
+    pub deleted: bool,
+    /// The keyed tokens this record is indexed under (hex), to remove them on update.
+    pub tokens: Vec<String>,
+    pub dates: Vec<(String, i64, i64)>,
+}
+
+impl Doc {
+    pub fn date_ranges<'a>(&'a self, param: &'a str) -> impl Iterator<Item = Range> + 'a {
+        self.dates
+            .iter()
+            .filter(move |(p, _, _)| p == param)
+            .map(|(_, lo, hi)| Range { lo: *lo, hi: *hi })
+    }
+}
+
+pub struct Index {
+    db: Database,
+    key: LocalKey,
+    mac_key: [u8; 32],
+}
+
+fn storage(e: impl std::fmt::Display) -> FhirError {
+    FhirError::Internal(format!("fhir index: {e}"))
+}
+
+impl Index {
+    pub fn open(path: &Path, key: [u8; 32]) -> Result<Self, FhirError> {
+        let db = Database::create(path).map_err(storage)?;
+        let w = db.begin_write().map_err(storage)?;
+        {
+            w.open_table(META).map_err(storage)?;
+            for t in [TYPES, TOKENS, DOCS, CUSTODY] {
+                w.open_table(t).map_err(storage)?;
+            }
+            w.open_table(DIRECTORY).map_err(storage)?;
+        }
+        w.commit().map_err(storage)?;
+        let mac_key = {
+            let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&key).expect("any key length");
+            m.update(b"medledger/fhir-search-key/v1");
+            m.finalize().into_bytes().into()
+        };
+        Ok(Index {
+            db,
+            key: LocalKey::new(key),
+            mac_key,
+        })
+    }
+
+    /// The keyed token of a search value: the index never holds the value itself.
+    pub fn token(&self, rtype: &str, param: &str, value: &str) -> [u8; 32] {
+        let mut m =
+            <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.mac_key).expect("any key length");
+        for part in [rtype, param, value] {
+            m.update(&(part.len() as u32).to_be_bytes());
+            m.update(part.as_bytes());
+        }
+        m.finalize().into_bytes().into()
+    }
+
+    pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, FhirError> {
+        self.key.seal(plain, aad).map_err(|e| FhirError::Internal(e.to_string()))
+    }
+
+    pub fn open_sealed(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, FhirError> {
+        self.key.open(sealed, aad).map_err(|e| FhirError::Internal(e.to_string()))
+    }
+
+    pub fn doc(&self, record: &RecordId) -> Result<Option<Doc>, FhirError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(DOCS).map_err(storage)?;
+        let Some(v) = t.get(&record.0.0[..]).map_err(storage)? else {
+            return Ok(None);
+        };
+        let plain = self.open_sealed(v.value(), &record.0.0)?;
+        serde_json::from_slice(&plain).map(Some).map_err(storage)
+    }
+
+    /// Indexes (or re-indexes, on update/delete) the records, in one write.
+    pub fn put(&self, entries: Vec<(RecordId, String, Vec<[u8; 32]>, Vec<(String, i64, i64)>, bool)>) -> Result<(), FhirError> {
+        let w = self.db.begin_write().map_err(storage)?;
+        {
+            let mut meta = w.open_table(META).map_err(storage)?;
+            let mut types = w.open_table(TYPES).map_err(storage)?;
+            let mut tokens = w.open_table(TOKENS).map_err(storage)?;
+            let mut docs = w.open_table(DOCS).map_err(storage)?;
+            let mut next = meta.get("seq").map_err(storage)?.map(|v| v.value()).unwrap_or(0);
+            for (record, rtype, toks, dates, deleted) in entries {
+                let old: Option<Doc> = match docs.get(&record.0.0[..]).map_err(storage)? {
+                    Some(v) => Some(
+                        serde_json::from_slice(&self.open_sealed(v.value(), &record.0.0)?)
+                            .map_err(storage)?,
+                    ),
+                    None => None,
+                };
+                let seq = match &old {
+                    Some(d) => {
+                        for t in &d.tokens {
+                            let mut k = hex::decode(t).map_err(storage)?;
+                            k.extend_from_slice(&d.seq.to_be_bytes());
+                            tokens.remove(&k[..]).map_err(storage)?;
+                        }
+                        d.seq
+                    }
+                    None => {
+                        next += 1;
+                        let mut k = rtype.as_bytes().to_vec();
+                        k.push(0);
+                        k.extend_from_slice(&next.to_be_bytes());
+                        types.insert(&k[..], &record.0.0[..]).map_err(storage)?;
+                        next
+                    }
+                };
+                let toks = if deleted { Vec::new() } else { toks };
+                for t in &toks {
+                    let mut k = t.to_vec();
+                    k.extend_from_slice(&seq.to_be_bytes());
+                    tokens.insert(&k[..], &record.0.0[..]).map_err(storage)?;
+                }
+                let doc = Doc {
+                    seq,
+                    rtype,
+                    deleted,
+                    tokens: toks.iter().map(hex::encode).collect(),
+                    dates,
+                };
+                let sealed = self.seal(&serde_json::to_vec(&doc).map_err(storage)?, &record.0.0)?;
+                docs.insert(&record.0.0[..], &sealed[..]).map_err(storage)?;
+            }
+            meta.insert("seq", next).map_err(storage)?;
+        }
+        w.commit().map_err(storage)
+    }
+
+    /// Records indexed under `token`, as `(seq, record)` in creation order.
+    pub fn lookup(&self, token: &[u8; 32]) -> Result<Vec<(u64, RecordId)>, FhirError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(TOKENS).map_err(storage)?;
+        let mut hi = token.to_vec();
+        hi.extend_from_slice(&[0xff; 8]);
+        let mut out = Vec::new();
+        for e in t.range(&token[..]..=&hi[..]).map_err(storage)? {
+            let (k, v) = e.map_err(storage)?;
+            out.push((seq_of(k.value()), record_of(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Every record of a type, as `(seq, record)` in creation order.
+    pub fn of_type(&self, rtype: &str) -> Result<Vec<(u64, RecordId)>, FhirError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(TYPES).map_err(storage)?;
+        let mut lo = rtype.as_bytes().to_vec();
+        lo.push(0);
+        let mut hi = lo.clone();
+        hi.extend_from_slice(&[0xff; 8]);
+        let mut out = Vec::new();
+        for e in t.range(&lo[..]..=&hi[..]).map_err(storage)? {
+            let (k, v) = e.map_err(storage)?;
+            out.push((seq_of(k.value()), record_of(v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn put_custody(&self, account: &AccountId, keys: &[u8]) -> Result<(), FhirError> {
+        let sealed = self.seal(keys, &account.0)?;
+        let w = self.db.begin_write().map_err(storage)?;
+        w.open_table(CUSTODY)
+            .map_err(storage)?
+            .insert(&account.0[..], &sealed[..])
+            .map_err(storage)?;
+        w.commit().map_err(storage)
+    }
+
+    pub fn custody(&self, account: &AccountId) -> Result<Option<Vec<u8>>, FhirError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(CUSTODY).map_err(storage)?;
+        match t.get(&account.0[..]).map_err(storage)? {
+            Some(v) => self.open_sealed(v.value(), &account.0).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn directory(&self, org: &str) -> Result<Option<AccountId>, FhirError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(DIRECTORY).map_err(storage)?;
+        Ok(t.get(org)
+            .map_err(storage)?
+            .and_then(|v| <[u8; 32]>::try_from(v.value()).ok())
+            .map(AccountId))
+    }
+
+    pub fn put_directory(&self, org: &str, account: &AccountId) -> Result<(), FhirError> {
+        let w = self.db.begin_write().map_err(storage)?;
+        w.open_table(DIRECTORY)
+            .map_err(storage)?
+            .insert(org, &account.0[..])
+            .map_err(storage)?;
+        w.commit().map_err(storage)
+    }
+}
+
+fn seq_of(k: &[u8]) -> u64 {
+    let n = k.len();
+    u64::from_be_bytes(k[n - 8..].try_into().expect("8 bytes"))
+}
+
+fn record_of(v: &[u8]) -> Result<RecordId, FhirError> {
+    <[u8; 32]>::try_from(v)
+        .map(|b| RecordId(medledger_core::Digest32(b)))
+        .map_err(|_| storage("record id"))
+}

@@ -1,0 +1,1352 @@
+//! Create, read, update, delete, history, search and Bundles over the ledger.
+
+use super::index::{Doc, Index};
+use crate::auth::Principal;
+use crate::keystore::AccountKeys;
+use crate::reporter::{Reporter, now_ms};
+use medledger_consensus::Batcher;
+use medledger_core::tx::{SignatureBytes, TX_VERSION, invite_commitment};
+use medledger_core::{
+    AccessReport, AccountId, Category, Digest32, Grantee, Payload, Purpose, RecordId,
+    RecordWrite, RejectReason, Role, Scope, SignedTx, TxBody, TxHash,
+};
+use medledger_fhir::outcome::{Issue, IssueCode};
+use medledger_fhir::{date, refs, search};
+use medledger_ledger::contracts::query::{self, RecordView};
+use medledger_ledger::contracts::state::VersionState;
+use medledger_ledger::{Decision, Ledger, contracts};
+use medledger_store::{BlobStore, Reader, ReaderSecret};
+use serde_json::{Map, Value, json};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+/// Why a FHIR interaction failed; the API turns it into a status and an
+/// OperationOutcome.
+#[derive(Debug, thiserror::Error)]
+pub enum FhirError {
+    #[error("invalid resource")]
+    Invalid(Vec<Issue>),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("the ledger refused the write: {0}")]
+    Ledger(RejectReason),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl FhirError {
+    pub fn invalid(code: IssueCode, msg: impl Into<String>) -> Self {
+        FhirError::Invalid(vec![Issue::new(code, msg)])
+    }
+}
+
+impl From<Issue> for FhirError {
+    fn from(i: Issue) -> Self {
+        FhirError::Invalid(vec![i])
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> FhirError {
+    FhirError::Internal(e.to_string())
+}
+
+/// Content of a deleted version (sealed like any other version).
+const TOMBSTONE: &str = "medledger:deleted";
+/// How long the grants made at patient creation last (the patient can revoke them).
+const INTAKE_GRANT_MS: u64 = 50 * 365 * 24 * 3600 * 1000;
+/// Largest `$everything` and type-history answer.
+const MAX_EVERYTHING: usize = 10_000;
+
+/// A resource as stored: its id, version and time on the ledger.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub rtype: String,
+    pub id: String,
+    pub version: u32,
+    pub time_ms: u64,
+    pub resource: Value,
+}
+
+impl Stored {
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+}
+
+pub struct Fhir {
+    ledger: Ledger,
+    batcher: Batcher,
+    store: BlobStore,
+    reporter: Reporter,
+    index: Index,
+    custodian: ReaderSecret,
+    custodian_public: [u8; 32],
+    /// Next nonce per account this node signs for (pipelined submissions).
+    nonces: Mutex<HashMap<AccountId, u64>>,
+    /// Held while a nonce is reserved and until its transaction is queued.
+    sequences: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
+    directory_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Fhir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fhir")
+    }
+}
+
+/// The purpose a role reads FHIR resources for.
+fn purpose_of(role: Role) -> Result<Purpose, FhirError> {
+    match role {
+        Role::Patient | Role::Doctor | Role::Nurse => Ok(Purpose::Treatment),
+        Role::HospitalAdmin | Role::Auditor => Ok(Purpose::Operations),
+        Role::Insurer => Ok(Purpose::Payment),
+        Role::Researcher => Err(FhirError::Forbidden(
+            "researchers may use de-identified data only; the FHIR API serves identified records"
+                .into(),
+        )),
+    }
+}
+
+pub fn record_id(id: &str) -> Option<RecordId> {
+    id.parse().ok()
+}
+
+/// Content without the server-assigned parts (`id`, `meta.versionId`,
+/// `meta.lastUpdated`), which come from the ledger on every read.
+fn strip_server_fields(v: &mut Value) {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("id");
+        let empty = match o.get_mut("meta").and_then(Value::as_object_mut) {
+            Some(m) => {
+                m.remove("versionId");
+                m.remove("lastUpdated");
+                m.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            o.remove("meta");
+        }
+    }
+}
+
+fn render(mut content: Value, id: &str, v: &VersionState) -> Value {
+    if let Some(o) = content.as_object_mut() {
+        o.insert("id".into(), json!(id));
+        let meta = o.entry("meta").or_insert_with(|| json!({}));
+        if let Some(m) = meta.as_object_mut() {
+            m.insert("versionId".into(), json!(v.version.to_string()));
+            m.insert("lastUpdated".into(), json!(date::instant(v.time_ms)));
+        }
+    }
+    content
+}
+
+fn is_tombstone(v: &Value) -> bool {
+    v.get("resourceType").and_then(Value::as_str) == Some(TOMBSTONE)
+}
+
+fn keys_bytes(k: &AccountKeys) -> Vec<u8> {
+    let mut b = k.signing.to_bytes().to_vec();
+    b.extend_from_slice(&k.encryption_secret);
+    b
+}
+
+/// A resource ready to be registered: sealed in the store, with its index entries.
+struct Prepared {
+    rtype: String,
+    cid: medledger_core::Cid,
+    content_hash: Digest32,
+    size: u64,
+    tokens: Vec<[u8; 32]>,
+    dates: Vec<(String, i64, i64)>,
+    deleted: bool,
+}
+
+type IndexEntry = (RecordId, String, Vec<[u8; 32]>, Vec<(String, i64, i64)>, bool);
+
+impl Prepared {
+    fn entry(self, record: RecordId) -> IndexEntry {
+        (record, self.rtype, self.tokens, self.dates, self.deleted)
+    }
+}
+
+/// One entry of a transaction Bundle after resolution.
+struct BundleOp {
+    method: &'static str,
+    rtype: String,
+    /// The record written (known before submission).
+    record: RecordId,
+    full_url: Option<String>,
+    resource: Option<Value>,
+    patient: Option<AccountId>,
+}
+
+impl Fhir {
+    /// Opens `fhir.redb` in the data directory; `key` is the node-local secret the
+    /// search tokens, sealed documents and the custodian key derive from.
+    pub fn open(
+        data_dir: &std::path::Path,
+        key: [u8; 32],
+        node: AccountId,
+        ledger: Ledger,
+        batcher: Batcher,
+        store: BlobStore,
+        reporter: Reporter,
+    ) -> Result<Self, FhirError> {
+        let index = Index::open(&data_dir.join("fhir.redb"), key)?;
+        let secret = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(b"medledger/fhir-custodian/v1\0");
+            h.update(key);
+            <[u8; 32]>::from(h.finalize())
+        };
+        let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret));
+        Ok(Fhir {
+            ledger,
+            batcher,
+            store,
+            reporter,
+            index,
+            custodian: ReaderSecret {
+                account: node,
+                secret,
+            },
+            custodian_public: public.to_bytes(),
+            nonces: Mutex::new(HashMap::new()),
+            sequences: Mutex::new(HashMap::new()),
+            directory_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    // ---- signing and submission -------------------------------------------------
+
+    fn sequence(&self, account: &AccountId) -> Arc<tokio::sync::Mutex<()>> {
+        self.sequences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(*account)
+            .or_default()
+            .clone()
+    }
+
+    fn next_nonce(&self, account: &AccountId) -> Result<u64, FhirError> {
+        let committed = self
+            .ledger
+            .account(account)
+            .map_err(internal)?
+            .map(|a| a.nonce)
+            .unwrap_or(0);
+        let local = self
+            .nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(account)
+            .copied()
+            .unwrap_or(0);
+        Ok(local.max(committed + 1))
+    }
+
+    fn set_next(&self, account: &AccountId, next: Option<u64>) {
+        let mut n = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        match next {
+            Some(v) => n.insert(*account, v),
+            None => n.remove(account),
+        };
+    }
+
+    fn sign(&self, keys: &AccountKeys, nonce: u64, payload: Payload) -> (Vec<u8>, TxHash) {
+        let body = TxBody {
+            version: TX_VERSION,
+            chain_id: self.ledger.genesis().chain_id.clone(),
+            signer: keys.account(),
+            nonce,
+            payload,
+        };
+        let hash = body.hash();
+        let tx = SignedTx {
+            signature: SignatureBytes(
+                ed25519_dalek::Signer::sign(&keys.signing, &hash.0.0).to_bytes(),
+            ),
+            body,
+        };
+        (tx.to_bytes(), hash)
+    }
+
+    /// Queues `payload` signed by `keys` with the account's next nonce; the returned
+    /// future waits for the outcome. Calls for one account are queued in call order.
+    async fn enqueue(
+        &self,
+        keys: &AccountKeys,
+        payload: Payload,
+    ) -> Result<
+        (
+            TxHash,
+            impl std::future::Future<
+                Output = Result<medledger_ledger::TxOutcome, medledger_consensus::ConsensusError>,
+            > + use<>,
+        ),
+        FhirError,
+    > {
+        let account = keys.account();
+        let seq = self.sequence(&account);
+        let _g = seq.lock().await;
+        let nonce = self.next_nonce(&account)?;
+        let (bytes, hash) = self.sign(keys, nonce, payload);
+        let wait = self.batcher.enqueue(bytes);
+        self.set_next(&account, Some(nonce + 1));
+        Ok((hash, wait))
+    }
+
+    fn outcome(
+        &self,
+        account: &AccountId,
+        r: Result<medledger_ledger::TxOutcome, medledger_consensus::ConsensusError>,
+    ) -> Result<(), FhirError> {
+        match r {
+            Ok(o) => o.result.map(|_| ()).map_err(|reason| {
+                // A refused transaction did not use its nonce: later ones will be
+                // re-numbered from the ledger.
+                self.set_next(account, None);
+                FhirError::Ledger(reason)
+            }),
+            Err(e) => {
+                self.set_next(account, None);
+                Err(FhirError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    /// Signs, submits and waits; retries when a concurrent submission of the same
+    /// account took the nonce.
+    async fn submit(&self, keys: &AccountKeys, payload: Payload) -> Result<TxHash, FhirError> {
+        let account = keys.account();
+        let mut attempt = 0;
+        loop {
+            let (hash, wait) = self.enqueue(keys, payload.clone()).await?;
+            match self.outcome(&account, wait.await) {
+                Err(FhirError::Ledger(
+                    RejectReason::NonceGap { .. } | RejectReason::ReplayedNonce { .. },
+                )) if attempt < 5 => attempt += 1,
+                r => return r.map(|_| hash),
+            }
+        }
+    }
+
+    // ---- subjects: patients and directory ----------------------------------------
+
+    /// Creates a patient account held in this node's custody, registered through an
+    /// invite from `who`, with the intake grants to `who`'s organisation.
+    async fn new_subject(
+        &self,
+        who: &Principal,
+        purposes: &[Purpose],
+    ) -> Result<AccountId, FhirError> {
+        let keys = AccountKeys::generate().map_err(internal)?;
+        let account = keys.account();
+        self.index.put_custody(&account, &keys_bytes(&keys))?;
+        let secret = Digest32(crate::auth::secrets::random::<32>().map_err(internal)?);
+        let now = now_ms();
+        let (_, invite) = self
+            .enqueue(
+                &who.keys,
+                Payload::InvitePatient {
+                    org: who.org.clone(),
+                    commitment: invite_commitment(&secret),
+                    expires_ms: now + 3_600_000,
+                },
+            )
+            .await?;
+        let mut waits = Vec::new();
+        waits.push(
+            self.enqueue(
+                &keys,
+                Payload::RegisterInvited {
+                    secret,
+                    encryption_key: keys.encryption_public(),
+                },
+            )
+            .await?
+            .1,
+        );
+        for p in purposes {
+            waits.push(
+                self.enqueue(
+                    &keys,
+                    Payload::GrantConsent {
+                        grantee: Grantee::Org(who.org.clone()),
+                        scope: Scope::All,
+                        purpose: *p,
+                        start_ms: now.saturating_sub(1000),
+                        expiry_ms: now + INTAKE_GRANT_MS,
+                    },
+                )
+                .await?
+                .1,
+            );
+        }
+        let first = self.outcome(&who.account, invite.await);
+        let mut rest = Ok(());
+        for w in waits {
+            let r = self.outcome(&account, w.await);
+            if rest.is_ok() {
+                rest = r;
+            }
+        }
+        first?;
+        rest?;
+        Ok(account)
+    }
+
+    /// The organisation's directory subject (created on first use).
+    async fn directory_subject(&self, who: &Principal) -> Result<AccountId, FhirError> {
+        if let Some(a) = self.index.directory(who.org.as_str())? {
+            return Ok(a);
+        }
+        let _g = self.directory_lock.lock().await;
+        if let Some(a) = self.index.directory(who.org.as_str())? {
+            return Ok(a);
+        }
+        let a = self
+            .new_subject(who, &[Purpose::Treatment, Purpose::Operations])
+            .await?;
+        self.index.put_directory(who.org.as_str(), &a)?;
+        Ok(a)
+    }
+
+    fn encryption_key(&self, account: &AccountId) -> Result<[u8; 32], FhirError> {
+        self.ledger
+            .account(account)
+            .map_err(internal)?
+            .map(|a| a.encryption_key.0)
+            .ok_or_else(|| FhirError::NotFound("no such account".into()))
+    }
+
+    /// The patient whose compartment a (non-Patient) resource is in: the patient a
+    /// local `Patient/{id}` reference names, else the organisation's directory.
+    async fn compartment(&self, who: &Principal, resource: &Value) -> Result<AccountId, FhirError> {
+        for id in refs::patients(resource) {
+            let Some(r) = record_id(&id) else { continue };
+            let view = self.view(move |st| query::record(st, &r)).await?;
+            match view {
+                Some(v) if v.state.category.as_str() == "Patient" => return Ok(v.state.patient),
+                _ => {
+                    return Err(FhirError::invalid(
+                        IssueCode::Value,
+                        format!("reference Patient/{id} does not resolve to a patient on this server"),
+                    ));
+                }
+            }
+        }
+        if who.role == Role::Patient {
+            return Err(FhirError::Forbidden(
+                "a patient may only write resources about themself".into(),
+            ));
+        }
+        self.directory_subject(who).await
+    }
+
+    async fn view<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&medledger_ledger::StateView) -> medledger_ledger::Result<T> + Send + 'static,
+    ) -> Result<T, FhirError> {
+        let ledger = self.ledger.clone();
+        tokio::task::spawn_blocking(move || f(&ledger.state()?))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
+    // ---- sealing -----------------------------------------------------------------
+
+    /// Seals `content` for the patient, the author and the custodian.
+    async fn seal(
+        &self,
+        who: &Principal,
+        rtype: &str,
+        patient: AccountId,
+        patient_key: Option<[u8; 32]>,
+        content: &Value,
+    ) -> Result<Prepared, FhirError> {
+        let deleted = is_tombstone(content);
+        let extracted = if deleted {
+            search::Extracted::default()
+        } else {
+            search::extract(rtype, content)
+        };
+        let bytes = serde_json::to_vec(content).map_err(internal)?;
+        let mut readers = vec![Reader {
+            account: self.custodian.account,
+            public: self.custodian_public,
+        }];
+        for (a, k) in [
+            (patient, patient_key),
+            (who.account, Some(who.keys.encryption_public().0)),
+        ] {
+            if readers.iter().any(|r| r.account == a) {
+                continue;
+            }
+            let public = match k {
+                Some(k) => k,
+                None => self.encryption_key(&a)?,
+            };
+            readers.push(Reader { account: a, public });
+        }
+        let receipt = self
+            .store
+            .put(&bytes[..], &readers)
+            .await
+            .map_err(|e| FhirError::Unavailable(format!("record store: {e}")))?;
+        Ok(Prepared {
+            rtype: rtype.to_owned(),
+            cid: receipt.cid,
+            content_hash: receipt.content_hash,
+            size: receipt.stored_bytes,
+            tokens: extracted
+                .tokens
+                .iter()
+                .map(|(p, v)| self.index.token(rtype, p, v))
+                .collect(),
+            dates: extracted
+                .dates
+                .iter()
+                .map(|(p, r)| ((*p).to_owned(), r.lo, r.hi))
+                .collect(),
+            deleted,
+        })
+    }
+
+    async fn fetch(&self, cid: &medledger_core::Cid) -> Result<Value, FhirError> {
+        let mut out = Vec::new();
+        self.store
+            .get(cid, &self.custodian, &mut out)
+            .await
+            .map_err(|e| FhirError::Unavailable(format!("record store: {e}")))?;
+        serde_json::from_slice(&out).map_err(internal)
+    }
+
+    // ---- access ------------------------------------------------------------------
+
+    /// Decides and reports one access; the record if allowed.
+    async fn access(&self, who: &Principal, record: RecordId) -> Result<RecordView, FhirError> {
+        let purpose = purpose_of(who.role)?;
+        let accessor = who.account;
+        let at = now_ms();
+        let (d, view) = self
+            .view(move |st| {
+                let d = contracts::can(st, &accessor, &record, purpose, at)?;
+                let v = if d.allowed() {
+                    query::record(st, &record)?
+                } else {
+                    None
+                };
+                Ok((d, v))
+            })
+            .await?;
+        if d != Decision::DenyNoSuchRecord {
+            self.reporter
+                .report(AccessReport {
+                    accessor,
+                    record,
+                    purpose,
+                    time_ms: at,
+                    allowed: d.allowed(),
+                    reason: d.code().to_owned(),
+                })
+                .await
+                .map_err(|e| FhirError::Unavailable(e.to_string()))?;
+        }
+        match (d, view) {
+            (Decision::DenyNoSuchRecord, _) => Err(FhirError::NotFound("no such resource".into())),
+            (Decision::DenyErased, _) => Err(FhirError::Gone("the resource was erased".into())),
+            (d, Some(v)) if d.allowed() => Ok(v),
+            _ => Err(FhirError::Forbidden(
+                "no consent or role allows this access".into(),
+            )),
+        }
+    }
+
+    fn typed(view: &RecordView, rtype: &str) -> Result<(), FhirError> {
+        if view.state.category.as_str() == rtype {
+            Ok(())
+        } else {
+            Err(FhirError::NotFound(format!("no {rtype} with this id")))
+        }
+    }
+
+    // ---- interactions --------------------------------------------------------------
+
+    pub async fn read(
+        &self,
+        who: &Principal,
+        rtype: &str,
+        id: &str,
+        version: Option<u32>,
+    ) -> Result<Stored, FhirError> {
+        let record = record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
+        let view = self.access(who, record).await?;
+        Self::typed(&view, rtype)?;
+        let v = match version {
+            Some(n) => view
+                .history
+                .iter()
+                .find(|h| h.version == n)
+                .ok_or_else(|| FhirError::NotFound(format!("no version {n}")))?,
+            None => view.history.last().ok_or_else(|| internal("record without versions"))?,
+        };
+        let content = self.fetch(&v.cid).await?;
+        if is_tombstone(&content) {
+            return Err(FhirError::Gone(format!("{rtype}/{id} was deleted")));
+        }
+        Ok(Stored {
+            rtype: rtype.to_owned(),
+            id: id.to_owned(),
+            version: v.version,
+            time_ms: v.time_ms,
+            resource: render(content, id, v),
+        })
+    }
+
+    async fn stored(&self, record: RecordId, rtype: &str, resource: Value) -> Result<Stored, FhirError> {
+        let view = self
+            .view(move |st| query::record(st, &record))
+            .await?
+            .ok_or_else(|| internal("committed record not found"))?;
+        let v = view.history.last().ok_or_else(|| internal("record without versions"))?;
+        let id = record.to_string();
+        Ok(Stored {
+            rtype: rtype.to_owned(),
+            version: v.version,
+            time_ms: v.time_ms,
+            resource: render(resource, &id, v),
+            id,
+        })
+    }
+
+    pub async fn create(&self, who: &Principal, rtype: &str, mut body: Value) -> Result<Stored, FhirError> {
+        writable(rtype)?;
+        medledger_fhir::validate(&body, Some(rtype), false).map_err(FhirError::Invalid)?;
+        strip_server_fields(&mut body);
+        let (patient, key) = if rtype == "Patient" {
+            self.patient_for_new(who).await?
+        } else {
+            (self.compartment(who, &body).await?, None)
+        };
+        let p = self.seal(who, rtype, patient, key, &body).await?;
+        let hash = self
+            .submit(
+                &who.keys,
+                Payload::AddRecord {
+                    patient,
+                    category: Category::new(rtype).map_err(internal)?,
+                    cid: p.cid,
+                    content_hash: p.content_hash,
+                    size: p.size,
+                },
+            )
+            .await
+            .inspect_err(|_| self.discard(&[p.cid]))?;
+        let record = RecordId::from_tx(&hash);
+        self.index.put(vec![p.entry(record)])?;
+        self.stored(record, rtype, body).await
+    }
+
+    /// The account a new Patient resource belongs to: the caller, if they are a
+    /// patient; else a new custodial account.
+    async fn patient_for_new(&self, who: &Principal) -> Result<(AccountId, Option<[u8; 32]>), FhirError> {
+        if who.role == Role::Patient {
+            return Ok((who.account, Some(who.keys.encryption_public().0)));
+        }
+        let a = self.new_subject(who, &[Purpose::Treatment]).await?;
+        Ok((a, None))
+    }
+
+    /// Best effort: a blob whose registration failed is deleted again.
+    fn discard(&self, cids: &[medledger_core::Cid]) {
+        for cid in cids.iter().copied() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.erase(&cid).await {
+                    tracing::warn!(%cid, error = %e, "could not remove an unregistered blob");
+                }
+            });
+        }
+    }
+
+    pub async fn update(
+        &self,
+        who: &Principal,
+        rtype: &str,
+        id: &str,
+        mut body: Value,
+        if_match: Option<u32>,
+    ) -> Result<Stored, FhirError> {
+        writable(rtype)?;
+        medledger_fhir::validate(&body, Some(rtype), false).map_err(FhirError::Invalid)?;
+        if body.get("id").and_then(Value::as_str) != Some(id) {
+            return Err(FhirError::invalid(IssueCode::Invalid, "the body's id must equal the id in the URL"));
+        }
+        let record = record_id(id).ok_or_else(|| {
+            FhirError::NotSupported("update cannot create: ids are assigned by the ledger".into())
+        })?;
+        let view = self.access(who, record).await?;
+        Self::typed(&view, rtype)?;
+        let current = view.history.last().map(|v| v.version).unwrap_or(0);
+        if let Some(want) = if_match
+            && want != current
+        {
+            return Err(FhirError::PreconditionFailed(format!(
+                "If-Match names version {want}; the current version is {current}"
+            )));
+        }
+        strip_server_fields(&mut body);
+        self.amend(who, record, rtype, view.state.patient, body).await
+    }
+
+    async fn amend(
+        &self,
+        who: &Principal,
+        record: RecordId,
+        rtype: &str,
+        patient: AccountId,
+        body: Value,
+    ) -> Result<Stored, FhirError> {
+        let p = self.seal(who, rtype, patient, None, &body).await?;
+        self.submit(
+            &who.keys,
+            Payload::AmendRecord {
+                record,
+                cid: p.cid,
+                content_hash: p.content_hash,
+                size: p.size,
+            },
+        )
+        .await
+        .inspect_err(|_| self.discard(&[p.cid]))?;
+        self.index.put(vec![p.entry(record)])?;
+        self.stored(record, rtype, body).await
+    }
+
+    /// Deleting writes a tombstone version; history keeps every earlier version.
+    pub async fn delete(&self, who: &Principal, rtype: &str, id: &str) -> Result<(), FhirError> {
+        writable(rtype)?;
+        let record = record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
+        let view = self.access(who, record).await?;
+        Self::typed(&view, rtype)?;
+        if self.index.doc(&record)?.is_some_and(|d| d.deleted) {
+            return Ok(());
+        }
+        self.amend(who, record, rtype, view.state.patient, json!({ "resourceType": TOMBSTONE }))
+            .await
+            .map(|_| ())
+    }
+
+    /// Versions of one resource (newest first), as a `history` Bundle.
+    pub async fn history(&self, who: &Principal, rtype: &str, id: &str, base: &str) -> Result<Value, FhirError> {
+        let record = record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
+        let view = self.access(who, record).await?;
+        Self::typed(&view, rtype)?;
+        let mut entries = Vec::new();
+        for v in view.history.iter().rev() {
+            entries.push(self.history_entry(rtype, id, v, base).await?);
+        }
+        Ok(json!({
+            "resourceType": "Bundle", "type": "history", "total": entries.len(),
+            "link": [{"relation": "self", "url": format!("{base}/{rtype}/{id}/_history")}],
+            "entry": entries,
+        }))
+    }
+
+    async fn history_entry(&self, rtype: &str, id: &str, v: &VersionState, base: &str) -> Result<Value, FhirError> {
+        let content = self.fetch(&v.cid).await?;
+        let url = format!("{rtype}/{id}");
+        let modified = date::instant(v.time_ms);
+        Ok(if is_tombstone(&content) {
+            json!({
+                "fullUrl": format!("{base}/{url}"),
+                "request": {"method": "DELETE", "url": url},
+                "response": {"status": "204", "etag": format!("W/\"{}\"", v.version), "lastModified": modified},
+            })
+        } else {
+            let method = if v.version == 1 { "POST" } else { "PUT" };
+            json!({
+                "fullUrl": format!("{base}/{url}"),
+                "resource": render(content, id, v),
+                "request": {"method": method, "url": if v.version == 1 { rtype.to_owned() } else { url }},
+                "response": {"status": if v.version == 1 { "201" } else { "200" }, "etag": format!("W/\"{}\"", v.version), "lastModified": modified},
+            })
+        })
+    }
+
+    /// Every version of every resource of a type the caller may see, newest first.
+    pub async fn type_history(&self, who: &Principal, rtype: &str, count: usize, base: &str) -> Result<Value, FhirError> {
+        let mut versions = Vec::new();
+        for (_, record) in self.index.of_type(rtype)?.into_iter().rev() {
+            if versions.len() >= count.min(MAX_EVERYTHING) {
+                break;
+            }
+            let Ok(view) = self.access(who, record).await else {
+                continue;
+            };
+            let id = record.to_string();
+            for v in view.history.iter().rev() {
+                versions.push(self.history_entry(rtype, &id, v, base).await?);
+            }
+        }
+        versions.truncate(count);
+        Ok(json!({
+            "resourceType": "Bundle", "type": "history",
+            "link": [{"relation": "self", "url": format!("{base}/{rtype}/_history")}],
+            "entry": versions,
+        }))
+    }
+
+    // ---- search --------------------------------------------------------------------
+
+    /// Records matching the query, in creation order (before access checks).
+    async fn matches(&self, rtype: &str, q: &search::Query) -> Result<Vec<(u64, RecordId)>, FhirError> {
+        let mut groups: Vec<HashSet<RecordId>> = Vec::new();
+        let mut candidates: Option<Vec<(u64, RecordId)>> = None;
+        for group in &q.tokens {
+            let mut set = Vec::new();
+            for (param, value) in group {
+                set.extend(self.index.lookup(&self.index.token(rtype, param, value))?);
+            }
+            if candidates.is_none() {
+                candidates = Some(set.clone());
+            }
+            groups.push(set.into_iter().map(|(_, r)| r).collect());
+        }
+        let patient = match &q.patient {
+            Some(pid) => {
+                let Some(r) = record_id(pid) else {
+                    return Ok(Vec::new());
+                };
+                match self.view(move |st| query::record(st, &r)).await? {
+                    Some(v) if v.state.category.as_str() == "Patient" => Some(v.state.patient),
+                    _ => return Ok(Vec::new()),
+                }
+            }
+            None => None,
+        };
+        let candidates: Vec<(u64, RecordId)> = match (&q.ids, candidates, patient) {
+            (Some(ids), _, _) => {
+                let mut out = Vec::new();
+                for id in ids {
+                    if let Some(r) = record_id(id)
+                        && let Some(d) = self.index.doc(&r)?
+                    {
+                        out.push((d.seq, r));
+                    }
+                }
+                out
+            }
+            (None, Some(c), _) => c,
+            (None, None, Some(p)) => {
+                let cat = rtype.to_owned();
+                let recs = self
+                    .view(move |st| {
+                        let mut out = Vec::new();
+                        let mut after = None;
+                        loop {
+                            let page = query::patient_records(st, &p, after.as_ref(), 1000)?;
+                            let Some(last) = page.last().copied() else { break };
+                            for r in page {
+                                if query::record(st, &r)?.is_some_and(|v| v.state.category.as_str() == cat) {
+                                    out.push(r);
+                                }
+                            }
+                            after = Some(last);
+                        }
+                        Ok(out)
+                    })
+                    .await?;
+                let mut out = Vec::new();
+                for r in recs {
+                    if let Some(d) = self.index.doc(&r)? {
+                        out.push((d.seq, r));
+                    }
+                }
+                out
+            }
+            (None, None, None) => self.index.of_type(rtype)?,
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (seq, r) in candidates {
+            if !seen.insert(r) || !groups.iter().all(|g| g.contains(&r)) {
+                continue;
+            }
+            let Some(doc) = self.index.doc(&r)? else { continue };
+            if doc.deleted || doc.rtype != rtype || !dates_match(&doc, q) {
+                continue;
+            }
+            out.push((seq, r));
+        }
+        if let Some(p) = patient {
+            let ids: Vec<RecordId> = out.iter().map(|(_, r)| *r).collect();
+            let keep: HashSet<RecordId> = self
+                .view(move |st| {
+                    let mut keep = HashSet::new();
+                    for r in ids {
+                        if query::record(st, &r)?.is_some_and(|v| v.state.patient == p) {
+                            keep.insert(r);
+                        }
+                    }
+                    Ok(keep)
+                })
+                .await?;
+            out.retain(|(_, r)| keep.contains(r));
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// A `searchset` Bundle: matches the caller may see (each access audited; refused
+    /// ones are left out and audited as refused), paged with `_count`/`_offset`.
+    pub async fn search(
+        &self,
+        who: &Principal,
+        rtype: &str,
+        pairs: &[(String, String)],
+        base: &str,
+    ) -> Result<Value, FhirError> {
+        purpose_of(who.role)?;
+        let q = search::parse_query(rtype, pairs)?;
+        let all = self.matches(rtype, &q).await?;
+        let page: Vec<RecordId> = all.iter().skip(q.offset).take(q.count).map(|(_, r)| *r).collect();
+        let mut entries = Vec::new();
+        for r in page {
+            match self.latest(who, rtype, r).await {
+                Ok(Some(s)) => entries.push(json!({
+                    "fullUrl": format!("{base}/{rtype}/{}", s.id),
+                    "resource": s.resource,
+                    "search": {"mode": "match"},
+                })),
+                Ok(None) | Err(FhirError::Forbidden(_) | FhirError::Gone(_) | FhirError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let query_string = |offset: usize| {
+            let mut parts: Vec<String> = pairs
+                .iter()
+                .filter(|(k, _)| k != "_offset" && k != "_count")
+                .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+                .collect();
+            parts.push(format!("_count={}", q.count));
+            parts.push(format!("_offset={offset}"));
+            format!("{base}/{rtype}?{}", parts.join("&"))
+        };
+        let mut links = vec![json!({"relation": "self", "url": query_string(q.offset)})];
+        if q.offset + q.count < all.len() {
+            links.push(json!({"relation": "next", "url": query_string(q.offset + q.count)}));
+        }
+        if q.offset > 0 {
+            links.push(json!({"relation": "previous", "url": query_string(q.offset.saturating_sub(q.count))}));
+        }
+        Ok(json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}))
+    }
+
+    /// The current version of a record, through the audited access path.
+    async fn latest(&self, who: &Principal, rtype: &str, record: RecordId) -> Result<Option<Stored>, FhirError> {
+        let view = self.access(who, record).await?;
+        if view.state.category.as_str() != rtype {
+            return Ok(None);
+        }
+        let Some(v) = view.history.last() else { return Ok(None) };
+        let content = self.fetch(&v.cid).await?;
+        if is_tombstone(&content) {
+            return Ok(None);
+        }
+        let id = record.to_string();
+        Ok(Some(Stored {
+            rtype: rtype.to_owned(),
+            version: v.version,
+            time_ms: v.time_ms,
+            resource: render(content, &id, v),
+            id,
+        }))
+    }
+
+    /// `Patient/{id}/$everything`: the patient resource and every current resource in
+    /// the patient's compartment the caller may see (each read audited).
+    pub async fn everything(&self, who: &Principal, id: &str, base: &str) -> Result<Value, FhirError> {
+        let patient = self.read(who, "Patient", id, None).await?;
+        let pid = record_id(id).ok_or_else(|| FhirError::NotFound("no such patient".into()))?;
+        let account = self
+            .view(move |st| query::record(st, &pid))
+            .await?
+            .map(|v| v.state.patient)
+            .ok_or_else(|| FhirError::NotFound("no such patient".into()))?;
+        let records = self
+            .view(move |st| {
+                let mut out = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = query::patient_records(st, &account, after.as_ref(), 1000)?;
+                    let Some(last) = page.last().copied() else { break };
+                    for r in page {
+                        if let Some(v) = query::record(st, &r)? {
+                            out.push((r, v.state.category.as_str().to_owned()));
+                        }
+                    }
+                    after = Some(last);
+                }
+                Ok(out)
+            })
+            .await?;
+        let mut entries = vec![json!({"fullUrl": format!("{base}/Patient/{id}"), "resource": patient.resource, "search": {"mode": "match"}})];
+        let mut found: Vec<(u64, Value)> = Vec::new();
+        for (r, cat) in records {
+            if r == pid || found.len() >= MAX_EVERYTHING {
+                continue;
+            }
+            let Some(doc) = self.index.doc(&r)? else { continue };
+            if doc.deleted {
+                continue;
+            }
+            match self.latest(who, &cat, r).await {
+                Ok(Some(s)) => found.push((
+                    doc.seq,
+                    json!({"fullUrl": format!("{base}/{cat}/{}", s.id), "resource": s.resource, "search": {"mode": "match"}}),
+                )),
+                Ok(None) | Err(FhirError::Forbidden(_) | FhirError::Gone(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        found.sort_by_key(|(s, _)| *s);
+        entries.extend(found.into_iter().map(|(_, e)| e));
+        Ok(json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}))
+    }
+
+    // ---- Bundles ---------------------------------------------------------------------
+
+    pub async fn bundle(&self, who: &Principal, body: Value, base: &str) -> Result<Value, FhirError> {
+        medledger_fhir::validate(&body, Some("Bundle"), true).map_err(FhirError::Invalid)?;
+        match body.get("type").and_then(Value::as_str) {
+            Some("transaction") => self.transaction(who, body, base).await,
+            Some("batch") => Ok(self.batch(who, body, base).await),
+            _ => Err(FhirError::invalid(
+                IssueCode::NotSupported,
+                "only transaction and batch Bundles can be posted",
+            )),
+        }
+    }
+
+    async fn batch(&self, who: &Principal, body: Value, base: &str) -> Value {
+        let mut out = Vec::new();
+        for e in body.get("entry").and_then(Value::as_array).cloned().unwrap_or_default() {
+            let r = self.batch_entry(who, &e).await;
+            out.push(match r {
+                Ok((status, s)) => json!({
+                    "resource": s.as_ref().map(|s| s.resource.clone()),
+                    "response": match &s {
+                        Some(s) => json!({"status": status, "location": format!("{}/{}/_history/{}", s.rtype, s.id, s.version), "etag": s.etag(), "lastModified": date::instant(s.time_ms)}),
+                        None => json!({"status": status}),
+                    },
+                }),
+                Err(e) => {
+                    let (status, oo) = crate::fhir_api::outcome_of(&e);
+                    json!({"response": {"status": status.as_u16().to_string(), "outcome": oo}})
+                }
+            });
+        }
+        for e in &mut out {
+            if e["resource"].is_null()
+                && let Some(o) = e.as_object_mut()
+            {
+                o.remove("resource");
+            }
+        }
+        let _ = base;
+        json!({"resourceType": "Bundle", "type": "batch-response", "entry": out})
+    }
+
+    async fn batch_entry(&self, who: &Principal, e: &Value) -> Result<(&'static str, Option<Stored>), FhirError> {
+        let method = e.pointer("/request/method").and_then(Value::as_str).unwrap_or("");
+        let url = e.pointer("/request/url").and_then(Value::as_str).unwrap_or("");
+        let path: Vec<&str> = url.split('?').next().unwrap_or("").split('/').collect();
+        let resource = e.get("resource").cloned();
+        match (method, path.as_slice(), resource) {
+            ("POST", [t], Some(r)) => self.create(who, t, r).await.map(|s| ("201 Created", Some(s))),
+            ("PUT", [t, id], Some(r)) => self.update(who, t, id, r, None).await.map(|s| ("200 OK", Some(s))),
+            ("DELETE", [t, id], _) => self.delete(who, t, id).await.map(|_| ("204 No Content", None)),
+            ("GET", [t, id], _) => self.read(who, t, id, None).await.map(|s| ("200 OK", Some(s))),
+            _ => Err(FhirError::invalid(IssueCode::NotSupported, "batch entries: POST Type, PUT/DELETE/GET Type/id")),
+        }
+    }
+
+    /// All entries or none: every resource is validated and sealed first, then all
+    /// record writes go to the ledger as one `write_records` transaction. Patients
+    /// created by the Bundle get their accounts before it (an account with no records
+    /// is what remains if the Bundle is then refused).
+    async fn transaction(&self, who: &Principal, body: Value, base: &str) -> Result<Value, FhirError> {
+        let entries = body.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+        if entries.is_empty() || entries.len() > medledger_core::model::MAX_RECORD_WRITES {
+            return Err(FhirError::invalid(
+                IssueCode::TooLong,
+                format!("a transaction holds 1 to {} entries", medledger_core::model::MAX_RECORD_WRITES),
+            ));
+        }
+        let mut issues = Vec::new();
+        let mut ops: Vec<(usize, &'static str, String, Option<String>, Option<Value>)> = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let method = e.pointer("/request/method").and_then(Value::as_str).unwrap_or("");
+            let url = e.pointer("/request/url").and_then(Value::as_str).unwrap_or("");
+            let full_url = e.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
+            let resource = e.get("resource").cloned();
+            let at = format!("Bundle.entry[{i}]");
+            match (method, url.split('/').collect::<Vec<_>>().as_slice(), resource) {
+                ("POST", [t], Some(r)) if !url.contains('?') => {
+                    if let Err(mut is) = medledger_fhir::validate(&r, Some(t), true) {
+                        is.iter_mut().for_each(|x| x.expression = Some(format!("{at}.resource")));
+                        issues.extend(is);
+                    } else if writable(t).is_err() {
+                        issues.push(Issue::new(IssueCode::NotSupported, format!("{t} cannot be written")).at(at));
+                    } else {
+                        ops.push((i, "POST", (*t).to_owned(), full_url, Some(r)));
+                    }
+                }
+                ("PUT", [t, id], Some(r)) => {
+                    if let Err(mut is) = medledger_fhir::validate(&r, Some(t), true) {
+                        is.iter_mut().for_each(|x| x.expression = Some(format!("{at}.resource")));
+                        issues.extend(is);
+                    } else if r.get("id").and_then(Value::as_str) != Some(id) {
+                        issues.push(Issue::new(IssueCode::Invalid, "the resource id must equal the id in request.url").at(at));
+                    } else {
+                        ops.push((i, "PUT", format!("{t}/{id}"), full_url, Some(r)));
+                    }
+                }
+                ("DELETE", [t, id], _) => ops.push((i, "DELETE", format!("{t}/{id}"), full_url, None)),
+                _ => issues.push(
+                    Issue::new(IssueCode::NotSupported, "transaction entries: POST Type, PUT Type/id, DELETE Type/id").at(at),
+                ),
+            }
+        }
+        if !issues.is_empty() {
+            return Err(FhirError::Invalid(issues));
+        }
+        // Subjects first, while no nonce of the caller is reserved (creating them
+        // signs with the caller's key): an account for each new Patient, and the
+        // directory subject if some entry is in no patient's compartment.
+        let patient_urls: HashSet<String> = ops
+            .iter()
+            .filter(|o| o.1 == "POST" && o.2 == "Patient")
+            .filter_map(|o| o.3.clone())
+            .collect();
+        let mut subjects = Vec::new();
+        let mut need_directory = false;
+        for (_, method, target, _, resource) in &ops {
+            if *method == "POST" && target == "Patient" {
+                subjects.push(self.patient_for_new(who).await?);
+            } else if let Some(r) = resource {
+                let mut has_patient = !refs::patients(r).is_empty();
+                refs::visit(r, &mut |_, s| has_patient |= patient_urls.contains(s));
+                need_directory |= !has_patient;
+            }
+        }
+        if need_directory {
+            self.directory_subject(who).await?;
+        }
+        // Reserve the nonce: record ids of new entries derive from it, and other
+        // entries' references are rewritten to them before anything is sealed.
+        let seq = self.sequence(&who.account);
+        let guard = seq.lock().await;
+        let nonce = self.next_nonce(&who.account)?;
+        let mut urls: HashMap<String, String> = HashMap::new();
+        let mut plan: Vec<BundleOp> = Vec::new();
+        let mut adds = 0u32;
+        let mut new_patients: HashMap<String, (AccountId, Option<[u8; 32]>)> = HashMap::new();
+        let mut subjects = subjects.into_iter();
+        for (_, method, target, full_url, resource) in ops {
+            let (rtype, record) = match method {
+                "POST" => {
+                    let r = RecordId::in_batch(&who.account, nonce, adds);
+                    adds += 1;
+                    (target.clone(), r)
+                }
+                _ => {
+                    let (t, id) = target.split_once('/').expect("Type/id");
+                    let r = record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {t} with id {id}")))?;
+                    (t.to_owned(), r)
+                }
+            };
+            if let Some(u) = &full_url {
+                urls.insert(u.clone(), format!("{rtype}/{record}"));
+            }
+            let mut patient = None;
+            if method == "POST" && rtype == "Patient" {
+                let s = subjects.next().expect("one subject per new Patient");
+                patient = Some(s.0);
+                new_patients.insert(format!("Patient/{record}"), s);
+            }
+            plan.push(BundleOp { method, rtype, record, full_url, resource, patient });
+        }
+        // Rewrite references to entries of this Bundle; unknown urn: references fail.
+        let mut unresolved = Vec::new();
+        for op in plan.iter_mut() {
+            if let Some(r) = op.resource.as_mut() {
+                strip_server_fields(r);
+                refs::rewrite(r, &mut |s| {
+                    if let Some(n) = urls.get(s) {
+                        return Some(n.clone());
+                    }
+                    if matches!(refs::parse(s), Some(refs::Target::Urn(_))) {
+                        unresolved.push(s.to_owned());
+                    }
+                    None
+                });
+            }
+        }
+        if !unresolved.is_empty() {
+            return Err(FhirError::invalid(
+                IssueCode::NotFound,
+                format!("{} urn: reference(s) name no entry of this Bundle", unresolved.len()),
+            ));
+        }
+        // Existing records being updated or deleted: current state and access.
+        for op in plan.iter_mut().filter(|o| o.method != "POST") {
+            let view = self.access(who, op.record).await?;
+            Self::typed(&view, &op.rtype)?;
+            op.patient = Some(view.state.patient);
+        }
+        for op in plan.iter_mut().filter(|o| o.patient.is_none()) {
+            let r = op.resource.as_ref().expect("POST has a resource");
+            let mut patient = None;
+            for pid in refs::patients(r) {
+                if let Some((a, _)) = new_patients.get(&format!("Patient/{pid}")) {
+                    patient = Some(*a);
+                    break;
+                }
+            }
+            op.patient = Some(match patient {
+                Some(p) => p,
+                None => self.compartment(who, r).await?,
+            });
+        }
+        // Seal every resource, then one transaction registers all of them.
+        let mut sealed = Vec::new();
+        let mut items = Vec::new();
+        let mut cids = Vec::new();
+        for op in &plan {
+            let patient = op.patient.expect("resolved above");
+            let key = new_patients.get(&format!("Patient/{}", op.record)).and_then(|(_, k)| *k);
+            let content = op.resource.clone().unwrap_or_else(|| json!({"resourceType": TOMBSTONE}));
+            let p = match self.seal(who, &op.rtype, patient, key, &content).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.discard(&cids);
+                    return Err(e);
+                }
+            };
+            cids.push(p.cid);
+            items.push(match op.method {
+                "POST" => RecordWrite::Add {
+                    patient,
+                    category: Category::new(&op.rtype).map_err(internal)?,
+                    cid: p.cid,
+                    content_hash: p.content_hash,
+                    size: p.size,
+                },
+                _ => RecordWrite::Amend {
+                    record: op.record,
+                    cid: p.cid,
+                    content_hash: p.content_hash,
+                    size: p.size,
+                },
+            });
+            sealed.push(p);
+        }
+        let (bytes, _) = self.sign(&who.keys, nonce, Payload::WriteRecords { items });
+        let wait = self.batcher.enqueue(bytes);
+        self.set_next(&who.account, Some(nonce + 1));
+        drop(guard);
+        if let Err(e) = self.outcome(&who.account, wait.await) {
+            self.discard(&cids);
+            return Err(e);
+        }
+        self.index.put(
+            sealed
+                .into_iter()
+                .zip(&plan)
+                .map(|(p, op)| p.entry(op.record))
+                .collect(),
+        )?;
+        let mut out = Vec::new();
+        for op in &plan {
+            let view_record = op.record;
+            let view = self
+                .view(move |st| query::record(st, &view_record))
+                .await?
+                .ok_or_else(|| internal("committed record not found"))?;
+            let v = view.history.last().ok_or_else(|| internal("record without versions"))?;
+            let (status, loc) = match op.method {
+                "POST" => ("201 Created", true),
+                "PUT" => ("200 OK", true),
+                _ => ("204 No Content", false),
+            };
+            let mut response = json!({"status": status, "etag": format!("W/\"{}\"", v.version), "lastModified": date::instant(v.time_ms)});
+            if loc {
+                response["location"] = json!(format!("{}/{}/_history/{}", op.rtype, op.record, v.version));
+            }
+            let mut entry = Map::new();
+            if let Some(u) = &op.full_url {
+                entry.insert("fullUrl".into(), json!(u));
+            }
+            entry.insert("response".into(), response);
+            out.push(Value::Object(entry));
+        }
+        let _ = base;
+        Ok(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": out}))
+    }
+
+}
+
+fn dates_match(doc: &Doc, q: &search::Query) -> bool {
+    q.dates.iter().all(|(param, prefix, range)| {
+        doc.date_ranges(param)
+            .any(|r| date::matches(*prefix, *range, r))
+    })
+}
+
+fn enc(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:|/,".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+/// Types written through their own mapping, or not at all.
+fn writable(rtype: &str) -> Result<(), FhirError> {
+    match rtype {
+        "Bundle" | "OperationOutcome" | "CapabilityStatement" | "Parameters" => Err(
+            FhirError::NotSupported(format!("{rtype} resources are not stored")),
+        ),
+        "AuditEvent" => Err(FhirError::NotSupported(
+            "AuditEvent is a read-only view of the ledger's audit trail".into(),
+        )),
+        "Consent" => Err(FhirError::NotSupported(
+            "Consent maps to ledger grants: see the CapabilityStatement".into(),
+        )),
+        t if medledger_fhir::validate::is_r4_type(t) => Ok(()),
+        t => Err(FhirError::NotFound(format!("{t} is not a FHIR R4 resource type"))),
+    }
+}

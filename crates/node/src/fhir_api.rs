@@ -1,0 +1,518 @@
+//! FHIR R4 REST under `/fhir` (JSON, `application/fhir+json`): CapabilityStatement,
+//! instance and type interactions, history, search, Bundles and `$everything`.
+//! Callers authenticate with an API token (`Authorization: Bearer mlt_…`) or a session
+//! cookie (writes then need `X-CSRF-Token`); every failure is an OperationOutcome.
+
+use crate::api::AppState;
+use crate::auth::Principal;
+use crate::fhir::{FhirError, Stored};
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use medledger_fhir::outcome::{Issue, IssueCode, operation_outcome};
+use medledger_fhir::{FHIR_JSON, FHIR_VERSION, search, validate::R4_TYPES};
+use serde_json::{Value, json};
+
+/// Largest request body (a transaction Bundle of a long patient history with notes).
+pub const MAX_FHIR_BODY: usize = 32 * 1024 * 1024;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/fhir/metadata", get(metadata))
+        .route("/fhir", axum::routing::post(bundle))
+        .route("/fhir/{rtype}", get(search_type).post(create))
+        .route("/fhir/{rtype}/_search", axum::routing::post(search_post))
+        .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete))
+        .route("/fhir/{rtype}/{id}/{op}", get(instance_op))
+        .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread))
+}
+
+pub fn outcome_of(e: &FhirError) -> (StatusCode, Value) {
+    use medledger_core::RejectReason as R;
+    let one = |code, msg: String| operation_outcome(&[Issue::new(code, msg)]);
+    match e {
+        FhirError::Invalid(issues) => (StatusCode::BAD_REQUEST, operation_outcome(issues)),
+        FhirError::NotFound(m) => (StatusCode::NOT_FOUND, one(IssueCode::NotFound, m.clone())),
+        FhirError::Gone(m) => (StatusCode::GONE, one(IssueCode::Deleted, m.clone())),
+        FhirError::Forbidden(m) => (StatusCode::FORBIDDEN, one(IssueCode::Forbidden, m.clone())),
+        FhirError::Conflict(m) => (StatusCode::CONFLICT, one(IssueCode::Conflict, m.clone())),
+        FhirError::PreconditionFailed(m) => {
+            (StatusCode::PRECONDITION_FAILED, one(IssueCode::Conflict, m.clone()))
+        }
+        FhirError::NotSupported(m) => {
+            (StatusCode::METHOD_NOT_ALLOWED, one(IssueCode::NotSupported, m.clone()))
+        }
+        FhirError::Ledger(r) => {
+            let status = match r {
+                R::Unauthorized { .. } => StatusCode::FORBIDDEN,
+                R::NotFound { .. } => StatusCode::NOT_FOUND,
+                R::Erased => StatusCode::GONE,
+                R::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::CONFLICT,
+            };
+            let code = if status == StatusCode::FORBIDDEN {
+                IssueCode::Forbidden
+            } else {
+                IssueCode::Processing
+            };
+            (status, one(code, format!("ledger: {} ({})", r, r.code())))
+        }
+        FhirError::Unavailable(m) => {
+            tracing::warn!(error = %m, "fhir: service unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                one(IssueCode::Exception, "temporarily unavailable; retry".into()),
+            )
+        }
+        FhirError::Internal(m) => {
+            tracing::error!(error = %m, "fhir: internal error");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                one(IssueCode::Exception, "internal error".into()),
+            )
+        }
+    }
+}
+
+impl IntoResponse for FhirError {
+    fn into_response(self) -> Response {
+        let (status, body) = outcome_of(&self);
+        fhir_json(status, &body)
+    }
+}
+
+fn fhir_json(status: StatusCode, v: &Value) -> Response {
+    let mut r = (status, serde_json::to_vec(v).unwrap_or_default()).into_response();
+    if let Ok(ct) = HeaderValue::from_str(&format!("{FHIR_JSON}; charset=utf-8")) {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    r
+}
+
+fn unauthenticated() -> Response {
+    let mut r = fhir_json(
+        StatusCode::UNAUTHORIZED,
+        &operation_outcome(&[Issue::new(
+            IssueCode::Login,
+            "sign in, or send an API token as Authorization: Bearer",
+        )]),
+    );
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// The caller: an API token, or a session cookie (with its CSRF token for writes).
+fn principal(s: &AppState, headers: &HeaderMap, write: bool) -> Result<Principal, Response> {
+    if let Some(bearer) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return match s.auth.principal(bearer.trim()) {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => Err(unauthenticated()),
+            Err(e) => {
+                tracing::error!(error = %e, "fhir: token lookup failed");
+                Err(FhirError::Internal("token lookup".into()).into_response())
+            }
+        };
+    }
+    let Some(token) = crate::auth_api::cookie_token(headers) else {
+        return Err(unauthenticated());
+    };
+    let Some(sess) = s.auth.session(&token) else {
+        return Err(unauthenticated());
+    };
+    if write && headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) != Some(sess.csrf.as_str()) {
+        return Err(FhirError::Forbidden("missing or wrong X-CSRF-Token".into()).into_response());
+    }
+    if !sess.mfa_ok {
+        return Err(FhirError::Forbidden("set up two-factor sign-in first".into()).into_response());
+    }
+    Ok(Principal::from(&sess))
+}
+
+fn base(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b)))
+        .unwrap_or("localhost");
+    format!("https://{host}/fhir")
+}
+
+fn body_json(headers: &HeaderMap, body: &Bytes) -> Result<Value, FhirError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !matches!(mime, "application/fhir+json" | "application/json" | "application/json+fhir") {
+        return Err(FhirError::invalid(
+            IssueCode::NotSupported,
+            "send JSON: Content-Type application/fhir+json",
+        ));
+    }
+    if body.len() > MAX_FHIR_BODY {
+        return Err(FhirError::invalid(IssueCode::TooLong, "request body too large"));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        FhirError::invalid(
+            IssueCode::Structure,
+            format!("malformed JSON at line {} column {}", e.line(), e.column()),
+        )
+    })
+}
+
+fn resource_response(status: StatusCode, s: &Stored) -> Response {
+    let mut r = fhir_json(status, &s.resource);
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&s.etag()) {
+        h.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{}/{}/_history/{}", s.rtype, s.id, s.version)) {
+        h.insert(header::CONTENT_LOCATION, v.clone());
+        if status == StatusCode::CREATED {
+            h.insert(header::LOCATION, v);
+        }
+    }
+    r
+}
+
+fn pairs(q: Option<String>) -> Result<Vec<(String, String)>, FhirError> {
+    let q = q.unwrap_or_default();
+    serde_urlencoded_pairs(&q)
+}
+
+fn serde_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, FhirError> {
+    let mut out = Vec::new();
+    for part in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let dec = |s: &str| {
+            let s = s.replace('+', " ");
+            percent(&s).ok_or_else(|| FhirError::invalid(IssueCode::Invalid, "malformed query string"))
+        };
+        out.push((dec(k)?, dec(v)?));
+    }
+    Ok(out)
+}
+
+fn percent(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+async fn metadata() -> Response {
+    fhir_json(StatusCode::OK, &capability_statement())
+}
+
+/// What this server really supports, generated from the same tables the handlers use.
+pub fn capability_statement() -> Value {
+    let mut resources = Vec::new();
+    for t in R4_TYPES {
+        if matches!(
+            *t,
+            "Bundle" | "OperationOutcome" | "CapabilityStatement" | "Parameters" | "AuditEvent" | "Consent"
+        ) {
+            continue;
+        }
+        let interactions: Vec<Value> = [
+            "read",
+            "vread",
+            "create",
+            "update",
+            "delete",
+            "history-instance",
+            "history-type",
+        ]
+        .iter()
+        .map(|c| json!({ "code": c }))
+        .collect();
+        let mut r = json!({
+            "type": t,
+            "interaction": interactions,
+            "versioning": "versioned",
+            "readHistory": true,
+            "updateCreate": false,
+            "conditionalCreate": false,
+            "conditionalUpdate": false,
+            "conditionalDelete": "not-supported",
+        });
+        if let Some(params) = search::params(t) {
+            r["interaction"]
+                .as_array_mut()
+                .expect("array")
+                .push(json!({"code": "search-type"}));
+            let mut sp = vec![json!({"name": "_id", "type": "token"})];
+            sp.extend(params.iter().map(|p| {
+                json!({"name": p.name, "type": match p.kind {
+                    search::Kind::Token => "token",
+                    search::Kind::Str => "string",
+                    search::Kind::Date => "date",
+                    search::Kind::Patient => "reference",
+                }})
+            }));
+            r["searchParam"] = json!(sp);
+        }
+        if *t == "Patient" {
+            r["operation"] = json!([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]);
+        }
+        resources.push(r);
+    }
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-25",
+        "publisher": "medledger",
+        "kind": "instance",
+        "software": {"name": "medledger", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "medledger node: FHIR resources as encrypted, consent-checked, audited ledger records"},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": "Ids, versionId and lastUpdated come from the ledger. Reads are decided by consent and audited. Search values are indexed as keyed tokens; string search matches the start of a name part (up to 24 characters), case-insensitively. Paging with _count and _offset.",
+            "security": {"cors": false, "description": "Authorization: Bearer <API token>, or a session cookie with X-CSRF-Token on writes"},
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}],
+        }],
+    })
+}
+
+async fn create(
+    State(s): State<AppState>,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let who = match principal(&s, &headers, true) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let r = async {
+        let v = body_json(&headers, &body)?;
+        s.fhir.create(&who, &rtype, v).await
+    }
+    .await;
+    match r {
+        Ok(st) => resource_response(StatusCode::CREATED, &st),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn read(
+    State(s): State<AppState>,
+    Path((rtype, id)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let who = match principal(&s, &headers, false) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if id == "_history" {
+        let count = pairs(q)
+            .ok()
+            .and_then(|p| p.into_iter().find(|(k, _)| k == "_count"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(search::DEFAULT_COUNT);
+        return match s.fhir.type_history(&who, &rtype, count, &base(&headers)).await {
+            Ok(b) => fhir_json(StatusCode::OK, &b),
+            Err(e) => e.into_response(),
+        };
+    }
+    match s.fhir.read(&who, &rtype, &id, None).await {
+        Ok(st) => resource_response(StatusCode::OK, &st),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn vread(
+    State(s): State<AppState>,
+    Path((rtype, id, vid)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match principal(&s, &headers, false) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Ok(v) = vid.parse::<u32>() else {
+        return FhirError::NotFound("no such version".into()).into_response();
+    };
+    match s.fhir.read(&who, &rtype, &id, Some(v)).await {
+        Ok(st) => resource_response(StatusCode::OK, &st),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<u32>, FhirError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or_else(|| FhirError::invalid(IssueCode::Invalid, "If-Match must be W/\"<versionId>\""))
+}
+
+async fn update(
+    State(s): State<AppState>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let who = match principal(&s, &headers, true) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let r = async {
+        let v = body_json(&headers, &body)?;
+        s.fhir.update(&who, &rtype, &id, v, if_match(&headers)?).await
+    }
+    .await;
+    match r {
+        Ok(st) => resource_response(StatusCode::OK, &st),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn delete(
+    State(s): State<AppState>,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match principal(&s, &headers, true) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match s.fhir.delete(&who, &rtype, &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn search_type(
+    State(s): State<AppState>,
+    Path(rtype): Path<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let who = match principal(&s, &headers, false) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    if rtype == "_history" {
+        return FhirError::NotSupported("system history is not supported".into()).into_response();
+    }
+    let r = async {
+        let p = pairs(q)?;
+        s.fhir.search(&who, &rtype, &p, &base(&headers)).await
+    }
+    .await;
+    match r {
+        Ok(b) => fhir_json(StatusCode::OK, &b),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn search_post(
+    State(s): State<AppState>,
+    Path(rtype): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let who = match principal(&s, &headers, false) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let r = async {
+        let form = std::str::from_utf8(&body)
+            .map_err(|_| FhirError::invalid(IssueCode::Invalid, "form body is not UTF-8"))?;
+        let p = serde_urlencoded_pairs(form)?;
+        s.fhir.search(&who, &rtype, &p, &base(&headers)).await
+    }
+    .await;
+    match r {
+        Ok(b) => fhir_json(StatusCode::OK, &b),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn instance_op(
+    State(s): State<AppState>,
+    Path((rtype, id, op)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match principal(&s, &headers, false) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let b = base(&headers);
+    let r = match (rtype.as_str(), id.as_str(), op.as_str()) {
+        (t, id, "_history") => s.fhir.history(&who, t, id, &b).await,
+        ("Patient", id, "$everything") => s.fhir.everything(&who, id, &b).await,
+        _ => Err(FhirError::NotFound(format!("unknown operation {op}"))),
+    };
+    match r {
+        Ok(b) => fhir_json(StatusCode::OK, &b),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn bundle(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let who = match principal(&s, &headers, true) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let r = async {
+        let v = body_json(&headers, &body)?;
+        s.fhir.bundle(&who, v, &base(&headers)).await
+    }
+    .await;
+    match r {
+        Ok(b) => fhir_json(StatusCode::OK, &b),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode() {
+        let p = serde_urlencoded_pairs("code=http%3A%2F%2Floinc.org%7C8302-2&name=a+b&_count=2").unwrap();
+        assert_eq!(p[0].1, "http://loinc.org|8302-2");
+        assert_eq!(p[1].1, "a b");
+        assert!(serde_urlencoded_pairs("a=%zz").is_err());
+    }
+
+    #[test]
+    fn capability_statement_lists_search_where_supported() {
+        let c = capability_statement();
+        let res = c["rest"][0]["resource"].as_array().unwrap();
+        let obs = res.iter().find(|r| r["type"] == "Observation").unwrap();
+        assert!(obs["searchParam"].as_array().unwrap().iter().any(|p| p["name"] == "code"));
+        let claim = res.iter().find(|r| r["type"] == "Claim").unwrap();
+        assert!(claim.get("searchParam").is_none());
+        assert!(!res.iter().any(|r| r["type"] == "AuditEvent"));
+    }
+}
