@@ -22,7 +22,8 @@ pub struct ImportArgs {
     /// Transaction Bundle files, or directories of them (`*.json`).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Write where each entry went ({fullUrl: "Type/id"}) to this file.
+    /// Write where each entry went to this file: `[{file, entries: {fullUrl: "Type/id"}}]`
+    /// in import order.
     #[arg(long)]
     pub map: Option<PathBuf>,
     #[command(flatten)]
@@ -88,7 +89,17 @@ fn http(node: &NodeArgs) -> Result<reqwest::Client> {
 }
 
 pub async fn import(a: ImportArgs) -> Result<()> {
-    let files = files(&a.paths)?;
+    // Bundles without patients (organisations, practitioners) first: patient
+    // bundles refer to them. References to entries of earlier bundles (Synthea's
+    // `urn:uuid:` across files) are rewritten to the ids those entries got.
+    let mut files = files(&a.paths)?;
+    let mut keyed = Vec::new();
+    for f in files.drain(..) {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        keyed.push((text.contains("\"resourceType\": \"Patient\"") || text.contains("\"resourceType\":\"Patient\""), f));
+    }
+    keyed.sort();
+    let files: Vec<PathBuf> = keyed.into_iter().map(|(_, f)| f).collect();
     let http = http(&a.node)?;
     let url = format!("{}/fhir", a.node.node.trim_end_matches('/'));
     let bar = ProgressBar::new(files.len() as u64);
@@ -100,10 +111,24 @@ pub async fn import(a: ImportArgs) -> Result<()> {
     let started = Instant::now();
     let (mut ok, mut failed, mut resources) = (0usize, 0usize, 0usize);
     let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
-    let mut map = BTreeMap::new();
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    let mut per_file = Vec::new();
     for f in &files {
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let body = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        let mut bundle: Value = serde_json::from_slice(
+            &std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        )
+        .with_context(|| format!("{name} is not JSON"))?;
+        let own: std::collections::HashSet<String> = bundle["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["fullUrl"].as_str().map(str::to_owned))
+            .collect();
+        let earlier: BTreeMap<String, String> =
+            map.iter().filter(|(k, _)| !own.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        rewrite_known(&mut bundle, &earlier);
+        let body = serde_json::to_vec(&bundle)?;
         let resp = http
             .post(&url)
             .bearer_auth(&a.token.token)
@@ -116,6 +141,7 @@ pub async fn import(a: ImportArgs) -> Result<()> {
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         if status.is_success() {
             ok += 1;
+            let mut local = BTreeMap::new();
             for e in v["entry"].as_array().into_iter().flatten() {
                 let loc = e["response"]["location"].as_str().unwrap_or("");
                 let typed: Vec<&str> = loc.split('/').collect();
@@ -123,10 +149,12 @@ pub async fn import(a: ImportArgs) -> Result<()> {
                     resources += 1;
                     *by_type.entry((*t).to_owned()).or_default() += 1;
                     if let Some(u) = e["fullUrl"].as_str() {
-                        map.insert(u.to_owned(), format!("{t}/{id}"));
+                        local.insert(u.to_owned(), format!("{t}/{id}"));
                     }
                 }
             }
+            map.extend(local.clone());
+            per_file.push(json!({"file": name, "entries": local}));
         } else {
             failed += 1;
             bar.suspend(|| eprintln!("{name}: {status}: {}", diagnostics(&v)));
@@ -145,7 +173,7 @@ pub async fn import(a: ImportArgs) -> Result<()> {
         eprintln!("  {t:<24} {n:>6}");
     }
     if let Some(m) = &a.map {
-        std::fs::write(m, serde_json::to_vec_pretty(&map)?).with_context(|| format!("writing {}", m.display()))?;
+        std::fs::write(m, serde_json::to_vec_pretty(&per_file)?).with_context(|| format!("writing {}", m.display()))?;
     }
     println!(
         "{}",
@@ -155,6 +183,26 @@ pub async fn import(a: ImportArgs) -> Result<()> {
         bail!("{failed} bundle(s) were refused; nothing of those was stored");
     }
     Ok(())
+}
+
+/// Rewrites references to entries imported from earlier bundles.
+fn rewrite_known(v: &mut Value, map: &BTreeMap<String, String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if k == "reference"
+                    && let Value::String(s) = x
+                    && let Some(n) = map.get(s.as_str())
+                {
+                    *s = n.clone();
+                } else {
+                    rewrite_known(x, map);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| rewrite_known(x, map)),
+        _ => {}
+    }
 }
 
 pub async fn export(a: ExportArgs) -> Result<()> {

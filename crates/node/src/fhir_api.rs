@@ -28,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{rtype}/{id}/{op}", get(instance_op))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FHIR_BODY))
 }
 
 pub fn outcome_of(e: &FhirError) -> (StatusCode, Value) {

@@ -1,0 +1,370 @@
+//! The FHIR R4 API of the real binary: all 13 Synthea bundles through `medledger
+//! import`, every resource read back equal in content with references rewritten to
+//! server ids; the intake form as one transaction Bundle; search with paging;
+//! update/vread/history/delete; refusals (invalid resources, malformed JSON, an
+//! all-or-nothing transaction, another role's reads) that change nothing and are
+//! audited; `$everything` and `medledger export`. Every resource the server returned
+//! is checked by two independent validators: PyPI `fhirclient` (R4 models) and npm
+//! `fhir` (`validate` with `errorOnUnexpected`).
+
+mod common;
+use common::signin::*;
+use common::*;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn samples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fhir-samples/synthea-r4")
+}
+
+struct Fhir {
+    c: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Fhir {
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut r = self
+            .c
+            .request(method, format!("{}/fhir{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/fhir+json")
+                .body(serde_json::to_vec(b).unwrap());
+        }
+        let resp = r.send().await.unwrap();
+        let st = resp.status().as_u16();
+        if st != 204 {
+            let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+            assert!(ct.starts_with("application/fhir+json"), "{path}: {ct}");
+        }
+        (st, resp.json().await.unwrap_or(Value::Null))
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+    async fn post(&self, path: &str, b: &Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(b)).await
+    }
+}
+
+/// Content without the server's parts, for comparison.
+fn content(mut v: Value) -> Value {
+    let o = v.as_object_mut().unwrap();
+    o.remove("id");
+    o.remove("meta");
+    v
+}
+
+fn rewrite(v: &mut Value, map: &HashMap<String, String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if k == "reference"
+                    && let Value::String(s) = x
+                    && let Some(n) = map.get(s.as_str())
+                {
+                    *s = n.clone();
+                } else {
+                    rewrite(x, map);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| rewrite(x, map)),
+        _ => {}
+    }
+}
+
+fn height(dir: &Path, node: &Node) -> u64 {
+    let out = Command::new(BIN)
+        .args(["query", "status", "--node", &node.url, "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["tip"]["height"].as_u64().unwrap()
+}
+
+const PY_VALIDATE: &str = r#"
+import importlib, json, sys
+bad = 0
+rs = json.load(open(sys.argv[1]))
+for r in rs:
+    t = r["resourceType"]
+    try:
+        getattr(importlib.import_module("fhirclient.models." + t.lower()), t)(r)
+    except Exception as e:
+        bad += 1
+        print(t, str(e)[:400])
+print("checked", len(rs), "failed", bad)
+sys.exit(1 if bad or not rs else 0)
+"#;
+
+const JS_VALIDATE: &str = r#"
+const { Fhir } = require('fhir');
+const fhir = new Fhir();
+const rs = JSON.parse(require('fs').readFileSync(process.argv[2]));
+let bad = 0;
+for (const r of rs) {
+  const res = fhir.validate(r, { errorOnUnexpected: true });
+  if (!res.valid) { bad++; console.log(r.resourceType, JSON.stringify(res.messages.filter(m => m.severity === 'error')).slice(0, 400)); }
+}
+console.log('checked', rs.length, 'failed', bad);
+process.exit(bad || rs.length === 0 ? 1 : 0);
+"#;
+
+/// Both independent validators over every resource in `returned`.
+fn validate_all(root: &Path, returned: &[Value]) {
+    let file = root.join("returned.json");
+    std::fs::write(&file, serde_json::to_vec(returned).unwrap()).unwrap();
+    let py = root.join("validate.py");
+    std::fs::write(&py, PY_VALIDATE).unwrap();
+    let out = Command::new("python3").arg(&py).arg(&file).output().unwrap();
+    assert!(
+        out.status.success(),
+        "fhirclient (pip install fhirclient):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/npm-fhir/node_modules");
+    assert!(
+        modules.join("fhir").exists(),
+        "npm package fhir missing: npm install --prefix target/npm-fhir fhir@4.12.0 (.ci/run does this)"
+    );
+    let js = root.join("validate.js");
+    std::fs::write(&js, JS_VALIDATE).unwrap();
+    let out = Command::new("node")
+        .arg(&js)
+        .arg(&file)
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "npm fhir:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn fhir_api_end_to_end() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let node = start(&dir);
+    let rt = rt();
+    rt.block_on(async {
+        client(&node, &dir).await;
+        let h = http(&node, &dir);
+        let admin = admin_signed_in(&h, &dir, &node).await;
+        let (doctor, _) = staff_token(&h, &dir, &admin, "Dana Doctor", "dana@hospital.example", "doctor").await;
+        let (insurer, insurer_id) = staff_token(&h, &dir, &admin, "Ivan Insurer", "ivan@insurer.example", "insurer").await;
+        let f = Fhir { c: h.c.clone(), url: node.url.clone(), token: doctor.clone() };
+        let other = Fhir { c: h.c.clone(), url: node.url.clone(), token: insurer };
+        let mut returned: Vec<Value> = Vec::new();
+
+        // The CapabilityStatement.
+        let (st, cap) = f.get("/metadata").await;
+        assert_eq!(st, 200);
+        assert_eq!(cap["fhirVersion"], "4.0.1");
+        returned.push(cap);
+
+        // No token, or a wrong one: 401 with an OperationOutcome.
+        let anon = Fhir { c: h.c.clone(), url: node.url.clone(), token: "mlt_wrong".into() };
+        let (st, oo) = anon.get("/Patient").await;
+        assert_eq!((st, oo["resourceType"].as_str()), (401, Some("OperationOutcome")));
+
+        // Import all 13 bundles with the CLI.
+        let map_file = root.path().join("map.json");
+        let out = Command::new(BIN)
+            .args(["import"])
+            .arg(samples())
+            .arg("--map")
+            .arg(&map_file)
+            .args(["--node", &node.url, "--data-dir"])
+            .arg(&dir)
+            .env("MEDLEDGER_TOKEN", &doctor)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!((summary["imported"].as_u64(), summary["failed"].as_u64()), (Some(13), Some(0)), "{summary}");
+        let imported: Vec<Value> = serde_json::from_slice(&std::fs::read(&map_file).unwrap()).unwrap();
+        assert_eq!(imported.len(), 13);
+
+        // Every resource comes back equal in content, references rewritten: to the
+        // entries of its own bundle, or (Synthea refers across files) of a bundle
+        // imported before it.
+        let mut n = 0;
+        let mut patients = Vec::new();
+        let mut earlier: HashMap<String, String> = HashMap::new();
+        for f_map in &imported {
+            let file = samples().join(f_map["file"].as_str().unwrap());
+            let local: HashMap<String, String> = serde_json::from_value(f_map["entries"].clone()).unwrap();
+            let mut map = earlier.clone();
+            map.extend(local.clone());
+            let b: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            assert_eq!(local.len(), b["entry"].as_array().unwrap().len());
+            earlier.extend(local);
+            for e in b["entry"].as_array().unwrap() {
+                let loc = &map[e["fullUrl"].as_str().unwrap()];
+                let (st, got) = f.get(&format!("/{loc}")).await;
+                assert_eq!(st, 200, "{loc}: {got}");
+                assert_eq!(got["meta"]["versionId"], "1");
+                let mut want = e["resource"].clone();
+                rewrite(&mut want, &map);
+                assert_eq!(content(got.clone()), content(want), "{loc} differs");
+                if loc.starts_with("Patient/") {
+                    patients.push(loc.trim_start_matches("Patient/").to_owned());
+                }
+                returned.push(got);
+                n += 1;
+            }
+        }
+        assert_eq!(n, summary["resources"].as_u64().unwrap() as usize);
+        assert_eq!(patients.len(), 11);
+
+        // The intake form: a Patient and weight/height vital signs in one transaction.
+        let vital = |code: &str, display: &str, value: f64, unit: &str| json!({
+            "fullUrl": format!("urn:uuid:obs-{code}"),
+            "resource": {"resourceType": "Observation", "status": "final",
+                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+                "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+                "subject": {"reference": "urn:uuid:intake-patient"},
+                "effectiveDateTime": "2026-11-25T10:00:00Z",
+                "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}},
+            "request": {"method": "POST", "url": "Observation"}});
+        let intake = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:intake-patient", "resource": {"resourceType": "Patient",
+                "name": [{"family": "Testperson", "given": ["Synthia"]}], "gender": "female", "birthDate": "1980-02-29",
+                "telecom": [{"system": "phone", "value": "+1-555-0100"}, {"system": "email", "value": "synthia@example.invalid"}],
+                "address": [{"line": ["1 Test Street"], "city": "Exampleville", "postalCode": "00000"}]},
+             "request": {"method": "POST", "url": "Patient"}},
+            vital("29463-7", "Body weight", 61.5, "kg"),
+            vital("8302-2", "Body height", 168.0, "cm"),
+        ]});
+        let (st, resp) = f.post("", &intake).await;
+        assert_eq!(st, 200, "{resp}");
+        assert_eq!(resp["type"], "transaction-response");
+        let pid = resp["entry"][0]["response"]["location"].as_str().unwrap().split('/').nth(1).unwrap().to_owned();
+        let (st, found) = f.get(&format!("/Observation?patient=Patient/{pid}&code=http://loinc.org|29463-7")).await;
+        assert_eq!(st, 200);
+        let hits = found["entry"].as_array().unwrap();
+        assert_eq!(hits.len(), 1, "{found}");
+        assert_eq!(hits[0]["resource"]["valueQuantity"]["unit"], "kg");
+        assert_eq!(hits[0]["resource"]["subject"]["reference"], format!("Patient/{pid}"));
+        returned.push(found.clone());
+        let (st, found) = f.get("/Patient?name=synth&birthdate=ge1980-01-01&birthdate=lt1981").await;
+        assert_eq!(st, 200);
+        assert_eq!(found["entry"].as_array().unwrap().len(), 1, "{found}");
+        let (_, found) = f.get("/Patient?name=synth&birthdate=lt1980").await;
+        assert_eq!(found["entry"].as_array().unwrap().len(), 0, "{found}");
+
+        // Paging through one Synthea patient's observations.
+        let mut next = Some(format!("/Observation?patient={}&_count=7", patients[0]));
+        let (mut pages, mut seen) = (0, Vec::new());
+        while let Some(p) = next {
+            let (st, page) = f.get(&p).await;
+            assert_eq!(st, 200, "{page}");
+            for e in page["entry"].as_array().unwrap() {
+                seen.push(e["resource"]["id"].as_str().unwrap().to_owned());
+            }
+            next = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next")
+                .map(|l| l["url"].as_str().unwrap().split("/fhir").nth(1).unwrap().to_owned());
+            returned.push(page);
+            pages += 1;
+        }
+        let mut dedup = seen.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), seen.len(), "a resource appeared on two pages");
+        assert!(pages > 1 && seen.len() > 7, "{pages} pages, {} resources", seen.len());
+
+        // Update, vread, history, delete.
+        let (_, mut p) = f.get(&format!("/Patient/{pid}")).await;
+        p["gender"] = json!("other");
+        let (st, p2) = f.send(reqwest::Method::PUT, &format!("/Patient/{pid}"), Some(&p)).await;
+        assert_eq!(st, 200, "{p2}");
+        assert_eq!(p2["meta"]["versionId"], "2");
+        let (st, v1) = f.get(&format!("/Patient/{pid}/_history/1")).await;
+        assert_eq!((st, v1["gender"].as_str()), (200, Some("female")));
+        let (st, hist) = f.get(&format!("/Patient/{pid}/_history")).await;
+        assert_eq!((st, hist["entry"].as_array().unwrap().len()), (200, 2));
+        returned.extend([p2, v1, hist]);
+
+        // Refusals change nothing: invalid resource, malformed JSON, a transaction
+        // with one bad entry, a wrong If-Match.
+        let before = height(&dir, &node);
+        let (st, oo) = f.post("/Patient", &json!({"resourceType": "Patient", "gender": "m"})).await;
+        assert_eq!((st, oo["resourceType"].as_str()), (400, Some("OperationOutcome")));
+        returned.push(oo);
+        let resp = f.c.post(format!("{}/fhir/Patient", node.url)).bearer_auth(&doctor)
+            .header("content-type", "application/fhir+json").body("{\"resourceType\": ").send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 400);
+        let mut bad = intake.clone();
+        bad["entry"][2]["resource"]["status"] = json!("done");
+        let (st, oo) = f.post("", &bad).await;
+        assert_eq!(st, 400, "{oo}");
+        assert!(oo["issue"][0]["expression"][0].as_str().unwrap().starts_with("Bundle.entry[2]"), "{oo}");
+        let (st, _) = f.send(reqwest::Method::PUT, &format!("/Patient/{pid}"), Some(&json!({"resourceType": "Patient", "id": pid, "gender": "x"}))).await;
+        assert_eq!(st, 400);
+        assert_eq!(height(&dir, &node), before, "a refused write changed the ledger");
+        let (_, found) = f.get("/Patient?name=synth").await;
+        assert_eq!(found["entry"].as_array().unwrap().len(), 1);
+
+        // Another role without consent: 403 on read, left out of searches; audited.
+        let (st, oo) = other.get(&format!("/Patient/{pid}")).await;
+        assert_eq!((st, oo["resourceType"].as_str()), (403, Some("OperationOutcome")));
+        let (st, found) = other.get("/Patient?name=synth").await;
+        assert_eq!(st, 200);
+        assert_eq!(found["entry"].as_array().unwrap().len(), 0);
+        let (st, oo) = other.post("/Observation", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{pid}")}})).await;
+        assert_eq!(st, 403, "{oo}");
+        let mut refused = 0;
+        for _ in 0..50 {
+            let (_, audit) = h.get(&format!("/v1/audit?record={pid}"), &[]).await;
+            refused = audit["entries"].as_array().map_or(0, |a| a.iter()
+                .filter(|e| e["accessor"] == json!(insurer_id) && e["allowed"] == false).count());
+            if refused >= 2 { break; }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(refused >= 2, "refused reads were not audited");
+
+        // $everything and export.
+        let (st, all) = f.get(&format!("/Patient/{pid}/$everything")).await;
+        assert_eq!(st, 200);
+        assert_eq!(all["entry"].as_array().unwrap().len(), 3, "{all}");
+        returned.push(all);
+        let out = Command::new(BIN)
+            .args(["export", "--patient", &patients[0], "--node", &node.url, "--data-dir"])
+            .arg(&dir)
+            .env("MEDLEDGER_TOKEN", &doctor)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let exported: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let types: BTreeMap<String, usize> = exported["entry"].as_array().unwrap().iter().fold(BTreeMap::new(), |mut m, e| {
+            *m.entry(e["resource"]["resourceType"].as_str().unwrap().to_owned()).or_default() += 1;
+            m
+        });
+        assert!(types.get("Observation").copied().unwrap_or(0) > 7 && types.contains_key("Claim"), "{types:?}");
+
+        // Delete: reads say Gone, searches leave it out, history keeps it.
+        let (st, _) = f.send(reqwest::Method::DELETE, &format!("/Patient/{pid}"), None).await;
+        assert_eq!(st, 204);
+        let (st, oo) = f.get(&format!("/Patient/{pid}")).await;
+        assert_eq!((st, oo["resourceType"].as_str()), (410, Some("OperationOutcome")));
+        let (_, found) = f.get("/Patient?name=synth").await;
+        assert_eq!(found["entry"].as_array().unwrap().len(), 0);
+        let (_, hist) = f.get(&format!("/Patient/{pid}/_history")).await;
+        assert_eq!(hist["entry"].as_array().unwrap().len(), 3);
+        returned.push(hist);
+
+        validate_all(root.path(), &returned);
+    });
+    node.stop();
+}
