@@ -74,7 +74,10 @@ fn diagnostics(v: &Value) -> String {
         .map(|a| {
             a.iter()
                 .map(|i| {
-                    let at = i["expression"][0].as_str().map(|e| format!(" at {e}")).unwrap_or_default();
+                    let at = i["expression"][0]
+                        .as_str()
+                        .map(|e| format!(" at {e}"))
+                        .unwrap_or_default();
                     format!("{}{at}", i["diagnostics"].as_str().unwrap_or("?"))
                 })
                 .collect::<Vec<_>>()
@@ -95,8 +98,13 @@ pub async fn import(a: ImportArgs) -> Result<()> {
     let mut files = files(&a.paths)?;
     let mut keyed = Vec::new();
     for f in files.drain(..) {
-        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        keyed.push((text.contains("\"resourceType\": \"Patient\"") || text.contains("\"resourceType\":\"Patient\""), f));
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        keyed.push((
+            text.contains("\"resourceType\": \"Patient\"")
+                || text.contains("\"resourceType\":\"Patient\""),
+            f,
+        ));
     }
     keyed.sort();
     let files: Vec<PathBuf> = keyed.into_iter().map(|(_, f)| f).collect();
@@ -104,9 +112,11 @@ pub async fn import(a: ImportArgs) -> Result<()> {
     let url = format!("{}/fhir", a.node.node.trim_end_matches('/'));
     let bar = ProgressBar::new(files.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} importing [{bar:30}] {pos}/{len} bundles · {msg} · {elapsed}")
-            .expect("template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} importing [{bar:30}] {pos}/{len} bundles · {msg} · {elapsed}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
     );
     let started = Instant::now();
     let (mut ok, mut failed, mut resources) = (0usize, 0usize, 0usize);
@@ -114,7 +124,10 @@ pub async fn import(a: ImportArgs) -> Result<()> {
     let mut map: BTreeMap<String, String> = BTreeMap::new();
     let mut per_file = Vec::new();
     for f in &files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut bundle: Value = serde_json::from_slice(
             &std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
         )
@@ -125,8 +138,11 @@ pub async fn import(a: ImportArgs) -> Result<()> {
             .flatten()
             .filter_map(|e| e["fullUrl"].as_str().map(str::to_owned))
             .collect();
-        let earlier: BTreeMap<String, String> =
-            map.iter().filter(|(k, _)| !own.contains(*k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let earlier: BTreeMap<String, String> = map
+            .iter()
+            .filter(|(k, _)| !own.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         rewrite_known(&mut bundle, &earlier);
         let body = serde_json::to_vec(&bundle)?;
         let resp = http
@@ -173,7 +189,8 @@ pub async fn import(a: ImportArgs) -> Result<()> {
         eprintln!("  {t:<24} {n:>6}");
     }
     if let Some(m) = &a.map {
-        std::fs::write(m, serde_json::to_vec_pretty(&per_file)?).with_context(|| format!("writing {}", m.display()))?;
+        std::fs::write(m, serde_json::to_vec_pretty(&per_file)?)
+            .with_context(|| format!("writing {}", m.display()))?;
     }
     println!(
         "{}",

@@ -8,7 +8,7 @@ use common::signin::*;
 use common::*;
 use medledger_core::AccountId;
 use medledger_node::keystore::KeystoreFile;
-use reqwest::header::{COOKIE, SET_COOKIE};
+use reqwest::header::COOKIE;
 use serde_json::{Value, json};
 use std::path::Path;
 

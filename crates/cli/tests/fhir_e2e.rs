@@ -26,7 +26,12 @@ struct Fhir {
 }
 
 impl Fhir {
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let mut r = self
             .c
             .request(method, format!("{}/fhir{path}", self.url))
@@ -85,8 +90,14 @@ fn height(dir: &Path, node: &Node) -> u64 {
         .arg(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice::<Value>(&out.stdout).unwrap()["tip"]["height"].as_u64().unwrap()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["tip"]["height"]
+        .as_u64()
+        .unwrap()
 }
 
 const PY_VALIDATE: &str = r#"
@@ -123,14 +134,19 @@ fn validate_all(root: &Path, returned: &[Value]) {
     std::fs::write(&file, serde_json::to_vec(returned).unwrap()).unwrap();
     let py = root.join("validate.py");
     std::fs::write(&py, PY_VALIDATE).unwrap();
-    let out = Command::new("python3").arg(&py).arg(&file).output().unwrap();
+    let out = Command::new("python3")
+        .arg(&py)
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "fhirclient (pip install fhirclient):\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let modules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/npm-fhir/node_modules");
+    let modules =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/npm-fhir/node_modules");
     assert!(
         modules.join("fhir").exists(),
         "npm package fhir missing: npm install --prefix target/npm-fhir fhir@4.12.0 (.ci/run does this)"

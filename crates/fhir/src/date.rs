@@ -58,8 +58,9 @@ pub fn parse(s: &str) -> Option<Range> {
         }
         10 if s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-' => {
             let month = Month::try_from(u8::try_from(digits(5..7)?).ok()?).ok()?;
-            let d = Date::from_calendar_date(digits(0..4)?, month, u8::try_from(digits(8..10)?).ok()?)
-                .ok()?;
+            let d =
+                Date::from_calendar_date(digits(0..4)?, month, u8::try_from(digits(8..10)?).ok()?)
+                    .ok()?;
             let lo = day_start(d);
             Some(Range {
                 lo,
@@ -154,7 +155,8 @@ pub fn instant(ms: u64) -> String {
     let f = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    dt.format(&f).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+    dt.format(&f)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
 }
 
 #[cfg(test)]
@@ -172,7 +174,14 @@ mod tests {
         let t = parse("1970-01-01T01:00:00+01:00").unwrap();
         assert_eq!((t.lo, t.hi), (0, 1000));
         assert_eq!(parse("1970-01-01T00:01").unwrap().lo, 60_000);
-        for bad in ["20", "2020-13", "2020-02-30", "abcd", "2020-01-01T25:00:00Z", ""] {
+        for bad in [
+            "20",
+            "2020-13",
+            "2020-02-30",
+            "abcd",
+            "2020-01-01T25:00:00Z",
+            "",
+        ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
     }

@@ -106,7 +106,10 @@ pub fn rewrite(v: &mut Value, f: &mut impl FnMut(&str) -> Option<String>) {
 pub fn patients(v: &Value) -> Vec<String> {
     let mut out = Vec::new();
     visit(v, &mut |_, r| {
-        if let Some(Target::Local { rtype: "Patient", id }) = parse(r)
+        if let Some(Target::Local {
+            rtype: "Patient",
+            id,
+        }) = parse(r)
             && !out.iter().any(|o: &String| o == id)
         {
             out.push(id.to_owned());
@@ -129,10 +132,16 @@ mod tests {
                 id: "abc"
             })
         );
-        assert!(matches!(parse("Patient/a/_history/2"), Some(Target::Local { .. })));
+        assert!(matches!(
+            parse("Patient/a/_history/2"),
+            Some(Target::Local { .. })
+        ));
         assert!(matches!(parse("urn:uuid:1-2"), Some(Target::Urn(_))));
         assert!(matches!(parse("#x"), Some(Target::Contained("x"))));
-        assert!(matches!(parse("Practitioner?identifier=a|b"), Some(Target::Conditional(_))));
+        assert!(matches!(
+            parse("Practitioner?identifier=a|b"),
+            Some(Target::Conditional(_))
+        ));
         for bad in ["patient/a", "Patient/", "Patient/a b", "Patient/a/b", "x"] {
             assert_eq!(parse(bad), None, "{bad}");
         }
@@ -142,7 +151,9 @@ mod tests {
     fn rewrite_and_compartment() {
         let mut v = json!({"subject": {"reference": "urn:uuid:1"},
             "x": [{"reference": "Patient/p1"}, {"reference": "Patient/p1"}]});
-        rewrite(&mut v, &mut |r| (r == "urn:uuid:1").then(|| "Patient/p2".to_owned()));
+        rewrite(&mut v, &mut |r| {
+            (r == "urn:uuid:1").then(|| "Patient/p2".to_owned())
+        });
         assert_eq!(v["subject"]["reference"], "Patient/p2");
         assert_eq!(patients(&v), vec!["p2", "p1"]);
     }

@@ -37,20 +37,130 @@ const SUBJECT: Param = p("subject", Kind::Patient, &[]);
 
 /// The resource types with search, and their parameters (besides `_id`).
 pub const SEARCHABLE: &[(&str, &[Param])] = &[
-    ("AllergyIntolerance", &[IDENT, PATIENT, p("code", Kind::Token, &["code"]), p("date", Kind::Date, &["recordedDate"])]),
-    ("Condition", &[IDENT, PATIENT, SUBJECT, p("code", Kind::Token, &["code"]), p("onset-date", Kind::Date, &["onsetDateTime", "onsetPeriod"]), p("recorded-date", Kind::Date, &["recordedDate"])]),
-    ("DiagnosticReport", &[IDENT, PATIENT, SUBJECT, p("code", Kind::Token, &["code"]), p("date", Kind::Date, &["effectiveDateTime", "effectivePeriod"])]),
-    ("DocumentReference", &[IDENT, PATIENT, SUBJECT, p("type", Kind::Token, &["type"]), p("code", Kind::Token, &["type"]), p("date", Kind::Date, &["date"])]),
-    ("Encounter", &[IDENT, PATIENT, SUBJECT, p("type", Kind::Token, &["type"]), p("code", Kind::Token, &["type"]), p("date", Kind::Date, &["period"])]),
-    ("Immunization", &[IDENT, PATIENT, p("vaccine-code", Kind::Token, &["vaccineCode"]), p("code", Kind::Token, &["vaccineCode"]), p("date", Kind::Date, &["occurrenceDateTime"])]),
-    ("MedicationRequest", &[IDENT, PATIENT, SUBJECT, p("code", Kind::Token, &["medicationCodeableConcept"]), p("authoredon", Kind::Date, &["authoredOn"]), p("date", Kind::Date, &["authoredOn"])]),
-    ("Observation", &[IDENT, PATIENT, SUBJECT, p("code", Kind::Token, &["code"]), p("category", Kind::Token, &["category"]), p("date", Kind::Date, &["effectiveDateTime", "effectivePeriod", "effectiveInstant"])]),
-    ("Patient", &[IDENT, p("name", Kind::Str, &["name"]), p("family", Kind::Str, &["name.family"]), p("given", Kind::Str, &["name.given"]), p("gender", Kind::Token, &["gender"]), p("birthdate", Kind::Date, &["birthDate"])]),
-    ("Procedure", &[IDENT, PATIENT, SUBJECT, p("code", Kind::Token, &["code"]), p("date", Kind::Date, &["performedDateTime", "performedPeriod"])]),
+    (
+        "AllergyIntolerance",
+        &[
+            IDENT,
+            PATIENT,
+            p("code", Kind::Token, &["code"]),
+            p("date", Kind::Date, &["recordedDate"]),
+        ],
+    ),
+    (
+        "Condition",
+        &[
+            IDENT,
+            PATIENT,
+            SUBJECT,
+            p("code", Kind::Token, &["code"]),
+            p("onset-date", Kind::Date, &["onsetDateTime", "onsetPeriod"]),
+            p("recorded-date", Kind::Date, &["recordedDate"]),
+        ],
+    ),
+    (
+        "DiagnosticReport",
+        &[
+            IDENT,
+            PATIENT,
+            SUBJECT,
+            p("code", Kind::Token, &["code"]),
+            p(
+                "date",
+                Kind::Date,
+                &["effectiveDateTime", "effectivePeriod"],
+            ),
+        ],
+    ),
+    (
+        "DocumentReference",
+        &[
+            IDENT,
+            PATIENT,
+            SUBJECT,
+            p("type", Kind::Token, &["type"]),
+            p("code", Kind::Token, &["type"]),
+            p("date", Kind::Date, &["date"]),
+        ],
+    ),
+    (
+        "Encounter",
+        &[
+            IDENT,
+            PATIENT,
+            SUBJECT,
+            p("type", Kind::Token, &["type"]),
+            p("code", Kind::Token, &["type"]),
+            p("date", Kind::Date, &["period"]),
+        ],
+    ),
+    (
+        "Immunization",
+        &[
+            IDENT,
+            PATIENT,
+            p("vaccine-code", Kind::Token, &["vaccineCode"]),
+            p("code", Kind::Token, &["vaccineCode"]),
+            p("date", Kind::Date, &["occurrenceDateTime"]),
+        ],
+    ),
+    (
+        "MedicationRequest",
+        &[
+            IDENT,
+            PATIENT,
+            SUBJECT,
+            p("code", Kind::Token, &["medicationCodeableConcept"]),
+            p("authoredon", Kind::Date, &["authoredOn"]),
+            p("date", Kind::Date, &["authoredOn"]),
+        ],
+    ),
+    (
+        "Observation",
+        &[
+            IDENT,
+            PATIENT,
+            SUBJECT,
+            p("code", Kind::Token, &["code"]),
+            p("category", Kind::Token, &["category"]),
+            p(
+                "date",
+                Kind::Date,
+                &["effectiveDateTime", "effectivePeriod", "effectiveInstant"],
+            ),
+        ],
+    ),
+    (
+        "Patient",
+        &[
+            IDENT,
+            p("name", Kind::Str, &["name"]),
+            p("family", Kind::Str, &["name.family"]),
+            p("given", Kind::Str, &["name.given"]),
+            p("gender", Kind::Token, &["gender"]),
+            p("birthdate", Kind::Date, &["birthDate"]),
+        ],
+    ),
+    (
+        "Procedure",
+        &[
+            IDENT,
+            PATIENT,
+            SUBJECT,
+            p("code", Kind::Token, &["code"]),
+            p(
+                "date",
+                Kind::Date,
+                &["performedDateTime", "performedPeriod"],
+            ),
+        ],
+    ),
 ];
 
 pub fn params(rtype: &str) -> Option<&'static [Param]> {
-    SEARCHABLE.iter().find(|(t, _)| *t == rtype).map(|(_, p)| *p)
+    SEARCHABLE
+        .iter()
+        .find(|(t, _)| *t == rtype)
+        .map(|(_, p)| *p)
 }
 
 /// Longest name prefix indexed (longer search values match on this prefix).
@@ -165,11 +275,15 @@ pub fn extract(rtype: &str, resource: &Value) -> Extracted {
                     .collect();
                 prefixes.sort();
                 prefixes.dedup();
-                e.tokens.extend(prefixes.into_iter().map(|t| (param.name, t)));
+                e.tokens
+                    .extend(prefixes.into_iter().map(|t| (param.name, t)));
             }
-            Kind::Date => e
-                .dates
-                .extend(found.iter().filter_map(|v| range(v)).map(|r| (param.name, r))),
+            Kind::Date => e.dates.extend(
+                found
+                    .iter()
+                    .filter_map(|v| range(v))
+                    .map(|r| (param.name, r)),
+            ),
             Kind::Patient => {}
         }
     }
@@ -196,9 +310,17 @@ const HARMLESS: &[&str] = &["_format", "_pretty"];
 
 pub fn parse_query(rtype: &str, pairs: &[(String, String)]) -> Result<Query, Issue> {
     let Some(params) = params(rtype) else {
-        return Err(Issue::new(IssueCode::NotSupported, format!("search is not supported on {rtype}")));
+        return Err(Issue::new(
+            IssueCode::NotSupported,
+            format!("search is not supported on {rtype}"),
+        ));
     };
-    let bad = |name: &str, why: &str| Issue::new(IssueCode::Invalid, format!("search parameter {name}: {why}"));
+    let bad = |name: &str, why: &str| {
+        Issue::new(
+            IssueCode::Invalid,
+            format!("search parameter {name}: {why}"),
+        )
+    };
     let mut q = Query {
         count: DEFAULT_COUNT,
         ..Query::default()
@@ -248,18 +370,17 @@ pub fn parse_query(rtype: &str, pairs: &[(String, String)]) -> Result<Query, Iss
                 }
                 q.patient = Some(id.to_owned());
             }
-            (Kind::Token, None) => q.tokens.push(
-                v.split(',')
-                    .map(|t| (param.name, if t.contains('|') { t.to_owned() } else { t.to_owned() }))
-                    .collect(),
-            ),
+            (Kind::Token, None) => q
+                .tokens
+                .push(v.split(',').map(|t| (param.name, t.to_owned())).collect()),
             (Kind::Str, None) => q.tokens.push(
                 v.split(',')
                     .map(|t| (param.name, norm(t).chars().take(MAX_PREFIX).collect()))
                     .collect(),
             ),
             (Kind::Date, None) => {
-                let (prefix, r) = date::parse_search(v).ok_or_else(|| bad(k, "not a date (prefixes: eq ne gt lt ge le sa eb)"))?;
+                let (prefix, r) = date::parse_search(v)
+                    .ok_or_else(|| bad(k, "not a date (prefixes: eq ne gt lt ge le sa eb)"))?;
                 q.dates.push((param.name, prefix, r));
             }
             (_, Some(m)) => return Err(bad(k, &format!("modifier :{m} is not supported"))),
@@ -274,7 +395,9 @@ mod tests {
     use serde_json::json;
 
     fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
-        s.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        s.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -283,7 +406,10 @@ mod tests {
             "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]},
             "effectivePeriod": {"start": "2020-01-01"}});
         let e = extract("Observation", &o);
-        assert!(e.tokens.contains(&("code", "http://loinc.org|8302-2".into())));
+        assert!(
+            e.tokens
+                .contains(&("code", "http://loinc.org|8302-2".into()))
+        );
         assert!(e.tokens.contains(&("code", "8302-2".into())));
         assert_eq!(e.dates.len(), 1);
         assert_eq!(e.dates[0].1.hi, i64::MAX);
@@ -299,9 +425,21 @@ mod tests {
 
     #[test]
     fn parses_queries_and_refuses_what_it_cannot_do() {
-        let q = parse_query("Observation", &pairs(&[("patient", "Patient/x"), ("code", "a|b,c"), ("date", "ge2020"), ("_count", "5")])).unwrap();
+        let q = parse_query(
+            "Observation",
+            &pairs(&[
+                ("patient", "Patient/x"),
+                ("code", "a|b,c"),
+                ("date", "ge2020"),
+                ("_count", "5"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(q.patient.as_deref(), Some("x"));
-        assert_eq!(q.tokens, vec![vec![("code", "a|b".to_string()), ("code", "c".to_string())]]);
+        assert_eq!(
+            q.tokens,
+            vec![vec![("code", "a|b".to_string()), ("code", "c".to_string())]]
+        );
         assert_eq!(q.dates[0].1, Prefix::Ge);
         assert_eq!(q.count, 5);
         assert!(parse_query("Observation", &pairs(&[("name", "x")])).is_err());

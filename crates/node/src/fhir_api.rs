@@ -6,12 +6,12 @@
 use crate::api::AppState;
 use crate::auth::Principal;
 use crate::fhir::{FhirError, Stored};
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use medledger_fhir::outcome::{Issue, IssueCode, operation_outcome};
 use medledger_fhir::{FHIR_JSON, FHIR_VERSION, search, validate::R4_TYPES};
 use serde_json::{Value, json};
@@ -36,16 +36,25 @@ pub fn outcome_of(e: &FhirError) -> (StatusCode, Value) {
     let one = |code, msg: String| operation_outcome(&[Issue::new(code, msg)]);
     match e {
         FhirError::Invalid(issues) => (StatusCode::BAD_REQUEST, operation_outcome(issues)),
+        FhirError::Unauthenticated => (
+            StatusCode::UNAUTHORIZED,
+            one(
+                IssueCode::Login,
+                "sign in, or send an API token as Authorization: Bearer".into(),
+            ),
+        ),
         FhirError::NotFound(m) => (StatusCode::NOT_FOUND, one(IssueCode::NotFound, m.clone())),
         FhirError::Gone(m) => (StatusCode::GONE, one(IssueCode::Deleted, m.clone())),
         FhirError::Forbidden(m) => (StatusCode::FORBIDDEN, one(IssueCode::Forbidden, m.clone())),
         FhirError::Conflict(m) => (StatusCode::CONFLICT, one(IssueCode::Conflict, m.clone())),
-        FhirError::PreconditionFailed(m) => {
-            (StatusCode::PRECONDITION_FAILED, one(IssueCode::Conflict, m.clone()))
-        }
-        FhirError::NotSupported(m) => {
-            (StatusCode::METHOD_NOT_ALLOWED, one(IssueCode::NotSupported, m.clone()))
-        }
+        FhirError::PreconditionFailed(m) => (
+            StatusCode::PRECONDITION_FAILED,
+            one(IssueCode::Conflict, m.clone()),
+        ),
+        FhirError::NotSupported(m) => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            one(IssueCode::NotSupported, m.clone()),
+        ),
         FhirError::Ledger(r) => {
             let status = match r {
                 R::Unauthorized { .. } => StatusCode::FORBIDDEN,
@@ -65,7 +74,10 @@ pub fn outcome_of(e: &FhirError) -> (StatusCode, Value) {
             tracing::warn!(error = %m, "fhir: service unavailable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                one(IssueCode::Exception, "temporarily unavailable; retry".into()),
+                one(
+                    IssueCode::Exception,
+                    "temporarily unavailable; retry".into(),
+                ),
             )
         }
         FhirError::Internal(m) => {
@@ -81,7 +93,12 @@ pub fn outcome_of(e: &FhirError) -> (StatusCode, Value) {
 impl IntoResponse for FhirError {
     fn into_response(self) -> Response {
         let (status, body) = outcome_of(&self);
-        fhir_json(status, &body)
+        let mut r = fhir_json(status, &body);
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
     }
 }
 
@@ -93,21 +110,8 @@ fn fhir_json(status: StatusCode, v: &Value) -> Response {
     r
 }
 
-fn unauthenticated() -> Response {
-    let mut r = fhir_json(
-        StatusCode::UNAUTHORIZED,
-        &operation_outcome(&[Issue::new(
-            IssueCode::Login,
-            "sign in, or send an API token as Authorization: Bearer",
-        )]),
-    );
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    r
-}
-
 /// The caller: an API token, or a session cookie (with its CSRF token for writes).
-fn principal(s: &AppState, headers: &HeaderMap, write: bool) -> Result<Principal, Response> {
+fn principal(s: &AppState, headers: &HeaderMap, write: bool) -> Result<Principal, FhirError> {
     if let Some(bearer) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -115,24 +119,28 @@ fn principal(s: &AppState, headers: &HeaderMap, write: bool) -> Result<Principal
     {
         return match s.auth.principal(bearer.trim()) {
             Ok(Some(p)) => Ok(p),
-            Ok(None) => Err(unauthenticated()),
+            Ok(None) => Err(FhirError::Unauthenticated),
             Err(e) => {
                 tracing::error!(error = %e, "fhir: token lookup failed");
-                Err(FhirError::Internal("token lookup".into()).into_response())
+                Err(FhirError::Internal("token lookup".into()))
             }
         };
     }
     let Some(token) = crate::auth_api::cookie_token(headers) else {
-        return Err(unauthenticated());
+        return Err(FhirError::Unauthenticated);
     };
     let Some(sess) = s.auth.session(&token) else {
-        return Err(unauthenticated());
+        return Err(FhirError::Unauthenticated);
     };
-    if write && headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) != Some(sess.csrf.as_str()) {
-        return Err(FhirError::Forbidden("missing or wrong X-CSRF-Token".into()).into_response());
+    if write
+        && headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) != Some(sess.csrf.as_str())
+    {
+        return Err(FhirError::Forbidden("missing or wrong X-CSRF-Token".into()));
     }
     if !sess.mfa_ok {
-        return Err(FhirError::Forbidden("set up two-factor sign-in first".into()).into_response());
+        return Err(FhirError::Forbidden(
+            "set up two-factor sign-in first".into(),
+        ));
     }
     Ok(Principal::from(&sess))
 }
@@ -141,7 +149,10 @@ fn base(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
-        .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b)))
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b))
+        })
         .unwrap_or("localhost");
     format!("https://{host}/fhir")
 }
@@ -152,14 +163,20 @@ fn body_json(headers: &HeaderMap, body: &Bytes) -> Result<Value, FhirError> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
-    if !matches!(mime, "application/fhir+json" | "application/json" | "application/json+fhir") {
+    if !matches!(
+        mime,
+        "application/fhir+json" | "application/json" | "application/json+fhir"
+    ) {
         return Err(FhirError::invalid(
             IssueCode::NotSupported,
             "send JSON: Content-Type application/fhir+json",
         ));
     }
     if body.len() > MAX_FHIR_BODY {
-        return Err(FhirError::invalid(IssueCode::TooLong, "request body too large"));
+        return Err(FhirError::invalid(
+            IssueCode::TooLong,
+            "request body too large",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
         FhirError::invalid(
@@ -195,7 +212,8 @@ fn serde_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, FhirError> {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         let dec = |s: &str| {
             let s = s.replace('+', " ");
-            percent(&s).ok_or_else(|| FhirError::invalid(IssueCode::Invalid, "malformed query string"))
+            percent(&s)
+                .ok_or_else(|| FhirError::invalid(IssueCode::Invalid, "malformed query string"))
         };
         out.push((dec(k)?, dec(v)?));
     }
@@ -229,7 +247,12 @@ pub fn capability_statement() -> Value {
     for t in R4_TYPES {
         if matches!(
             *t,
-            "Bundle" | "OperationOutcome" | "CapabilityStatement" | "Parameters" | "AuditEvent" | "Consent"
+            "Bundle"
+                | "OperationOutcome"
+                | "CapabilityStatement"
+                | "Parameters"
+                | "AuditEvent"
+                | "Consent"
         ) {
             continue;
         }
@@ -304,7 +327,7 @@ async fn create(
 ) -> Response {
     let who = match principal(&s, &headers, true) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let r = async {
         let v = body_json(&headers, &body)?;
@@ -325,7 +348,7 @@ async fn read(
 ) -> Response {
     let who = match principal(&s, &headers, false) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if id == "_history" {
         let count = pairs(q)
@@ -333,7 +356,11 @@ async fn read(
             .and_then(|p| p.into_iter().find(|(k, _)| k == "_count"))
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(search::DEFAULT_COUNT);
-        return match s.fhir.type_history(&who, &rtype, count, &base(&headers)).await {
+        return match s
+            .fhir
+            .type_history(&who, &rtype, count, &base(&headers))
+            .await
+        {
             Ok(b) => fhir_json(StatusCode::OK, &b),
             Err(e) => e.into_response(),
         };
@@ -351,7 +378,7 @@ async fn vread(
 ) -> Response {
     let who = match principal(&s, &headers, false) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let Ok(v) = vid.parse::<u32>() else {
         return FhirError::NotFound("no such version".into()).into_response();
@@ -382,11 +409,13 @@ async fn update(
 ) -> Response {
     let who = match principal(&s, &headers, true) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let r = async {
         let v = body_json(&headers, &body)?;
-        s.fhir.update(&who, &rtype, &id, v, if_match(&headers)?).await
+        s.fhir
+            .update(&who, &rtype, &id, v, if_match(&headers)?)
+            .await
     }
     .await;
     match r {
@@ -402,7 +431,7 @@ async fn delete(
 ) -> Response {
     let who = match principal(&s, &headers, true) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     match s.fhir.delete(&who, &rtype, &id).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -418,7 +447,7 @@ async fn search_type(
 ) -> Response {
     let who = match principal(&s, &headers, false) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     if rtype == "_history" {
         return FhirError::NotSupported("system history is not supported".into()).into_response();
@@ -442,7 +471,7 @@ async fn search_post(
 ) -> Response {
     let who = match principal(&s, &headers, false) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let r = async {
         let form = std::str::from_utf8(&body)
@@ -464,7 +493,7 @@ async fn instance_op(
 ) -> Response {
     let who = match principal(&s, &headers, false) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let b = base(&headers);
     let r = match (rtype.as_str(), id.as_str(), op.as_str()) {
@@ -481,7 +510,7 @@ async fn instance_op(
 async fn bundle(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let who = match principal(&s, &headers, true) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let r = async {
         let v = body_json(&headers, &body)?;
@@ -500,7 +529,8 @@ mod tests {
 
     #[test]
     fn query_strings_decode() {
-        let p = serde_urlencoded_pairs("code=http%3A%2F%2Floinc.org%7C8302-2&name=a+b&_count=2").unwrap();
+        let p = serde_urlencoded_pairs("code=http%3A%2F%2Floinc.org%7C8302-2&name=a+b&_count=2")
+            .unwrap();
         assert_eq!(p[0].1, "http://loinc.org|8302-2");
         assert_eq!(p[1].1, "a b");
         assert!(serde_urlencoded_pairs("a=%zz").is_err());
@@ -511,7 +541,13 @@ mod tests {
         let c = capability_statement();
         let res = c["rest"][0]["resource"].as_array().unwrap();
         let obs = res.iter().find(|r| r["type"] == "Observation").unwrap();
-        assert!(obs["searchParam"].as_array().unwrap().iter().any(|p| p["name"] == "code"));
+        assert!(
+            obs["searchParam"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "code")
+        );
         let claim = res.iter().find(|r| r["type"] == "Claim").unwrap();
         assert!(claim.get("searchParam").is_none());
         assert!(!res.iter().any(|r| r["type"] == "AuditEvent"));

@@ -208,7 +208,6 @@ pub async fn admin_with_codes(h: &Http, dir: &Path, node: &Node) -> (Signed, Vec
     (s, codes)
 }
 
-
 /// A clinician or other staff member of `general`: registered, verified, approved by
 /// the admin, signed in with MFA; returns an API token for them and their account.
 pub async fn staff_token(
@@ -237,7 +236,9 @@ pub async fn staff_token(
     if v["mfa_setup_required"] == true {
         enable_mfa(h, &s).await;
     }
-    let (st, v, _) = h.post("/auth/tokens", json!({"ttl_s": 86400}), Some(&s)).await;
+    let (st, v, _) = h
+        .post("/auth/tokens", json!({"ttl_s": 86400}), Some(&s))
+        .await;
     assert_eq!(st, 201, "{v}");
     (v["token"].as_str().unwrap().to_owned(), account)
 }

@@ -109,7 +109,11 @@ pub(super) fn write_many<S: StateRead>(
 ) -> R {
     ensure(
         !items.is_empty() && items.len() <= MAX_RECORD_WRITES,
-        || RejectReason::invalid(format!("1 to {MAX_RECORD_WRITES} record writes per transaction")),
+        || {
+            RejectReason::invalid(format!(
+                "1 to {MAX_RECORD_WRITES} record writes per transaction"
+            ))
+        },
     )?;
     for (i, item) in items.iter().enumerate() {
         match item {

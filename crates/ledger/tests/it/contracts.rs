@@ -405,7 +405,11 @@ fn record_writes_succeed_or_fail_together() {
         },
         "not_found",
     );
-    w.rejected("patient", Payload::WriteRecords { items: vec![] }, "invalid");
+    w.rejected(
+        "patient",
+        Payload::WriteRecords { items: vec![] },
+        "invalid",
+    );
     // A doctor without a grant may not write any item.
     w.rejected(
         "doctor",
@@ -446,7 +450,9 @@ fn record_writes_succeed_or_fail_together() {
             ],
         },
     );
-    let rec = query::record(&w.ledger.state().unwrap(), &r0).unwrap().unwrap();
+    let rec = query::record(&w.ledger.state().unwrap(), &r0)
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.history.len(), 2);
 }
 

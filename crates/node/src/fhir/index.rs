@@ -49,6 +49,15 @@ impl Doc {
     }
 }
 
+/// One record to (re-)index: id, type, keyed tokens, date ranges, deleted.
+pub type IndexEntry = (
+    RecordId,
+    String,
+    Vec<[u8; 32]>,
+    Vec<(String, i64, i64)>,
+    bool,
+);
+
 pub struct Index {
     db: Database,
     key: LocalKey,
@@ -72,7 +81,8 @@ impl Index {
         }
         w.commit().map_err(storage)?;
         let mac_key = {
-            let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&key).expect("any key length");
+            let mut m =
+                <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&key).expect("any key length");
             m.update(b"medledger/fhir-search-key/v1");
             m.finalize().into_bytes().into()
         };
@@ -95,11 +105,15 @@ impl Index {
     }
 
     pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, FhirError> {
-        self.key.seal(plain, aad).map_err(|e| FhirError::Internal(e.to_string()))
+        self.key
+            .seal(plain, aad)
+            .map_err(|e| FhirError::Internal(e.to_string()))
     }
 
     pub fn open_sealed(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, FhirError> {
-        self.key.open(sealed, aad).map_err(|e| FhirError::Internal(e.to_string()))
+        self.key
+            .open(sealed, aad)
+            .map_err(|e| FhirError::Internal(e.to_string()))
     }
 
     pub fn doc(&self, record: &RecordId) -> Result<Option<Doc>, FhirError> {
@@ -113,14 +127,18 @@ impl Index {
     }
 
     /// Indexes (or re-indexes, on update/delete) the records, in one write.
-    pub fn put(&self, entries: Vec<(RecordId, String, Vec<[u8; 32]>, Vec<(String, i64, i64)>, bool)>) -> Result<(), FhirError> {
+    pub fn put(&self, entries: Vec<IndexEntry>) -> Result<(), FhirError> {
         let w = self.db.begin_write().map_err(storage)?;
         {
             let mut meta = w.open_table(META).map_err(storage)?;
             let mut types = w.open_table(TYPES).map_err(storage)?;
             let mut tokens = w.open_table(TOKENS).map_err(storage)?;
             let mut docs = w.open_table(DOCS).map_err(storage)?;
-            let mut next = meta.get("seq").map_err(storage)?.map(|v| v.value()).unwrap_or(0);
+            let mut next = meta
+                .get("seq")
+                .map_err(storage)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             for (record, rtype, toks, dates, deleted) in entries {
                 let old: Option<Doc> = match docs.get(&record.0.0[..]).map_err(storage)? {
                     Some(v) => Some(

@@ -1,14 +1,14 @@
 //! Create, read, update, delete, history, search and Bundles over the ledger.
 
-use super::index::{Doc, Index};
+use super::index::{Doc, Index, IndexEntry};
 use crate::auth::Principal;
 use crate::keystore::AccountKeys;
 use crate::reporter::{Reporter, now_ms};
 use medledger_consensus::Batcher;
 use medledger_core::tx::{SignatureBytes, TX_VERSION, invite_commitment};
 use medledger_core::{
-    AccessReport, AccountId, Category, Digest32, Grantee, Payload, Purpose, RecordId,
-    RecordWrite, RejectReason, Role, Scope, SignedTx, TxBody, TxHash,
+    AccessReport, AccountId, Category, Digest32, Grantee, Payload, Purpose, RecordId, RecordWrite,
+    RejectReason, Role, Scope, SignedTx, TxBody, TxHash,
 };
 use medledger_fhir::outcome::{Issue, IssueCode};
 use medledger_fhir::{date, refs, search};
@@ -26,6 +26,8 @@ use std::sync::{Arc, Mutex};
 pub enum FhirError {
     #[error("invalid resource")]
     Invalid(Vec<Issue>),
+    #[error("not signed in")]
+    Unauthenticated,
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -175,7 +177,9 @@ struct Prepared {
     deleted: bool,
 }
 
-type IndexEntry = (RecordId, String, Vec<[u8; 32]>, Vec<(String, i64, i64)>, bool);
+/// A validated transaction entry: index, method, target (`Type` or `Type/id`),
+/// fullUrl, resource.
+type PlannedEntry = (usize, &'static str, String, Option<String>, Option<Value>);
 
 impl Prepared {
     fn entry(self, record: RecordId) -> IndexEntry {
@@ -446,7 +450,9 @@ impl Fhir {
                 _ => {
                     return Err(FhirError::invalid(
                         IssueCode::Value,
-                        format!("reference Patient/{id} does not resolve to a patient on this server"),
+                        format!(
+                            "reference Patient/{id} does not resolve to a patient on this server"
+                        ),
                     ));
                 }
             }
@@ -596,7 +602,8 @@ impl Fhir {
         id: &str,
         version: Option<u32>,
     ) -> Result<Stored, FhirError> {
-        let record = record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
+        let record =
+            record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
         let view = self.access(who, record).await?;
         Self::typed(&view, rtype)?;
         let v = match version {
@@ -605,7 +612,10 @@ impl Fhir {
                 .iter()
                 .find(|h| h.version == n)
                 .ok_or_else(|| FhirError::NotFound(format!("no version {n}")))?,
-            None => view.history.last().ok_or_else(|| internal("record without versions"))?,
+            None => view
+                .history
+                .last()
+                .ok_or_else(|| internal("record without versions"))?,
         };
         let content = self.fetch(&v.cid).await?;
         if is_tombstone(&content) {
@@ -620,12 +630,20 @@ impl Fhir {
         })
     }
 
-    async fn stored(&self, record: RecordId, rtype: &str, resource: Value) -> Result<Stored, FhirError> {
+    async fn stored(
+        &self,
+        record: RecordId,
+        rtype: &str,
+        resource: Value,
+    ) -> Result<Stored, FhirError> {
         let view = self
             .view(move |st| query::record(st, &record))
             .await?
             .ok_or_else(|| internal("committed record not found"))?;
-        let v = view.history.last().ok_or_else(|| internal("record without versions"))?;
+        let v = view
+            .history
+            .last()
+            .ok_or_else(|| internal("record without versions"))?;
         let id = record.to_string();
         Ok(Stored {
             rtype: rtype.to_owned(),
@@ -636,7 +654,12 @@ impl Fhir {
         })
     }
 
-    pub async fn create(&self, who: &Principal, rtype: &str, mut body: Value) -> Result<Stored, FhirError> {
+    pub async fn create(
+        &self,
+        who: &Principal,
+        rtype: &str,
+        mut body: Value,
+    ) -> Result<Stored, FhirError> {
         writable(rtype)?;
         medledger_fhir::validate(&body, Some(rtype), false).map_err(FhirError::Invalid)?;
         strip_server_fields(&mut body);
@@ -666,7 +689,10 @@ impl Fhir {
 
     /// The account a new Patient resource belongs to: the caller, if they are a
     /// patient; else a new custodial account.
-    async fn patient_for_new(&self, who: &Principal) -> Result<(AccountId, Option<[u8; 32]>), FhirError> {
+    async fn patient_for_new(
+        &self,
+        who: &Principal,
+    ) -> Result<(AccountId, Option<[u8; 32]>), FhirError> {
         if who.role == Role::Patient {
             return Ok((who.account, Some(who.keys.encryption_public().0)));
         }
@@ -676,7 +702,7 @@ impl Fhir {
 
     /// Best effort: a blob whose registration failed is deleted again.
     fn discard(&self, cids: &[medledger_core::Cid]) {
-        for cid in cids.iter().copied() {
+        for &cid in cids {
             let store = self.store.clone();
             tokio::spawn(async move {
                 if let Err(e) = store.erase(&cid).await {
@@ -697,7 +723,10 @@ impl Fhir {
         writable(rtype)?;
         medledger_fhir::validate(&body, Some(rtype), false).map_err(FhirError::Invalid)?;
         if body.get("id").and_then(Value::as_str) != Some(id) {
-            return Err(FhirError::invalid(IssueCode::Invalid, "the body's id must equal the id in the URL"));
+            return Err(FhirError::invalid(
+                IssueCode::Invalid,
+                "the body's id must equal the id in the URL",
+            ));
         }
         let record = record_id(id).ok_or_else(|| {
             FhirError::NotSupported("update cannot create: ids are assigned by the ledger".into())
@@ -713,7 +742,8 @@ impl Fhir {
             )));
         }
         strip_server_fields(&mut body);
-        self.amend(who, record, rtype, view.state.patient, body).await
+        self.amend(who, record, rtype, view.state.patient, body)
+            .await
     }
 
     async fn amend(
@@ -743,20 +773,34 @@ impl Fhir {
     /// Deleting writes a tombstone version; history keeps every earlier version.
     pub async fn delete(&self, who: &Principal, rtype: &str, id: &str) -> Result<(), FhirError> {
         writable(rtype)?;
-        let record = record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
+        let record =
+            record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
         let view = self.access(who, record).await?;
         Self::typed(&view, rtype)?;
         if self.index.doc(&record)?.is_some_and(|d| d.deleted) {
             return Ok(());
         }
-        self.amend(who, record, rtype, view.state.patient, json!({ "resourceType": TOMBSTONE }))
-            .await
-            .map(|_| ())
+        self.amend(
+            who,
+            record,
+            rtype,
+            view.state.patient,
+            json!({ "resourceType": TOMBSTONE }),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Versions of one resource (newest first), as a `history` Bundle.
-    pub async fn history(&self, who: &Principal, rtype: &str, id: &str, base: &str) -> Result<Value, FhirError> {
-        let record = record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
+    pub async fn history(
+        &self,
+        who: &Principal,
+        rtype: &str,
+        id: &str,
+        base: &str,
+    ) -> Result<Value, FhirError> {
+        let record =
+            record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
         let view = self.access(who, record).await?;
         Self::typed(&view, rtype)?;
         let mut entries = Vec::new();
@@ -770,7 +814,13 @@ impl Fhir {
         }))
     }
 
-    async fn history_entry(&self, rtype: &str, id: &str, v: &VersionState, base: &str) -> Result<Value, FhirError> {
+    async fn history_entry(
+        &self,
+        rtype: &str,
+        id: &str,
+        v: &VersionState,
+        base: &str,
+    ) -> Result<Value, FhirError> {
         let content = self.fetch(&v.cid).await?;
         let url = format!("{rtype}/{id}");
         let modified = date::instant(v.time_ms);
@@ -792,7 +842,13 @@ impl Fhir {
     }
 
     /// Every version of every resource of a type the caller may see, newest first.
-    pub async fn type_history(&self, who: &Principal, rtype: &str, count: usize, base: &str) -> Result<Value, FhirError> {
+    pub async fn type_history(
+        &self,
+        who: &Principal,
+        rtype: &str,
+        count: usize,
+        base: &str,
+    ) -> Result<Value, FhirError> {
         let mut versions = Vec::new();
         for (_, record) in self.index.of_type(rtype)?.into_iter().rev() {
             if versions.len() >= count.min(MAX_EVERYTHING) {
@@ -817,7 +873,11 @@ impl Fhir {
     // ---- search --------------------------------------------------------------------
 
     /// Records matching the query, in creation order (before access checks).
-    async fn matches(&self, rtype: &str, q: &search::Query) -> Result<Vec<(u64, RecordId)>, FhirError> {
+    async fn matches(
+        &self,
+        rtype: &str,
+        q: &search::Query,
+    ) -> Result<Vec<(u64, RecordId)>, FhirError> {
         let mut groups: Vec<HashSet<RecordId>> = Vec::new();
         let mut candidates: Option<Vec<(u64, RecordId)>> = None;
         for group in &q.tokens {
@@ -863,9 +923,13 @@ impl Fhir {
                         let mut after = None;
                         loop {
                             let page = query::patient_records(st, &p, after.as_ref(), 1000)?;
-                            let Some(last) = page.last().copied() else { break };
+                            let Some(last) = page.last().copied() else {
+                                break;
+                            };
                             for r in page {
-                                if query::record(st, &r)?.is_some_and(|v| v.state.category.as_str() == cat) {
+                                if query::record(st, &r)?
+                                    .is_some_and(|v| v.state.category.as_str() == cat)
+                                {
                                     out.push(r);
                                 }
                             }
@@ -890,7 +954,9 @@ impl Fhir {
             if !seen.insert(r) || !groups.iter().all(|g| g.contains(&r)) {
                 continue;
             }
-            let Some(doc) = self.index.doc(&r)? else { continue };
+            let Some(doc) = self.index.doc(&r)? else {
+                continue;
+            };
             if doc.deleted || doc.rtype != rtype || !dates_match(&doc, q) {
                 continue;
             }
@@ -927,7 +993,12 @@ impl Fhir {
         purpose_of(who.role)?;
         let q = search::parse_query(rtype, pairs)?;
         let all = self.matches(rtype, &q).await?;
-        let page: Vec<RecordId> = all.iter().skip(q.offset).take(q.count).map(|(_, r)| *r).collect();
+        let page: Vec<RecordId> = all
+            .iter()
+            .skip(q.offset)
+            .take(q.count)
+            .map(|(_, r)| *r)
+            .collect();
         let mut entries = Vec::new();
         for r in page {
             match self.latest(who, rtype, r).await {
@@ -936,7 +1007,8 @@ impl Fhir {
                     "resource": s.resource,
                     "search": {"mode": "match"},
                 })),
-                Ok(None) | Err(FhirError::Forbidden(_) | FhirError::Gone(_) | FhirError::NotFound(_)) => {}
+                Ok(None)
+                | Err(FhirError::Forbidden(_) | FhirError::Gone(_) | FhirError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -961,12 +1033,19 @@ impl Fhir {
     }
 
     /// The current version of a record, through the audited access path.
-    async fn latest(&self, who: &Principal, rtype: &str, record: RecordId) -> Result<Option<Stored>, FhirError> {
+    async fn latest(
+        &self,
+        who: &Principal,
+        rtype: &str,
+        record: RecordId,
+    ) -> Result<Option<Stored>, FhirError> {
         let view = self.access(who, record).await?;
         if view.state.category.as_str() != rtype {
             return Ok(None);
         }
-        let Some(v) = view.history.last() else { return Ok(None) };
+        let Some(v) = view.history.last() else {
+            return Ok(None);
+        };
         let content = self.fetch(&v.cid).await?;
         if is_tombstone(&content) {
             return Ok(None);
@@ -983,7 +1062,12 @@ impl Fhir {
 
     /// `Patient/{id}/$everything`: the patient resource and every current resource in
     /// the patient's compartment the caller may see (each read audited).
-    pub async fn everything(&self, who: &Principal, id: &str, base: &str) -> Result<Value, FhirError> {
+    pub async fn everything(
+        &self,
+        who: &Principal,
+        id: &str,
+        base: &str,
+    ) -> Result<Value, FhirError> {
         let patient = self.read(who, "Patient", id, None).await?;
         let pid = record_id(id).ok_or_else(|| FhirError::NotFound("no such patient".into()))?;
         let account = self
@@ -997,7 +1081,9 @@ impl Fhir {
                 let mut after = None;
                 loop {
                     let page = query::patient_records(st, &account, after.as_ref(), 1000)?;
-                    let Some(last) = page.last().copied() else { break };
+                    let Some(last) = page.last().copied() else {
+                        break;
+                    };
                     for r in page {
                         if let Some(v) = query::record(st, &r)? {
                             out.push((r, v.state.category.as_str().to_owned()));
@@ -1008,13 +1094,17 @@ impl Fhir {
                 Ok(out)
             })
             .await?;
-        let mut entries = vec![json!({"fullUrl": format!("{base}/Patient/{id}"), "resource": patient.resource, "search": {"mode": "match"}})];
+        let mut entries = vec![
+            json!({"fullUrl": format!("{base}/Patient/{id}"), "resource": patient.resource, "search": {"mode": "match"}}),
+        ];
         let mut found: Vec<(u64, Value)> = Vec::new();
         for (r, cat) in records {
             if r == pid || found.len() >= MAX_EVERYTHING {
                 continue;
             }
-            let Some(doc) = self.index.doc(&r)? else { continue };
+            let Some(doc) = self.index.doc(&r)? else {
+                continue;
+            };
             if doc.deleted {
                 continue;
             }
@@ -1029,12 +1119,19 @@ impl Fhir {
         }
         found.sort_by_key(|(s, _)| *s);
         entries.extend(found.into_iter().map(|(_, e)| e));
-        Ok(json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}))
+        Ok(
+            json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
+        )
     }
 
     // ---- Bundles ---------------------------------------------------------------------
 
-    pub async fn bundle(&self, who: &Principal, body: Value, base: &str) -> Result<Value, FhirError> {
+    pub async fn bundle(
+        &self,
+        who: &Principal,
+        body: Value,
+        base: &str,
+    ) -> Result<Value, FhirError> {
         medledger_fhir::validate(&body, Some("Bundle"), true).map_err(FhirError::Invalid)?;
         match body.get("type").and_then(Value::as_str) {
             Some("transaction") => self.transaction(who, body, base).await,
@@ -1048,7 +1145,12 @@ impl Fhir {
 
     async fn batch(&self, who: &Principal, body: Value, base: &str) -> Value {
         let mut out = Vec::new();
-        for e in body.get("entry").and_then(Value::as_array).cloned().unwrap_or_default() {
+        for e in body
+            .get("entry")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
             let r = self.batch_entry(who, &e).await;
             out.push(match r {
                 Ok((status, s)) => json!({
@@ -1075,17 +1177,42 @@ impl Fhir {
         json!({"resourceType": "Bundle", "type": "batch-response", "entry": out})
     }
 
-    async fn batch_entry(&self, who: &Principal, e: &Value) -> Result<(&'static str, Option<Stored>), FhirError> {
-        let method = e.pointer("/request/method").and_then(Value::as_str).unwrap_or("");
-        let url = e.pointer("/request/url").and_then(Value::as_str).unwrap_or("");
+    async fn batch_entry(
+        &self,
+        who: &Principal,
+        e: &Value,
+    ) -> Result<(&'static str, Option<Stored>), FhirError> {
+        let method = e
+            .pointer("/request/method")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let url = e
+            .pointer("/request/url")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let path: Vec<&str> = url.split('?').next().unwrap_or("").split('/').collect();
         let resource = e.get("resource").cloned();
         match (method, path.as_slice(), resource) {
-            ("POST", [t], Some(r)) => self.create(who, t, r).await.map(|s| ("201 Created", Some(s))),
-            ("PUT", [t, id], Some(r)) => self.update(who, t, id, r, None).await.map(|s| ("200 OK", Some(s))),
-            ("DELETE", [t, id], _) => self.delete(who, t, id).await.map(|_| ("204 No Content", None)),
-            ("GET", [t, id], _) => self.read(who, t, id, None).await.map(|s| ("200 OK", Some(s))),
-            _ => Err(FhirError::invalid(IssueCode::NotSupported, "batch entries: POST Type, PUT/DELETE/GET Type/id")),
+            ("POST", [t], Some(r)) => self
+                .create(who, t, r)
+                .await
+                .map(|s| ("201 Created", Some(s))),
+            ("PUT", [t, id], Some(r)) => self
+                .update(who, t, id, r, None)
+                .await
+                .map(|s| ("200 OK", Some(s))),
+            ("DELETE", [t, id], _) => self
+                .delete(who, t, id)
+                .await
+                .map(|_| ("204 No Content", None)),
+            ("GET", [t, id], _) => self
+                .read(who, t, id, None)
+                .await
+                .map(|s| ("200 OK", Some(s))),
+            _ => Err(FhirError::invalid(
+                IssueCode::NotSupported,
+                "batch entries: POST Type, PUT/DELETE/GET Type/id",
+            )),
         }
     }
 
@@ -1093,46 +1220,85 @@ impl Fhir {
     /// record writes go to the ledger as one `write_records` transaction. Patients
     /// created by the Bundle get their accounts before it (an account with no records
     /// is what remains if the Bundle is then refused).
-    async fn transaction(&self, who: &Principal, body: Value, base: &str) -> Result<Value, FhirError> {
-        let entries = body.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+    async fn transaction(
+        &self,
+        who: &Principal,
+        body: Value,
+        base: &str,
+    ) -> Result<Value, FhirError> {
+        let entries = body
+            .get("entry")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if entries.is_empty() || entries.len() > medledger_core::model::MAX_RECORD_WRITES {
             return Err(FhirError::invalid(
                 IssueCode::TooLong,
-                format!("a transaction holds 1 to {} entries", medledger_core::model::MAX_RECORD_WRITES),
+                format!(
+                    "a transaction holds 1 to {} entries",
+                    medledger_core::model::MAX_RECORD_WRITES
+                ),
             ));
         }
         let mut issues = Vec::new();
-        let mut ops: Vec<(usize, &'static str, String, Option<String>, Option<Value>)> = Vec::new();
+        let mut ops: Vec<PlannedEntry> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
-            let method = e.pointer("/request/method").and_then(Value::as_str).unwrap_or("");
-            let url = e.pointer("/request/url").and_then(Value::as_str).unwrap_or("");
+            let method = e
+                .pointer("/request/method")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let url = e
+                .pointer("/request/url")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let full_url = e.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
             let resource = e.get("resource").cloned();
             let at = format!("Bundle.entry[{i}]");
-            match (method, url.split('/').collect::<Vec<_>>().as_slice(), resource) {
+            match (
+                method,
+                url.split('/').collect::<Vec<_>>().as_slice(),
+                resource,
+            ) {
                 ("POST", [t], Some(r)) if !url.contains('?') => {
                     if let Err(mut is) = medledger_fhir::validate(&r, Some(t), true) {
-                        is.iter_mut().for_each(|x| x.expression = Some(format!("{at}.resource")));
+                        is.iter_mut()
+                            .for_each(|x| x.expression = Some(format!("{at}.resource")));
                         issues.extend(is);
                     } else if writable(t).is_err() {
-                        issues.push(Issue::new(IssueCode::NotSupported, format!("{t} cannot be written")).at(at));
+                        issues.push(
+                            Issue::new(IssueCode::NotSupported, format!("{t} cannot be written"))
+                                .at(at),
+                        );
                     } else {
                         ops.push((i, "POST", (*t).to_owned(), full_url, Some(r)));
                     }
                 }
                 ("PUT", [t, id], Some(r)) => {
                     if let Err(mut is) = medledger_fhir::validate(&r, Some(t), true) {
-                        is.iter_mut().for_each(|x| x.expression = Some(format!("{at}.resource")));
+                        is.iter_mut()
+                            .for_each(|x| x.expression = Some(format!("{at}.resource")));
                         issues.extend(is);
                     } else if r.get("id").and_then(Value::as_str) != Some(id) {
-                        issues.push(Issue::new(IssueCode::Invalid, "the resource id must equal the id in request.url").at(at));
+                        issues.push(
+                            Issue::new(
+                                IssueCode::Invalid,
+                                "the resource id must equal the id in request.url",
+                            )
+                            .at(at),
+                        );
                     } else {
                         ops.push((i, "PUT", format!("{t}/{id}"), full_url, Some(r)));
                     }
                 }
-                ("DELETE", [t, id], _) => ops.push((i, "DELETE", format!("{t}/{id}"), full_url, None)),
+                ("DELETE", [t, id], _) => {
+                    ops.push((i, "DELETE", format!("{t}/{id}"), full_url, None))
+                }
                 _ => issues.push(
-                    Issue::new(IssueCode::NotSupported, "transaction entries: POST Type, PUT Type/id, DELETE Type/id").at(at),
+                    Issue::new(
+                        IssueCode::NotSupported,
+                        "transaction entries: POST Type, PUT Type/id, DELETE Type/id",
+                    )
+                    .at(at),
                 ),
             }
         }
@@ -1180,7 +1346,8 @@ impl Fhir {
                 }
                 _ => {
                     let (t, id) = target.split_once('/').expect("Type/id");
-                    let r = record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {t} with id {id}")))?;
+                    let r = record_id(id)
+                        .ok_or_else(|| FhirError::NotFound(format!("no {t} with id {id}")))?;
                     (t.to_owned(), r)
                 }
             };
@@ -1193,7 +1360,14 @@ impl Fhir {
                 patient = Some(s.0);
                 new_patients.insert(format!("Patient/{record}"), s);
             }
-            plan.push(BundleOp { method, rtype, record, full_url, resource, patient });
+            plan.push(BundleOp {
+                method,
+                rtype,
+                record,
+                full_url,
+                resource,
+                patient,
+            });
         }
         // Rewrite references to entries of this Bundle; unknown urn: references fail.
         let mut unresolved = Vec::new();
@@ -1214,7 +1388,10 @@ impl Fhir {
         if !unresolved.is_empty() {
             return Err(FhirError::invalid(
                 IssueCode::NotFound,
-                format!("{} urn: reference(s) name no entry of this Bundle", unresolved.len()),
+                format!(
+                    "{} urn: reference(s) name no entry of this Bundle",
+                    unresolved.len()
+                ),
             ));
         }
         // Existing records being updated or deleted: current state and access.
@@ -1243,8 +1420,13 @@ impl Fhir {
         let mut cids = Vec::new();
         for op in &plan {
             let patient = op.patient.expect("resolved above");
-            let key = new_patients.get(&format!("Patient/{}", op.record)).and_then(|(_, k)| *k);
-            let content = op.resource.clone().unwrap_or_else(|| json!({"resourceType": TOMBSTONE}));
+            let key = new_patients
+                .get(&format!("Patient/{}", op.record))
+                .and_then(|(_, k)| *k);
+            let content = op
+                .resource
+                .clone()
+                .unwrap_or_else(|| json!({"resourceType": TOMBSTONE}));
             let p = match self.seal(who, &op.rtype, patient, key, &content).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -1292,7 +1474,10 @@ impl Fhir {
                 .view(move |st| query::record(st, &view_record))
                 .await?
                 .ok_or_else(|| internal("committed record not found"))?;
-            let v = view.history.last().ok_or_else(|| internal("record without versions"))?;
+            let v = view
+                .history
+                .last()
+                .ok_or_else(|| internal("record without versions"))?;
             let (status, loc) = match op.method {
                 "POST" => ("201 Created", true),
                 "PUT" => ("200 OK", true),
@@ -1300,7 +1485,8 @@ impl Fhir {
             };
             let mut response = json!({"status": status, "etag": format!("W/\"{}\"", v.version), "lastModified": date::instant(v.time_ms)});
             if loc {
-                response["location"] = json!(format!("{}/{}/_history/{}", op.rtype, op.record, v.version));
+                response["location"] =
+                    json!(format!("{}/{}/_history/{}", op.rtype, op.record, v.version));
             }
             let mut entry = Map::new();
             if let Some(u) = &op.full_url {
@@ -1312,7 +1498,6 @@ impl Fhir {
         let _ = base;
         Ok(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": out}))
     }
-
 }
 
 fn dates_match(doc: &Doc, q: &search::Query) -> bool {
@@ -1347,6 +1532,8 @@ fn writable(rtype: &str) -> Result<(), FhirError> {
             "Consent maps to ledger grants: see the CapabilityStatement".into(),
         )),
         t if medledger_fhir::validate::is_r4_type(t) => Ok(()),
-        t => Err(FhirError::NotFound(format!("{t} is not a FHIR R4 resource type"))),
+        t => Err(FhirError::NotFound(format!(
+            "{t} is not a FHIR R4 resource type"
+        ))),
     }
 }
