@@ -21,7 +21,7 @@ use std::time::Instant;
 /// Most transactions accepted in one `POST /v1/txs`.
 pub const MAX_TXS_PER_REQUEST: usize = 10_000;
 /// Request body limit: a full batch of maximum-size transactions in base64, plus JSON.
-pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub const MAX_BODY_BYTES: usize = 24 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct AppState {

@@ -16,8 +16,9 @@ use medledger_fhir::outcome::{Issue, IssueCode, operation_outcome};
 use medledger_fhir::{FHIR_JSON, FHIR_VERSION, search, validate::R4_TYPES};
 use serde_json::{Value, json};
 
-/// Largest request body (a transaction Bundle of a long patient history with notes).
-pub const MAX_FHIR_BODY: usize = 32 * 1024 * 1024;
+/// Largest request body (a transaction Bundle of a long patient history with notes):
+/// the node-wide limit, which axum's own 2 MB default would otherwise undercut.
+pub const MAX_FHIR_BODY: usize = crate::api::MAX_BODY_BYTES;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
