@@ -84,9 +84,18 @@ fn rewrite(v: &mut Value, map: &HashMap<String, String>) {
     }
 }
 
-fn height(dir: &Path, node: &Node) -> u64 {
+/// The writer's nonce: every FHIR write is a transaction signed by the writer, so an
+/// unchanged nonce means nothing was written (the node's own audit reports keep
+/// adding blocks meanwhile, so the height is no measure).
+fn nonce(dir: &Path, node: &Node, account: &medledger_core::AccountId) -> u64 {
     let out = Command::new(BIN)
-        .args(["query", "status", "--node", &node.url, "--data-dir"])
+        .args([
+            "query",
+            &format!("accounts/{}", account.to_did()),
+            "--node",
+            &node.url,
+            "--data-dir",
+        ])
         .arg(dir)
         .output()
         .unwrap();
@@ -95,7 +104,7 @@ fn height(dir: &Path, node: &Node) -> u64 {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice::<Value>(&out.stdout).unwrap()["tip"]["height"]
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["nonce"]
         .as_u64()
         .unwrap()
 }
@@ -177,7 +186,7 @@ fn fhir_api_end_to_end() {
         client(&node, &dir).await;
         let h = http(&node, &dir);
         let admin = admin_signed_in(&h, &dir, &node).await;
-        let (doctor, _) = staff_token(&h, &dir, &admin, "Dana Doctor", "dana@hospital.example", "doctor").await;
+        let (doctor, doctor_id) = staff_token(&h, &dir, &admin, "Dana Doctor", "dana@hospital.example", "doctor").await;
         let (insurer, insurer_id) = staff_token(&h, &dir, &admin, "Ivan Insurer", "ivan@insurer.example", "insurer").await;
         let f = Fhir { c: h.c.clone(), url: node.url.clone(), token: doctor.clone() };
         let other = Fhir { c: h.c.clone(), url: node.url.clone(), token: insurer };
@@ -314,7 +323,7 @@ fn fhir_api_end_to_end() {
 
         // Refusals change nothing: invalid resource, malformed JSON, a transaction
         // with one bad entry, a wrong If-Match.
-        let before = height(&dir, &node);
+        let before = nonce(&dir, &node, &doctor_id);
         let (st, oo) = f.post("/Patient", &json!({"resourceType": "Patient", "gender": "m"})).await;
         assert_eq!((st, oo["resourceType"].as_str()), (400, Some("OperationOutcome")));
         returned.push(oo);
@@ -328,7 +337,7 @@ fn fhir_api_end_to_end() {
         assert!(oo["issue"][0]["expression"][0].as_str().unwrap().starts_with("Bundle.entry[2]"), "{oo}");
         let (st, _) = f.send(reqwest::Method::PUT, &format!("/Patient/{pid}"), Some(&json!({"resourceType": "Patient", "id": pid, "gender": "x"}))).await;
         assert_eq!(st, 400);
-        assert_eq!(height(&dir, &node), before, "a refused write changed the ledger");
+        assert_eq!(nonce(&dir, &node, &doctor_id), before, "a refused write reached the ledger");
         let (_, found) = f.get("/Patient?name=synth").await;
         assert_eq!(found["entry"].as_array().unwrap().len(), 1);
 
