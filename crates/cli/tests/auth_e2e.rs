@@ -23,20 +23,15 @@ fn put_blob_for(
 ) -> medledger_core::Cid {
     let note = root.join("note.txt");
     std::fs::write(&note, text).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["blob", "put"])
-        .arg(&note)
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--password-file")
-        .arg(root.join("pw"))
-        .args(["--reader", &format!("{}={enc}", reader.to_did())])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        std::process::Command::new(BIN)
+            .args(["blob", "put"])
+            .arg(&note)
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--password-file")
+            .arg(root.join("pw"))
+            .args(["--reader", &format!("{}={enc}", reader.to_did())]),
     );
     serde_json::from_slice::<Value>(&out.stdout).unwrap()["cid"]
         .as_str()

@@ -124,26 +124,16 @@ fn rejections_over_http_change_nothing_and_proofs_verify_via_cli() {
         }
         let hash = ok.hash.unwrap().to_string();
         let url = node.url.clone();
-        let out = Command::new(BIN)
-            .args(["proof", "inclusion", &hash, "--node", &url, "--data-dir"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = succeed(
+            Command::new(BIN)
+                .args(["proof", "inclusion", &hash, "--node", &url, "--data-dir"])
+                .arg(&dir),
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("inclusion proof OK"));
-        let out = Command::new(BIN)
-            .args(["proof", "consistency", "1", "--node", &url, "--data-dir"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            Command::new(BIN)
+                .args(["proof", "consistency", "1", "--node", &url, "--data-dir"])
+                .arg(&dir),
         );
         let out = Command::new(BIN)
             .args(["tx", "status", &hash, "--node", &url, "--data-dir"])

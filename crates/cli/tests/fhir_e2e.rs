@@ -88,21 +88,16 @@ fn rewrite(v: &mut Value, map: &HashMap<String, String>) {
 /// unchanged nonce means nothing was written (the node's own audit reports keep
 /// adding blocks meanwhile, so the height is no measure).
 fn nonce(dir: &Path, node: &Node, account: &medledger_core::AccountId) -> u64 {
-    let out = Command::new(BIN)
-        .args([
-            "query",
-            &format!("accounts/{}", account.to_did()),
-            "--node",
-            &node.url,
-            "--data-dir",
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        Command::new(BIN)
+            .args([
+                "query",
+                &format!("accounts/{}", account.to_did()),
+                "--node",
+                &node.url,
+                "--data-dir",
+            ])
+            .arg(dir),
     );
     serde_json::from_slice::<Value>(&out.stdout).unwrap()["nonce"]
         .as_u64()
@@ -205,17 +200,16 @@ fn fhir_api_end_to_end() {
 
         // Import all 13 bundles with the CLI.
         let map_file = root.path().join("map.json");
-        let out = Command::new(BIN)
+        let out = succeed(
+Command::new(BIN)
             .args(["import"])
             .arg(samples())
             .arg("--map")
             .arg(&map_file)
             .args(["--node", &node.url, "--data-dir"])
             .arg(&dir)
-            .env("MEDLEDGER_TOKEN", &doctor)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            .env("MEDLEDGER_TOKEN", &doctor),
+);
         let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!((summary["imported"].as_u64(), summary["failed"].as_u64()), (Some(13), Some(0)), "{summary}");
         let imported: Vec<Value> = serde_json::from_slice(&std::fs::read(&map_file).unwrap()).unwrap();
@@ -364,13 +358,12 @@ fn fhir_api_end_to_end() {
         assert_eq!(st, 200);
         assert_eq!(all["entry"].as_array().unwrap().len(), 3, "{all}");
         returned.push(all);
-        let out = Command::new(BIN)
+        let out = succeed(
+Command::new(BIN)
             .args(["export", "--patient", &patients[0], "--node", &node.url, "--data-dir"])
             .arg(&dir)
-            .env("MEDLEDGER_TOKEN", &doctor)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            .env("MEDLEDGER_TOKEN", &doctor),
+);
         let exported: Value = serde_json::from_slice(&out.stdout).unwrap();
         let types: BTreeMap<String, usize> = exported["entry"].as_array().unwrap().iter().fold(BTreeMap::new(), |mut m, e| {
             *m.entry(e["resource"]["resourceType"].as_str().unwrap().to_owned()).or_default() += 1;

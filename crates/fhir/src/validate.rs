@@ -400,7 +400,7 @@ pub fn validate(v: &Value, expect: Option<&str>, bundled: bool) -> Result<String
         );
     }
     for (t, field, codes) in BINDINGS {
-        if *t != rtype || codes.is_empty() {
+        if *t != rtype {
             continue;
         }
         if let Some(x) = obj.get(*field)

@@ -18,8 +18,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use medledger_core::tx::TX_VERSION;
 use medledger_core::{
-    AccessReport, AccountId, AgreementId, GrantId, MessageId, OrgId, Payload, Purpose, RecordId,
-    TxBody,
+    AccountId, AgreementId, GrantId, MessageId, OrgId, Payload, Purpose, RecordId, TxBody,
 };
 use medledger_ledger::contracts::query::{self, AuditFilter};
 use medledger_ledger::{StateView, contracts};
@@ -381,24 +380,11 @@ async fn access(
     let purpose: Purpose = parse(&q.purpose, "purpose")?;
     let at = now_ms();
     let (d, rec) = view(&s, move |st| {
-        let d = contracts::can(st, &accessor, &record, purpose, at)?;
-        let rec = if d.allowed() {
-            query::record(st, &record)?
-        } else {
-            None
-        };
-        Ok((d, rec))
+        query::access(st, &accessor, &record, purpose, at)
     })
     .await?;
     s.reporter
-        .report(AccessReport {
-            accessor,
-            record,
-            purpose,
-            time_ms: at,
-            allowed: d.allowed(),
-            reason: d.code().to_owned(),
-        })
+        .report_decision(accessor, record, purpose, at, &d)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     match rec {

@@ -193,7 +193,7 @@ fn resource_response(status: StatusCode, s: &Stored) -> Response {
     if let Ok(v) = HeaderValue::from_str(&s.etag()) {
         h.insert(header::ETAG, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("{}/{}/_history/{}", s.rtype, s.id, s.version)) {
+    if let Ok(v) = HeaderValue::from_str(&s.location()) {
         h.insert(header::CONTENT_LOCATION, v.clone());
         if status == StatusCode::CREATED {
             h.insert(header::LOCATION, v);
@@ -203,11 +203,12 @@ fn resource_response(status: StatusCode, s: &Stored) -> Response {
 }
 
 fn pairs(q: Option<String>) -> Result<Vec<(String, String)>, FhirError> {
-    let q = q.unwrap_or_default();
-    serde_urlencoded_pairs(&q)
+    query_pairs(q.as_deref().unwrap_or_default())
 }
 
-fn serde_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, FhirError> {
+/// `application/x-www-form-urlencoded` pairs; a malformed escape is an error rather
+/// than passed through, so a search never runs on a value the client did not mean.
+fn query_pairs(q: &str) -> Result<Vec<(String, String)>, FhirError> {
     let mut out = Vec::new();
     for part in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
@@ -320,25 +321,22 @@ pub fn capability_statement() -> Value {
     })
 }
 
+type Answer = Result<Response, FhirError>;
+
+fn ok_json(v: &Value) -> Answer {
+    Ok(fhir_json(StatusCode::OK, v))
+}
+
 async fn create(
     State(s): State<AppState>,
     Path(rtype): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let who = match principal(&s, &headers, true) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let r = async {
-        let v = body_json(&headers, &body)?;
-        s.fhir.create(&who, &rtype, v).await
-    }
-    .await;
-    match r {
-        Ok(st) => resource_response(StatusCode::CREATED, &st),
-        Err(e) => e.into_response(),
-    }
+) -> Answer {
+    let who = principal(&s, &headers, true)?;
+    let v = body_json(&headers, &body)?;
+    let st = s.fhir.create(&who, &rtype, v).await?;
+    Ok(resource_response(StatusCode::CREATED, &st))
 }
 
 async fn read(
@@ -346,48 +344,35 @@ async fn read(
     Path((rtype, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
-) -> Response {
-    let who = match principal(&s, &headers, false) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+) -> Answer {
+    let who = principal(&s, &headers, false)?;
     if id == "_history" {
         let count = pairs(q)
             .ok()
             .and_then(|p| p.into_iter().find(|(k, _)| k == "_count"))
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(search::DEFAULT_COUNT);
-        return match s
-            .fhir
-            .type_history(&who, &rtype, count, &base(&headers))
-            .await
-        {
-            Ok(b) => fhir_json(StatusCode::OK, &b),
-            Err(e) => e.into_response(),
-        };
+        return ok_json(
+            &s.fhir
+                .type_history(&who, &rtype, count, &base(&headers))
+                .await?,
+        );
     }
-    match s.fhir.read(&who, &rtype, &id, None).await {
-        Ok(st) => resource_response(StatusCode::OK, &st),
-        Err(e) => e.into_response(),
-    }
+    let st = s.fhir.read(&who, &rtype, &id, None).await?;
+    Ok(resource_response(StatusCode::OK, &st))
 }
 
 async fn vread(
     State(s): State<AppState>,
     Path((rtype, id, vid)): Path<(String, String, String)>,
     headers: HeaderMap,
-) -> Response {
-    let who = match principal(&s, &headers, false) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let Ok(v) = vid.parse::<u32>() else {
-        return FhirError::NotFound("no such version".into()).into_response();
-    };
-    match s.fhir.read(&who, &rtype, &id, Some(v)).await {
-        Ok(st) => resource_response(StatusCode::OK, &st),
-        Err(e) => e.into_response(),
-    }
+) -> Answer {
+    let who = principal(&s, &headers, false)?;
+    let v = vid
+        .parse::<u32>()
+        .map_err(|_| FhirError::NotFound("no such version".into()))?;
+    let st = s.fhir.read(&who, &rtype, &id, Some(v)).await?;
+    Ok(resource_response(StatusCode::OK, &st))
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<u32>, FhirError> {
@@ -407,37 +392,24 @@ async fn update(
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let who = match principal(&s, &headers, true) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let r = async {
-        let v = body_json(&headers, &body)?;
-        s.fhir
-            .update(&who, &rtype, &id, v, if_match(&headers)?)
-            .await
-    }
-    .await;
-    match r {
-        Ok(st) => resource_response(StatusCode::OK, &st),
-        Err(e) => e.into_response(),
-    }
+) -> Answer {
+    let who = principal(&s, &headers, true)?;
+    let v = body_json(&headers, &body)?;
+    let st = s
+        .fhir
+        .update(&who, &rtype, &id, v, if_match(&headers)?)
+        .await?;
+    Ok(resource_response(StatusCode::OK, &st))
 }
 
 async fn delete(
     State(s): State<AppState>,
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Response {
-    let who = match principal(&s, &headers, true) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    match s.fhir.delete(&who, &rtype, &id).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => e.into_response(),
-    }
+) -> Answer {
+    let who = principal(&s, &headers, true)?;
+    s.fhir.delete(&who, &rtype, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn search_type(
@@ -445,23 +417,18 @@ async fn search_type(
     Path(rtype): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
-) -> Response {
-    let who = match principal(&s, &headers, false) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+) -> Answer {
+    let who = principal(&s, &headers, false)?;
     if rtype == "_history" {
-        return FhirError::NotSupported("system history is not supported".into()).into_response();
+        return Err(FhirError::NotSupported(
+            "system history is not supported".into(),
+        ));
     }
-    let r = async {
-        let p = pairs(q)?;
-        s.fhir.search(&who, &rtype, &p, &base(&headers)).await
-    }
-    .await;
-    match r {
-        Ok(b) => fhir_json(StatusCode::OK, &b),
-        Err(e) => e.into_response(),
-    }
+    ok_json(
+        &s.fhir
+            .search(&who, &rtype, &pairs(q)?, &base(&headers))
+            .await?,
+    )
 }
 
 async fn search_post(
@@ -469,59 +436,35 @@ async fn search_post(
     Path(rtype): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    let who = match principal(&s, &headers, false) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let r = async {
-        let form = std::str::from_utf8(&body)
-            .map_err(|_| FhirError::invalid(IssueCode::Invalid, "form body is not UTF-8"))?;
-        let p = serde_urlencoded_pairs(form)?;
-        s.fhir.search(&who, &rtype, &p, &base(&headers)).await
-    }
-    .await;
-    match r {
-        Ok(b) => fhir_json(StatusCode::OK, &b),
-        Err(e) => e.into_response(),
-    }
+) -> Answer {
+    let who = principal(&s, &headers, false)?;
+    let form = std::str::from_utf8(&body)
+        .map_err(|_| FhirError::invalid(IssueCode::Invalid, "form body is not UTF-8"))?;
+    ok_json(
+        &s.fhir
+            .search(&who, &rtype, &query_pairs(form)?, &base(&headers))
+            .await?,
+    )
 }
 
 async fn instance_op(
     State(s): State<AppState>,
     Path((rtype, id, op)): Path<(String, String, String)>,
     headers: HeaderMap,
-) -> Response {
-    let who = match principal(&s, &headers, false) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+) -> Answer {
+    let who = principal(&s, &headers, false)?;
     let b = base(&headers);
-    let r = match (rtype.as_str(), id.as_str(), op.as_str()) {
-        (t, id, "_history") => s.fhir.history(&who, t, id, &b).await,
-        ("Patient", id, "$everything") => s.fhir.everything(&who, id, &b).await,
+    match (rtype.as_str(), op.as_str()) {
+        (t, "_history") => ok_json(&s.fhir.history(&who, t, &id, &b).await?),
+        ("Patient", "$everything") => ok_json(&s.fhir.everything(&who, &id, &b).await?),
         _ => Err(FhirError::NotFound(format!("unknown operation {op}"))),
-    };
-    match r {
-        Ok(b) => fhir_json(StatusCode::OK, &b),
-        Err(e) => e.into_response(),
     }
 }
 
-async fn bundle(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let who = match principal(&s, &headers, true) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let r = async {
-        let v = body_json(&headers, &body)?;
-        s.fhir.bundle(&who, v, &base(&headers)).await
-    }
-    .await;
-    match r {
-        Ok(b) => fhir_json(StatusCode::OK, &b),
-        Err(e) => e.into_response(),
-    }
+async fn bundle(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Answer {
+    let who = principal(&s, &headers, true)?;
+    let v = body_json(&headers, &body)?;
+    ok_json(&s.fhir.bundle(&who, v).await?)
 }
 
 #[cfg(test)]
@@ -530,11 +473,10 @@ mod tests {
 
     #[test]
     fn query_strings_decode() {
-        let p = serde_urlencoded_pairs("code=http%3A%2F%2Floinc.org%7C8302-2&name=a+b&_count=2")
-            .unwrap();
+        let p = query_pairs("code=http%3A%2F%2Floinc.org%7C8302-2&name=a+b&_count=2").unwrap();
         assert_eq!(p[0].1, "http://loinc.org|8302-2");
         assert_eq!(p[1].1, "a b");
-        assert!(serde_urlencoded_pairs("a=%zz").is_err());
+        assert!(query_pairs("a=%zz").is_err());
     }
 
     #[test]

@@ -99,15 +99,32 @@ impl AccountKeys {
         Digest32(x25519_dalek::PublicKey::from(&secret).to_bytes())
     }
 
+    /// The secret key material (signing key ‖ encryption secret), the one layout every
+    /// sealed copy uses: keystores, API-token copies, custody.
+    pub fn secret_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(64);
+        b.extend_from_slice(&self.signing.to_bytes());
+        b.extend_from_slice(&self.encryption_secret);
+        b
+    }
+
+    /// Keys from [`Self::secret_bytes`]; `None` unless exactly 64 bytes.
+    pub fn from_secret_bytes(b: &[u8]) -> Option<Self> {
+        let signing: [u8; 32] = b.get(..32)?.try_into().ok()?;
+        let encryption_secret: [u8; 32] = b.get(32..)?.try_into().ok()?;
+        Some(AccountKeys {
+            signing: SigningKey::from_bytes(&signing),
+            encryption_secret,
+        })
+    }
+
     /// Seals these keys under `password`.
     pub fn seal(&self, password: &[u8]) -> Result<KeystoreFile> {
         let salt = random_bytes32()?;
         let kdf = KdfParams::owasp(&salt[..16]);
         let key = kdf.derive(password)?;
         let nonce: [u8; 24] = random_bytes32()?[..24].try_into().expect("24 bytes");
-        let mut plain = Vec::with_capacity(64);
-        plain.extend_from_slice(&self.signing.to_bytes());
-        plain.extend_from_slice(&self.encryption_secret);
+        let plain = self.secret_bytes();
         let account = self.account();
         let aad = account.to_did();
         let ct = XChaCha20Poly1305::new(&key.into())
@@ -168,14 +185,7 @@ impl KeystoreFile {
                 },
             )
             .map_err(|_| NodeError::KeystoreDecrypt)?;
-        if plain.len() != 64 {
-            return Err(NodeError::KeystoreDecrypt);
-        }
-        let signing = SigningKey::from_bytes(plain[..32].try_into().expect("32 bytes"));
-        let keys = AccountKeys {
-            signing,
-            encryption_secret: plain[32..].try_into().expect("32 bytes"),
-        };
+        let keys = AccountKeys::from_secret_bytes(&plain).ok_or(NodeError::KeystoreDecrypt)?;
         if keys.account() != self.account {
             return Err(NodeError::KeystoreDecrypt);
         }

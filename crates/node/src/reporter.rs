@@ -6,9 +6,11 @@
 use medledger_consensus::Batcher;
 use medledger_core::model::MAX_ACCESS_REPORTS;
 use medledger_core::tx::{SignatureBytes, TX_VERSION};
-use medledger_core::{AccessReport, AccountId, NodeSigner, Payload, SignedTx, TxBody};
-use medledger_ledger::Ledger;
+use medledger_core::{
+    AccessReport, AccountId, NodeSigner, Payload, Purpose, RecordId, SignedTx, TxBody,
+};
 use medledger_ledger::contracts::query;
+use medledger_ledger::{Decision, Ledger};
 use medledger_store::BlobStore;
 
 /// This node's progress through the ledger's shred queue (local metadata, not state).
@@ -48,6 +50,28 @@ impl Reporter {
             .send(r)
             .await
             .map_err(|_| crate::NodeError::Server("audit reporter stopped".into()))
+    }
+}
+
+impl Reporter {
+    /// Queues the report of an access decision (allowed or refused).
+    pub async fn report_decision(
+        &self,
+        accessor: AccountId,
+        record: RecordId,
+        purpose: Purpose,
+        time_ms: u64,
+        d: &Decision,
+    ) -> Result<(), crate::NodeError> {
+        self.report(AccessReport {
+            accessor,
+            record,
+            purpose,
+            time_ms,
+            allowed: d.allowed(),
+            reason: d.code().to_owned(),
+        })
+        .await
     }
 }
 

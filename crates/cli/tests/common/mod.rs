@@ -24,21 +24,27 @@ pub fn medledger(args: &[&str], dir: &Path) -> Output {
         .expect("run medledger")
 }
 
-pub fn init(root: &Path) -> PathBuf {
-    let dir = root.join("data");
-    let pw = root.join("pw");
-    std::fs::write(&pw, "a long enough test password").unwrap();
-    let out = Command::new(BIN)
-        .args(["init", "--chain-id", "e2e-chain", "--password-file"])
-        .arg(&pw)
-        .arg("--data-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
+/// Runs a command that must succeed; its stderr is the failure message.
+pub fn succeed(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run command");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn init(root: &Path) -> PathBuf {
+    let dir = root.join("data");
+    let pw = root.join("pw");
+    std::fs::write(&pw, "a long enough test password").unwrap();
+    succeed(
+        Command::new(BIN)
+            .args(["init", "--chain-id", "e2e-chain", "--password-file"])
+            .arg(&pw)
+            .arg("--data-dir")
+            .arg(&dir),
     );
     dir
 }

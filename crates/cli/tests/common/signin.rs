@@ -170,21 +170,16 @@ pub async fn admin_signed_in(h: &Http, dir: &Path, node: &Node) -> Signed {
 /// As [`admin_signed_in`], also returning the admin's recovery codes.
 pub async fn admin_with_codes(h: &Http, dir: &Path, node: &Node) -> (Signed, Vec<String>) {
     let admin = admin(dir).account().to_did();
-    let out = std::process::Command::new(BIN)
-        .args(["tx", "submit", "--node", &node.url, "--data-dir"])
-        .arg(dir)
-        .args(["--password-file"])
-        .arg(dir.parent().unwrap().join("pw"))
-        .args([
-            "json",
-            &format!(r#"{{"kind":"add_org","org":"general","admin":"{admin}"}}"#),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        std::process::Command::new(BIN)
+            .args(["tx", "submit", "--node", &node.url, "--data-dir"])
+            .arg(dir)
+            .args(["--password-file"])
+            .arg(dir.parent().unwrap().join("pw"))
+            .args([
+                "json",
+                &format!(r#"{{"kind":"add_org","org":"general","admin":"{admin}"}}"#),
+            ]),
     );
     let ks: Value =
         serde_json::from_slice(&std::fs::read(dir.join("admin.keystore.json")).unwrap()).unwrap();

@@ -7,7 +7,8 @@ use super::state::*;
 use crate::error::Result;
 use crate::exec::{StateRead, read_obj};
 use medledger_core::{
-    AccountId, AgreementId, BreakGlassId, Digest32, GrantId, MessageId, OrgId, RecordId, Role,
+    AccountId, AgreementId, BreakGlassId, Digest32, GrantId, MessageId, OrgId, Purpose, RecordId,
+    Role,
 };
 use serde::Serialize;
 
@@ -103,6 +104,24 @@ pub fn record(state: &impl StateRead, id: &RecordId) -> Result<Option<RecordView
         state: r,
         history,
     }))
+}
+
+/// The decision for `accessor` using `record` for `purpose` at `at`, with the record
+/// only if allowed: what an audited read path needs, from one state view.
+pub fn access(
+    state: &impl StateRead,
+    accessor: &AccountId,
+    record: &RecordId,
+    purpose: Purpose,
+    at: u64,
+) -> Result<(super::decision::Decision, Option<RecordView>)> {
+    let d = super::decision::can(state, accessor, record, purpose, at)?;
+    let view = if d.allowed() {
+        self::record(state, record)?
+    } else {
+        None
+    };
+    Ok((d, view))
 }
 
 /// Ids of a patient's records, in id order, after `after`, at most `limit`.

@@ -111,20 +111,9 @@ impl From<&Session> for Principal {
 /// The key that seals an API token's copy of the account keys: derived from the
 /// token (which only its holder has), domain-separated from the token's lookup hash.
 fn token_key(token: &str) -> LocalKey {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(b"medledger/api-token-keys/v1\0");
-    h.update(token.as_bytes());
-    LocalKey::new(h.finalize().into())
-}
-
-fn keys_from(plain: &[u8]) -> Option<AccountKeys> {
-    let signing: [u8; 32] = plain.get(..32)?.try_into().ok()?;
-    let encryption_secret: [u8; 32] = plain.get(32..64)?.try_into().ok()?;
-    Some(AccountKeys {
-        signing: ed25519_dalek::SigningKey::from_bytes(&signing),
-        encryption_secret,
-    })
+    LocalKey::new(
+        medledger_core::hash::tagged(b"medledger/api-token-keys/v1\0", &[token.as_bytes()]).0,
+    )
 }
 
 /// A signed-in person. The keys stay in memory only.
@@ -269,17 +258,8 @@ impl Auth {
         mail: Option<MailConfig>,
         base_url: String,
     ) -> Result<Self, AuthError> {
-        let key_path = data_dir.join("auth.key");
-        let key = match std::fs::read(&key_path) {
-            Ok(b) => <[u8; 32]>::try_from(b.as_slice())
-                .map_err(|_| AuthError::Internal("auth.key is not 32 bytes".into()))?,
-            Err(_) => {
-                let k = secrets::random::<32>()?;
-                crate::datadir::write_private(&key_path, &k)
-                    .map_err(|e| AuthError::Internal(e.to_string()))?;
-                k
-            }
-        };
+        let key = crate::datadir::local_secret(&data_dir.join("auth.key"))
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
         let mail = mail.unwrap_or_else(|| MailConfig::Outbox(data_dir.join("outbox")));
         Ok(Auth {
             dir: Directory::open(&data_dir.join("accounts.redb"))?,
@@ -967,9 +947,7 @@ impl Auth {
         let ttl = ttl_ms.clamp(60_000, MAX_TOKEN_MS);
         let token = format!("mlt_{}", secrets::new_token()?);
         let expires_ms = now() + ttl;
-        let mut plain = s.keys.signing.to_bytes().to_vec();
-        plain.extend_from_slice(&s.keys.encryption_secret);
-        let sealed = token_key(&token).seal(&plain, &s.account.0)?;
+        let sealed = token_key(&token).seal(&s.keys.secret_bytes(), &s.account.0)?;
         self.dir.write(vec![Op::Put(
             API_TOKENS,
             token_hash(&token).to_vec(),
@@ -982,19 +960,20 @@ impl Auth {
         Ok((token, expires_ms))
     }
 
-    pub fn api_token(&self, token: &str) -> Result<Option<AccountId>, AuthError> {
+    /// The stored entry of an unexpired API token.
+    fn live_token(&self, token: &str) -> Result<Option<Expiring>, AuthError> {
         let e: Option<Expiring> = self.dir.get(API_TOKENS, &token_hash(token))?;
-        Ok(e.filter(|e| now() < e.expires_ms).map(|e| e.account))
+        Ok(e.filter(|e| now() < e.expires_ms))
+    }
+
+    pub fn api_token(&self, token: &str) -> Result<Option<AccountId>, AuthError> {
+        Ok(self.live_token(token)?.map(|e| e.account))
     }
 
     /// Who presents this API token, with their keys, role and organisation; `None`
     /// if the token is unknown, expired, or its account left the directory.
     pub fn principal(&self, token: &str) -> Result<Option<Principal>, AuthError> {
-        let Some(e) = self
-            .dir
-            .get::<Expiring>(API_TOKENS, &token_hash(token))?
-            .filter(|e| now() < e.expires_ms)
-        else {
+        let Some(e) = self.live_token(token)? else {
             return Ok(None);
         };
         let (Some(sealed), Some(u)) = (e.keys, self.user(&e.account)?) else {
@@ -1002,7 +981,8 @@ impl Auth {
         };
         let sealed = hex::decode(sealed).map_err(|_| AuthError::Internal("token keys".into()))?;
         let plain = token_key(token).open(&sealed, &e.account.0)?;
-        let keys = keys_from(&plain).ok_or_else(|| AuthError::Internal("token keys".into()))?;
+        let keys = AccountKeys::from_secret_bytes(&plain)
+            .ok_or_else(|| AuthError::Internal("token keys".into()))?;
         if keys.account() != e.account {
             return Err(AuthError::Internal("token keys".into()));
         }

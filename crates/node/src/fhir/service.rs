@@ -5,19 +5,20 @@ use crate::auth::Principal;
 use crate::keystore::AccountKeys;
 use crate::reporter::{Reporter, now_ms};
 use medledger_consensus::Batcher;
-use medledger_core::tx::{SignatureBytes, TX_VERSION, invite_commitment};
+use medledger_core::tx::{TX_VERSION, invite_commitment};
 use medledger_core::{
-    AccessReport, AccountId, Category, Digest32, Grantee, Payload, Purpose, RecordId, RecordWrite,
-    RejectReason, Role, Scope, SignedTx, TxBody, TxHash,
+    AccountId, Category, Digest32, Grantee, Payload, Purpose, RecordId, RecordWrite, RejectReason,
+    Role, Scope, TxBody, TxHash,
 };
 use medledger_fhir::outcome::{Issue, IssueCode};
 use medledger_fhir::{date, refs, search};
 use medledger_ledger::contracts::query::{self, RecordView};
 use medledger_ledger::contracts::state::VersionState;
-use medledger_ledger::{Decision, Ledger, contracts};
+use medledger_ledger::{Decision, Ledger};
 use medledger_store::{BlobStore, Reader, ReaderSecret};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 /// Why a FHIR interaction failed; the API turns it into a status and an
@@ -82,6 +83,22 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// Version `v` of `rtype/id` with `content`: id and meta come from the ledger.
+    fn new(rtype: &str, id: &str, v: &VersionState, content: Value) -> Self {
+        Stored {
+            rtype: rtype.to_owned(),
+            id: id.to_owned(),
+            version: v.version,
+            time_ms: v.time_ms,
+            resource: render(content, id, v),
+        }
+    }
+
+    /// `Type/id/_history/version`.
+    pub fn location(&self) -> String {
+        format!("{}/{}/_history/{}", self.rtype, self.id, self.version)
+    }
+
     pub fn etag(&self) -> String {
         format!("W/\"{}\"", self.version)
     }
@@ -160,10 +177,13 @@ fn is_tombstone(v: &Value) -> bool {
     v.get("resourceType").and_then(Value::as_str) == Some(TOMBSTONE)
 }
 
-fn keys_bytes(k: &AccountKeys) -> Vec<u8> {
-    let mut b = k.signing.to_bytes().to_vec();
-    b.extend_from_slice(&k.encryption_secret);
-    b
+type Outcome = Result<medledger_ledger::TxOutcome, medledger_consensus::ConsensusError>;
+
+/// An account's next nonce, held (with the account's sequence lock) until queued.
+struct Reserved {
+    account: AccountId,
+    nonce: u64,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// A resource ready to be registered: sealed in the store, with its index entries.
@@ -177,9 +197,14 @@ struct Prepared {
     deleted: bool,
 }
 
-/// A validated transaction entry: index, method, target (`Type` or `Type/id`),
-/// fullUrl, resource.
-type PlannedEntry = (usize, &'static str, String, Option<String>, Option<Value>);
+/// A validated transaction entry (`id` for PUT and DELETE).
+struct Planned {
+    method: &'static str,
+    rtype: String,
+    id: Option<String>,
+    full_url: Option<String>,
+    resource: Option<Value>,
+}
 
 impl Prepared {
     fn entry(self, record: RecordId) -> IndexEntry {
@@ -211,13 +236,7 @@ impl Fhir {
         reporter: Reporter,
     ) -> Result<Self, FhirError> {
         let index = Index::open(&data_dir.join("fhir.redb"), key)?;
-        let secret = {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            h.update(b"medledger/fhir-custodian/v1\0");
-            h.update(key);
-            <[u8; 32]>::from(h.finalize())
-        };
+        let secret = medledger_core::hash::tagged(b"medledger/fhir-custodian/v1\0", &[&key]).0;
         let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret));
         Ok(Fhir {
             ledger,
@@ -272,54 +291,51 @@ impl Fhir {
         };
     }
 
-    fn sign(&self, keys: &AccountKeys, nonce: u64, payload: Payload) -> (Vec<u8>, TxHash) {
+    /// Reserves the account's next nonce; nothing else of the account is queued until
+    /// the reservation is used (or dropped).
+    async fn reserve(&self, account: &AccountId) -> Result<Reserved, FhirError> {
+        let guard = self.sequence(account).lock_owned().await;
+        let nonce = self.next_nonce(account)?;
+        Ok(Reserved {
+            account: *account,
+            nonce,
+            _guard: guard,
+        })
+    }
+
+    /// Signs `payload` with the reserved nonce and queues it; the returned future
+    /// waits for the outcome.
+    fn queue(
+        &self,
+        r: Reserved,
+        keys: &AccountKeys,
+        payload: Payload,
+    ) -> (TxHash, impl Future<Output = Outcome> + use<>) {
         let body = TxBody {
             version: TX_VERSION,
             chain_id: self.ledger.genesis().chain_id.clone(),
-            signer: keys.account(),
-            nonce,
+            signer: r.account,
+            nonce: r.nonce,
             payload,
         };
         let hash = body.hash();
-        let tx = SignedTx {
-            signature: SignatureBytes(
-                ed25519_dalek::Signer::sign(&keys.signing, &hash.0.0).to_bytes(),
-            ),
-            body,
-        };
-        (tx.to_bytes(), hash)
+        let wait = self.batcher.enqueue(body.sign(&keys.signing).to_bytes());
+        self.set_next(&r.account, Some(r.nonce + 1));
+        (hash, wait)
     }
 
-    /// Queues `payload` signed by `keys` with the account's next nonce; the returned
-    /// future waits for the outcome. Calls for one account are queued in call order.
+    /// Queues `payload` signed by `keys` with the account's next nonce. Calls for one
+    /// account are queued in call order.
     async fn enqueue(
         &self,
         keys: &AccountKeys,
         payload: Payload,
-    ) -> Result<
-        (
-            TxHash,
-            impl std::future::Future<
-                Output = Result<medledger_ledger::TxOutcome, medledger_consensus::ConsensusError>,
-            > + use<>,
-        ),
-        FhirError,
-    > {
-        let account = keys.account();
-        let seq = self.sequence(&account);
-        let _g = seq.lock().await;
-        let nonce = self.next_nonce(&account)?;
-        let (bytes, hash) = self.sign(keys, nonce, payload);
-        let wait = self.batcher.enqueue(bytes);
-        self.set_next(&account, Some(nonce + 1));
-        Ok((hash, wait))
+    ) -> Result<(TxHash, impl Future<Output = Outcome> + use<>), FhirError> {
+        let r = self.reserve(&keys.account()).await?;
+        Ok(self.queue(r, keys, payload))
     }
 
-    fn outcome(
-        &self,
-        account: &AccountId,
-        r: Result<medledger_ledger::TxOutcome, medledger_consensus::ConsensusError>,
-    ) -> Result<(), FhirError> {
+    fn outcome(&self, account: &AccountId, r: Outcome) -> Result<(), FhirError> {
         match r {
             Ok(o) => o.result.map(|_| ()).map_err(|reason| {
                 // A refused transaction did not use its nonce: later ones will be
@@ -361,7 +377,7 @@ impl Fhir {
     ) -> Result<AccountId, FhirError> {
         let keys = AccountKeys::generate().map_err(internal)?;
         let account = keys.account();
-        self.index.put_custody(&account, &keys_bytes(&keys))?;
+        self.index.put_custody(&account, &keys.secret_bytes())?;
         let secret = Digest32(crate::auth::secrets::random::<32>().map_err(internal)?);
         let now = now_ms();
         let (_, invite) = self
@@ -552,26 +568,11 @@ impl Fhir {
         let accessor = who.account;
         let at = now_ms();
         let (d, view) = self
-            .view(move |st| {
-                let d = contracts::can(st, &accessor, &record, purpose, at)?;
-                let v = if d.allowed() {
-                    query::record(st, &record)?
-                } else {
-                    None
-                };
-                Ok((d, v))
-            })
+            .view(move |st| query::access(st, &accessor, &record, purpose, at))
             .await?;
         if d != Decision::DenyNoSuchRecord {
             self.reporter
-                .report(AccessReport {
-                    accessor,
-                    record,
-                    purpose,
-                    time_ms: at,
-                    allowed: d.allowed(),
-                    reason: d.code().to_owned(),
-                })
+                .report_decision(accessor, record, purpose, at, &d)
                 .await
                 .map_err(|e| FhirError::Unavailable(e.to_string()))?;
         }
@@ -602,6 +603,17 @@ impl Fhir {
         id: &str,
         version: Option<u32>,
     ) -> Result<Stored, FhirError> {
+        Ok(self.read_view(who, rtype, id, version).await?.0)
+    }
+
+    /// A read, with the ledger's view of the record it came from.
+    async fn read_view(
+        &self,
+        who: &Principal,
+        rtype: &str,
+        id: &str,
+        version: Option<u32>,
+    ) -> Result<(Stored, RecordView), FhirError> {
         let record =
             record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
         let view = self.access(who, record).await?;
@@ -617,17 +629,22 @@ impl Fhir {
                 .last()
                 .ok_or_else(|| internal("record without versions"))?,
         };
+        let stored = self
+            .open_version(rtype, id, v)
+            .await?
+            .ok_or_else(|| FhirError::Gone(format!("{rtype}/{id} was deleted")))?;
+        Ok((stored, view))
+    }
+
+    /// The content of one version; `None` for a deletion.
+    async fn open_version(
+        &self,
+        rtype: &str,
+        id: &str,
+        v: &VersionState,
+    ) -> Result<Option<Stored>, FhirError> {
         let content = self.fetch(&v.cid).await?;
-        if is_tombstone(&content) {
-            return Err(FhirError::Gone(format!("{rtype}/{id} was deleted")));
-        }
-        Ok(Stored {
-            rtype: rtype.to_owned(),
-            id: id.to_owned(),
-            version: v.version,
-            time_ms: v.time_ms,
-            resource: render(content, id, v),
-        })
+        Ok((!is_tombstone(&content)).then(|| Stored::new(rtype, id, v, content)))
     }
 
     async fn stored(
@@ -644,14 +661,7 @@ impl Fhir {
             .history
             .last()
             .ok_or_else(|| internal("record without versions"))?;
-        let id = record.to_string();
-        Ok(Stored {
-            rtype: rtype.to_owned(),
-            version: v.version,
-            time_ms: v.time_ms,
-            resource: render(resource, &id, v),
-            id,
-        })
+        Ok(Stored::new(rtype, &record.to_string(), v, resource))
     }
 
     pub async fn create(
@@ -821,23 +831,23 @@ impl Fhir {
         v: &VersionState,
         base: &str,
     ) -> Result<Value, FhirError> {
-        let content = self.fetch(&v.cid).await?;
         let url = format!("{rtype}/{id}");
         let modified = date::instant(v.time_ms);
-        Ok(if is_tombstone(&content) {
-            json!({
+        Ok(match self.open_version(rtype, id, v).await? {
+            None => json!({
                 "fullUrl": format!("{base}/{url}"),
                 "request": {"method": "DELETE", "url": url},
                 "response": {"status": "204", "etag": format!("W/\"{}\"", v.version), "lastModified": modified},
-            })
-        } else {
-            let method = if v.version == 1 { "POST" } else { "PUT" };
-            json!({
-                "fullUrl": format!("{base}/{url}"),
-                "resource": render(content, id, v),
-                "request": {"method": method, "url": if v.version == 1 { rtype.to_owned() } else { url }},
-                "response": {"status": if v.version == 1 { "201" } else { "200" }, "etag": format!("W/\"{}\"", v.version), "lastModified": modified},
-            })
+            }),
+            Some(s) => {
+                let method = if v.version == 1 { "POST" } else { "PUT" };
+                json!({
+                    "fullUrl": format!("{base}/{url}"),
+                    "resource": s.resource,
+                    "request": {"method": method, "url": if v.version == 1 { rtype.to_owned() } else { url }},
+                    "response": {"status": if v.version == 1 { "201" } else { "200" }, "etag": s.etag(), "lastModified": modified},
+                })
+            }
         })
     }
 
@@ -902,56 +912,29 @@ impl Fhir {
             }
             None => None,
         };
-        let candidates: Vec<(u64, RecordId)> = match (&q.ids, candidates, patient) {
-            (Some(ids), _, _) => {
-                let mut out = Vec::new();
-                for id in ids {
-                    if let Some(r) = record_id(id)
-                        && let Some(d) = self.index.doc(&r)?
-                    {
-                        out.push((d.seq, r));
-                    }
-                }
-                out
-            }
-            (None, Some(c), _) => c,
-            (None, None, Some(p)) => {
-                let cat = rtype.to_owned();
-                let recs = self
-                    .view(move |st| {
-                        let mut out = Vec::new();
-                        let mut after = None;
-                        loop {
-                            let page = query::patient_records(st, &p, after.as_ref(), 1000)?;
-                            let Some(last) = page.last().copied() else {
-                                break;
-                            };
-                            for r in page {
-                                if query::record(st, &r)?
-                                    .is_some_and(|v| v.state.category.as_str() == cat)
-                                {
-                                    out.push(r);
-                                }
-                            }
-                            after = Some(last);
-                        }
-                        Ok(out)
-                    })
-                    .await?;
-                let mut out = Vec::new();
-                for r in recs {
-                    if let Some(d) = self.index.doc(&r)? {
-                        out.push((d.seq, r));
-                    }
-                }
-                out
-            }
-            (None, None, None) => self.index.of_type(rtype)?,
+        // The patient's records come from the ledger's patient index, in one scan.
+        let compartment: Option<HashSet<RecordId>> = match patient {
+            Some(p) => Some(self.patient_records(p).await?.into_iter().collect()),
+            None => None,
+        };
+        let candidates: Vec<RecordId> = match (&q.ids, candidates, &compartment) {
+            (Some(ids), _, _) => ids.iter().filter_map(|i| record_id(i)).collect(),
+            (None, Some(c), _) => c.into_iter().map(|(_, r)| r).collect(),
+            (None, None, Some(c)) => c.iter().copied().collect(),
+            (None, None, None) => self
+                .index
+                .of_type(rtype)?
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect(),
         };
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for (seq, r) in candidates {
-            if !seen.insert(r) || !groups.iter().all(|g| g.contains(&r)) {
+        for r in candidates {
+            if !seen.insert(r)
+                || !groups.iter().all(|g| g.contains(&r))
+                || compartment.as_ref().is_some_and(|c| !c.contains(&r))
+            {
                 continue;
             }
             let Some(doc) = self.index.doc(&r)? else {
@@ -960,25 +943,16 @@ impl Fhir {
             if doc.deleted || doc.rtype != rtype || !dates_match(&doc, q) {
                 continue;
             }
-            out.push((seq, r));
-        }
-        if let Some(p) = patient {
-            let ids: Vec<RecordId> = out.iter().map(|(_, r)| *r).collect();
-            let keep: HashSet<RecordId> = self
-                .view(move |st| {
-                    let mut keep = HashSet::new();
-                    for r in ids {
-                        if query::record(st, &r)?.is_some_and(|v| v.state.patient == p) {
-                            keep.insert(r);
-                        }
-                    }
-                    Ok(keep)
-                })
-                .await?;
-            out.retain(|(_, r)| keep.contains(r));
+            out.push((doc.seq, r));
         }
         out.sort_unstable();
         Ok(out)
+    }
+
+    /// Ids of every record of a patient, from the ledger's patient index.
+    async fn patient_records(&self, patient: AccountId) -> Result<Vec<RecordId>, FhirError> {
+        self.view(move |st| query::patient_records(st, &patient, None, usize::MAX))
+            .await
     }
 
     /// A `searchset` Bundle: matches the caller may see (each access audited; refused
@@ -1040,24 +1014,12 @@ impl Fhir {
         record: RecordId,
     ) -> Result<Option<Stored>, FhirError> {
         let view = self.access(who, record).await?;
-        if view.state.category.as_str() != rtype {
-            return Ok(None);
+        match view.history.last() {
+            Some(v) if view.state.category.as_str() == rtype => {
+                self.open_version(rtype, &record.to_string(), v).await
+            }
+            _ => Ok(None),
         }
-        let Some(v) = view.history.last() else {
-            return Ok(None);
-        };
-        let content = self.fetch(&v.cid).await?;
-        if is_tombstone(&content) {
-            return Ok(None);
-        }
-        let id = record.to_string();
-        Ok(Some(Stored {
-            rtype: rtype.to_owned(),
-            version: v.version,
-            time_ms: v.time_ms,
-            resource: render(content, &id, v),
-            id,
-        }))
     }
 
     /// `Patient/{id}/$everything`: the patient resource and every current resource in
@@ -1068,38 +1030,14 @@ impl Fhir {
         id: &str,
         base: &str,
     ) -> Result<Value, FhirError> {
-        let patient = self.read(who, "Patient", id, None).await?;
-        let pid = record_id(id).ok_or_else(|| FhirError::NotFound("no such patient".into()))?;
-        let account = self
-            .view(move |st| query::record(st, &pid))
-            .await?
-            .map(|v| v.state.patient)
-            .ok_or_else(|| FhirError::NotFound("no such patient".into()))?;
-        let records = self
-            .view(move |st| {
-                let mut out = Vec::new();
-                let mut after = None;
-                loop {
-                    let page = query::patient_records(st, &account, after.as_ref(), 1000)?;
-                    let Some(last) = page.last().copied() else {
-                        break;
-                    };
-                    for r in page {
-                        if let Some(v) = query::record(st, &r)? {
-                            out.push((r, v.state.category.as_str().to_owned()));
-                        }
-                    }
-                    after = Some(last);
-                }
-                Ok(out)
-            })
-            .await?;
+        let (patient, view) = self.read_view(who, "Patient", id, None).await?;
+        let records = self.patient_records(view.state.patient).await?;
         let mut entries = vec![
             json!({"fullUrl": format!("{base}/Patient/{id}"), "resource": patient.resource, "search": {"mode": "match"}}),
         ];
         let mut found: Vec<(u64, Value)> = Vec::new();
-        for (r, cat) in records {
-            if r == pid || found.len() >= MAX_EVERYTHING {
+        for r in records {
+            if r == view.id || found.len() >= MAX_EVERYTHING {
                 continue;
             }
             let Some(doc) = self.index.doc(&r)? else {
@@ -1108,7 +1046,8 @@ impl Fhir {
             if doc.deleted {
                 continue;
             }
-            match self.latest(who, &cat, r).await {
+            let cat = &doc.rtype;
+            match self.latest(who, cat, r).await {
                 Ok(Some(s)) => found.push((
                     doc.seq,
                     json!({"fullUrl": format!("{base}/{cat}/{}", s.id), "resource": s.resource, "search": {"mode": "match"}}),
@@ -1126,16 +1065,11 @@ impl Fhir {
 
     // ---- Bundles ---------------------------------------------------------------------
 
-    pub async fn bundle(
-        &self,
-        who: &Principal,
-        body: Value,
-        base: &str,
-    ) -> Result<Value, FhirError> {
+    pub async fn bundle(&self, who: &Principal, body: Value) -> Result<Value, FhirError> {
         medledger_fhir::validate(&body, Some("Bundle"), true).map_err(FhirError::Invalid)?;
         match body.get("type").and_then(Value::as_str) {
-            Some("transaction") => self.transaction(who, body, base).await,
-            Some("batch") => Ok(self.batch(who, body, base).await),
+            Some("transaction") => self.transaction(who, body).await,
+            Some("batch") => Ok(self.batch(who, &body).await),
             _ => Err(FhirError::invalid(
                 IssueCode::NotSupported,
                 "only transaction and batch Bundles can be posted",
@@ -1143,37 +1077,27 @@ impl Fhir {
         }
     }
 
-    async fn batch(&self, who: &Principal, body: Value, base: &str) -> Value {
+    /// Each entry on its own; failures become that entry's OperationOutcome.
+    async fn batch(&self, who: &Principal, body: &Value) -> Value {
         let mut out = Vec::new();
         for e in body
             .get("entry")
             .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
+            .into_iter()
+            .flatten()
         {
-            let r = self.batch_entry(who, &e).await;
-            out.push(match r {
-                Ok((status, s)) => json!({
-                    "resource": s.as_ref().map(|s| s.resource.clone()),
-                    "response": match &s {
-                        Some(s) => json!({"status": status, "location": format!("{}/{}/_history/{}", s.rtype, s.id, s.version), "etag": s.etag(), "lastModified": date::instant(s.time_ms)}),
-                        None => json!({"status": status}),
-                    },
+            out.push(match self.batch_entry(who, e).await {
+                Ok((status, Some(s))) => json!({
+                    "response": {"status": status, "location": s.location(), "etag": s.etag(), "lastModified": date::instant(s.time_ms)},
+                    "resource": s.resource,
                 }),
+                Ok((status, None)) => json!({"response": {"status": status}}),
                 Err(e) => {
                     let (status, oo) = crate::fhir_api::outcome_of(&e);
                     json!({"response": {"status": status.as_u16().to_string(), "outcome": oo}})
                 }
             });
         }
-        for e in &mut out {
-            if e["resource"].is_null()
-                && let Some(o) = e.as_object_mut()
-            {
-                o.remove("resource");
-            }
-        }
-        let _ = base;
         json!({"resourceType": "Bundle", "type": "batch-response", "entry": out})
     }
 
@@ -1220,12 +1144,7 @@ impl Fhir {
     /// record writes go to the ledger as one `write_records` transaction. Patients
     /// created by the Bundle get their accounts before it (an account with no records
     /// is what remains if the Bundle is then refused).
-    async fn transaction(
-        &self,
-        who: &Principal,
-        body: Value,
-        base: &str,
-    ) -> Result<Value, FhirError> {
+    async fn transaction(&self, who: &Principal, body: Value) -> Result<Value, FhirError> {
         let entries = body
             .get("entry")
             .and_then(Value::as_array)
@@ -1241,7 +1160,7 @@ impl Fhir {
             ));
         }
         let mut issues = Vec::new();
-        let mut ops: Vec<PlannedEntry> = Vec::new();
+        let mut ops: Vec<Planned> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let method = e
                 .pointer("/request/method")
@@ -1251,56 +1170,58 @@ impl Fhir {
                 .pointer("/request/url")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            let full_url = e.get("fullUrl").and_then(Value::as_str).map(str::to_owned);
             let resource = e.get("resource").cloned();
             let at = format!("Bundle.entry[{i}]");
-            match (
-                method,
-                url.split('/').collect::<Vec<_>>().as_slice(),
-                resource,
-            ) {
-                ("POST", [t], Some(r)) if !url.contains('?') => {
-                    if let Err(mut is) = medledger_fhir::validate(&r, Some(t), true) {
-                        is.iter_mut()
-                            .for_each(|x| x.expression = Some(format!("{at}.resource")));
-                        issues.extend(is);
-                    } else if writable(t).is_err() {
-                        issues.push(
-                            Issue::new(IssueCode::NotSupported, format!("{t} cannot be written"))
-                                .at(at),
-                        );
-                    } else {
-                        ops.push((i, "POST", (*t).to_owned(), full_url, Some(r)));
-                    }
+            let (method, rtype, id) = match (method, url.split('/').collect::<Vec<_>>().as_slice())
+            {
+                ("POST", [t]) if !url.contains('?') && resource.is_some() => ("POST", *t, None),
+                ("PUT", [t, id]) if resource.is_some() => ("PUT", *t, Some(*id)),
+                ("DELETE", [t, id]) => ("DELETE", *t, Some(*id)),
+                _ => {
+                    issues.push(
+                        Issue::new(
+                            IssueCode::NotSupported,
+                            "transaction entries: POST Type, PUT Type/id, DELETE Type/id",
+                        )
+                        .at(at),
+                    );
+                    continue;
                 }
-                ("PUT", [t, id], Some(r)) => {
-                    if let Err(mut is) = medledger_fhir::validate(&r, Some(t), true) {
-                        is.iter_mut()
-                            .for_each(|x| x.expression = Some(format!("{at}.resource")));
-                        issues.extend(is);
-                    } else if r.get("id").and_then(Value::as_str) != Some(id) {
-                        issues.push(
-                            Issue::new(
-                                IssueCode::Invalid,
-                                "the resource id must equal the id in request.url",
-                            )
-                            .at(at),
-                        );
-                    } else {
-                        ops.push((i, "PUT", format!("{t}/{id}"), full_url, Some(r)));
-                    }
+            };
+            let resource = if method == "DELETE" { None } else { resource };
+            if let Some(r) = &resource {
+                if let Err(mut is) = medledger_fhir::validate(r, Some(rtype), true) {
+                    is.iter_mut()
+                        .for_each(|x| x.expression = Some(format!("{at}.resource")));
+                    issues.extend(is);
+                    continue;
                 }
-                ("DELETE", [t, id], _) => {
-                    ops.push((i, "DELETE", format!("{t}/{id}"), full_url, None))
+                let refused = match method {
+                    "POST" => writable(rtype).err().map(|_| {
+                        (
+                            IssueCode::NotSupported,
+                            format!("{rtype} cannot be written"),
+                        )
+                    }),
+                    _ => (r.get("id").and_then(Value::as_str) != id).then(|| {
+                        (
+                            IssueCode::Invalid,
+                            "the resource id must equal the id in request.url".to_owned(),
+                        )
+                    }),
+                };
+                if let Some((code, msg)) = refused {
+                    issues.push(Issue::new(code, msg).at(at));
+                    continue;
                 }
-                _ => issues.push(
-                    Issue::new(
-                        IssueCode::NotSupported,
-                        "transaction entries: POST Type, PUT Type/id, DELETE Type/id",
-                    )
-                    .at(at),
-                ),
             }
+            ops.push(Planned {
+                method,
+                rtype: rtype.to_owned(),
+                id: id.map(str::to_owned),
+                full_url: e.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+                resource,
+            });
         }
         if !issues.is_empty() {
             return Err(FhirError::Invalid(issues));
@@ -1308,17 +1229,18 @@ impl Fhir {
         // Subjects first, while no nonce of the caller is reserved (creating them
         // signs with the caller's key): an account for each new Patient, and the
         // directory subject if some entry is in no patient's compartment.
+        let new_patient = |o: &Planned| o.method == "POST" && o.rtype == "Patient";
         let patient_urls: HashSet<String> = ops
             .iter()
-            .filter(|o| o.1 == "POST" && o.2 == "Patient")
-            .filter_map(|o| o.3.clone())
+            .filter(|o| new_patient(o))
+            .filter_map(|o| o.full_url.clone())
             .collect();
         let mut subjects = Vec::new();
         let mut need_directory = false;
-        for (_, method, target, _, resource) in &ops {
-            if *method == "POST" && target == "Patient" {
+        for o in &ops {
+            if new_patient(o) {
                 subjects.push(self.patient_for_new(who).await?);
-            } else if let Some(r) = resource {
+            } else if let Some(r) = &o.resource {
                 let mut has_patient = !refs::patients(r).is_empty();
                 refs::visit(r, &mut |_, s| has_patient |= patient_urls.contains(s));
                 need_directory |= !has_patient;
@@ -1329,27 +1251,28 @@ impl Fhir {
         }
         // Reserve the nonce: record ids of new entries derive from it, and other
         // entries' references are rewritten to them before anything is sealed.
-        let seq = self.sequence(&who.account);
-        let guard = seq.lock().await;
-        let nonce = self.next_nonce(&who.account)?;
+        let reserved = self.reserve(&who.account).await?;
+        let nonce = reserved.nonce;
         let mut urls: HashMap<String, String> = HashMap::new();
         let mut plan: Vec<BundleOp> = Vec::new();
         let mut adds = 0u32;
-        let mut new_patients: HashMap<String, (AccountId, Option<[u8; 32]>)> = HashMap::new();
+        let mut new_patients: HashMap<RecordId, (AccountId, Option<[u8; 32]>)> = HashMap::new();
         let mut subjects = subjects.into_iter();
-        for (_, method, target, full_url, resource) in ops {
-            let (rtype, record) = match method {
-                "POST" => {
-                    let r = RecordId::in_batch(&who.account, nonce, adds);
+        for Planned {
+            method,
+            rtype,
+            id,
+            full_url,
+            resource,
+        } in ops
+        {
+            let record = match &id {
+                None => {
                     adds += 1;
-                    (target.clone(), r)
+                    RecordId::in_batch(&who.account, nonce, adds - 1)
                 }
-                _ => {
-                    let (t, id) = target.split_once('/').expect("Type/id");
-                    let r = record_id(id)
-                        .ok_or_else(|| FhirError::NotFound(format!("no {t} with id {id}")))?;
-                    (t.to_owned(), r)
-                }
+                Some(id) => record_id(id)
+                    .ok_or_else(|| FhirError::NotFound(format!("no {rtype} with id {id}")))?,
             };
             if let Some(u) = &full_url {
                 urls.insert(u.clone(), format!("{rtype}/{record}"));
@@ -1358,7 +1281,7 @@ impl Fhir {
             if method == "POST" && rtype == "Patient" {
                 let s = subjects.next().expect("one subject per new Patient");
                 patient = Some(s.0);
-                new_patients.insert(format!("Patient/{record}"), s);
+                new_patients.insert(record, s);
             }
             plan.push(BundleOp {
                 method,
@@ -1404,7 +1327,7 @@ impl Fhir {
             let r = op.resource.as_ref().expect("POST has a resource");
             let mut patient = None;
             for pid in refs::patients(r) {
-                if let Some((a, _)) = new_patients.get(&format!("Patient/{pid}")) {
+                if let Some((a, _)) = record_id(&pid).and_then(|p| new_patients.get(&p)) {
                     patient = Some(*a);
                     break;
                 }
@@ -1420,9 +1343,7 @@ impl Fhir {
         let mut cids = Vec::new();
         for op in &plan {
             let patient = op.patient.expect("resolved above");
-            let key = new_patients
-                .get(&format!("Patient/{}", op.record))
-                .and_then(|(_, k)| *k);
+            let key = new_patients.get(&op.record).and_then(|(_, k)| *k);
             let content = op
                 .resource
                 .clone()
@@ -1452,10 +1373,7 @@ impl Fhir {
             });
             sealed.push(p);
         }
-        let (bytes, _) = self.sign(&who.keys, nonce, Payload::WriteRecords { items });
-        let wait = self.batcher.enqueue(bytes);
-        self.set_next(&who.account, Some(nonce + 1));
-        drop(guard);
+        let (_, wait) = self.queue(reserved, &who.keys, Payload::WriteRecords { items });
         if let Err(e) = self.outcome(&who.account, wait.await) {
             self.discard(&cids);
             return Err(e);
@@ -1467,17 +1385,18 @@ impl Fhir {
                 .map(|(p, op)| p.entry(op.record))
                 .collect(),
         )?;
+        let records: Vec<RecordId> = plan.iter().map(|op| op.record).collect();
+        let versions = self
+            .view(move |st| {
+                records
+                    .iter()
+                    .map(|r| Ok(query::record(st, r)?.and_then(|v| v.history.last().cloned())))
+                    .collect::<medledger_ledger::Result<Vec<_>>>()
+            })
+            .await?;
         let mut out = Vec::new();
-        for op in &plan {
-            let view_record = op.record;
-            let view = self
-                .view(move |st| query::record(st, &view_record))
-                .await?
-                .ok_or_else(|| internal("committed record not found"))?;
-            let v = view
-                .history
-                .last()
-                .ok_or_else(|| internal("record without versions"))?;
+        for (op, v) in plan.iter().zip(versions) {
+            let v = v.ok_or_else(|| internal("committed record not found"))?;
             let (status, loc) = match op.method {
                 "POST" => ("201 Created", true),
                 "PUT" => ("200 OK", true),
@@ -1495,7 +1414,6 @@ impl Fhir {
             entry.insert("response".into(), response);
             out.push(Value::Object(entry));
         }
-        let _ = base;
         Ok(json!({"resourceType": "Bundle", "type": "transaction-response", "entry": out}))
     }
 }
