@@ -243,16 +243,8 @@ fn organisation_assisted_recovery_needs_two_admins_and_keeps_records_readable() 
         let h = http(&node, &dir);
         let admin = admin_signed_in(&h, &dir, &node).await;
         // A second hospital admin registers and is approved.
-        let (st, v, _) = h
-            .post("/auth/register", json!({"name": "Ben Admin", "email": "ben@hospital.example", "password": STRONG, "org": "general", "role": "hospital_admin"}), None)
-            .await;
-        assert_eq!(st, 201, "{v}");
-        let ben: AccountId = serde_json::from_value(v["account"].clone()).unwrap();
-        verify(&h, &dir, "ben@hospital.example").await;
-        let (st, _, _) = h.post("/auth/approve", json!({"account": ben}), Some(&admin)).await;
-        assert_eq!(st, 204);
-        let (ben_s, _) = h.login("ben@hospital.example", STRONG, None).await.unwrap();
-        enable_mfa(&h, &ben_s).await;
+        let (ben_s, _) =
+            staff_signed_in(&h, &dir, &admin, "Ben Admin", "ben@hospital.example", "hospital_admin").await;
 
         // A patient with a record encrypted for their key.
         let (st, _, _) = h.post("/auth/invite", json!({"email": "rita@home.example"}), Some(&admin)).await;
@@ -312,18 +304,6 @@ fn organisation_assisted_recovery_needs_two_admins_and_keeps_records_readable() 
     node.stop();
 }
 
-fn cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// Self-custody keystores from the CLI (and a transaction they sign accepted), an
 /// expired invitation refused, and a recovery code standing in for a lost authenticator.
 #[test]
@@ -343,19 +323,19 @@ fn self_custody_keystores_expired_invites_and_recovery_code_as_second_factor() {
     );
     let ks = root.path().join("me.json");
     let ks_s = ks.to_str().unwrap();
-    let (ok, out) = cli(&["account", "new", "--out", ks_s, "--password-file", &weak]);
+    let (ok, out) = cli_raw(&["account", "new", "--out", ks_s, "--password-file", &weak]);
     assert!(!ok && out.contains("password rejected"), "{out}");
     assert!(!ks.exists());
-    let (ok, out) = cli(&["account", "new", "--out", ks_s, "--password-file", &strong]);
+    let (ok, out) = cli_raw(&["account", "new", "--out", ks_s, "--password-file", &strong]);
     assert!(ok, "{out}");
     let did = serde_json::from_str::<Value>(out.trim()).unwrap()["account"]
         .as_str()
         .unwrap()
         .to_owned();
-    let (ok, out) = cli(&["account", "show", ks_s]);
+    let (ok, out) = cli_raw(&["account", "show", ks_s]);
     assert!(ok && out.contains(&did), "{out}");
     let copy = root.path().join("copy.json");
-    let (ok, out) = cli(&[
+    let (ok, out) = cli_raw(&[
         "account",
         "export",
         ks_s,
@@ -367,7 +347,7 @@ fn self_custody_keystores_expired_invites_and_recovery_code_as_second_factor() {
         copy.to_str().unwrap(),
     ]);
     assert!(!ok && out.contains("wrong password"), "{out}");
-    let (ok, out) = cli(&[
+    let (ok, out) = cli_raw(&[
         "account",
         "export",
         ks_s,
@@ -386,7 +366,7 @@ fn self_custody_keystores_expired_invites_and_recovery_code_as_second_factor() {
             .is_err()
     );
     let secret = p("secret", &"11".repeat(64));
-    let (ok, out) = cli(&[
+    let (ok, out) = cli_raw(&[
         "account",
         "import",
         "--secret-file",
@@ -410,7 +390,7 @@ fn self_custody_keystores_expired_invites_and_recovery_code_as_second_factor() {
         let h = http(&node, &dir);
         let (admin, codes) = admin_with_codes(&h, &dir, &node).await;
         // The self-custody key signs its own registration locally; the node accepts it.
-        let (ok, out) = cli(&["tx", "submit", "--node", &node.url, "--data-dir", dir.to_str().unwrap(), "--keystore", ks_s, "--password-file", &strong,
+        let (ok, out) = cli_raw(&["tx", "submit", "--node", &node.url, "--data-dir", dir.to_str().unwrap(), "--keystore", ks_s, "--password-file", &strong,
             "json", &format!(r#"{{"kind":"register","org":"general","role":"researcher","encryption_key":"{}"}}"#, "22".repeat(32))]);
         assert!(ok && out.contains("committed"), "{out}");
         let (_, acct) = h.get(&format!("/v1/accounts/{did}"), &[]).await;

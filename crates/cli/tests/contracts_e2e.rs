@@ -48,18 +48,6 @@ fn submit_json(dir: &Path, node: &Node, pw: &str, payload: &str) -> (bool, Strin
     ])
 }
 
-fn cli_raw(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn http(dir: &Path) -> reqwest::Client {
     medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap()
 }

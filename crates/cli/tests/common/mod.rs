@@ -35,6 +35,19 @@ pub fn succeed(cmd: &mut Command) -> Output {
     out
 }
 
+/// Runs the binary; whether it succeeded, and its stdout and stderr together.
+pub fn cli_raw(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 pub fn init(root: &Path) -> PathBuf {
     let dir = root.join("data");
     let pw = root.join("pw");

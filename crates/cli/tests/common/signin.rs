@@ -203,16 +203,16 @@ pub async fn admin_with_codes(h: &Http, dir: &Path, node: &Node) -> (Signed, Vec
     (s, codes)
 }
 
-/// A clinician or other staff member of `general`: registered, verified, approved by
-/// the admin, signed in with MFA; returns an API token for them and their account.
-pub async fn staff_token(
+/// A staff member of `general`: registered, verified, approved by the admin and
+/// signed in (with MFA where the role needs it).
+pub async fn staff_signed_in(
     h: &Http,
     dir: &Path,
     admin: &Signed,
     name: &str,
     email: &str,
     role: &str,
-) -> (String, AccountId) {
+) -> (Signed, AccountId) {
     let (st, v, _) = h
         .post(
             "/auth/register",
@@ -231,6 +231,19 @@ pub async fn staff_token(
     if v["mfa_setup_required"] == true {
         enable_mfa(h, &s).await;
     }
+    (s, account)
+}
+
+/// As [`staff_signed_in`], returning an API token for them and their account.
+pub async fn staff_token(
+    h: &Http,
+    dir: &Path,
+    admin: &Signed,
+    name: &str,
+    email: &str,
+    role: &str,
+) -> (String, AccountId) {
+    let (s, account) = staff_signed_in(h, dir, admin, name, email, role).await;
     let (st, v, _) = h
         .post("/auth/tokens", json!({"ttl_s": 86400}), Some(&s))
         .await;
