@@ -188,28 +188,28 @@ impl Index {
 
     /// Records indexed under `token`, as `(seq, record)` in creation order.
     pub fn lookup(&self, token: &[u8; 32]) -> Result<Vec<(u64, RecordId)>, FhirError> {
-        let r = self.db.begin_read().map_err(storage)?;
-        let t = r.open_table(TOKENS).map_err(storage)?;
-        let mut hi = token.to_vec();
-        hi.extend_from_slice(&[0xff; 8]);
-        let mut out = Vec::new();
-        for e in t.range(&token[..]..=&hi[..]).map_err(storage)? {
-            let (k, v) = e.map_err(storage)?;
-            out.push((seq_of(k.value()), record_of(v.value())?));
-        }
-        Ok(out)
+        self.by_prefix(TOKENS, token)
     }
 
     /// Every record of a type, as `(seq, record)` in creation order.
     pub fn of_type(&self, rtype: &str) -> Result<Vec<(u64, RecordId)>, FhirError> {
+        let mut prefix = rtype.as_bytes().to_vec();
+        prefix.push(0);
+        self.by_prefix(TYPES, &prefix)
+    }
+
+    /// The `(seq, record)` entries of a `prefix ‖ seq` → record table under `prefix`.
+    fn by_prefix(
+        &self,
+        table: TableDefinition<&[u8], &[u8]>,
+        prefix: &[u8],
+    ) -> Result<Vec<(u64, RecordId)>, FhirError> {
         let r = self.db.begin_read().map_err(storage)?;
-        let t = r.open_table(TYPES).map_err(storage)?;
-        let mut lo = rtype.as_bytes().to_vec();
-        lo.push(0);
-        let mut hi = lo.clone();
+        let t = r.open_table(table).map_err(storage)?;
+        let mut hi = prefix.to_vec();
         hi.extend_from_slice(&[0xff; 8]);
         let mut out = Vec::new();
-        for e in t.range(&lo[..]..=&hi[..]).map_err(storage)? {
+        for e in t.range(prefix..=&hi[..]).map_err(storage)? {
             let (k, v) = e.map_err(storage)?;
             out.push((seq_of(k.value()), record_of(v.value())?));
         }
