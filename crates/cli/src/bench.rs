@@ -34,14 +34,14 @@ pub struct LedgerBenchArgs {
     pub data_dir: Option<PathBuf>,
 }
 
-struct Spawned {
-    child: Child,
-    url: String,
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) url: String,
     _dir: tempfile::TempDir,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
-fn spawn_node() -> Result<Spawned> {
+pub(crate) fn spawn_node() -> Result<Spawned> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let exe = std::env::current_exe()?;
@@ -56,6 +56,8 @@ fn spawn_node() -> Result<Spawned> {
     let mut child = Command::new(&exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
+        // The bench prints its own figures; the node says only what went wrong.
+        .env("MEDLEDGER_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().context("child stdout")?;
@@ -79,7 +81,7 @@ fn spawn_node() -> Result<Spawned> {
     })
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -3,6 +3,7 @@
 
 mod account;
 mod bench;
+mod bench_fhir;
 mod blob;
 mod fhir;
 
@@ -262,6 +263,8 @@ pub enum BenchCommand {
     Ledger(bench::LedgerBenchArgs),
     /// Record store throughput (large and small records) and peak memory.
     Store(blob::StoreBenchArgs),
+    /// FHIR API: creates/s, audited reads/s and search latency on synthetic patients.
+    Fhir(bench_fhir::FhirBenchArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -280,6 +283,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Ledger(a)) => bench::ledger(a),
         Command::Bench(BenchCommand::Store(a)) => runtime()?.block_on(blob::bench(a)),
+        Command::Bench(BenchCommand::Fhir(a)) => bench_fhir::fhir(a),
         Command::Blob(c) => runtime()?.block_on(blob::run(c)),
         Command::Account(c) => account::run(c),
         Command::Import(a) => runtime()?.block_on(fhir::import(a)),

@@ -66,6 +66,17 @@ impl Client {
         Ok((status, json))
     }
 
+    /// The node's Prometheus metrics, as text.
+    pub async fn metrics_text(&self) -> Result<String> {
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .map_err(http)?;
+        r.text().await.map_err(http)
+    }
+
     pub async fn status(&self) -> Result<StatusView> {
         self.get("/v1/status").await
     }
