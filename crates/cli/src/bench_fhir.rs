@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use medledger_core::tx::TX_VERSION;
 use medledger_core::{ChainId, Payload, TxBody};
-use medledger_node::client::{Client, http_client};
+use medledger_node::client::{Client, http_client, http1_client};
 use medledger_node::datadir;
 use medledger_node::keystore::KeystoreFile;
 use serde_json::{Value, json};
@@ -245,7 +245,7 @@ async fn run(a: &FhirBenchArgs, url: &str, dir: &Path) -> Result<Figures> {
     let http = http_client(Some(&ca))?;
     let token = clinician_token(&client, &http, url, dir).await?;
     let fhir = Fhir {
-        http,
+        http: http1_client(Some(&ca))?,
         url: url.to_owned(),
         token: token.into(),
     };

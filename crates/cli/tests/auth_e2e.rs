@@ -175,6 +175,8 @@ fn patient_invite_register_mfa_sign_out_and_recovery_keep_records_readable() {
         let api = v["token"].as_str().unwrap().to_owned();
         let bearer = format!("Bearer {api}");
         assert_eq!(h.get("/auth/me", &[("authorization", &bearer)]).await.0, 200);
+        // The FHIR API knows the token too (and remembers who it is, see below).
+        assert_eq!(h.get("/fhir/Observation", &[("authorization", &bearer)]).await.0, 200);
 
         // Sign-out: that session is dead even if the cookie was stolen.
         let (st, _, cleared) = h.post("/auth/logout", json!({}), Some(&s1)).await;
@@ -187,6 +189,7 @@ fn patient_invite_register_mfa_sign_out_and_recovery_keep_records_readable() {
         assert_eq!(st, 204);
         assert_eq!(h.get("/auth/me", &[("cookie", &s2.cookie)]).await.0, 401);
         assert_eq!(h.get("/auth/me", &[("authorization", &bearer)]).await.0, 401);
+        assert_eq!(h.get("/fhir/Observation", &[("authorization", &bearer)]).await.0, 401);
 
         // Forgotten password: a wrong code is refused; a right one re-opens the keys.
         let new_pw = "saffron kettle orbit 93 glacier";

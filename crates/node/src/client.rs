@@ -12,8 +12,18 @@ use std::path::Path;
 
 /// An HTTP client; with `ca`, HTTPS trusts exactly that certificate (PEM).
 pub fn http_client(ca: Option<&Path>) -> Result<reqwest::Client> {
+    build(reqwest::Client::builder(), ca)
+}
+
+/// As [`http_client`], but HTTP/1.1 only: one connection per concurrent request, as
+/// a fleet of independent clients would have (HTTP/2 multiplexes them all over one).
+pub fn http1_client(ca: Option<&Path>) -> Result<reqwest::Client> {
+    build(reqwest::Client::builder().http1_only(), ca)
+}
+
+fn build(b: reqwest::ClientBuilder, ca: Option<&Path>) -> Result<reqwest::Client> {
     crate::install_crypto_provider();
-    let mut b = reqwest::Client::builder().pool_max_idle_per_host(64);
+    let mut b = b.pool_max_idle_per_host(64);
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).map_err(|e| NodeError::io(ca, e))?;
         let cert =

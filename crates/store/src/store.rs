@@ -148,6 +148,20 @@ fn shard(cid: &str) -> &str {
     &cid[cid.len() - 3..cid.len() - 1]
 }
 
+/// Blobs up to this size are read into memory once to verify and open.
+const SMALL_BLOB: u64 = 4 << 20;
+
+fn check_cid(cid: &Cid, digest: [u8; 32]) -> Result<()> {
+    if digest == cid.0.0 {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt {
+            cid: *cid,
+            detail: "stored bytes do not hash to their CID".into(),
+        })
+    }
+}
+
 fn blob_path(cid: &Cid) -> Path {
     let c = cid.to_string();
     Path::from(format!("blobs/{}/{c}", shard(&c)))
@@ -408,13 +422,18 @@ impl BlobStore {
             Err(e) => return Err(e.into()),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut left = got.range.end.saturating_sub(got.range.start);
         match got.payload {
             object_store::GetResultPayload::File(mut file, _) => {
                 tokio::task::spawn_blocking(move || {
                     use std::io::Read;
-                    loop {
-                        let mut buf = vec![0u8; READ_PIECE];
+                    // Buffers sized to what is left: most records are small, and
+                    // zeroing a whole piece for each of them showed up in read profiles.
+                    while left > 0 {
+                        let mut buf = vec![0u8; (left as usize).min(READ_PIECE)];
                         let n = match file.read(&mut buf) {
+                            // The file is shorter than its metadata said; the CID check
+                            // downstream reports it.
                             Ok(0) => return,
                             Ok(n) => n,
                             Err(e) => {
@@ -423,6 +442,7 @@ impl BlobStore {
                             }
                         };
                         buf.truncate(n);
+                        left -= n as u64;
                         if tx.blocking_send(Ok(buf.into())).is_err() {
                             return;
                         }
@@ -452,13 +472,7 @@ impl BlobStore {
             size += b.len() as u64;
             hasher.update(&b);
         }
-        let digest: [u8; 32] = hasher.finalize().into();
-        if digest != cid.0.0 {
-            return Err(StoreError::Corrupt {
-                cid: *cid,
-                detail: "stored bytes do not hash to their CID".into(),
-            });
-        }
+        check_cid(cid, hasher.finalize().into())?;
         Ok(size)
     }
 
@@ -493,20 +507,38 @@ impl BlobStore {
         dst: &mut W,
     ) -> Result<u64> {
         let key = self.data_key(cid, who).await?;
-        self.verify(cid).await?;
-        let mut pieces = self.pieces(cid).await?;
+        let got = match self.inner.get(&blob_path(cid)).await {
+            Ok(g) => g,
+            Err(object_store::Error::NotFound { .. }) => return Err(self.missing(cid).await),
+            Err(e) => return Err(e.into()),
+        };
         let mut opener = StreamOpener::new(key);
         let mut written = 0u64;
         let mut ready: Vec<Vec<u8>> = Vec::new();
-        while let Some(b) = pieces.recv().await {
-            let b = b?;
-            opener.feed(&b, &mut |p| {
+        if got.meta.size <= SMALL_BLOB {
+            // Small blobs (most records) are read once, checked against their CID in
+            // memory and opened from there: two passes over the file cost more than
+            // the crypto for them.
+            let bytes = got.bytes().await?;
+            check_cid(cid, Sha256::digest(&bytes).into())?;
+            opener.feed(&bytes, &mut |p| {
                 ready.push(p.to_vec());
                 Ok(())
             })?;
-            for p in ready.drain(..) {
-                dst.write_all(&p).await?;
-                written += p.len() as u64;
+        } else {
+            drop(got);
+            self.verify(cid).await?;
+            let mut pieces = self.pieces(cid).await?;
+            while let Some(b) = pieces.recv().await {
+                let b = b?;
+                opener.feed(&b, &mut |p| {
+                    ready.push(p.to_vec());
+                    Ok(())
+                })?;
+                for p in ready.drain(..) {
+                    dst.write_all(&p).await?;
+                    written += p.len() as u64;
+                }
             }
         }
         opener.finish(&mut |p| {

@@ -80,6 +80,8 @@ pub struct Expiring {
 
 pub struct Directory {
     db: Database,
+    /// Bumped after every committed write: what was read before may be stale.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Directory {
@@ -101,7 +103,10 @@ impl Directory {
             w.open_table(t).map_err(storage)?;
         }
         w.commit().map_err(storage)?;
-        Ok(Directory { db })
+        Ok(Directory {
+            db,
+            generation: 0.into(),
+        })
     }
 
     pub fn get<T: DeserializeOwned>(
@@ -155,7 +160,14 @@ impl Directory {
             }
         }
         w.commit().map_err(storage)?;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Changes whenever the directory changed (see [`Directory::write`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Every API token of an account (for sign-out everywhere).

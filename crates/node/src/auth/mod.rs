@@ -212,6 +212,9 @@ async fn seal_all(keys: AccountKeys, password: String) -> Result<(AccountKeys, S
     .map_err(|e| AuthError::Internal(e.to_string()))?
 }
 
+/// Bound on [`Auth`]'s principal cache (cleared when full: it is only a cache).
+const MAX_CACHED_PRINCIPALS: usize = 10_000;
+
 pub struct Auth {
     dir: Directory,
     mailer: Mailer,
@@ -219,6 +222,10 @@ pub struct Auth {
     ledger: Ledger,
     batcher: Batcher,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
+    /// Principals of recently presented API tokens, by token hash, with the directory
+    /// generation they were read at: deriving the keys and decoding the user record on
+    /// every request was an eighth of a FHIR read. Any directory write invalidates.
+    principals: Mutex<HashMap<[u8; 32], (u64, u64, Principal)>>,
     base_url: String,
     invite_ms: u64,
     attempts: secrets::RateLimiter,
@@ -268,6 +275,7 @@ impl Auth {
             ledger,
             batcher,
             sessions: Mutex::new(HashMap::new()),
+            principals: Mutex::new(HashMap::new()),
             base_url,
             invite_ms: INVITE_MS,
             attempts: secrets::RateLimiter::new(ATTEMPTS_PER_S, ATTEMPTS_BURST),
@@ -973,9 +981,21 @@ impl Auth {
     /// Who presents this API token, with their keys, role and organisation; `None`
     /// if the token is unknown, expired, or its account left the directory.
     pub fn principal(&self, token: &str) -> Result<Option<Principal>, AuthError> {
+        let hash = token_hash(token);
+        let generation = self.dir.generation();
+        if let Some((_, _, p)) = self
+            .principals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+            .filter(|(g, expires_ms, _)| *g == generation && now() < *expires_ms)
+        {
+            return Ok(Some(p.clone()));
+        }
         let Some(e) = self.live_token(token)? else {
             return Ok(None);
         };
+        let expires_ms = e.expires_ms;
         let (Some(sealed), Some(u)) = (e.keys, self.user(&e.account)?) else {
             return Ok(None);
         };
@@ -986,12 +1006,18 @@ impl Auth {
         if keys.account() != e.account {
             return Err(AuthError::Internal("token keys".into()));
         }
-        Ok(Some(Principal {
+        let p = Principal {
             account: e.account,
             org: u.org,
             role: u.role,
             keys: Arc::new(keys),
-        }))
+        };
+        let mut cache = self.principals.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED_PRINCIPALS {
+            cache.clear();
+        }
+        cache.insert(hash, (generation, expires_ms, p.clone()));
+        Ok(Some(p))
     }
 
     /// What a person may see about their own account.

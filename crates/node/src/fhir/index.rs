@@ -16,6 +16,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::path::Path;
+use std::sync::Arc;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `type ‖ 0 ‖ seq` → record id.
@@ -58,7 +59,22 @@ pub type IndexEntry = (
     bool,
 );
 
+/// A write waiting for the index writer: records to index, or a custody key.
+enum Job {
+    Entries(Vec<IndexEntry>),
+    Custody(AccountId, Vec<u8>),
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
 pub struct Index {
+    inner: Arc<Inner>,
+    /// To the writer thread, which commits every waiting write in one transaction
+    /// (group commit: one fsync for many concurrent creates instead of one each).
+    writer: std::sync::mpsc::Sender<(Job, Reply)>,
+}
+
+struct Inner {
     db: Database,
     key: LocalKey,
     mac_key: [u8; 32],
@@ -86,49 +102,89 @@ impl Index {
             m.update(b"medledger/fhir-search-key/v1");
             m.finalize().into_bytes().into()
         };
-        Ok(Index {
+        let inner = Arc::new(Inner {
             db,
             key: LocalKey::new(key),
             mac_key,
-        })
+        });
+        let (writer, jobs) = std::sync::mpsc::channel();
+        let w = inner.clone();
+        std::thread::Builder::new()
+            .name("fhir-index-writer".into())
+            .spawn(move || w.write_loop(jobs))
+            .map_err(storage)?;
+        Ok(Index { inner, writer })
     }
 
-    /// The keyed token of a search value: the index never holds the value itself.
-    pub fn token(&self, rtype: &str, param: &str, value: &str) -> [u8; 32] {
-        let mut m =
-            <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.mac_key).expect("any key length");
-        for part in [rtype, param, value] {
-            m.update(&(part.len() as u32).to_be_bytes());
-            m.update(part.as_bytes());
-        }
-        m.finalize().into_bytes().into()
+    /// Indexes (or re-indexes, on update/delete) the records; returns once committed.
+    pub async fn put(&self, entries: Vec<IndexEntry>) -> Result<(), FhirError> {
+        self.submit(Job::Entries(entries)).await
     }
 
-    pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, FhirError> {
+    /// Keeps a patient's keys (sealed under the node key) until they claim them.
+    pub async fn put_custody(&self, account: &AccountId, keys: &[u8]) -> Result<(), FhirError> {
+        let sealed = self.inner.seal(keys, &account.0)?;
+        self.submit(Job::Custody(*account, sealed)).await
+    }
+
+    async fn submit(&self, job: Job) -> Result<(), FhirError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writer
+            .send((job, tx))
+            .map_err(|_| storage("index writer stopped"))?;
+        rx.await
+            .map_err(|_| storage("index writer stopped"))?
+            .map_err(storage)
+    }
+}
+
+impl Inner {
+    fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, FhirError> {
         self.key
             .seal(plain, aad)
             .map_err(|e| FhirError::Internal(e.to_string()))
     }
 
-    pub fn open_sealed(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, FhirError> {
+    fn open_sealed(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, FhirError> {
         self.key
             .open(sealed, aad)
             .map_err(|e| FhirError::Internal(e.to_string()))
     }
 
-    pub fn doc(&self, record: &RecordId) -> Result<Option<Doc>, FhirError> {
-        let r = self.db.begin_read().map_err(storage)?;
-        let t = r.open_table(DOCS).map_err(storage)?;
-        let Some(v) = t.get(&record.0.0[..]).map_err(storage)? else {
-            return Ok(None);
-        };
-        let plain = self.open_sealed(v.value(), &record.0.0)?;
-        serde_json::from_slice(&plain).map(Some).map_err(storage)
+    fn write_loop(&self, jobs: std::sync::mpsc::Receiver<(Job, Reply)>) {
+        while let Ok(first) = jobs.recv() {
+            let mut group = vec![first];
+            group.extend(jobs.try_iter());
+            let (work, replies): (Vec<Job>, Vec<Reply>) = group.into_iter().unzip();
+            let result = self.write(work).map_err(|e| e.to_string());
+            for r in replies {
+                // The asker may have gone (request cancelled); the write stands.
+                let _ = r.send(result.clone());
+            }
+        }
     }
 
-    /// Indexes (or re-indexes, on update/delete) the records, in one write.
-    pub fn put(&self, entries: Vec<IndexEntry>) -> Result<(), FhirError> {
+    fn write(&self, jobs: Vec<Job>) -> Result<(), FhirError> {
         let w = self.db.begin_write().map_err(storage)?;
+        for job in jobs {
+            match job {
+                Job::Entries(entries) => self.put_entries(&w, entries)?,
+                Job::Custody(account, sealed) => {
+                    w.open_table(CUSTODY)
+                        .map_err(storage)?
+                        .insert(&account.0[..], &sealed[..])
+                        .map_err(storage)?;
+                }
+            }
+        }
+        w.commit().map_err(storage)
+    }
+
+    fn put_entries(
+        &self,
+        w: &redb::WriteTransaction,
+        entries: Vec<IndexEntry>,
+    ) -> Result<(), FhirError> {
         {
             let mut meta = w.open_table(META).map_err(storage)?;
             let mut types = w.open_table(TYPES).map_err(storage)?;
@@ -183,7 +239,30 @@ impl Index {
             }
             meta.insert("seq", next).map_err(storage)?;
         }
-        w.commit().map_err(storage)
+        Ok(())
+    }
+}
+
+impl Index {
+    /// The keyed token of a search value: the index never holds the value itself.
+    pub fn token(&self, rtype: &str, param: &str, value: &str) -> [u8; 32] {
+        let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.inner.mac_key)
+            .expect("any key length");
+        for part in [rtype, param, value] {
+            m.update(&(part.len() as u32).to_be_bytes());
+            m.update(part.as_bytes());
+        }
+        m.finalize().into_bytes().into()
+    }
+
+    pub fn doc(&self, record: &RecordId) -> Result<Option<Doc>, FhirError> {
+        let r = self.inner.db.begin_read().map_err(storage)?;
+        let t = r.open_table(DOCS).map_err(storage)?;
+        let Some(v) = t.get(&record.0.0[..]).map_err(storage)? else {
+            return Ok(None);
+        };
+        let plain = self.inner.open_sealed(v.value(), &record.0.0)?;
+        serde_json::from_slice(&plain).map(Some).map_err(storage)
     }
 
     /// Records indexed under `token`, as `(seq, record)` in creation order.
@@ -204,7 +283,7 @@ impl Index {
         table: TableDefinition<&[u8], &[u8]>,
         prefix: &[u8],
     ) -> Result<Vec<(u64, RecordId)>, FhirError> {
-        let r = self.db.begin_read().map_err(storage)?;
+        let r = self.inner.db.begin_read().map_err(storage)?;
         let t = r.open_table(table).map_err(storage)?;
         let mut hi = prefix.to_vec();
         hi.extend_from_slice(&[0xff; 8]);
@@ -216,27 +295,17 @@ impl Index {
         Ok(out)
     }
 
-    pub fn put_custody(&self, account: &AccountId, keys: &[u8]) -> Result<(), FhirError> {
-        let sealed = self.seal(keys, &account.0)?;
-        let w = self.db.begin_write().map_err(storage)?;
-        w.open_table(CUSTODY)
-            .map_err(storage)?
-            .insert(&account.0[..], &sealed[..])
-            .map_err(storage)?;
-        w.commit().map_err(storage)
-    }
-
     pub fn custody(&self, account: &AccountId) -> Result<Option<Vec<u8>>, FhirError> {
-        let r = self.db.begin_read().map_err(storage)?;
+        let r = self.inner.db.begin_read().map_err(storage)?;
         let t = r.open_table(CUSTODY).map_err(storage)?;
         match t.get(&account.0[..]).map_err(storage)? {
-            Some(v) => self.open_sealed(v.value(), &account.0).map(Some),
+            Some(v) => self.inner.open_sealed(v.value(), &account.0).map(Some),
             None => Ok(None),
         }
     }
 
     pub fn directory(&self, org: &str) -> Result<Option<AccountId>, FhirError> {
-        let r = self.db.begin_read().map_err(storage)?;
+        let r = self.inner.db.begin_read().map_err(storage)?;
         let t = r.open_table(DIRECTORY).map_err(storage)?;
         Ok(t.get(org)
             .map_err(storage)?
@@ -245,7 +314,7 @@ impl Index {
     }
 
     pub fn put_directory(&self, org: &str, account: &AccountId) -> Result<(), FhirError> {
-        let w = self.db.begin_write().map_err(storage)?;
+        let w = self.inner.db.begin_write().map_err(storage)?;
         w.open_table(DIRECTORY)
             .map_err(storage)?
             .insert(org, &account.0[..])

@@ -377,7 +377,9 @@ impl Fhir {
     ) -> Result<AccountId, FhirError> {
         let keys = AccountKeys::generate().map_err(internal)?;
         let account = keys.account();
-        self.index.put_custody(&account, &keys.secret_bytes())?;
+        self.index
+            .put_custody(&account, &keys.secret_bytes())
+            .await?;
         let secret = Digest32(crate::auth::secrets::random::<32>().map_err(internal)?);
         let now = now_ms();
         let (_, invite) = self
@@ -693,7 +695,7 @@ impl Fhir {
             .await
             .inspect_err(|_| self.discard(&[p.cid]))?;
         let record = RecordId::from_tx(&hash);
-        self.index.put(vec![p.entry(record)])?;
+        self.index.put(vec![p.entry(record)]).await?;
         self.stored(record, rtype, body).await
     }
 
@@ -776,7 +778,7 @@ impl Fhir {
         )
         .await
         .inspect_err(|_| self.discard(&[p.cid]))?;
-        self.index.put(vec![p.entry(record)])?;
+        self.index.put(vec![p.entry(record)]).await?;
         self.stored(record, rtype, body).await
     }
 
@@ -1378,13 +1380,15 @@ impl Fhir {
             self.discard(&cids);
             return Err(e);
         }
-        self.index.put(
-            sealed
-                .into_iter()
-                .zip(&plan)
-                .map(|(p, op)| p.entry(op.record))
-                .collect(),
-        )?;
+        self.index
+            .put(
+                sealed
+                    .into_iter()
+                    .zip(&plan)
+                    .map(|(p, op)| p.entry(op.record))
+                    .collect(),
+            )
+            .await?;
         let records: Vec<RecordId> = plan.iter().map(|op| op.record).collect();
         let versions = self
             .view(move |st| {
