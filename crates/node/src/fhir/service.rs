@@ -890,18 +890,18 @@ impl Fhir {
         rtype: &str,
         q: &search::Query,
     ) -> Result<Vec<(u64, RecordId)>, FhirError> {
-        let mut groups: Vec<HashSet<RecordId>> = Vec::new();
-        let mut candidates: Option<Vec<(u64, RecordId)>> = None;
-        for group in &q.tokens {
-            let mut set = Vec::new();
-            for (param, value) in group {
-                set.extend(self.index.lookup(&self.index.token(rtype, param, value))?);
-            }
-            if candidates.is_none() {
-                candidates = Some(set.clone());
-            }
-            groups.push(set.into_iter().map(|(_, r)| r).collect());
-        }
+        // Each group matches if the record carries any of its tokens (OR inside a
+        // parameter, AND across parameters); checked against the record's own
+        // document, so only the smallest candidate set is ever read from the index.
+        let groups: Vec<HashSet<String>> = q
+            .tokens
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|(param, value)| hex::encode(self.index.token(rtype, param, value)))
+                    .collect()
+            })
+            .collect();
         let patient = match &q.patient {
             Some(pid) => {
                 let Some(r) = record_id(pid) else {
@@ -914,15 +914,19 @@ impl Fhir {
             }
             None => None,
         };
-        // The patient's records come from the ledger's patient index, in one scan.
-        let compartment: Option<HashSet<RecordId>> = match patient {
-            Some(p) => Some(self.patient_records(p).await?.into_iter().collect()),
-            None => None,
-        };
-        let candidates: Vec<RecordId> = match (&q.ids, candidates, &compartment) {
+        // Candidates, narrowest first: explicit ids, the patient's records (one ledger
+        // index scan), the records under the first parameter's tokens, every record
+        // of the type.
+        let candidates: Vec<RecordId> = match (&q.ids, patient, q.tokens.first()) {
             (Some(ids), _, _) => ids.iter().filter_map(|i| record_id(i)).collect(),
-            (None, Some(c), _) => c.into_iter().map(|(_, r)| r).collect(),
-            (None, None, Some(c)) => c.iter().copied().collect(),
+            (None, Some(p), _) => self.patient_records(p).await?,
+            (None, None, Some(group)) => {
+                let mut set = Vec::new();
+                for (param, value) in group {
+                    set.extend(self.index.lookup(&self.index.token(rtype, param, value))?);
+                }
+                set.into_iter().map(|(_, r)| r).collect()
+            }
             (None, None, None) => self
                 .index
                 .of_type(rtype)?
@@ -930,19 +934,26 @@ impl Fhir {
                 .map(|(_, r)| r)
                 .collect(),
         };
+        let compartment = match (&q.ids, patient) {
+            (Some(_), Some(p)) => Some(self.patient_records(p).await?.into_iter().collect()),
+            _ => None::<HashSet<RecordId>>,
+        };
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for r in candidates {
-            if !seen.insert(r)
-                || !groups.iter().all(|g| g.contains(&r))
-                || compartment.as_ref().is_some_and(|c| !c.contains(&r))
-            {
+            if !seen.insert(r) || compartment.as_ref().is_some_and(|c| !c.contains(&r)) {
                 continue;
             }
             let Some(doc) = self.index.doc(&r)? else {
                 continue;
             };
-            if doc.deleted || doc.rtype != rtype || !dates_match(&doc, q) {
+            if doc.deleted
+                || doc.rtype != rtype
+                || !dates_match(&doc, q)
+                || !groups
+                    .iter()
+                    .all(|g| doc.tokens.iter().any(|t| g.contains(t)))
+            {
                 continue;
             }
             out.push((doc.seq, r));
