@@ -386,3 +386,210 @@ Command::new(BIN)
     });
     node.stop();
 }
+
+/// Polls `path` until `done` holds for the answer (audit reports commit in batches).
+async fn poll(f: &Fhir, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..100 {
+        let (st, v) = f.get(path).await;
+        assert_eq!(st, 200, "{path}: {v}");
+        if done(&v) {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{path}: condition never held");
+}
+
+fn entries(b: &Value) -> Vec<Value> {
+    b["entry"].as_array().map_or(Vec::new(), |e| {
+        e.iter().map(|e| e["resource"].clone()).collect()
+    })
+}
+
+/// Consent resources are ledger grants (create grants, `inactive` revokes, reads show
+/// the ledger); AuditEvent and Provenance are read-only views of the audit trail and
+/// of authorship. Every answer passes both validators.
+#[test]
+fn consent_grants_audit_events_and_provenance() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let node = start(&dir);
+    let rt = rt();
+    rt.block_on(async {
+        client(&node, &dir).await;
+        let h = http(&node, &dir);
+        let admin = admin_signed_in(&h, &dir, &node).await;
+        let (doctor, _) = staff_token(&h, &dir, &admin, "Dana Doctor", "dana@hospital.example", "doctor").await;
+        let (insurer, insurer_id) = staff_token(&h, &dir, &admin, "Ivan Insurer", "ivan@insurer.example", "insurer").await;
+        // A patient who signs in themselves (invited), with an API token.
+        let (st, v, _) = h.post("/auth/invite", json!({"email": "pat@home.example"}), Some(&admin)).await;
+        assert_eq!(st, 201, "{v}");
+        let invite = mail_token(&dir, "pat@home.example", "invite");
+        let (st, v, _) = h
+            .post("/auth/register", json!({"name": "Pat Synthetic", "email": "pat@home.example", "password": STRONG, "invite": invite}), None)
+            .await;
+        assert_eq!(st, 201, "{v}");
+        let patient_id: medledger_core::AccountId = serde_json::from_value(v["account"].clone()).unwrap();
+        verify(&h, &dir, "pat@home.example").await;
+        let (s, _) = h.login("pat@home.example", STRONG, None).await.unwrap();
+        let (st, v, _) = h.post("/auth/tokens", json!({"ttl_s": 3600}), Some(&s)).await;
+        assert_eq!(st, 201);
+        let fhir = |token: &str| Fhir { c: h.c.clone(), url: node.url.clone(), token: token.to_owned() };
+        let (pat, ins, doc) = (fhir(v["token"].as_str().unwrap()), fhir(&insurer), fhir(&doctor));
+        let mut returned: Vec<Value> = Vec::new();
+
+        // The patient's own Patient resource and an Observation they record.
+        let (st, me) = pat.post("/Patient", &json!({"resourceType": "Patient", "name": [{"family": "Synthetic", "given": ["Pat"]}], "gender": "other"})).await;
+        assert_eq!(st, 201, "{me}");
+        let pid = me["id"].as_str().unwrap().to_owned();
+        let (st, obs) = pat.post("/Observation", &json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+            "subject": {"reference": format!("Patient/{pid}")},
+            "valueQuantity": {"value": 61.5, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}})).await;
+        assert_eq!(st, 201, "{obs}");
+        let oid = obs["id"].as_str().unwrap().to_owned();
+        let (st, _) = ins.get(&format!("/Observation/{oid}")).await;
+        assert_eq!(st, 403, "no consent yet");
+
+        // A Consent for the insurer: payment, Observations only, until 2099.
+        let consent = json!({"resourceType": "Consent", "status": "active",
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+            "patient": {"reference": format!("Patient/{pid}")},
+            "policy": [{"uri": "urn:medledger:consent-grant"}],
+            "provision": {"type": "permit", "period": {"end": "2099-12-31"},
+                "actor": [{"role": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}]},
+                           "reference": {"identifier": {"system": "urn:medledger:account", "value": insurer_id.to_did()}}}],
+                "purpose": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "HPAYMT"}],
+                "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]}});
+
+        // Refusals change nothing: staff cannot consent for a patient; elements a
+        // grant cannot keep, a missing end, a deny provision are 400s.
+        let before = nonce(&dir, &node, &patient_id);
+        let (st, oo) = doc.post("/Consent", &consent).await;
+        assert_eq!((st, oo["resourceType"].as_str()), (403, Some("OperationOutcome")), "{oo}");
+        let mut extra = consent.clone();
+        extra["sourceAttachment"] = json!({"contentType": "application/pdf", "data": "AAAA"});
+        let mut no_end = consent.clone();
+        no_end["provision"]["period"] = json!({"start": "2026-01-01"});
+        let mut deny = consent.clone();
+        deny["provision"]["type"] = json!("deny");
+        let mut bad_purpose = consent.clone();
+        bad_purpose["provision"]["purpose"][0]["code"] = json!("ETREAT");
+        for bad in [extra, no_end, deny, bad_purpose] {
+            let (st, oo) = pat.post("/Consent", &bad).await;
+            assert_eq!((st, oo["resourceType"].as_str()), (400, Some("OperationOutcome")), "{oo}");
+            returned.push(oo);
+        }
+        assert_eq!(nonce(&dir, &node, &patient_id), before, "a refused Consent reached the ledger");
+
+        let (st, c) = pat.post("/Consent", &consent).await;
+        assert_eq!(st, 201, "{c}");
+        assert_eq!((c["status"].as_str(), c["meta"]["versionId"].as_str()), (Some("active"), Some("1")));
+        let cid = c["id"].as_str().unwrap().to_owned();
+        // The ledger holds exactly this grant.
+        let (_, grants) = h.get(&format!("/v1/patients/{}/grants", patient_id.to_did()), &[]).await;
+        let g = grants["grants"].as_array().unwrap().iter().find(|g| g["id"] == json!(cid)).cloned()
+            .unwrap_or_else(|| panic!("grant {cid} not on the ledger: {grants}"));
+        assert!(g["revoked_ms"].is_null(), "{g}");
+        assert_eq!(g["purpose"], "payment");
+        assert!(g["scope"].to_string().contains("Observation"), "{g}");
+        returned.push(c.clone());
+        let (st, ob) = ins.get(&format!("/Observation/{oid}")).await;
+        assert_eq!(st, 200, "consent lets the insurer read: {ob}");
+        returned.push(ob);
+        let (st, p) = ins.get(&format!("/Patient/{pid}")).await;
+        assert_eq!(st, 403, "the grant covers Observations only: {p}");
+        // Who sees the Consent: the patient, the grantee; not an unrelated doctor.
+        let (st, c2) = ins.get(&format!("/Consent/{cid}")).await;
+        assert_eq!((st, &c2), (200, &c));
+        assert_eq!(doc.get(&format!("/Consent/{cid}")).await.0, 403);
+        let (st, found) = pat.get(&format!("/Consent?patient={pid}")).await;
+        assert_eq!(st, 200);
+        assert_eq!(entries(&found).len(), 1);
+        returned.push(found);
+
+        // Only status can change, and only to inactive: that revokes on the ledger.
+        let mut changed = c.clone();
+        changed["provision"]["period"]["end"] = json!("2100-01-01");
+        let (st, oo) = pat.send(reqwest::Method::PUT, &format!("/Consent/{cid}"), Some(&changed)).await;
+        assert_eq!(st, 400, "{oo}");
+        let mut off = c.clone();
+        off["status"] = json!("inactive");
+        let (st, oo) = ins.send(reqwest::Method::PUT, &format!("/Consent/{cid}"), Some(&off)).await;
+        assert_eq!(st, 403, "only the patient revokes: {oo}");
+        let (st, revoked) = pat.send(reqwest::Method::PUT, &format!("/Consent/{cid}"), Some(&off)).await;
+        assert_eq!(st, 200, "{revoked}");
+        assert_eq!((revoked["status"].as_str(), revoked["meta"]["versionId"].as_str()), (Some("inactive"), Some("2")));
+        let (_, g) = h.get(&format!("/v1/grants/{cid}"), &[]).await;
+        assert!(g["revoked_ms"].as_u64().is_some(), "revoked on the ledger: {g}");
+        assert_eq!(ins.get(&format!("/Observation/{oid}")).await.0, 403, "revoked");
+        let (_, again) = pat.get(&format!("/Consent/{cid}")).await;
+        assert_eq!(again, revoked);
+        returned.push(revoked);
+
+        // AuditEvent: the patient sees every access to their records, allowed and
+        // refused, as the ledger recorded it.
+        let trail = poll(&pat, "/AuditEvent?_count=50", |b| {
+            let e = entries(b);
+            e.iter().filter(|a| a["outcome"] == "4").count() >= 3 && e.iter().any(|a| a["outcome"] == "0")
+        })
+        .await;
+        let events = entries(&trail);
+        let insurer_ref = json!({"identifier": {"system": "urn:medledger:account", "value": insurer_id.to_did()}});
+        assert!(events.iter().any(|a| a["agent"][0]["who"] == insurer_ref
+            && a["outcome"] == "0"
+            && a["entity"][0]["what"]["reference"] == json!(format!("Observation/{oid}"))), "{trail}");
+        returned.push(trail.clone());
+        let one = events[0]["id"].as_str().unwrap();
+        let (st, ev) = pat.get(&format!("/AuditEvent/{one}")).await;
+        assert_eq!((st, &ev), (200, &events[0]));
+        returned.push(ev);
+        // The insurer sees only its own accesses; a doctor who touched nothing, none.
+        let (_, theirs) = ins.get(&format!("/AuditEvent?patient={pid}&_count=50")).await;
+        assert!(!entries(&theirs).is_empty());
+        assert!(entries(&theirs).iter().all(|a| a["agent"][0]["who"] == insurer_ref), "{theirs}");
+        assert_eq!(doc.get(&format!("/AuditEvent/{one}")).await.0, 403);
+        // Paging through the trail: pages of one, no duplicates, same set.
+        let mut seen = Vec::new();
+        let mut next = Some(format!("/AuditEvent?entity=Observation/{oid}&_count=1"));
+        while let Some(path) = next {
+            let (st, page) = pat.get(&path).await;
+            assert_eq!(st, 200, "{page}");
+            seen.extend(entries(&page).into_iter().map(|e| e["id"].clone()));
+            next = page["link"].as_array().and_then(|l| l.iter().find(|l| l["relation"] == "next"))
+                .map(|l| l["url"].as_str().unwrap().split("/fhir").nth(1).unwrap().to_owned());
+            returned.push(page);
+        }
+        let mut unique = seen.clone();
+        unique.dedup();
+        assert!(seen.len() >= 3 && unique.len() == seen.len(), "{seen:?}");
+        // Read-only.
+        let (st, _) = pat.post("/AuditEvent", &events[0]).await;
+        assert_eq!(st, 405);
+
+        // Provenance: who wrote the Observation, when, with the transaction's signature.
+        let (st, prov) = pat.get(&format!("/Provenance?target=Observation/{oid}")).await;
+        assert_eq!(st, 200, "{prov}");
+        let p = entries(&prov);
+        assert_eq!(p.len(), 1, "{prov}");
+        assert_eq!(p[0]["target"][0]["reference"], json!(format!("Observation/{oid}/_history/1")));
+        assert_eq!(p[0]["agent"][0]["who"]["identifier"]["value"], json!(patient_id.to_did()));
+        let sig = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, p[0]["signature"][0]["data"].as_str().unwrap()).unwrap();
+        assert_eq!(sig.len(), 64, "an Ed25519 signature");
+        let (st, one) = pat.get(&format!("/Provenance/{}", p[0]["id"].as_str().unwrap())).await;
+        assert_eq!((st, &one), (200, &p[0]));
+        returned.extend([prov, one]);
+        // After revocation the insurer may not see authorship of the record either.
+        assert_eq!(ins.get(&format!("/Provenance/{}", p[0]["id"].as_str().unwrap())).await.0, 403);
+        assert_eq!(pat.get("/Provenance/tx-aaaa").await.0, 404);
+
+        // What the server says it supports, it supports.
+        let (_, cap) = pat.get("/metadata").await;
+        let types: Vec<&str> = cap["rest"][0]["resource"].as_array().unwrap().iter().filter_map(|r| r["type"].as_str()).collect();
+        assert!(types.contains(&"Consent") && types.contains(&"AuditEvent") && types.contains(&"Provenance"));
+        returned.push(cap);
+        validate_all(root.path(), &returned);
+    });
+    node.stop();
+}

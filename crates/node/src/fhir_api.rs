@@ -249,14 +249,37 @@ pub fn capability_statement() -> Value {
     for t in R4_TYPES {
         if matches!(
             *t,
-            "Bundle"
-                | "OperationOutcome"
-                | "CapabilityStatement"
-                | "Parameters"
-                | "AuditEvent"
-                | "Consent"
+            "Bundle" | "OperationOutcome" | "CapabilityStatement" | "Parameters"
         ) {
             continue;
+        }
+        // The ledger's own views: what their mapping supports, nothing more.
+        let view = |codes: &[&str], params: &[(&str, &str)], doc: &str| {
+            json!({
+                "type": t,
+                "documentation": doc,
+                "interaction": codes.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
+                "searchParam": params.iter().map(|(n, k)| json!({"name": n, "type": k})).collect::<Vec<_>>(),
+            })
+        };
+        match *t {
+            "Consent" => {
+                resources.push(view(
+                    &["read", "create", "update", "search-type"],
+                    &[("patient", "reference")],
+                    "A Consent is a ledger grant: created by the patient (provision: one actor identified in urn:medledger:org or urn:medledger:account, one v3-ActReason purpose, period end required, class or data for scope); update to status inactive revokes; reads show the ledger's current state.",
+                ));
+                continue;
+            }
+            "AuditEvent" => {
+                resources.push(view(
+                    &["read", "search-type"],
+                    &[("patient", "reference"), ("entity", "reference"), ("date", "date")],
+                    "Read-only: the ledger's audit trail, one AuditEvent per entry (id = sequence number). Visible to the entry's patient and accessor, and to auditors.",
+                ));
+                continue;
+            }
+            _ => {}
         }
         let interactions: Vec<Value> = [
             "read",
@@ -295,6 +318,16 @@ pub fn capability_statement() -> Value {
                 }})
             }));
             r["searchParam"] = json!(sp);
+        }
+        if *t == "Provenance" {
+            r["documentation"] = json!(
+                "Provenance sent by clients is stored like any resource. Provenance/tx-… are read-only views of the ledger's authorship (signer, block time, signature) of the versions one transaction wrote; search them with target=Type/{id}."
+            );
+            r["interaction"]
+                .as_array_mut()
+                .expect("array")
+                .push(json!({"code": "search-type"}));
+            r["searchParam"] = json!([{"name": "target", "type": "reference"}]);
         }
         if *t == "Patient" {
             r["operation"] = json!([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]);
@@ -335,8 +368,54 @@ async fn create(
 ) -> Answer {
     let who = principal(&s, &headers, true)?;
     let v = body_json(&headers, &body)?;
+    if rtype == "Consent" {
+        let c = s.fhir.create_consent(&who, v).await?;
+        return Ok(view_response(StatusCode::CREATED, &base(&headers), &c));
+    }
     let st = s.fhir.create(&who, &rtype, v).await?;
     Ok(resource_response(StatusCode::CREATED, &st))
+}
+
+/// A resource rendered from the ledger (Consent, AuditEvent, Provenance), with the
+/// headers a stored one gets.
+fn view_response(status: StatusCode, base: &str, v: &Value) -> Response {
+    let mut r = fhir_json(status, v);
+    let version = v["meta"]["versionId"].as_str().unwrap_or("1");
+    let location = format!(
+        "{base}/{}/{}/_history/{version}",
+        v["resourceType"].as_str().unwrap_or_default(),
+        v["id"].as_str().unwrap_or_default()
+    );
+    let h = r.headers_mut();
+    if let Ok(e) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
+        h.insert(header::ETAG, e);
+    }
+    if let Ok(l) = HeaderValue::from_str(&location) {
+        h.insert(header::CONTENT_LOCATION, l.clone());
+        if status == StatusCode::CREATED {
+            h.insert(header::LOCATION, l);
+        }
+    }
+    r
+}
+
+/// A `searchset` Bundle of resources rendered from the ledger.
+fn searchset(base: &str, resources: Vec<Value>, next: Option<String>) -> Value {
+    let entry: Vec<Value> = resources
+        .into_iter()
+        .map(|r| {
+            json!({
+                "fullUrl": format!("{base}/{}/{}", r["resourceType"].as_str().unwrap_or_default(), r["id"].as_str().unwrap_or_default()),
+                "resource": r,
+                "search": {"mode": "match"},
+            })
+        })
+        .collect();
+    let mut b = json!({"resourceType": "Bundle", "type": "searchset", "entry": entry});
+    if let Some(n) = next {
+        b["link"] = json!([{"relation": "next", "url": n}]);
+    }
+    b
 }
 
 async fn read(
@@ -357,6 +436,31 @@ async fn read(
                 .type_history(&who, &rtype, count, &base(&headers))
                 .await?,
         );
+    }
+    let b = base(&headers);
+    match rtype.as_str() {
+        "Consent" => {
+            return Ok(view_response(
+                StatusCode::OK,
+                &b,
+                &s.fhir.read_consent(&who, &id).await?,
+            ));
+        }
+        "AuditEvent" => {
+            return Ok(view_response(
+                StatusCode::OK,
+                &b,
+                &s.fhir.read_audit_event(&who, &id).await?,
+            ));
+        }
+        "Provenance" if id.starts_with("tx-") => {
+            return Ok(view_response(
+                StatusCode::OK,
+                &b,
+                &s.fhir.read_provenance(&who, &id).await?,
+            ));
+        }
+        _ => {}
     }
     let st = s.fhir.read(&who, &rtype, &id, None).await?;
     Ok(resource_response(StatusCode::OK, &st))
@@ -395,6 +499,10 @@ async fn update(
 ) -> Answer {
     let who = principal(&s, &headers, true)?;
     let v = body_json(&headers, &body)?;
+    if rtype == "Consent" {
+        let c = s.fhir.update_consent(&who, &id, v).await?;
+        return Ok(view_response(StatusCode::OK, &base(&headers), &c));
+    }
     let st = s
         .fhir
         .update(&who, &rtype, &id, v, if_match(&headers)?)
@@ -424,11 +532,56 @@ async fn search_type(
             "system history is not supported".into(),
         ));
     }
-    ok_json(
-        &s.fhir
-            .search(&who, &rtype, &pairs(q)?, &base(&headers))
-            .await?,
-    )
+    search_any(&s, &who, &rtype, &pairs(q)?, &base(&headers)).await
+}
+
+/// Search, for stored types and for the ledger's own views.
+async fn search_any(
+    s: &AppState,
+    who: &Principal,
+    rtype: &str,
+    pairs: &[(String, String)],
+    base: &str,
+) -> Answer {
+    let value = |k: &str| pairs.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
+    match rtype {
+        "Consent" => ok_json(&searchset(
+            base,
+            s.fhir.search_consents(who, pairs).await?,
+            None,
+        )),
+        "AuditEvent" => {
+            let (found, more) = s.fhir.search_audit_events(who, pairs).await?;
+            let next = more.then(|| {
+                let count: usize = value("_count")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(search::DEFAULT_COUNT);
+                let offset: usize = value("_offset").and_then(|c| c.parse().ok()).unwrap_or(0);
+                let mut q: Vec<String> = pairs
+                    .iter()
+                    .filter(|(k, _)| k != "_offset")
+                    .map(|(k, v)| format!("{}={}", crate::fhir::enc(k), crate::fhir::enc(v)))
+                    .collect();
+                q.push(format!("_offset={}", offset + count));
+                format!("{base}/AuditEvent?{}", q.join("&"))
+            });
+            ok_json(&searchset(base, found, next))
+        }
+        "Provenance" if value("target").is_some() => {
+            if pairs.len() > 1 {
+                return Err(FhirError::invalid(
+                    IssueCode::NotSupported,
+                    "Provenance?target= takes no other parameters",
+                ));
+            }
+            let found = s
+                .fhir
+                .search_provenance(who, value("target").unwrap_or_default())
+                .await?;
+            ok_json(&searchset(base, found, None))
+        }
+        _ => ok_json(&s.fhir.search(who, rtype, pairs, base).await?),
+    }
 }
 
 async fn search_post(
@@ -440,11 +593,7 @@ async fn search_post(
     let who = principal(&s, &headers, false)?;
     let form = std::str::from_utf8(&body)
         .map_err(|_| FhirError::invalid(IssueCode::Invalid, "form body is not UTF-8"))?;
-    ok_json(
-        &s.fhir
-            .search(&who, &rtype, &query_pairs(form)?, &base(&headers))
-            .await?,
-    )
+    search_any(&s, &who, &rtype, &query_pairs(form)?, &base(&headers)).await
 }
 
 async fn instance_op(
@@ -493,6 +642,14 @@ mod tests {
         );
         let claim = res.iter().find(|r| r["type"] == "Claim").unwrap();
         assert!(claim.get("searchParam").is_none());
-        assert!(!res.iter().any(|r| r["type"] == "AuditEvent"));
+        // The audit trail is a read-only view.
+        let audit = res.iter().find(|r| r["type"] == "AuditEvent").unwrap();
+        let codes: Vec<&str> = audit["interaction"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(codes, ["read", "search-type"]);
     }
 }

@@ -172,6 +172,11 @@ pub fn break_glasses(state: &impl StateRead, patient: &AccountId) -> Result<Vec<
         .collect())
 }
 
+/// One audit entry by its sequence number.
+pub fn audit_entry(state: &impl StateRead, seq: u64) -> Result<Option<AuditEntry>> {
+    read_obj(state, &audit_key(seq))
+}
+
 /// Which audit index a query walks.
 #[derive(Debug, Clone)]
 pub enum AuditFilter {

@@ -17,4 +17,4 @@
 pub mod index;
 mod service;
 
-pub use service::{Fhir, FhirError, Stored};
+pub use service::{Fhir, FhirError, Stored, enc};

@@ -1440,7 +1440,8 @@ fn dates_match(doc: &Doc, q: &search::Query) -> bool {
     })
 }
 
-fn enc(s: &str) -> String {
+/// Percent-encodes a query-string part for paging links.
+pub fn enc(s: &str) -> String {
     let mut o = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~:|/,".contains(&b) {
@@ -1470,3 +1471,5 @@ fn writable(rtype: &str) -> Result<(), FhirError> {
         ))),
     }
 }
+
+mod views;
