@@ -593,3 +593,56 @@ fn consent_grants_audit_events_and_provenance() {
     });
     node.stop();
 }
+
+/// A FHIR client that is not ours, PyPI `fhirclient`, creates, reads, searches and
+/// pages through patients and observations against the node (see
+/// `tests/clients/fhirclient_session.py`); what it reports is then checked here.
+#[test]
+fn third_party_fhirclient_session() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let node = start(&dir);
+    let rt = rt();
+    rt.block_on(async {
+        client(&node, &dir).await;
+        let h = http(&node, &dir);
+        let admin = admin_signed_in(&h, &dir, &node).await;
+        let (doctor, _) = staff_token(
+            &h,
+            &dir,
+            &admin,
+            "Dana Doctor",
+            "dana@hospital.example",
+            "doctor",
+        )
+        .await;
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/fhirclient_session.py");
+        let out = succeed(
+            Command::new("python3")
+                .arg(&script)
+                .env("FHIR_BASE", format!("{}/fhir", node.url))
+                .env("FHIR_TOKEN", &doctor)
+                .env("FHIR_CA", dir.join("tls/cert.pem")),
+        );
+        let did: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(did["pages"], 3);
+        let f = Fhir {
+            c: h.c.clone(),
+            url: node.url.clone(),
+            token: doctor,
+        };
+        for (t, ids, n) in [
+            ("Patient", &did["patients"], 3),
+            ("Observation", &did["observations"], 7),
+        ] {
+            let ids = ids.as_array().unwrap();
+            assert_eq!(ids.len(), n);
+            for id in ids {
+                let (st, r) = f.get(&format!("/{t}/{}", id.as_str().unwrap())).await;
+                assert_eq!((st, r["resourceType"].as_str()), (200, Some(t)), "{r}");
+            }
+        }
+    });
+    node.stop();
+}
