@@ -396,3 +396,33 @@ async fn access(
             .into_response()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    /// The OpenAPI document names exactly the transaction kinds the node accepts
+    /// (serde's refusal of an unknown kind lists them all).
+    #[test]
+    fn openapi_lists_every_transaction_kind() {
+        let doc: Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let mut documented: Vec<String> = serde_json::from_value(
+            doc["components"]["schemas"]["Payload"]["properties"]["kind"]["enum"].clone(),
+        )
+        .unwrap();
+        let err = serde_json::from_value::<medledger_core::Payload>(json!({"kind": "zzz"}))
+            .unwrap_err()
+            .to_string();
+        let expected = err.split("expected one of").nth(1).expect("variant list");
+        let mut accepted: Vec<String> = expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        documented.sort();
+        accepted.sort();
+        assert!(accepted.len() > 20, "{err}");
+        assert_eq!(documented, accepted);
+    }
+}

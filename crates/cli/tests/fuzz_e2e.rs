@@ -1,0 +1,72 @@
+//! An API fuzzer that is not ours, PyPI `schemathesis`, against the `/v1` and `/auth`
+//! APIs of a running node, as described by its own `/v1/openapi.json`: no 5xx, every
+//! response conforms to its documented schema, status code, content type and
+//! headers. It runs signed in (the consortium admin's session cookie and CSRF token)
+//! so the authenticated operations are fuzzed too; sign-out is left out, since
+//! ending the session would end the fuzzing of everything behind it.
+
+mod common;
+use common::signin::*;
+use common::*;
+
+#[test]
+fn schemathesis_finds_no_server_errors_or_schema_breaks() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let node = start(&dir);
+    let rt = rt();
+    let admin = rt.block_on(async {
+        client(&node, &dir).await;
+        let h = http(&node, &dir);
+        admin_signed_in(&h, &dir, &node).await
+    });
+    let report = root.path().join("schemathesis");
+    // Through the interpreter the other Python test tools use, not a PATH lookup.
+    let out = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "schemathesis.cli",
+            "run",
+            &format!("{}/v1/openapi.json", node.url),
+        ])
+        .args(["--url", &node.url])
+        // The node's certificate is self-signed and the node is on 127.0.0.1.
+        .args(["--tls-verify", "false"])
+        .args([
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance,\
+             content_type_conformance,response_headers_conformance",
+        ])
+        .args(["--max-examples", "40", "--generation-deterministic"])
+        .args([
+            "--exclude-path",
+            "/auth/logout",
+            "--exclude-path",
+            "/auth/logout-all",
+        ])
+        .args(["--header", &format!("Cookie: {}", admin.cookie)])
+        .args(["--header", &format!("X-CSRF-Token: {}", admin.csrf)])
+        .args(["--report", "junit", "--report-dir"])
+        .arg(&report)
+        .output()
+        .expect("schemathesis (pip install schemathesis)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It really ran: every operation tested, thousands of cases, none failed.
+    assert!(text.contains("Tested: 40"), "{text}");
+    let cases = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_suffix("passed")
+                .and_then(|l| l.split(" generated, ").nth(1))
+        })
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!(cases > 1000, "{text}");
+    node.stop();
+}
