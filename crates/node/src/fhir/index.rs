@@ -62,6 +62,7 @@ pub type IndexEntry = (
 /// A write waiting for the index writer: records to index, or a custody key.
 enum Job {
     Entries(Vec<IndexEntry>),
+    Remove(Vec<RecordId>),
     Custody(AccountId, Vec<u8>),
 }
 
@@ -121,6 +122,12 @@ impl Index {
         self.submit(Job::Entries(entries)).await
     }
 
+    /// Forgets records entirely (entries written ahead for a transaction the ledger
+    /// then refused).
+    pub async fn remove(&self, records: Vec<RecordId>) -> Result<(), FhirError> {
+        self.submit(Job::Remove(records)).await
+    }
+
     /// Keeps a patient's keys (sealed under the node key) until they claim them.
     pub async fn put_custody(&self, account: &AccountId, keys: &[u8]) -> Result<(), FhirError> {
         let sealed = self.inner.seal(keys, &account.0)?;
@@ -169,6 +176,7 @@ impl Inner {
         for job in jobs {
             match job {
                 Job::Entries(entries) => self.put_entries(&w, entries)?,
+                Job::Remove(records) => self.remove_entries(&w, &records)?,
                 Job::Custody(account, sealed) => {
                     w.open_table(CUSTODY)
                         .map_err(storage)?
@@ -178,6 +186,34 @@ impl Inner {
             }
         }
         w.commit().map_err(storage)
+    }
+
+    fn remove_entries(
+        &self,
+        w: &redb::WriteTransaction,
+        records: &[RecordId],
+    ) -> Result<(), FhirError> {
+        let mut types = w.open_table(TYPES).map_err(storage)?;
+        let mut tokens = w.open_table(TOKENS).map_err(storage)?;
+        let mut docs = w.open_table(DOCS).map_err(storage)?;
+        for record in records {
+            let Some(sealed) = docs.remove(&record.0.0[..]).map_err(storage)? else {
+                continue;
+            };
+            let doc: Doc = serde_json::from_slice(&self.open_sealed(sealed.value(), &record.0.0)?)
+                .map_err(storage)?;
+            drop(sealed);
+            for t in &doc.tokens {
+                let mut k = hex::decode(t).map_err(storage)?;
+                k.extend_from_slice(&doc.seq.to_be_bytes());
+                tokens.remove(&k[..]).map_err(storage)?;
+            }
+            let mut k = doc.rtype.as_bytes().to_vec();
+            k.push(0);
+            k.extend_from_slice(&doc.seq.to_be_bytes());
+            types.remove(&k[..]).map_err(storage)?;
+        }
+        Ok(())
     }
 
     fn put_entries(

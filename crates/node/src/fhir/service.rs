@@ -207,8 +207,14 @@ struct Planned {
 }
 
 impl Prepared {
-    fn entry(self, record: RecordId) -> IndexEntry {
-        (record, self.rtype, self.tokens, self.dates, self.deleted)
+    fn entry(&self, record: RecordId) -> IndexEntry {
+        (
+            record,
+            self.rtype.clone(),
+            self.tokens.clone(),
+            self.dates.clone(),
+            self.deleted,
+        )
     }
 }
 
@@ -353,15 +359,43 @@ impl Fhir {
     /// Signs, submits and waits; retries when a concurrent submission of the same
     /// account took the nonce.
     async fn submit(&self, keys: &AccountKeys, payload: Payload) -> Result<TxHash, FhirError> {
+        self.submit_indexed(keys, payload, None).await
+    }
+
+    /// As [`Fhir::submit`] for a transaction that adds one record, indexing `entry`
+    /// under the new record's id while the transaction commits (the id is the hash,
+    /// known once signed). Index first, ledger second: a crash in between leaves an
+    /// index entry for a record that does not exist, which reads and searches skip
+    /// (the ledger decides), never a committed record that search cannot find. A
+    /// refused transaction's entry is removed again.
+    async fn submit_indexed(
+        &self,
+        keys: &AccountKeys,
+        payload: Payload,
+        entry: Option<&Prepared>,
+    ) -> Result<TxHash, FhirError> {
         let account = keys.account();
         let mut attempt = 0;
         loop {
             let (hash, wait) = self.enqueue(keys, payload.clone()).await?;
-            match self.outcome(&account, wait.await) {
+            let record = RecordId::from_tx(&hash);
+            let (indexed, outcome) = match entry {
+                Some(p) => {
+                    let (i, o) = tokio::join!(self.index.put(vec![p.entry(record)]), wait);
+                    (i.map(|_| true), o)
+                }
+                None => (Ok(false), wait.await),
+            };
+            let outcome = self.outcome(&account, outcome);
+            if outcome.is_err() && indexed.as_ref().is_ok_and(|i| *i) {
+                self.index.remove(vec![record]).await?;
+            }
+            match outcome {
                 Err(FhirError::Ledger(
                     RejectReason::NonceGap { .. } | RejectReason::ReplayedNonce { .. },
                 )) if attempt < 5 => attempt += 1,
-                r => return r.map(|_| hash),
+                Err(e) => return Err(e),
+                Ok(()) => return indexed.map(|_| hash),
             }
         }
     }
@@ -681,22 +715,18 @@ impl Fhir {
             (self.compartment(who, &body).await?, None)
         };
         let p = self.seal(who, rtype, patient, key, &body).await?;
+        let payload = Payload::AddRecord {
+            patient,
+            category: Category::new(rtype).map_err(internal)?,
+            cid: p.cid,
+            content_hash: p.content_hash,
+            size: p.size,
+        };
         let hash = self
-            .submit(
-                &who.keys,
-                Payload::AddRecord {
-                    patient,
-                    category: Category::new(rtype).map_err(internal)?,
-                    cid: p.cid,
-                    content_hash: p.content_hash,
-                    size: p.size,
-                },
-            )
+            .submit_indexed(&who.keys, payload, Some(&p))
             .await
             .inspect_err(|_| self.discard(&[p.cid]))?;
-        let record = RecordId::from_tx(&hash);
-        self.index.put(vec![p.entry(record)]).await?;
-        self.stored(record, rtype, body).await
+        self.stored(RecordId::from_tx(&hash), rtype, body).await
     }
 
     /// The account a new Patient resource belongs to: the caller, if they are a
