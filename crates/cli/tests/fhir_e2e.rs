@@ -331,6 +331,12 @@ Command::new(BIN)
         assert!(oo["issue"][0]["expression"][0].as_str().unwrap().starts_with("Bundle.entry[2]"), "{oo}");
         let (st, _) = f.send(reqwest::Method::PUT, &format!("/Patient/{pid}"), Some(&json!({"resourceType": "Patient", "id": pid, "gender": "x"}))).await;
         assert_eq!(st, 400);
+        // An update may not move a resource into another patient's record.
+        let mut moved = hits[0]["resource"].clone();
+        moved["subject"]["reference"] = json!(format!("Patient/{}", patients[0]));
+        let (st, oo) = f.send(reqwest::Method::PUT, &format!("/Observation/{}", moved["id"].as_str().unwrap()), Some(&moved)).await;
+        assert_eq!((st, oo["issue"][0]["code"].as_str()), (400, Some("business-rule")), "{oo}");
+        returned.push(oo);
         assert_eq!(nonce(&dir, &node, &doctor_id), before, "a refused write reached the ledger");
         let (_, found) = f.get("/Patient?name=synth").await;
         assert_eq!(found["entry"].as_array().unwrap().len(), 1);

@@ -22,6 +22,7 @@ pub enum IssueCode {
     Exception,
     Security,
     Login,
+    BusinessRule,
 }
 
 impl IssueCode {
@@ -38,6 +39,7 @@ impl IssueCode {
             IssueCode::Conflict => "conflict",
             IssueCode::TooLong => "too-long",
             IssueCode::Processing => "processing",
+            IssueCode::BusinessRule => "business-rule",
             IssueCode::Exception => "exception",
             IssueCode::Security => "security",
             IssueCode::Login => "login",

@@ -494,20 +494,8 @@ impl Fhir {
     /// The patient whose compartment a (non-Patient) resource is in: the patient a
     /// local `Patient/{id}` reference names, else the organisation's directory.
     async fn compartment(&self, who: &Principal, resource: &Value) -> Result<AccountId, FhirError> {
-        for id in refs::patients(resource) {
-            let Some(r) = record_id(&id) else { continue };
-            let view = self.view(move |st| query::record(st, &r)).await?;
-            match view {
-                Some(v) if v.state.category.as_str() == "Patient" => return Ok(v.state.patient),
-                _ => {
-                    return Err(FhirError::invalid(
-                        IssueCode::Value,
-                        format!(
-                            "reference Patient/{id} does not resolve to a patient on this server"
-                        ),
-                    ));
-                }
-            }
+        if let Some(p) = self.named_patient(resource).await? {
+            return Ok(p);
         }
         if who.role == Role::Patient {
             return Err(FhirError::Forbidden(
@@ -788,9 +776,35 @@ impl Fhir {
                 "If-Match names version {want}; the current version is {current}"
             )));
         }
+        if rtype != "Patient" {
+            // A resource stays in its patient's record: its envelopes, grants and
+            // audit trail are that patient's. Moving it means creating it anew.
+            let named = self.named_patient(&body).await?;
+            if named.is_some_and(|p| p != view.state.patient) {
+                return Err(FhirError::invalid(
+                    IssueCode::BusinessRule,
+                    "an update cannot move a resource to another patient; create it for that patient instead",
+                ));
+            }
+        }
         strip_server_fields(&mut body);
         self.amend(who, record, rtype, view.state.patient, body)
             .await
+    }
+
+    /// The patient account the first patient reference of `resource` names, if any.
+    async fn named_patient(&self, resource: &Value) -> Result<Option<AccountId>, FhirError> {
+        for id in refs::patients(resource) {
+            let Some(r) = record_id(&id) else { continue };
+            return match self.view(move |st| query::record(st, &r)).await? {
+                Some(v) if v.state.category.as_str() == "Patient" => Ok(Some(v.state.patient)),
+                _ => Err(FhirError::invalid(
+                    IssueCode::Value,
+                    format!("reference Patient/{id} does not resolve to a patient on this server"),
+                )),
+            };
+        }
+        Ok(None)
     }
 
     async fn amend(
