@@ -4,6 +4,7 @@
 //! key; the key is wrapped with HPKE for every reader. Reads verify the CID before
 //! decrypting. Erasure deletes the ciphertext and every envelope (crypto-shredding).
 
+mod durable;
 pub mod envelope;
 mod error;
 pub mod format;

@@ -127,6 +127,8 @@ pub struct BlobStore {
     /// The root directory when `inner` is the local filesystem: small reads then take
     /// envelopes and blob in one blocking read instead of four object-store hand-offs.
     local: Option<Arc<std::path::PathBuf>>,
+    /// Flushes the local filesystem after every mutation (see `durable`).
+    durable: Option<Arc<crate::durable::SyncBarrier>>,
     chunk_size: u32,
     /// Serialises read-modify-write of envelope sets (grants and revocations).
     envelopes: Arc<tokio::sync::Mutex<()>>,
@@ -196,6 +198,7 @@ impl BlobStore {
         BlobStore {
             inner,
             local: None,
+            durable: None,
             chunk_size: DEFAULT_CHUNK,
             envelopes: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -209,6 +212,7 @@ impl BlobStore {
                     .with_automatic_cleanup(true);
                 Ok(BlobStore {
                     local: Some(Arc::new(path.clone())),
+                    durable: Some(Arc::new(crate::durable::SyncBarrier::start(path)?)),
                     ..BlobStore::new(Arc::new(fs))
                 })
             }
@@ -394,7 +398,17 @@ impl BlobStore {
         self.inner
             .put(&env_path(cid), PutPayload::from(bytes))
             .await?;
-        Ok(())
+        // A new blob is written before its envelopes, so this covers both.
+        self.flush().await
+    }
+
+    /// Waits until this store's earlier writes are durable (local filesystem; object
+    /// stores acknowledge writes durably themselves).
+    async fn flush(&self) -> Result<()> {
+        match &self.durable {
+            Some(d) => d.sync().await,
+            None => Ok(()),
+        }
     }
 
     /// The blob's envelopes (none if it has no envelope object).
@@ -684,6 +698,7 @@ impl BlobStore {
         self.inner
             .put(&erased_path(cid), PutPayload::from_static(b""))
             .await?;
+        self.flush().await?;
         tracing::info!(%cid, "blob erased");
         Ok(())
     }
