@@ -167,6 +167,20 @@ fn check_cid(cid: &Cid, digest: [u8; 32]) -> Result<()> {
     }
 }
 
+/// A whole stored blob in memory: checked against its CID, then opened.
+fn open_whole(cid: &Cid, key: [u8; 32], blob: &[u8]) -> Result<Vec<u8>> {
+    check_cid(cid, Sha256::digest(blob).into())?;
+    let mut plain = Vec::with_capacity(blob.len());
+    let mut opener = StreamOpener::new(key);
+    let mut take = |p: &[u8]| {
+        plain.extend_from_slice(p);
+        Ok(())
+    };
+    opener.feed(blob, &mut take)?;
+    opener.finish(&mut take)?;
+    Ok(plain)
+}
+
 fn blob_path(cid: &Cid) -> Path {
     let c = cid.to_string();
     Path::from(format!("blobs/{}/{c}", shard(&c)))
@@ -527,44 +541,54 @@ impl BlobStore {
         who: &ReaderSecret,
         dst: &mut W,
     ) -> Result<u64> {
-        if let Some(plain) = self.get_small_local(cid, who).await? {
-            dst.write_all(&plain).await?;
-            dst.flush().await?;
-            return Ok(plain.len() as u64);
-        }
-        let key = self.data_key(cid, who).await?;
-        let got = match self.inner.get(&blob_path(cid)).await {
-            Ok(g) => g,
-            Err(object_store::Error::NotFound { .. }) => return Err(self.missing(cid).await),
-            Err(e) => return Err(e.into()),
+        let plain = match self.get_small_local(cid, who).await? {
+            Some(plain) => plain,
+            None => {
+                let key = self.data_key(cid, who).await?;
+                let got = match self.inner.get(&blob_path(cid)).await {
+                    Ok(g) => g,
+                    Err(object_store::Error::NotFound { .. }) => {
+                        return Err(self.missing(cid).await);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if got.meta.size > SMALL_BLOB {
+                    drop(got);
+                    return self.get_large(cid, key, dst).await;
+                }
+                // Small blobs (most records) are read once, checked against their CID
+                // in memory and opened from there: two passes over the file cost more
+                // than the crypto for them.
+                open_whole(cid, key, &got.bytes().await?)?
+            }
         };
+        dst.write_all(&plain).await?;
+        dst.flush().await?;
+        Ok(plain.len() as u64)
+    }
+
+    /// Verifies the whole blob against its CID in one pass, then streams it through
+    /// decryption in a second, so memory stays bounded for any size.
+    async fn get_large<W: AsyncWrite + Unpin>(
+        &self,
+        cid: &Cid,
+        key: [u8; 32],
+        dst: &mut W,
+    ) -> Result<u64> {
         let mut opener = StreamOpener::new(key);
         let mut written = 0u64;
         let mut ready: Vec<Vec<u8>> = Vec::new();
-        if got.meta.size <= SMALL_BLOB {
-            // Small blobs (most records) are read once, checked against their CID in
-            // memory and opened from there: two passes over the file cost more than
-            // the crypto for them.
-            let bytes = got.bytes().await?;
-            check_cid(cid, Sha256::digest(&bytes).into())?;
-            opener.feed(&bytes, &mut |p| {
+        self.verify(cid).await?;
+        let mut pieces = self.pieces(cid).await?;
+        while let Some(b) = pieces.recv().await {
+            let b = b?;
+            opener.feed(&b, &mut |p| {
                 ready.push(p.to_vec());
                 Ok(())
             })?;
-        } else {
-            drop(got);
-            self.verify(cid).await?;
-            let mut pieces = self.pieces(cid).await?;
-            while let Some(b) = pieces.recv().await {
-                let b = b?;
-                opener.feed(&b, &mut |p| {
-                    ready.push(p.to_vec());
-                    Ok(())
-                })?;
-                for p in ready.drain(..) {
-                    dst.write_all(&p).await?;
-                    written += p.len() as u64;
-                }
+            for p in ready.drain(..) {
+                dst.write_all(&p).await?;
+                written += p.len() as u64;
             }
         }
         opener.finish(&mut |p| {
@@ -608,19 +632,7 @@ impl BlobStore {
         let Some(e) = set.envelopes.iter().find(|e| e.reader == who.account) else {
             return Ok(None);
         };
-        let key = envelope::unwrap(e, cid, who)?;
-        check_cid(cid, Sha256::digest(&blob).into())?;
-        let mut plain = Vec::with_capacity(blob.len());
-        let mut opener = StreamOpener::new(key);
-        opener.feed(&blob, &mut |p| {
-            plain.extend_from_slice(p);
-            Ok(())
-        })?;
-        opener.finish(&mut |p| {
-            plain.extend_from_slice(p);
-            Ok(())
-        })?;
-        Ok(Some(plain))
+        open_whole(cid, envelope::unwrap(e, cid, who)?, &blob).map(Some)
     }
 
     /// Accounts holding an envelope for the blob.

@@ -117,6 +117,15 @@ impl Fhir {
         }
     }
 
+    /// The patient account a `patient` search value (`{id}` or `Patient/{id}`) names.
+    async fn patient_param(&self, v: &str) -> Result<AccountId, FhirError> {
+        if v.contains('/') {
+            self.patient_account(v).await
+        } else {
+            self.patient_account(&format!("Patient/{v}")).await
+        }
+    }
+
     /// The id of the Patient resource of a patient account (its first), if any.
     async fn patient_resource(&self, account: AccountId) -> Result<Option<RecordId>, FhirError> {
         self.view(move |st| {
@@ -341,14 +350,7 @@ impl Fhir {
         let mut patient = None;
         for (k, v) in pairs {
             match k.as_str() {
-                "patient" => {
-                    let r = if v.contains('/') {
-                        v.clone()
-                    } else {
-                        format!("Patient/{v}")
-                    };
-                    patient = Some(self.patient_account(&r).await?);
-                }
+                "patient" => patient = Some(self.patient_param(v).await?),
                 "_count" | "_offset" => {}
                 _ => {
                     return Err(FhirError::invalid(
@@ -483,14 +485,7 @@ impl Fhir {
         let (mut count, mut offset) = (medledger_fhir::search::DEFAULT_COUNT, 0usize);
         for (k, v) in pairs {
             match k.as_str() {
-                "patient" => {
-                    let r = if v.contains('/') {
-                        v.clone()
-                    } else {
-                        format!("Patient/{v}")
-                    };
-                    filter = Some(AuditFilter::Patient(self.patient_account(&r).await?));
-                }
+                "patient" => filter = Some(AuditFilter::Patient(self.patient_param(v).await?)),
                 "entity" => {
                     let id =
                         v.rsplit('/').next().and_then(record_id).ok_or_else(|| {
