@@ -505,6 +505,16 @@ impl Fhir {
         self.directory_subject(who).await
     }
 
+    /// A point lookup in the current state, run inline: a few key reads in an open
+    /// read transaction take microseconds, less than handing them to a blocking
+    /// thread. Scans go through [`Fhir::view`].
+    fn lookup<T>(
+        &self,
+        f: impl FnOnce(&medledger_ledger::StateView) -> medledger_ledger::Result<T>,
+    ) -> Result<T, FhirError> {
+        self.ledger.state().and_then(|st| f(&st)).map_err(internal)
+    }
+
     async fn view<T: Send + 'static>(
         &self,
         f: impl FnOnce(&medledger_ledger::StateView) -> medledger_ledger::Result<T> + Send + 'static,
@@ -591,14 +601,7 @@ impl Fhir {
         let purpose = purpose_of(who.role)?;
         let accessor = who.account;
         let at = now_ms();
-        // Inline, not on a blocking thread: a decision is a handful of key lookups
-        // in an open read transaction (microseconds), and the hand-off to a blocking
-        // thread cost more than the lookups on the read path.
-        let (d, view) = self
-            .ledger
-            .state()
-            .and_then(|st| query::access(&st, &accessor, &record, purpose, at))
-            .map_err(internal)?;
+        let (d, view) = self.lookup(|st| query::access(st, &accessor, &record, purpose, at))?;
         if d != Decision::DenyNoSuchRecord {
             self.reporter
                 .report_decision(accessor, record, purpose, at, &d)
@@ -683,8 +686,7 @@ impl Fhir {
         resource: Value,
     ) -> Result<Stored, FhirError> {
         let view = self
-            .view(move |st| query::record(st, &record))
-            .await?
+            .lookup(|st| query::record(st, &record))?
             .ok_or_else(|| internal("committed record not found"))?;
         let v = view
             .history
@@ -796,7 +798,7 @@ impl Fhir {
     async fn named_patient(&self, resource: &Value) -> Result<Option<AccountId>, FhirError> {
         for id in refs::patients(resource) {
             let Some(r) = record_id(&id) else { continue };
-            return match self.view(move |st| query::record(st, &r)).await? {
+            return match self.lookup(|st| query::record(st, &r))? {
                 Some(v) if v.state.category.as_str() == "Patient" => Ok(Some(v.state.patient)),
                 _ => Err(FhirError::invalid(
                     IssueCode::Value,
