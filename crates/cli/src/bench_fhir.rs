@@ -208,21 +208,20 @@ pub fn fhir(a: FhirBenchArgs) -> Result<()> {
         a.patients, a.observations, a.reads, a.searches, a.clients
     );
     println!("{:<34}{:>12}", "metric", "value");
-    println!("{:<34}{:>12.0}", "creates/s (all)", f.creates_per_s);
-    println!("{:<34}{:>12.0}", "  Patient creates/s", f.patients_per_s);
-    println!(
-        "{:<34}{:>12.0}",
-        "  Observation creates/s", f.observations_per_s
-    );
-    println!("{:<34}{:>12.0}", "audited reads/s", f.reads_per_s);
-    println!("{:<34}{:>12.1}", "  read latency p50 (ms)", f.read_p50);
-    println!("{:<34}{:>12.1}", "  read latency p99 (ms)", f.read_p99);
-    println!(
-        "{:<34}{:>12.2}",
-        "  audit committed after (s)", f.audit_lag_s
-    );
-    println!("{:<34}{:>12.1}", "search latency p50 (ms)", f.search_p50);
-    println!("{:<34}{:>12.1}", "search latency p99 (ms)", f.search_p99);
+    let rows = [
+        ("creates/s (all)", f.creates_per_s, 0),
+        ("  Patient creates/s", f.patients_per_s, 0),
+        ("  Observation creates/s", f.observations_per_s, 0),
+        ("audited reads/s", f.reads_per_s, 0),
+        ("  read latency p50 (ms)", f.read_p50, 1),
+        ("  read latency p99 (ms)", f.read_p99, 1),
+        ("  audit committed after (s)", f.audit_lag_s, 2),
+        ("search latency p50 (ms)", f.search_p50, 1),
+        ("search latency p99 (ms)", f.search_p99, 1),
+    ];
+    for (label, value, decimals) in rows {
+        println!("{label:<34}{value:>12.decimals$}");
+    }
     println!(
         "{}",
         json!({

@@ -681,7 +681,16 @@ impl Ledger {
 
     /// A committed transaction and where it is.
     pub fn tx(&self, hash: &TxHash) -> Result<(TxLocation, SignedTx)> {
-        let loc = self.tx_location(hash)?.ok_or(LedgerError::NoSuchTx)?;
+        let (loc, tx, _) = self.tx_in_block(hash)?.ok_or(LedgerError::NoSuchTx)?;
+        Ok((loc, tx))
+    }
+
+    /// A committed transaction with where it is and the time of its block; `None` if
+    /// the ledger does not hold it. One index lookup and one block read.
+    pub fn tx_in_block(&self, hash: &TxHash) -> Result<Option<(TxLocation, SignedTx, u64)>> {
+        let Some(loc) = self.tx_location(hash)? else {
+            return Ok(None);
+        };
         let block = self.block(loc.height)?;
         let first = block.header.log_size - block.header.tx_count as u64;
         let tx = block
@@ -692,7 +701,7 @@ impl Ledger {
                 height: loc.height,
                 reason: "tx index".into(),
             })?;
-        Ok((loc, tx))
+        Ok(Some((loc, tx, block.header.time_ms)))
     }
 
     pub fn tx_location(&self, hash: &TxHash) -> Result<Option<TxLocation>> {

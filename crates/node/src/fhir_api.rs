@@ -5,7 +5,7 @@
 
 use crate::api::AppState;
 use crate::auth::Principal;
-use crate::fhir::{FhirError, Stored};
+use crate::fhir::{FhirError, Stored, searchset};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -188,12 +188,18 @@ fn body_json(headers: &HeaderMap, body: &Bytes) -> Result<Value, FhirError> {
 }
 
 fn resource_response(status: StatusCode, s: &Stored) -> Response {
-    let mut r = fhir_json(status, &s.resource);
+    versioned(status, &s.resource, &s.etag(), &s.location())
+}
+
+/// A resource with its version headers: `ETag`, `Content-Location`, and `Location`
+/// on a create.
+fn versioned(status: StatusCode, body: &Value, etag: &str, location: &str) -> Response {
+    let mut r = fhir_json(status, body);
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&s.etag()) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&s.location()) {
+    if let Ok(v) = HeaderValue::from_str(location) {
         h.insert(header::CONTENT_LOCATION, v.clone());
         if status == StatusCode::CREATED {
             h.insert(header::LOCATION, v);
@@ -379,43 +385,13 @@ async fn create(
 /// A resource rendered from the ledger (Consent, AuditEvent, Provenance), with the
 /// headers a stored one gets.
 fn view_response(status: StatusCode, base: &str, v: &Value) -> Response {
-    let mut r = fhir_json(status, v);
     let version = v["meta"]["versionId"].as_str().unwrap_or("1");
     let location = format!(
         "{base}/{}/{}/_history/{version}",
         v["resourceType"].as_str().unwrap_or_default(),
         v["id"].as_str().unwrap_or_default()
     );
-    let h = r.headers_mut();
-    if let Ok(e) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
-        h.insert(header::ETAG, e);
-    }
-    if let Ok(l) = HeaderValue::from_str(&location) {
-        h.insert(header::CONTENT_LOCATION, l.clone());
-        if status == StatusCode::CREATED {
-            h.insert(header::LOCATION, l);
-        }
-    }
-    r
-}
-
-/// A `searchset` Bundle of resources rendered from the ledger.
-fn searchset(base: &str, resources: Vec<Value>, next: Option<String>) -> Value {
-    let entry: Vec<Value> = resources
-        .into_iter()
-        .map(|r| {
-            json!({
-                "fullUrl": format!("{base}/{}/{}", r["resourceType"].as_str().unwrap_or_default(), r["id"].as_str().unwrap_or_default()),
-                "resource": r,
-                "search": {"mode": "match"},
-            })
-        })
-        .collect();
-    let mut b = json!({"resourceType": "Bundle", "type": "searchset", "entry": entry});
-    if let Some(n) = next {
-        b["link"] = json!([{"relation": "next", "url": n}]);
-    }
-    b
+    versioned(status, v, &format!("W/\"{version}\""), &location)
 }
 
 async fn read(
@@ -545,28 +521,11 @@ async fn search_any(
 ) -> Answer {
     let value = |k: &str| pairs.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
     match rtype {
-        "Consent" => ok_json(&searchset(
-            base,
-            s.fhir.search_consents(who, pairs).await?,
-            None,
-        )),
-        "AuditEvent" => {
-            let (found, more) = s.fhir.search_audit_events(who, pairs).await?;
-            let next = more.then(|| {
-                let count: usize = value("_count")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(search::DEFAULT_COUNT);
-                let offset: usize = value("_offset").and_then(|c| c.parse().ok()).unwrap_or(0);
-                let mut q: Vec<String> = pairs
-                    .iter()
-                    .filter(|(k, _)| k != "_offset")
-                    .map(|(k, v)| format!("{}={}", crate::fhir::enc(k), crate::fhir::enc(v)))
-                    .collect();
-                q.push(format!("_offset={}", offset + count));
-                format!("{base}/AuditEvent?{}", q.join("&"))
-            });
-            ok_json(&searchset(base, found, next))
+        "Consent" => {
+            let found = s.fhir.search_consents(who, pairs).await?;
+            ok_json(&searchset(base, rtype, pairs, found, None))
         }
+        "AuditEvent" => ok_json(&s.fhir.search_audit_events(who, pairs, base).await?),
         "Provenance" if value("target").is_some() => {
             if pairs.len() > 1 {
                 return Err(FhirError::invalid(
@@ -578,7 +537,7 @@ async fn search_any(
                 .fhir
                 .search_provenance(who, value("target").unwrap_or_default())
                 .await?;
-            ok_json(&searchset(base, found, None))
+            ok_json(&searchset(base, rtype, pairs, found, None))
         }
         _ => ok_json(&s.fhir.search(who, rtype, pairs, base).await?),
     }

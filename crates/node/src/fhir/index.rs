@@ -59,11 +59,13 @@ pub type IndexEntry = (
     bool,
 );
 
-/// A write waiting for the index writer: records to index, or a custody key.
+/// A write waiting for the index writer: records to index or forget, a custody
+/// key, an organisation's directory subject. All index writes go through it.
 enum Job {
     Entries(Vec<IndexEntry>),
     Remove(Vec<RecordId>),
     Custody(AccountId, Vec<u8>),
+    Directory(String, AccountId),
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -181,6 +183,12 @@ impl Inner {
                     w.open_table(CUSTODY)
                         .map_err(storage)?
                         .insert(&account.0[..], &sealed[..])
+                        .map_err(storage)?;
+                }
+                Job::Directory(org, account) => {
+                    w.open_table(DIRECTORY)
+                        .map_err(storage)?
+                        .insert(org.as_str(), &account.0[..])
                         .map_err(storage)?;
                 }
             }
@@ -349,13 +357,8 @@ impl Index {
             .map(AccountId))
     }
 
-    pub fn put_directory(&self, org: &str, account: &AccountId) -> Result<(), FhirError> {
-        let w = self.inner.db.begin_write().map_err(storage)?;
-        w.open_table(DIRECTORY)
-            .map_err(storage)?
-            .insert(org, &account.0[..])
-            .map_err(storage)?;
-        w.commit().map_err(storage)
+    pub async fn put_directory(&self, org: &str, account: &AccountId) -> Result<(), FhirError> {
+        self.submit(Job::Directory(org.to_owned(), *account)).await
     }
 }
 

@@ -17,4 +17,4 @@
 pub mod index;
 mod service;
 
-pub use service::{Fhir, FhirError, Stored, enc};
+pub use service::{Fhir, FhirError, Stored, searchset};

@@ -380,14 +380,11 @@ impl Fhir {
             let (hash, wait) = self.enqueue(keys, payload.clone()).await?;
             let record = RecordId::from_tx(&hash);
             let (indexed, outcome) = match entry {
-                Some(p) => {
-                    let (i, o) = tokio::join!(self.index.put(vec![p.entry(record)]), wait);
-                    (i.map(|_| true), o)
-                }
-                None => (Ok(false), wait.await),
+                Some(p) => tokio::join!(self.index.put(vec![p.entry(record)]), wait),
+                None => (Ok(()), wait.await),
             };
             let outcome = self.outcome(&account, outcome);
-            if outcome.is_err() && indexed.as_ref().is_ok_and(|i| *i) {
+            if outcome.is_err() && entry.is_some() && indexed.is_ok() {
                 self.index.remove(vec![record]).await?;
             }
             match outcome {
@@ -479,7 +476,7 @@ impl Fhir {
         let a = self
             .new_subject(who, &[Purpose::Treatment, Purpose::Operations])
             .await?;
-        self.index.put_directory(who.org.as_str(), &a)?;
+        self.index.put_directory(who.org.as_str(), &a).await?;
         Ok(a)
     }
 
@@ -1037,37 +1034,21 @@ impl Fhir {
             .take(q.count)
             .map(|(_, r)| *r)
             .collect();
-        let mut entries = Vec::new();
+        let mut found = Vec::new();
         for r in page {
             match self.latest(who, rtype, r).await {
-                Ok(Some(s)) => entries.push(json!({
-                    "fullUrl": format!("{base}/{rtype}/{}", s.id),
-                    "resource": s.resource,
-                    "search": {"mode": "match"},
-                })),
+                Ok(Some(s)) => found.push(s.resource),
                 Ok(None)
                 | Err(FhirError::Forbidden(_) | FhirError::Gone(_) | FhirError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
-        let query_string = |offset: usize| {
-            let mut parts: Vec<String> = pairs
-                .iter()
-                .filter(|(k, _)| k != "_offset" && k != "_count")
-                .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
-                .collect();
-            parts.push(format!("_count={}", q.count));
-            parts.push(format!("_offset={offset}"));
-            format!("{base}/{rtype}?{}", parts.join("&"))
+        let page = Page {
+            count: q.count,
+            offset: q.offset,
+            more: q.offset + q.count < all.len(),
         };
-        let mut links = vec![json!({"relation": "self", "url": query_string(q.offset)})];
-        if q.offset + q.count < all.len() {
-            links.push(json!({"relation": "next", "url": query_string(q.offset + q.count)}));
-        }
-        if q.offset > 0 {
-            links.push(json!({"relation": "previous", "url": query_string(q.offset.saturating_sub(q.count))}));
-        }
-        Ok(json!({"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}))
+        Ok(searchset(base, rtype, pairs, found, Some(page)))
     }
 
     /// The current version of a record, through the audited access path.
@@ -1170,14 +1151,7 @@ impl Fhir {
         who: &Principal,
         e: &Value,
     ) -> Result<(&'static str, Option<Stored>), FhirError> {
-        let method = e
-            .pointer("/request/method")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let url = e
-            .pointer("/request/url")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let (method, url) = request_of(e);
         let path: Vec<&str> = url.split('?').next().unwrap_or("").split('/').collect();
         let resource = e.get("resource").cloned();
         match (method, path.as_slice(), resource) {
@@ -1226,14 +1200,7 @@ impl Fhir {
         let mut issues = Vec::new();
         let mut ops: Vec<Planned> = Vec::new();
         for (i, e) in entries.iter().enumerate() {
-            let method = e
-                .pointer("/request/method")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let url = e
-                .pointer("/request/url")
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let (method, url) = request_of(e);
             let resource = e.get("resource").cloned();
             let at = format!("Bundle.entry[{i}]");
             let (method, rtype, id) = match (method, url.split('/').collect::<Vec<_>>().as_slice())
@@ -1484,6 +1451,62 @@ impl Fhir {
     }
 }
 
+/// Where a page of search results sits: `_count`, `_offset`, and whether more follow.
+pub struct Page {
+    pub count: usize,
+    pub offset: usize,
+    pub more: bool,
+}
+
+/// A `searchset` Bundle of `resources` found by `rtype?pairs`; when paged, with
+/// `self`, `next` and `previous` links that repeat the query with other offsets.
+pub fn searchset(
+    base: &str,
+    rtype: &str,
+    pairs: &[(String, String)],
+    resources: Vec<Value>,
+    page: Option<Page>,
+) -> Value {
+    let entry: Vec<Value> = resources
+        .into_iter()
+        .map(|r| {
+            let url = format!("{base}/{rtype}/{}", r["id"].as_str().unwrap_or_default());
+            json!({"fullUrl": url, "resource": r, "search": {"mode": "match"}})
+        })
+        .collect();
+    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "entry": entry});
+    let Some(p) = page else {
+        return bundle;
+    };
+    let query_string = |offset: usize| {
+        let mut parts: Vec<String> = pairs
+            .iter()
+            .filter(|(k, _)| k != "_offset" && k != "_count")
+            .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+            .collect();
+        parts.push(format!("_count={}", p.count));
+        parts.push(format!("_offset={offset}"));
+        format!("{base}/{rtype}?{}", parts.join("&"))
+    };
+    let mut links = vec![json!({"relation": "self", "url": query_string(p.offset)})];
+    if p.more {
+        links.push(json!({"relation": "next", "url": query_string(p.offset + p.count)}));
+    }
+    if p.offset > 0 {
+        links.push(
+            json!({"relation": "previous", "url": query_string(p.offset.saturating_sub(p.count))}),
+        );
+    }
+    bundle["link"] = json!(links);
+    bundle
+}
+
+/// A Bundle entry's `request.method` and `request.url` ("" where absent).
+fn request_of(e: &Value) -> (&str, &str) {
+    let get = |p| e.pointer(p).and_then(Value::as_str).unwrap_or("");
+    (get("/request/method"), get("/request/url"))
+}
+
 fn dates_match(doc: &Doc, q: &search::Query) -> bool {
     q.dates.iter().all(|(param, prefix, range)| {
         doc.date_ranges(param)
@@ -1492,7 +1515,7 @@ fn dates_match(doc: &Doc, q: &search::Query) -> bool {
 }
 
 /// Percent-encodes a query-string part for paging links.
-pub fn enc(s: &str) -> String {
+fn enc(s: &str) -> String {
     let mut o = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~:|/,".contains(&b) {

@@ -10,7 +10,7 @@
 //!   as author, its block time, and its signature. Provenance resources a client
 //!   sends (Synthea's, for instance) are ordinary records with ordinary ids.
 
-use super::{Fhir, FhirError, internal, purpose_of, record_id};
+use super::{Fhir, FhirError, Page, internal, purpose_of, record_id, searchset};
 use crate::auth::Principal;
 use crate::reporter::now_ms;
 use medledger_core::{
@@ -111,7 +111,7 @@ impl Fhir {
             .strip_prefix("Patient/")
             .and_then(record_id)
             .ok_or_else(|| invalid("Consent.patient must reference Patient/{id}"))?;
-        match self.view(move |st| query::record(st, &id)).await? {
+        match self.lookup(|st| query::record(st, &id))? {
             Some(v) if v.state.category.as_str() == "Patient" => Ok(v.state.patient),
             _ => Err(FhirError::NotFound("no such Patient".into())),
         }
@@ -300,8 +300,7 @@ impl Fhir {
             .parse()
             .map_err(|_| FhirError::NotFound("no such Consent".into()))?;
         let g = self
-            .view(move |st| query::grant(st, &gid))
-            .await?
+            .lookup(|st| query::grant(st, &gid))?
             .ok_or_else(|| FhirError::NotFound("no such Consent".into()))?;
         if !may_see_grant(who, &g) {
             return Err(FhirError::Forbidden(
@@ -406,17 +405,14 @@ impl Fhir {
                     .collect();
             }
             Scope::Records(rs) => {
-                let rs = rs.clone();
-                let refs = self
-                    .view(move |st| {
-                        rs.iter()
-                            .map(|r| {
-                                Ok(query::record(st, r)?
-                                    .map(|v| format!("{}/{r}", v.state.category.as_str())))
-                            })
-                            .collect::<medledger_ledger::Result<Vec<_>>>()
-                    })
-                    .await?;
+                let refs = self.lookup(|st| {
+                    rs.iter()
+                        .map(|r| {
+                            Ok(query::record(st, r)?
+                                .map(|v| format!("{}/{r}", v.state.category.as_str())))
+                        })
+                        .collect::<medledger_ledger::Result<Vec<_>>>()
+                })?;
                 provision["data"] = refs
                     .into_iter()
                     .flatten()
@@ -445,10 +441,7 @@ impl Fhir {
     async fn tx_time(&self, tx: TxHash) -> Result<u64, FhirError> {
         let ledger = self.ledger.clone();
         tokio::task::spawn_blocking(move || -> medledger_ledger::Result<Option<u64>> {
-            match ledger.tx_location(&tx)? {
-                Some(loc) => Ok(Some(ledger.block(loc.height)?.header.time_ms)),
-                None => Ok(None),
-            }
+            Ok(ledger.tx_in_block(&tx)?.map(|(_, _, time)| time))
         })
         .await
         .map_err(internal)?
@@ -463,8 +456,7 @@ impl Fhir {
             .parse()
             .map_err(|_| FhirError::NotFound("no such AuditEvent".into()))?;
         let e = self
-            .view(move |st| query::audit_entry(st, seq))
-            .await?
+            .lookup(|st| query::audit_entry(st, seq))?
             .ok_or_else(|| FhirError::NotFound("no such AuditEvent".into()))?;
         if !may_see_audit(who, &e) {
             return Err(FhirError::Forbidden(
@@ -480,7 +472,8 @@ impl Fhir {
         &self,
         who: &Principal,
         pairs: &[(String, String)],
-    ) -> Result<(Vec<Value>, bool), FhirError> {
+        base: &str,
+    ) -> Result<Value, FhirError> {
         let (mut filter, mut from, mut to) = (None, 0u64, u64::MAX);
         let (mut count, mut offset) = (medledger_fhir::search::DEFAULT_COUNT, 0usize);
         for (k, v) in pairs {
@@ -557,7 +550,7 @@ impl Fhir {
             None => AuditFilter::Accessor(who.account),
         };
         if from >= to {
-            return Ok((Vec::new(), false));
+            return Ok(searchset(base, "AuditEvent", pairs, Vec::new(), None));
         }
         // Walk the index in pages until a page of visible entries (plus one to know
         // whether there is more) is found.
@@ -588,15 +581,19 @@ impl Fhir {
         for e in entries.iter().skip(offset).take(count) {
             out.push(self.render_audit(e).await?);
         }
-        Ok((out, more))
+        let page = Page {
+            count,
+            offset,
+            more,
+        };
+        Ok(searchset(base, "AuditEvent", pairs, out, Some(page)))
     }
 
     async fn render_audit(&self, e: &AuditEntry) -> Result<Value, FhirError> {
         let entity = match e.record {
             Some(r) => {
                 let cat = self
-                    .view(move |st| query::record(st, &r))
-                    .await?
+                    .lookup(|st| query::record(st, &r))?
                     .map(|v| v.state.category.as_str().to_owned());
                 match cat {
                     Some(c) => json!({"what": {"reference": format!("{c}/{r}")}}),
@@ -633,11 +630,9 @@ impl Fhir {
             provenance_tx(id).ok_or_else(|| FhirError::NotFound("no such Provenance".into()))?;
         let ledger = self.ledger.clone();
         let found = tokio::task::spawn_blocking(move || -> medledger_ledger::Result<_> {
-            let Some(loc) = ledger.tx_location(&tx)? else {
+            let Some((_, signed, time)) = ledger.tx_in_block(&tx)? else {
                 return Ok(None);
             };
-            let (_, signed) = ledger.tx(&tx)?;
-            let time = ledger.block(loc.height)?.header.time_ms;
             let candidates: Vec<RecordId> = match &signed.body.payload {
                 Payload::AddRecord { .. } => vec![RecordId::from_tx(&tx)],
                 Payload::AmendRecord { record, .. } => vec![*record],
@@ -717,7 +712,7 @@ impl Fhir {
             .next()
             .and_then(record_id)
             .ok_or_else(|| invalid("target must reference a resource: Type/{id}"))?;
-        let Some(v) = self.view(move |st| query::record(st, &r)).await? else {
+        let Some(v) = self.lookup(|st| query::record(st, &r))? else {
             return Ok(Vec::new());
         };
         let mut txs: Vec<TxHash> = v.history.iter().map(|h| h.tx).collect();
@@ -750,11 +745,9 @@ impl Fhir {
             return Ok(false);
         };
         let (accessor, at) = (who.account, now_ms());
-        let d = self
-            .view(move |st| {
-                medledger_ledger::contracts::decision::can(st, &accessor, &record, purpose, at)
-            })
-            .await?;
+        let d = self.lookup(|st| {
+            medledger_ledger::contracts::decision::can(st, &accessor, &record, purpose, at)
+        })?;
         Ok(d.allowed())
     }
 }
