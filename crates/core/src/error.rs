@@ -74,6 +74,10 @@ pub enum RejectReason {
     Expired { what: String },
     /// The record was erased; nothing can be done with it any more.
     Erased,
+    /// The CID is already registered to a record version: a blob belongs to exactly
+    /// one version of one record, so its envelopes, grants and erasure are that
+    /// record's alone.
+    CidTaken,
 }
 
 impl fmt::Display for RejectReason {
@@ -114,6 +118,9 @@ impl fmt::Display for RejectReason {
             }
             RejectReason::Expired { what } => write!(f, "{what} has expired"),
             RejectReason::Erased => f.write_str("the record was erased"),
+            RejectReason::CidTaken => f.write_str(
+                "this CID is already registered to a record version; store the content anew",
+            ),
         }
     }
 }
@@ -139,6 +146,7 @@ impl RejectReason {
             RejectReason::InsufficientFunds { .. } => "insufficient_funds",
             RejectReason::Expired { .. } => "expired",
             RejectReason::Erased => "erased",
+            RejectReason::CidTaken => "cid_taken",
         }
     }
 }

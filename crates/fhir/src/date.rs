@@ -25,6 +25,11 @@ fn day_start(d: Date) -> i64 {
 /// Parses a FHIR date, dateTime or instant (or a search value, where a time without
 /// zone is taken as UTC) into the range it denotes.
 pub fn parse(s: &str) -> Option<Range> {
+    // Every valid form is ASCII; checking first keeps all the byte slicing below on
+    // character boundaries (a multi-byte character at byte 16 used to panic).
+    if !s.is_ascii() {
+        return None;
+    }
     let digits = |r: std::ops::Range<usize>| -> Option<i32> {
         let p = s.get(r)?;
         p.bytes()
@@ -162,6 +167,31 @@ pub fn instant(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: `2020-01-01T00:0é` (a multi-byte character at byte 16) panicked while
+    /// slicing, which dropped the connection on search, create and Consent alike.
+    #[test]
+    fn multibyte_character_in_a_datetime_is_refused_not_a_panic() {
+        for s in [
+            "2020-01-01T00:0\u{e9}",
+            "2020-01-01T00:00\u{e9}",
+            "2020-01-01T\u{e9}0:00",
+            "2020-01-01T00:0\u{1F600}Z",
+            "202\u{e9}",
+            "2020-\u{e9}",
+            "2020-01-0\u{e9}",
+        ] {
+            assert_eq!(parse(s), None, "{s:?}");
+        }
+        // Every prefix of a valid dateTime with any character appended parses or is
+        // refused, never panics.
+        let valid = "2020-01-01T00:00:00.000+01:00";
+        for i in 0..=valid.len() {
+            for c in ['\u{e9}', '\u{1F600}', 'T', ':', '-', '+', 'Z', '0'] {
+                let _ = parse(&format!("{}{c}{}", &valid[..i], &valid[i..]));
+            }
+        }
+    }
 
     #[test]
     fn partial_dates_are_their_whole_span() {

@@ -37,8 +37,10 @@ pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta
 const META_GENESIS: &str = "genesis_hash";
 const META_TIP: &str = "tip";
 const META_FORMAT: &str = "format";
-/// Bumped when the on-disk layout changes; `open` refuses unknown versions.
-const FORMAT_VERSION: u8 = 1;
+/// Bumped when the on-disk layout or the contracts' state writes change; `open`
+/// refuses other versions. 2: the CID registry (`cid/`) — blocks of a version-1
+/// ledger replay to different state digests, so this build cannot verify them.
+const FORMAT_VERSION: u8 = 2;
 
 /// The newest block, as the rest of the node sees it.
 #[derive(
@@ -391,7 +393,9 @@ impl Ledger {
                     let format = meta.get(META_FORMAT)?.map(|v| v.value().to_vec());
                     if format.as_deref() != Some(&[FORMAT_VERSION][..]) {
                         return Err(LedgerError::CorruptMeta(format!(
-                            "unknown storage format {format:?}; this build reads {FORMAT_VERSION}"
+                            "ledger storage format {:?}; this build reads format {FORMAT_VERSION} \
+                             (a ledger made by an older build must be initialised anew)",
+                            format.as_deref().and_then(|f| f.first())
                         )));
                     }
                     let tip = meta

@@ -211,10 +211,24 @@ async fn shred_erased(node: &NodeTxs) {
         .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
         .map(u64::from_be_bytes)
         .unwrap_or(0);
+    // Only blobs registered to a version of the erased record itself: the ledger binds
+    // each CID to one version, and shredding must never reach another record's blob.
     let work = node.ledger.state().and_then(|s| {
         query::shred_after(&s, cursor, 100)?
             .into_iter()
-            .map(|(seq, id)| Ok((seq, query::record(&s, &id)?)))
+            .map(|(seq, id)| {
+                let mut cids = Vec::new();
+                for v in query::record(&s, &id)?
+                    .map(|r| r.history)
+                    .unwrap_or_default()
+                {
+                    let owner = query::cid_owner(&s, &v.cid)?;
+                    if owner.is_some_and(|o| o.record == id && o.version == v.version) {
+                        cids.push(v.cid);
+                    }
+                }
+                Ok((seq, cids))
+            })
             .collect::<medledger_ledger::Result<Vec<_>>>()
     });
     let work = match work {
@@ -224,9 +238,9 @@ async fn shred_erased(node: &NodeTxs) {
             return;
         }
     };
-    for (seq, record) in work {
-        for v in record.map(|r| r.history).unwrap_or_default() {
-            if let Err(e) = node.store.erase(&v.cid).await {
+    for (seq, cids) in work {
+        for cid in cids {
+            if let Err(e) = node.store.erase(&cid).await {
                 // Retried on the next pass: the cursor stays before this record.
                 tracing::warn!(error = %e, "shredding an erased record failed");
                 return;

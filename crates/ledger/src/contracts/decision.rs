@@ -5,7 +5,6 @@
 use super::state::*;
 use crate::error::Result;
 use crate::exec::{StateRead, read_obj};
-use borsh::BorshDeserialize;
 use medledger_core::{
     AccountId, BreakGlassId, Category, Digest32, GrantId, Grantee, Purpose, RecordId, Role,
 };
@@ -17,8 +16,6 @@ use serde::Serialize;
 pub enum Decision {
     /// The accessor is the record's patient.
     AllowPatient,
-    /// The accessor wrote a version of the record.
-    AllowAuthor,
     AllowGrant {
         grant: GrantId,
     },
@@ -38,10 +35,7 @@ impl Decision {
     pub fn allowed(&self) -> bool {
         matches!(
             self,
-            Decision::AllowPatient
-                | Decision::AllowAuthor
-                | Decision::AllowGrant { .. }
-                | Decision::AllowBreakGlass { .. }
+            Decision::AllowPatient | Decision::AllowGrant { .. } | Decision::AllowBreakGlass { .. }
         )
     }
 
@@ -49,7 +43,6 @@ impl Decision {
     pub fn code(&self) -> &'static str {
         match self {
             Decision::AllowPatient => "patient",
-            Decision::AllowAuthor => "author",
             Decision::AllowGrant { .. } => "grant",
             Decision::AllowBreakGlass { .. } => "break_glass",
             Decision::DenyNoSuchRecord => "no_such_record",
@@ -137,6 +130,10 @@ fn live_break_glass(
 }
 
 /// May `accessor` use `record` for `purpose` at time `at`?
+///
+/// Having written a version is deliberately not a reason: access lasts only as long
+/// as the grant, role or break-glass that allowed it, so a clinician whose grant was
+/// revoked or whose role ended loses the records they wrote with it too.
 pub fn can(
     state: &impl StateRead,
     accessor: &AccountId,
@@ -156,9 +153,6 @@ pub fn can(
     let Some(who) = read_obj::<AccountState>(state, &account_key(accessor))? else {
         return Ok(Decision::DenyUnknownAccount);
     };
-    if authored(state, record, accessor)? {
-        return Ok(Decision::AllowAuthor);
-    }
     if purpose == Purpose::Emergency {
         return Ok(
             match live_break_glass(state, accessor, &who, &rec.patient, at)? {
@@ -183,17 +177,6 @@ pub fn can(
         }
     }
     Ok(Decision::DenyNoValidGrant)
-}
-
-fn authored(state: &impl StateRead, record: &RecordId, who: &AccountId) -> Result<bool> {
-    for (_, v) in state.scan(&version_prefix(record))? {
-        let v = VersionState::try_from_slice(&v)
-            .map_err(|e| crate::LedgerError::CorruptMeta(format!("record version: {e}")))?;
-        if &v.author == who {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Why a write is allowed (or `None` when it is not): the patient themself, or a

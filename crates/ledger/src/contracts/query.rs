@@ -385,6 +385,11 @@ pub fn shred_after(
     Ok(out)
 }
 
+/// The record version a CID is registered to, if any.
+pub fn cid_owner(state: &impl StateRead, cid: &medledger_core::Cid) -> Result<Option<CidOwner>> {
+    read_obj(state, &cid_key(cid))
+}
+
 pub fn recovery(state: &impl StateRead, id: &GrantId) -> Result<Option<RecoveryState>> {
     read_obj(state, &recovery_key(id))
 }

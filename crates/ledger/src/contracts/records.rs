@@ -31,6 +31,7 @@ pub(super) fn add<S: StateRead>(
         may_write(st, &cx.signer, patient, category, None, cx.now)?.is_some(),
         writer_denied,
     )?;
+    claim_cid(st, cid, &id, 1)?;
     st.put_obj(
         record_key(&id),
         &RecordState {
@@ -72,8 +73,32 @@ pub(super) fn amend<S: StateRead>(
         writer_denied,
     )?;
     rec.versions += 1;
+    claim_cid(st, cid, record, rec.versions)?;
     put_version(st, cx, record, rec.versions, cid, content_hash, size);
     st.put_obj(record_key(record), &rec);
+    Ok(())
+}
+
+/// Binds `cid` to one record version, or refuses a CID that is already bound. Without
+/// this a caller could register another patient's blob under a record of their own
+/// (and read it through the node's custodian envelope, or shred it by erasing theirs).
+/// Within a transaction the overlay sees earlier items, so one batch cannot bind a
+/// CID twice either.
+fn claim_cid<S: StateRead>(
+    st: &mut Overlay<'_, S>,
+    cid: &Cid,
+    record: &RecordId,
+    version: u32,
+) -> R {
+    let key = cid_key(cid);
+    ensure(st.get(&key)?.is_none(), || RejectReason::CidTaken)?;
+    st.put_obj(
+        key,
+        &CidOwner {
+            record: *record,
+            version,
+        },
+    );
     Ok(())
 }
 

@@ -173,6 +173,19 @@ pub fn shred_key(seq: u64) -> Vec<u8> {
     key(b"shred", &[&seq.to_be_bytes()])
 }
 
+/// Which record version a blob belongs to: `cid/<digest>` → [`CidOwner`]. Written
+/// once, when the version is registered; a second registration of the CID is refused.
+pub fn cid_key(cid: &Cid) -> Vec<u8> {
+    key(b"cid", &[&cid.0.0])
+}
+
+/// The one record version a CID is registered to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
+pub struct CidOwner {
+    pub record: RecordId,
+    pub version: u32,
+}
+
 /// One role in one organisation.
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct Membership {

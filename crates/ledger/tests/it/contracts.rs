@@ -1184,3 +1184,116 @@ fn patient_invites_are_single_use_and_expire() {
         "expired",
     );
 }
+
+/// Regression (issue 12, defect 1): patient2 registered the CID of the patient's
+/// record under a record of their own, then read the patient's content through it
+/// and shredded the patient's blob by erasing theirs.
+#[test]
+fn a_cid_belongs_to_exactly_one_record_version() {
+    let mut w = standard(0, vec![]);
+    let patient = w.id("patient");
+    let patient2 = w.id("patient2");
+    let rec = RecordId::from_tx(&w.ok("patient", add_record(patient, "Observation", 1)));
+    // Another patient cannot register it, nor can the owner reuse it for a new record
+    // or a new version, nor can a batch bind one CID twice.
+    w.rejected(
+        "patient2",
+        add_record(patient2, "Observation", 1),
+        "cid_taken",
+    );
+    w.rejected("patient", add_record(patient, "Condition", 1), "cid_taken");
+    let amend = |n: u8| Payload::AmendRecord {
+        record: rec,
+        cid: cid(n),
+        content_hash: Digest32([n; 32]),
+        size: n as u64,
+    };
+    w.rejected("patient", amend(1), "cid_taken");
+    let add = |n: u8| RecordWrite::Add {
+        patient,
+        category: Category::new("Observation").unwrap(),
+        cid: cid(n),
+        content_hash: Digest32([n; 32]),
+        size: n as u64,
+    };
+    w.rejected(
+        "patient",
+        Payload::WriteRecords {
+            items: vec![add(3), add(3)],
+        },
+        "cid_taken",
+    );
+    // The registry names the one owner, for every version.
+    w.ok("patient", amend(2));
+    let s = w.ledger.state().unwrap();
+    for (n, version) in [(1u8, 1u32), (2, 2)] {
+        let owner = query::cid_owner(&s, &cid(n)).unwrap().unwrap();
+        assert_eq!((owner.record, owner.version), (rec, version));
+    }
+    assert!(query::cid_owner(&s, &cid(3)).unwrap().is_none());
+}
+
+/// Regression (issue 12, defect 4): a doctor who once wrote a version kept reading the
+/// record (and its later versions) after the grant was revoked and after their role
+/// was revoked, with `reason: author`.
+#[test]
+fn writing_a_version_gives_no_access_once_the_grant_or_role_ends() {
+    let mut w = standard(0, vec![]);
+    let patient = w.id("patient");
+    let doctor = w.id("doctor");
+    let g = GrantId::from_tx(&w.ok(
+        "patient",
+        Payload::GrantConsent {
+            grantee: Grantee::Account(doctor),
+            scope: Scope::All,
+            purpose: Purpose::Treatment,
+            start_ms: w.now,
+            expiry_ms: w.now + 10 * HOUR,
+        },
+    ));
+    let rec = RecordId::from_tx(&w.ok("doctor", add_record(patient, "Observation", 1)));
+    assert_eq!(
+        w.can("doctor", &rec, Purpose::Treatment),
+        Decision::AllowGrant { grant: g }
+    );
+    w.ok("patient", Payload::RevokeConsent { grant: g });
+    assert_eq!(
+        w.can("doctor", &rec, Purpose::Treatment),
+        Decision::DenyNoValidGrant
+    );
+    // Nor may they write to it any more.
+    w.rejected(
+        "doctor",
+        Payload::AmendRecord {
+            record: rec,
+            cid: cid(2),
+            content_hash: Digest32([2; 32]),
+            size: 2,
+        },
+        "unauthorized",
+    );
+    // With a new grant, the role's end ends access too.
+    w.ok(
+        "patient",
+        Payload::GrantConsent {
+            grantee: Grantee::Org(org()),
+            scope: Scope::All,
+            purpose: Purpose::Treatment,
+            start_ms: w.now,
+            expiry_ms: w.now + 10 * HOUR,
+        },
+    );
+    assert!(w.can("doctor", &rec, Purpose::Treatment).allowed());
+    w.ok(
+        "admin",
+        Payload::RevokeRole {
+            account: doctor,
+            org: org(),
+            role: Role::Doctor,
+        },
+    );
+    assert_eq!(
+        w.can("doctor", &rec, Purpose::Treatment),
+        Decision::DenyRoleNotPermitted
+    );
+}
