@@ -66,6 +66,8 @@ pub enum Command {
         path: String,
         #[command(flatten)]
         node: NodeArgs,
+        #[command(flatten)]
+        who: SignerArgs,
     },
 }
 
@@ -196,24 +198,49 @@ impl NodeArgs {
 pub enum TxCommand {
     /// Sign a transaction with a keystore and submit it; waits until committed.
     Submit(SubmitArgs),
-    /// Show a transaction's status.
+    /// Show a transaction's status (visible to its signer and to overseers).
     Status {
         hash: String,
         #[command(flatten)]
         node: NodeArgs,
+        #[command(flatten)]
+        who: SignerArgs,
     },
 }
 
+/// The account that signs transactions and requests: the node answers queries only to
+/// an identified caller, with what that caller may see.
 #[derive(Args, Debug)]
-pub struct SubmitArgs {
-    #[command(flatten)]
-    pub node: NodeArgs,
+pub struct SignerArgs {
     /// Keystore file of the signing account (default: the data dir's admin keystore).
     #[arg(long)]
     pub keystore: Option<PathBuf>,
     /// File with the keystore password (default: <data-dir>/admin.password).
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+}
+
+impl SignerArgs {
+    fn open(&self, dir: &std::path::Path) -> Result<medledger_node::keystore::AccountKeys> {
+        let ks_path = self
+            .keystore
+            .clone()
+            .unwrap_or_else(|| dir.join(datadir::ADMIN_KEYSTORE));
+        let pw_path = self
+            .password_file
+            .clone()
+            .unwrap_or_else(|| dir.join(datadir::ADMIN_PASSWORD));
+        let ks = KeystoreFile::read(&ks_path)?;
+        Ok(ks.open(read_secret(&pw_path)?.as_bytes())?)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub who: SignerArgs,
     #[command(subcommand)]
     pub payload: PayloadArg,
 }
@@ -273,8 +300,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => serve(a),
         Command::Verify(d) => verify(&d.data_dir),
         Command::Tx(TxCommand::Submit(a)) => runtime()?.block_on(submit(a)),
-        Command::Tx(TxCommand::Status { hash, node }) => runtime()?.block_on(status(&hash, &node)),
-        Command::Query { path, node } => runtime()?.block_on(query(&path, &node)),
+        Command::Tx(TxCommand::Status { hash, node, who }) => {
+            runtime()?.block_on(status(&hash, &node, &who))
+        }
+        Command::Query { path, node, who } => runtime()?.block_on(query(&path, &node, &who)),
         Command::Proof(ProofCommand::Inclusion { hash, size, node }) => {
             runtime()?.block_on(proof_inclusion(&hash, size, &node))
         }
@@ -395,15 +424,7 @@ fn verify(dir: &Path) -> Result<()> {
 }
 
 async fn submit(a: SubmitArgs) -> Result<()> {
-    let dir = &a.node.dir.data_dir;
-    let ks_path = a
-        .keystore
-        .unwrap_or_else(|| dir.join(datadir::ADMIN_KEYSTORE));
-    let pw_path = a
-        .password_file
-        .unwrap_or_else(|| dir.join(datadir::ADMIN_PASSWORD));
-    let ks = KeystoreFile::read(&ks_path)?;
-    let keys = ks.open(read_secret(&pw_path)?.as_bytes())?;
+    let keys = std::sync::Arc::new(a.who.open(&a.node.dir.data_dir)?);
     let payload = match a.payload {
         PayloadArg::Anchor { digest } => Payload::Anchor {
             digest: Digest32::from_hex(&digest).context("digest must be 64 hex digits")?,
@@ -426,7 +447,7 @@ async fn submit(a: SubmitArgs) -> Result<()> {
             serde_json::from_str::<Payload>(&text).context("invalid transaction payload JSON")?
         }
     };
-    let client = a.node.client()?;
+    let client = a.node.client()?.signed_by(keys.clone());
     let status = client.status().await?;
     let nonce = client.account_nonce(&keys.account()).await? + 1;
     let tx = TxBody {
@@ -445,9 +466,10 @@ async fn submit(a: SubmitArgs) -> Result<()> {
     Ok(())
 }
 
-async fn query(path: &str, node: &NodeArgs) -> Result<()> {
+async fn query(path: &str, node: &NodeArgs, who: &SignerArgs) -> Result<()> {
     let path = format!("/v1/{}", path.trim_start_matches('/'));
-    let (code, body) = node.client()?.get_raw(&path, &[]).await?;
+    let client = node.client()?.signed_by(who.open(&node.dir.data_dir)?);
+    let (code, body) = client.get_raw(&path, &[]).await?;
     println!("{}", serde_json::to_string_pretty(&body)?);
     if !(200..300).contains(&code) {
         bail!("the node answered {code}");
@@ -455,9 +477,10 @@ async fn query(path: &str, node: &NodeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn status(hash: &str, node: &NodeArgs) -> Result<()> {
+async fn status(hash: &str, node: &NodeArgs, who: &SignerArgs) -> Result<()> {
     let hash: TxHash = hash.parse()?;
-    match node.client()?.tx_status(&hash).await? {
+    let client = node.client()?.signed_by(who.open(&node.dir.data_dir)?);
+    match client.tx_status(&hash).await? {
         Some(s) => println!("{}", serde_json::to_string_pretty(&s)?),
         None => bail!("transaction {hash} is not in the ledger"),
     }

@@ -91,6 +91,14 @@ pub fn operation_outcome(issues: &[Issue]) -> Value {
     })
 }
 
+/// An OperationOutcome holding `issues` as warnings (e.g. what a search left out).
+pub fn warnings(issues: &[Issue]) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": issues.iter().map(|i| i.to_json("warning")).collect::<Vec<_>>(),
+    })
+}
+
 /// An OperationOutcome that reports success (e.g. for a delete).
 pub fn information(message: &str) -> Value {
     json!({

@@ -202,7 +202,13 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> StateRead for TableState<T>
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        for r in self.0.range(prefix..)? {
+        // Seek straight to the resume point: walking from the prefix made every page
+        // cost all the pages before it (quadratic paging of the audit trail).
+        let from = match start_after {
+            Some(s) if s >= prefix => s,
+            _ => prefix,
+        };
+        for r in self.0.range(from..)? {
             if out.len() >= limit {
                 break;
             }

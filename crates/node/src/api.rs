@@ -2,6 +2,7 @@
 //! and Prometheus metrics. Handlers are thin: decode, call the ledger or batcher, map
 //! errors through [`ApiError`], which never exposes internals to the client.
 
+use crate::caller::Caller;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -69,6 +70,9 @@ pub enum ApiError {
     Unavailable(String),
     /// The request needs a valid signature of the acting account.
     Unauthenticated(String),
+    /// Identified, but the request is refused as made (missing CSRF token, no second
+    /// factor yet). Never used for "may not see": that answers [`ApiError::NotFound`].
+    Forbidden(String),
     Internal(String),
 }
 
@@ -89,6 +93,7 @@ impl IntoResponse for ApiError {
             ),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ApiError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, "unauthenticated", m),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
@@ -370,12 +375,26 @@ pub struct TxStatus {
     pub tx: SignedTx,
 }
 
+/// Who may read committed transactions and blocks: overseers (auditors, the consortium
+/// admin, nodes) all of them, anyone else only transactions they signed. Payloads
+/// link pseudonymous accounts to records and grants, so the rest is absent to them.
+fn oversees(s: &AppState, caller: &Caller) -> Result<(AccountId, bool), ApiError> {
+    let st = s.ledger.state()?;
+    let v = caller.viewer(&st)?;
+    Ok((v.account, v.oversees()))
+}
+
 async fn tx_status(
     State(s): State<AppState>,
+    caller: Caller,
     Path(hash): Path<String>,
 ) -> Result<Json<TxStatus>, ApiError> {
     let hash: TxHash = parse(&hash, "transaction hash")?;
+    let (me, all) = oversees(&s, &caller)?;
     let (loc, tx) = s.ledger.tx(&hash)?;
+    if !all && tx.body.signer != me {
+        return Err(ApiError::NotFound("transaction"));
+    }
     Ok(Json(TxStatus {
         hash,
         status: "committed".into(),
@@ -394,9 +413,13 @@ pub struct BlockView {
 
 async fn block(
     State(s): State<AppState>,
+    caller: Caller,
     Path(height): Path<String>,
 ) -> Result<Json<BlockView>, ApiError> {
     let height: u64 = parse(&height, "height")?;
+    if !oversees(&s, &caller)?.1 {
+        return Err(ApiError::NotFound("block"));
+    }
     let block = s.ledger.block(height)?;
     Ok(Json(BlockView {
         hash: block.header.hash(),
@@ -496,13 +519,26 @@ pub struct AccountView {
     pub balance: u64,
 }
 
+/// An account's ledger facts: for the account itself, overseers, and admins of an
+/// organisation it belongs to or asks to join.
 async fn account(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
     let id: AccountId = parse(&id, "account id (did:key)")?;
     let state = s.ledger.state()?;
+    let v = caller.viewer(&state)?;
     let a = medledger_ledger::contracts::query::account(&state, &id)?
+        .filter(|a| {
+            v.is(&id)
+                || v.oversees()
+                || a.state.roles.iter().any(|m| v.administers(&m.org))
+                || a.state
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| v.administers(&p.org))
+        })
         .ok_or(ApiError::NotFound("account"))?;
     let to_value = |v| serde_json::to_value(v).map_err(|e| ApiError::Internal(e.to_string()));
     Ok(Json(AccountView {

@@ -5,6 +5,7 @@ use crate::api::{
     TxStatus,
 };
 use crate::error::{NodeError, Result};
+use crate::keystore::AccountKeys;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use medledger_core::{AccountId, TxHash};
@@ -37,6 +38,20 @@ fn build(b: reqwest::ClientBuilder, ca: Option<&Path>) -> Result<reqwest::Client
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// Signs every request (`Medledger-Ed25519`) as this account, when set.
+    signer: Option<std::sync::Arc<AccountKeys>>,
+}
+
+/// The `Authorization` value of a request signed by `keys` (see [`crate::caller`]).
+pub fn request_authorization(keys: &AccountKeys, method: &str, path_and_query: &str) -> String {
+    let ts = crate::reporter::now_ms();
+    let msg = crate::caller::request_message(method, path_and_query, ts);
+    let sig = ed25519_dalek::Signer::sign(&keys.signing, msg.as_bytes());
+    format!(
+        "Medledger-Ed25519 did={},ts={ts},sig={}",
+        keys.account().to_did(),
+        hex::encode(sig.to_bytes())
+    )
 }
 
 impl Client {
@@ -44,16 +59,31 @@ impl Client {
         Ok(Client {
             http: http_client(ca)?,
             base: base.trim_end_matches('/').to_owned(),
+            signer: None,
         })
     }
 
+    /// The same client, signing every request as `keys`' account: the node answers
+    /// ledger queries only to an identified caller, with what that caller may see.
+    pub fn signed_by(mut self, keys: impl Into<std::sync::Arc<AccountKeys>>) -> Self {
+        self.signer = Some(keys.into());
+        self
+    }
+
+    /// A GET of `path` (which starts with `/`), signed when the client has a signer.
+    fn get_req(&self, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.get(format!("{}{path}", self.base));
+        if let Some(k) = &self.signer {
+            r = r.header(
+                reqwest::header::AUTHORIZATION,
+                request_authorization(k, "GET", path),
+            );
+        }
+        r
+    }
+
     async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(http)?;
+        let r = self.get_req(path).send().await.map_err(http)?;
         decode(r).await
     }
 
@@ -64,7 +94,7 @@ impl Client {
         path: &str,
         headers: &[(&str, String)],
     ) -> Result<(u16, serde_json::Value)> {
-        let mut req = self.http.get(format!("{}{path}", self.base));
+        let mut req = self.get_req(path);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -132,8 +162,7 @@ impl Client {
 
     pub async fn tx_status(&self, hash: &TxHash) -> Result<Option<TxStatus>> {
         let r = self
-            .http
-            .get(format!("{}/v1/tx/{hash}", self.base))
+            .get_req(&format!("/v1/tx/{hash}"))
             .send()
             .await
             .map_err(http)?;

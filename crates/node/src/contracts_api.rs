@@ -2,15 +2,16 @@
 //! signer, queries of organisations, records, consent, audit, messages, payments and
 //! agreements, the access decision, and the audited record-access read path.
 //!
-//! Ledger queries expose what the blocks already hold (ids, CIDs, hashes, roles,
-//! consent facts), never record content. Record access needs a signed request, so
-//! the audit entry names the account that really asked.
+//! Every query needs an identified caller ([`Caller`]) and answers only what that
+//! caller may see ([`Viewer`]): the filter is inside the query, and an object the
+//! caller may not see answers exactly like one that does not exist (404). Record
+//! access is decided and audited, so the audit entry names the account that asked.
 
 use crate::api::{ApiError, AppState, parse};
+use crate::caller::{Caller, Viewer};
 use crate::reporter::now_ms;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -57,16 +58,32 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-/// Runs a query over one consistent read of the committed state, off the async threads.
+/// Runs a query for an identified caller over one consistent read of the committed
+/// state, off the async threads; anonymous callers get 401 before anything is read.
 async fn view<T: Send + 'static>(
     s: &AppState,
-    f: impl FnOnce(&StateView) -> medledger_ledger::Result<T> + Send + 'static,
+    caller: &Caller,
+    f: impl FnOnce(&StateView, &Viewer) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    caller.account()?;
     let ledger = s.ledger.clone();
-    tokio::task::spawn_blocking(move || f(&ledger.state()?))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(ApiError::from)
+    let caller = caller.clone();
+    tokio::task::spawn_blocking(move || {
+        let st = ledger.state()?;
+        let v = caller.viewer(&st)?;
+        f(&st, &v)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+}
+
+/// `Some(x)` only if the viewer may see it; otherwise the same 404 as a missing one.
+fn visible<T>(
+    x: Option<T>,
+    sees: impl FnOnce(&T) -> bool,
+    what: &'static str,
+) -> Result<T, ApiError> {
+    x.filter(sees).ok_or(ApiError::NotFound(what))
 }
 
 fn to_json<T: serde::Serialize>(v: T) -> Result<Json<Value>, ApiError> {
@@ -114,19 +131,34 @@ async fn prepare(
     })))
 }
 
-async fn org(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn org(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id: OrgId = parse(&id, "organisation id")?;
-    let o = view(&s, move |st| query::org(st, &id)).await?;
-    to_json(o.ok_or(ApiError::NotFound("organisation"))?)
+    // Membership (patients included) is for the organisation's admins and overseers.
+    let o = view(&s, &caller, move |st, v| {
+        let o = query::org(st, &id)?;
+        visible(o, |_| v.oversees() || v.administers(&id), "organisation")
+    })
+    .await?;
+    to_json(o)
 }
 
 async fn record(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id: RecordId = parse(&id, "record id")?;
-    let r = view(&s, move |st| query::record(st, &id)).await?;
-    to_json(r.ok_or(ApiError::NotFound("record"))?)
+    let at = now_ms();
+    let r = view(&s, &caller, move |st, v| {
+        let sees = v.sees_record(st, &id, at)?;
+        visible(query::record(st, &id)?, |_| sees, "record")
+    })
+    .await?;
+    to_json(r)
 }
 
 #[derive(Deserialize)]
@@ -145,8 +177,11 @@ fn limit(l: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
+/// A patient's records: all of them for the patient and overseers; for anyone else
+/// only those they may read now (others are simply not there).
 async fn patient_records(
     State(s): State<AppState>,
+    caller: Caller,
     Path(did): Path<String>,
     q: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -158,8 +193,21 @@ async fn patient_records(
         .map(|a| parse(a, "after"))
         .transpose()?;
     let n = limit(page.limit)?;
-    let ids = view(&s, move |st| {
-        query::patient_records(st, &patient, after.as_ref(), n)
+    let at = now_ms();
+    let ids = view(&s, &caller, move |st, v| {
+        if v.is(&patient) || v.oversees() {
+            return Ok(query::patient_records(st, &patient, after.as_ref(), n)?);
+        }
+        let mut out = Vec::new();
+        for r in query::patient_records(st, &patient, after.as_ref(), usize::MAX)? {
+            if out.len() >= n {
+                break;
+            }
+            if v.sees_record(st, &r, at)? {
+                out.push(r);
+            }
+        }
+        Ok(out)
     })
     .await?;
     to_json(json!({ "records": ids }))
@@ -167,58 +215,112 @@ async fn patient_records(
 
 async fn patient_grants(
     State(s): State<AppState>,
+    caller: Caller,
     Path(did): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let patient: AccountId = parse(&did, "patient id (did:key)")?;
-    to_json(json!({ "grants": view(&s, move |st| query::grants(st, &patient)).await? }))
+    let grants = view(&s, &caller, move |st, v| {
+        let mut g = query::grants(st, &patient)?;
+        g.retain(|g| v.sees_grant(&g.state));
+        Ok(g)
+    })
+    .await?;
+    to_json(json!({ "grants": grants }))
 }
 
 async fn patient_break_glass(
     State(s): State<AppState>,
+    caller: Caller,
     Path(did): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let patient: AccountId = parse(&did, "patient id (did:key)")?;
-    to_json(json!({ "break_glass": view(&s, move |st| query::break_glasses(st, &patient)).await? }))
+    let list = view(&s, &caller, move |st, v| {
+        let mut b = query::break_glasses(st, &patient)?;
+        b.retain(|b| v.is(&patient) || v.oversees() || v.is(&b.state.doctor));
+        Ok(b)
+    })
+    .await?;
+    to_json(json!({ "break_glass": list }))
 }
 
 async fn patient_agreements(
     State(s): State<AppState>,
+    caller: Caller,
     Path(did): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let patient: AccountId = parse(&did, "patient id (did:key)")?;
-    to_json(json!({ "agreements": view(&s, move |st| query::agreements(st, &patient)).await? }))
+    let list = view(&s, &caller, move |st, v| {
+        let mut a = query::agreements(st, &patient)?;
+        a.retain(|a| v.is(&patient) || v.oversees() || v.is(&a.state.proposer));
+        Ok(a)
+    })
+    .await?;
+    to_json(json!({ "agreements": list }))
 }
 
+/// An inbox is its owner's alone.
 async fn inbox(
     State(s): State<AppState>,
+    caller: Caller,
     Path(did): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let to: AccountId = parse(&did, "account id (did:key)")?;
-    to_json(json!({ "messages": view(&s, move |st| query::inbox(st, &to)).await? }))
+    let list = view(&s, &caller, move |st, v| {
+        Ok(if v.is(&to) {
+            query::inbox(st, &to)?
+        } else {
+            Vec::new()
+        })
+    })
+    .await?;
+    to_json(json!({ "messages": list }))
 }
 
-async fn grant(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn grant(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id: GrantId = parse(&id, "grant id")?;
-    let g = view(&s, move |st| query::grant(st, &id)).await?;
-    to_json(g.ok_or(ApiError::NotFound("grant"))?)
+    let g = view(&s, &caller, move |st, v| {
+        visible(query::grant(st, &id)?, |g| v.sees_grant(g), "grant")
+    })
+    .await?;
+    to_json(g)
 }
 
 async fn message(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id: MessageId = parse(&id, "message id")?;
-    let m = view(&s, move |st| query::message(st, &id)).await?;
-    to_json(m.ok_or(ApiError::NotFound("message"))?)
+    let m = view(&s, &caller, move |st, v| {
+        visible(
+            query::message(st, &id)?,
+            |m| v.is(&m.from) || v.is(&m.to) || v.oversees(),
+            "message",
+        )
+    })
+    .await?;
+    to_json(m)
 }
 
 async fn agreement(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id: AgreementId = parse(&id, "agreement id")?;
-    let a = view(&s, move |st| query::agreement(st, &id)).await?;
-    to_json(a.ok_or(ApiError::NotFound("agreement"))?)
+    let a = view(&s, &caller, move |st, v| {
+        visible(
+            query::agreement(st, &id)?,
+            |a| v.is(&a.patient) || v.is(&a.proposer) || v.oversees(),
+            "agreement",
+        )
+    })
+    .await?;
+    to_json(a)
 }
 
 #[derive(Deserialize)]
@@ -232,8 +334,11 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
+/// The audit trail: overseers see all of it; anyone else only entries about them as
+/// patient or as accessor (a filter naming someone else answers an empty trail).
 async fn audit(
     State(s): State<AppState>,
+    caller: Caller,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q?;
@@ -263,7 +368,29 @@ async fn audit(
     };
     let n = limit(q.limit)?;
     let after = q.after;
-    let entries = view(&s, move |st| query::audit(st, &filter, after, n)).await?;
+    let entries = view(&s, &caller, move |st, v| {
+        if v.oversees() {
+            return Ok(query::audit(st, &filter, after, n)?);
+        }
+        // Walk the chosen index but keep only the viewer's entries, page by page.
+        let mut out = Vec::new();
+        let mut cursor = after;
+        loop {
+            let page = query::audit(st, &filter, cursor, n)?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            let full = page.len() < n;
+            out.extend(page.into_iter().filter(|e| v.sees_audit(e)));
+            if out.len() >= n || full {
+                break;
+            }
+            cursor = Some(last);
+        }
+        out.truncate(n);
+        Ok(out)
+    })
+    .await?;
     to_json(json!({ "entries": entries }))
 }
 
@@ -280,8 +407,12 @@ fn decision_json(d: &contracts::Decision) -> Value {
     json!({ "allowed": d.allowed(), "reason": d.code(), "detail": d })
 }
 
+/// The decision oracle: a caller may ask about themself; overseers about anyone.
+/// Asking about someone else answers 404, so the oracle cannot map other people's
+/// access (or whether a record exists).
 async fn decision(
     State(s): State<AppState>,
+    caller: Caller,
     q: Result<Query<DecisionQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q?;
@@ -289,73 +420,43 @@ async fn decision(
     let record: RecordId = parse(&q.record, "record id")?;
     let purpose: Purpose = parse(&q.purpose, "purpose")?;
     let at = q.at.unwrap_or_else(now_ms);
-    let d = view(&s, move |st| {
-        contracts::can(st, &account, &record, purpose, at)
+    let d = view(&s, &caller, move |st, v| {
+        if !(v.is(&account) || v.oversees()) {
+            return Err(ApiError::NotFound("decision"));
+        }
+        Ok(contracts::can(st, &account, &record, purpose, at)?)
     })
     .await?;
     Ok(Json(decision_json(&d)))
 }
 
-async fn totals(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    to_json(view(&s, query::totals).await?)
+/// Overseers only; to anyone else the route looks absent.
+fn overseer_only(v: &Viewer, what: &'static str) -> Result<(), ApiError> {
+    if v.oversees() {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(what))
+    }
 }
 
-async fn due(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    to_json(view(&s, |st| query::due(st, now_ms(), 100)).await?)
+async fn totals(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    to_json(
+        view(&s, &caller, |st, v| {
+            overseer_only(v, "totals")?;
+            Ok(query::totals(st)?)
+        })
+        .await?,
+    )
 }
 
-/// Signed requests: `Authorization: Medledger-Ed25519 did=<did:key>,ts=<ms>,sig=<hex>`
-/// where `sig` is the account's Ed25519 signature over
-/// `medledger/request/v1\n<METHOD>\n<path?query>\n<ts>`. Valid for five minutes.
-pub const REQUEST_TAG: &str = "medledger/request/v1";
-const REQUEST_WINDOW_MS: u64 = 5 * 60 * 1000;
-
-pub fn request_message(method: &str, path_and_query: &str, ts: u64) -> String {
-    format!("{REQUEST_TAG}\n{method}\n{path_and_query}\n{ts}")
-}
-
-fn authenticate(
-    headers: &HeaderMap,
-    method: &str,
-    path_and_query: &str,
-) -> Result<AccountId, ApiError> {
-    let unauth = |m: &str| ApiError::Unauthenticated(m.to_owned());
-    let h = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            unauth("a signed request is required (Authorization: Medledger-Ed25519 ...)")
-        })?;
-    let params = h
-        .strip_prefix("Medledger-Ed25519 ")
-        .ok_or_else(|| unauth("unsupported authorization scheme"))?;
-    let (mut did, mut ts, mut sig) = (None, None, None);
-    for part in params.split(',') {
-        match part.trim().split_once('=') {
-            Some(("did", v)) => did = Some(v),
-            Some(("ts", v)) => ts = v.parse::<u64>().ok(),
-            Some(("sig", v)) => sig = Some(v),
-            _ => {}
-        }
-    }
-    let (Some(did), Some(ts), Some(sig)) = (did, ts, sig) else {
-        return Err(unauth("authorization needs did, ts and sig"));
-    };
-    let account: AccountId = did.parse().map_err(|_| unauth("invalid did"))?;
-    if now_ms().abs_diff(ts) > REQUEST_WINDOW_MS {
-        return Err(unauth(
-            "request timestamp is outside the five-minute window",
-        ));
-    }
-    let mut sig_bytes = [0u8; 64];
-    hex::decode_to_slice(sig, &mut sig_bytes).map_err(|_| unauth("sig must be 128 hex digits"))?;
-    if !account.verify(
-        request_message(method, path_and_query, ts).as_bytes(),
-        &sig_bytes,
-    ) {
-        return Err(unauth("request signature does not verify"));
-    }
-    Ok(account)
+async fn due(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    to_json(
+        view(&s, &caller, |st, v| {
+            overseer_only(v, "due work")?;
+            Ok(query::due(st, now_ms(), 100)?)
+        })
+        .await?,
+    )
 }
 
 #[derive(Deserialize)]
@@ -368,19 +469,17 @@ pub struct AccessQuery {
 /// A missing record and a forbidden one answer alike.
 async fn access(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
     q: Result<Query<AccessQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
-    let accessor = authenticate(&headers, "GET", path)?;
+    let accessor = caller.account()?;
     let Query(q) = q?;
     let record: RecordId = parse(&id, "record id")?;
     let purpose: Purpose = parse(&q.purpose, "purpose")?;
     let at = now_ms();
-    let (d, rec) = view(&s, move |st| {
-        query::access(st, &accessor, &record, purpose, at)
+    let (d, rec) = view(&s, &caller, move |st, _| {
+        Ok(query::access(st, &accessor, &record, purpose, at)?)
     })
     .await?;
     s.reporter
@@ -388,12 +487,11 @@ async fn access(
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     match rec {
-        Some(r) if d.allowed() => Ok(Json(json!({ "decision": decision_json(&d), "record": r })).into_response()),
-        _ => Ok((
-            StatusCode::FORBIDDEN,
-            Json(json!({ "error": { "code": "forbidden", "message": "no access to this record for this purpose" } })),
-        )
-            .into_response()),
+        Some(r) if d.allowed() => {
+            Ok(Json(json!({ "decision": decision_json(&d), "record": r })).into_response())
+        }
+        // Refused and missing answer alike.
+        _ => Err(ApiError::NotFound("record")),
     }
 }
 

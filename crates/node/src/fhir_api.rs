@@ -24,12 +24,37 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/fhir/metadata", get(metadata))
         .route("/fhir", axum::routing::post(bundle))
+        // Common FHIR clients post transaction and batch Bundles to the base URL with
+        // a trailing slash.
+        .route("/fhir/", axum::routing::post(bundle))
         .route("/fhir/{rtype}", get(search_type).post(create))
         .route("/fhir/{rtype}/_search", axum::routing::post(search_post))
         .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{rtype}/{id}/{op}", get(instance_op))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread))
+        .route("/fhir/{*rest}", axum::routing::any(unrouted))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FHIR_BODY))
+}
+
+/// Any other path or method under `/fhir`: an OperationOutcome, never an empty body.
+pub async fn unrouted(method: axum::http::Method) -> Response {
+    let (status, msg) = if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        (
+            StatusCode::NOT_FOUND,
+            "no such FHIR endpoint; see /fhir/metadata",
+        )
+    } else {
+        (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "this FHIR endpoint does not support that method; see /fhir/metadata",
+        )
+    };
+    let code = if status == StatusCode::NOT_FOUND {
+        IssueCode::NotFound
+    } else {
+        IssueCode::NotSupported
+    };
+    fhir_json(status, &operation_outcome(&[Issue::new(code, msg)]))
 }
 
 pub fn outcome_of(e: &FhirError) -> (StatusCode, Value) {
@@ -81,6 +106,17 @@ pub fn outcome_of(e: &FhirError) -> (StatusCode, Value) {
                 ),
             )
         }
+        FhirError::Corrupt(m) => {
+            // Permanent: a retry reads the same bytes. The detail stays in the log.
+            tracing::error!(error = %m, "fhir: stored content failed its integrity check");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                one(
+                    IssueCode::Exception,
+                    "the stored content of this resource failed its integrity check; retrying will not help, report it to the node's operator".into(),
+                ),
+            )
+        }
         FhirError::Internal(m) => {
             tracing::error!(error = %m, "fhir: internal error");
             (
@@ -111,39 +147,19 @@ fn fhir_json(status: StatusCode, v: &Value) -> Response {
     r
 }
 
-/// The caller: an API token, or a session cookie (with its CSRF token for writes).
+/// The caller, from the one extractor every surface uses ([`crate::caller`]): FHIR
+/// needs a signed-in person (API token, or session cookie with its CSRF token on
+/// writes), because the node signs their writes and opens envelopes for them.
 fn principal(s: &AppState, headers: &HeaderMap, write: bool) -> Result<Principal, FhirError> {
-    if let Some(bearer) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return match s.auth.principal(bearer.trim()) {
-            Ok(Some(p)) => Ok(p),
-            Ok(None) => Err(FhirError::Unauthenticated),
-            Err(e) => {
-                tracing::error!(error = %e, "fhir: token lookup failed");
-                Err(FhirError::Internal("token lookup".into()))
-            }
-        };
+    use crate::api::ApiError;
+    let method = if write { "POST" } else { "GET" };
+    match crate::caller::identify(s, headers, method, "") {
+        Ok(crate::caller::Caller::Person(p)) => Ok(p),
+        Ok(_) => Err(FhirError::Unauthenticated),
+        Err(ApiError::Forbidden(m)) => Err(FhirError::Forbidden(m)),
+        Err(ApiError::Internal(m)) => Err(FhirError::Internal(m)),
+        Err(_) => Err(FhirError::Unauthenticated),
     }
-    let Some(token) = crate::auth_api::cookie_token(headers) else {
-        return Err(FhirError::Unauthenticated);
-    };
-    let Some(sess) = s.auth.session(&token) else {
-        return Err(FhirError::Unauthenticated);
-    };
-    if write
-        && headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) != Some(sess.csrf.as_str())
-    {
-        return Err(FhirError::Forbidden("missing or wrong X-CSRF-Token".into()));
-    }
-    if !sess.mfa_ok {
-        return Err(FhirError::Forbidden(
-            "set up two-factor sign-in first".into(),
-        ));
-    }
-    Ok(Principal::from(&sess))
 }
 
 fn base(headers: &HeaderMap) -> String {

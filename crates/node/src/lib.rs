@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod auth_api;
+pub mod caller;
 pub mod client;
 pub mod contracts_api;
 pub mod datadir;

@@ -215,8 +215,21 @@ pub fn audit(
     };
     let mut out = Vec::new();
     if let AuditFilter::Time { from_ms, to_ms } = filter {
-        // Sequence numbers start at 1, so (from_ms, 0) sorts before every entry at from_ms.
+        // The time index is ordered by (time, seq), and entries are not appended in
+        // time order (a report carries the time of the read it reports), so a page
+        // resumes right after the (time, seq) key of the entry `after` names; skipping
+        // by sequence number alone lost entries. Sequence numbers start at 1, so
+        // (from_ms, 0) sorts before every entry at from_ms.
         let mut cursor = audit_index_key(AuditIndex::Time, &from_ms.to_be_bytes(), 0);
+        let mut resume_after = None;
+        if let Some(a) = after
+            && let Some(e) = read_obj::<AuditEntry>(state, &audit_key(a))?
+            && e.time_ms >= *from_ms
+        {
+            let k = audit_index_key(AuditIndex::Time, &e.time_ms.to_be_bytes(), a);
+            cursor = k.clone();
+            resume_after = Some(k);
+        }
         loop {
             let page = state.scan_page(&prefix, Some(&cursor), 256)?;
             let Some((last, _)) = page.last() else {
@@ -233,7 +246,7 @@ pub fn audit(
                 if t >= *to_ms || out.len() >= limit {
                     return Ok(out);
                 }
-                if after.is_some_and(|a| seq <= a) {
+                if resume_after.as_ref().is_some_and(|r| &k <= r) {
                     continue;
                 }
                 if let Some(e) = read_obj::<AuditEntry>(state, &audit_key(seq))? {

@@ -14,7 +14,7 @@ use medledger_fhir::outcome::{Issue, IssueCode};
 use medledger_fhir::{date, refs, search};
 use medledger_ledger::contracts::query::{self, RecordView};
 use medledger_ledger::contracts::state::VersionState;
-use medledger_ledger::{Decision, Ledger};
+use medledger_ledger::{Decision, Ledger, contracts};
 use medledger_store::{BlobStore, Reader, ReaderSecret};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
@@ -45,6 +45,10 @@ pub enum FhirError {
     Ledger(RejectReason),
     #[error("{0}")]
     Unavailable(String),
+    /// Stored content failed its integrity check (CID, AEAD tag, or the ledger's
+    /// binding of CID to record): permanent, not worth a retry.
+    #[error("integrity: {0}")]
+    Corrupt(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -64,6 +68,42 @@ impl From<Issue> for FhirError {
 fn internal(e: impl std::fmt::Display) -> FhirError {
     FhirError::Internal(e.to_string())
 }
+
+/// What a caller gets for a resource they may not see: exactly the answer for one
+/// that does not exist, so a refusal tells nothing about existence.
+fn absent(rtype: &str) -> FhirError {
+    FhirError::NotFound(format!("no {rtype} with this id"))
+}
+
+/// Errors that leave one resource out of a search or `$everything` instead of failing
+/// the whole answer: absent, refused, deleted, or failing its integrity check.
+fn skippable(e: &FhirError) -> bool {
+    matches!(
+        e,
+        FhirError::NotFound(_)
+            | FhirError::Gone(_)
+            | FhirError::Forbidden(_)
+            | FhirError::Corrupt(_)
+    )
+}
+
+/// A searchset entry (`search.mode: outcome`) saying that `n` matches were left out
+/// because their stored content failed its integrity check; none when `n` is 0.
+fn damaged_outcome(n: usize) -> Option<Value> {
+    (n > 0).then(|| {
+        let oo = medledger_fhir::outcome::warnings(&[Issue::new(
+            IssueCode::Exception,
+            format!(
+                "{n} matching resource(s) left out: their stored content failed its integrity check"
+            ),
+        )]);
+        json!({"resource": oo, "search": {"mode": "outcome"}})
+    })
+}
+
+/// Most refused candidates of one search written to the audit trail: each is a
+/// ledger entry, and one request must not be able to write without bound.
+const MAX_REFUSED_REPORTS: usize = 100;
 
 /// Content of a deleted version (sealed like any other version).
 const TOMBSTONE: &str = "medledger:deleted";
@@ -582,19 +622,47 @@ impl Fhir {
         })
     }
 
-    async fn fetch(&self, cid: &medledger_core::Cid) -> Result<Value, FhirError> {
+    /// Opens one version's blob, after checking that the ledger registered this CID to
+    /// exactly this record version: the custodian envelope opens any blob, so the
+    /// binding (not the envelope) is what ties content to the record it is read as.
+    async fn fetch(&self, record: &RecordId, v: &VersionState) -> Result<Value, FhirError> {
+        let cid = v.cid;
+        let owner = self.lookup(|st| query::cid_owner(st, &cid))?;
+        if !owner.is_some_and(|o| o.record == *record && o.version == v.version) {
+            return Err(FhirError::Corrupt(format!(
+                "blob {cid} is not registered to this record version"
+            )));
+        }
         let mut out = Vec::new();
         self.store
-            .get(cid, &self.custodian, &mut out)
+            .get(&cid, &self.custodian, &mut out)
             .await
-            .map_err(|e| FhirError::Unavailable(format!("record store: {e}")))?;
-        serde_json::from_slice(&out).map_err(internal)
+            .map_err(|e| {
+                use medledger_store::StoreError as S;
+                match e {
+                    S::Corrupt { .. } | S::Format(_) | S::Decrypt { .. } | S::EnvelopeOpen(_) => {
+                        FhirError::Corrupt(format!("record store: {e}"))
+                    }
+                    S::NotFound(_) | S::Erased(_) | S::NoAccess(_) => {
+                        FhirError::Corrupt(format!("record store: {e}"))
+                    }
+                    e => FhirError::Unavailable(format!("record store: {e}")),
+                }
+            })?;
+        serde_json::from_slice(&out).map_err(|e| FhirError::Corrupt(format!("content: {e}")))
     }
 
     // ---- access ------------------------------------------------------------------
 
-    /// Decides and reports one access; the record if allowed.
-    async fn access(&self, who: &Principal, record: RecordId) -> Result<RecordView, FhirError> {
+    /// Decides and reports one access to a resource of type `rtype`; the record if
+    /// allowed and of that type. A refusal answers exactly like a missing resource
+    /// (only the patient learns that their own record was erased).
+    async fn access(
+        &self,
+        who: &Principal,
+        record: RecordId,
+        rtype: &str,
+    ) -> Result<RecordView, FhirError> {
         let purpose = purpose_of(who.role)?;
         let accessor = who.account;
         let at = now_ms();
@@ -606,20 +674,18 @@ impl Fhir {
                 .map_err(|e| FhirError::Unavailable(e.to_string()))?;
         }
         match (d, view) {
-            (Decision::DenyNoSuchRecord, _) => Err(FhirError::NotFound("no such resource".into())),
-            (Decision::DenyErased, _) => Err(FhirError::Gone("the resource was erased".into())),
-            (d, Some(v)) if d.allowed() => Ok(v),
-            _ => Err(FhirError::Forbidden(
-                "no consent or role allows this access".into(),
-            )),
-        }
-    }
-
-    fn typed(view: &RecordView, rtype: &str) -> Result<(), FhirError> {
-        if view.state.category.as_str() == rtype {
-            Ok(())
-        } else {
-            Err(FhirError::NotFound(format!("no {rtype} with this id")))
+            (Decision::DenyErased, _) => {
+                let own = self
+                    .lookup(|st| query::record(st, &record))?
+                    .is_some_and(|r| r.state.patient == accessor);
+                Err(if own {
+                    FhirError::Gone("the resource was erased".into())
+                } else {
+                    absent(rtype)
+                })
+            }
+            (d, Some(v)) if d.allowed() && v.state.category.as_str() == rtype => Ok(v),
+            _ => Err(absent(rtype)),
         }
     }
 
@@ -643,10 +709,8 @@ impl Fhir {
         id: &str,
         version: Option<u32>,
     ) -> Result<(Stored, RecordView), FhirError> {
-        let record =
-            record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
-        let view = self.access(who, record).await?;
-        Self::typed(&view, rtype)?;
+        let record = record_id(id).ok_or_else(|| absent(rtype))?;
+        let view = self.access(who, record, rtype).await?;
         let v = match version {
             Some(n) => view
                 .history
@@ -659,7 +723,7 @@ impl Fhir {
                 .ok_or_else(|| internal("record without versions"))?,
         };
         let stored = self
-            .open_version(rtype, id, v)
+            .open_version(rtype, &record, v)
             .await?
             .ok_or_else(|| FhirError::Gone(format!("{rtype}/{id} was deleted")))?;
         Ok((stored, view))
@@ -669,11 +733,11 @@ impl Fhir {
     async fn open_version(
         &self,
         rtype: &str,
-        id: &str,
+        record: &RecordId,
         v: &VersionState,
     ) -> Result<Option<Stored>, FhirError> {
-        let content = self.fetch(&v.cid).await?;
-        Ok((!is_tombstone(&content)).then(|| Stored::new(rtype, id, v, content)))
+        let content = self.fetch(record, v).await?;
+        Ok((!is_tombstone(&content)).then(|| Stored::new(rtype, &record.to_string(), v, content)))
     }
 
     async fn stored(
@@ -765,8 +829,7 @@ impl Fhir {
         let record = record_id(id).ok_or_else(|| {
             FhirError::NotSupported("update cannot create: ids are assigned by the ledger".into())
         })?;
-        let view = self.access(who, record).await?;
-        Self::typed(&view, rtype)?;
+        let view = self.access(who, record, rtype).await?;
         let current = view.history.last().map(|v| v.version).unwrap_or(0);
         if let Some(want) = if_match
             && want != current
@@ -775,20 +838,43 @@ impl Fhir {
                 "If-Match names version {want}; the current version is {current}"
             )));
         }
-        if rtype != "Patient" {
-            // A resource stays in its patient's record: its envelopes, grants and
-            // audit trail are that patient's. Moving it means creating it anew.
-            let named = self.named_patient(&body).await?;
-            if named.is_some_and(|p| p != view.state.patient) {
-                return Err(FhirError::invalid(
-                    IssueCode::BusinessRule,
-                    "an update cannot move a resource to another patient; create it for that patient instead",
-                ));
-            }
-        }
+        self.stays_with(rtype, &body, view.state.patient, &HashMap::new())
+            .await?;
         strip_server_fields(&mut body);
         self.amend(who, record, rtype, view.state.patient, body)
             .await
+    }
+
+    /// A resource stays in its patient's record: its envelopes, grants and audit trail
+    /// are that patient's, so an update (plain or in a transaction Bundle) that names
+    /// another patient is refused; moving it means creating it for that patient.
+    /// `new` maps records of patients a Bundle is creating to their accounts.
+    async fn stays_with(
+        &self,
+        rtype: &str,
+        resource: &Value,
+        patient: AccountId,
+        new: &HashMap<RecordId, (AccountId, Option<[u8; 32]>)>,
+    ) -> Result<(), FhirError> {
+        if rtype == "Patient" {
+            return Ok(());
+        }
+        let in_bundle = refs::patients(resource)
+            .first()
+            .and_then(|id| record_id(id))
+            .and_then(|r| new.get(&r))
+            .map(|(a, _)| *a);
+        let named = match in_bundle {
+            Some(a) => Some(a),
+            None => self.named_patient(resource).await?,
+        };
+        if named.is_some_and(|p| p != patient) {
+            return Err(FhirError::invalid(
+                IssueCode::BusinessRule,
+                "an update cannot move a resource to another patient; create it for that patient instead",
+            ));
+        }
+        Ok(())
     }
 
     /// The patient account the first patient reference of `resource` names, if any.
@@ -833,10 +919,8 @@ impl Fhir {
     /// Deleting writes a tombstone version; history keeps every earlier version.
     pub async fn delete(&self, who: &Principal, rtype: &str, id: &str) -> Result<(), FhirError> {
         writable(rtype)?;
-        let record =
-            record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
-        let view = self.access(who, record).await?;
-        Self::typed(&view, rtype)?;
+        let record = record_id(id).ok_or_else(|| absent(rtype))?;
+        let view = self.access(who, record, rtype).await?;
         if self.index.doc(&record)?.is_some_and(|d| d.deleted) {
             return Ok(());
         }
@@ -859,13 +943,11 @@ impl Fhir {
         id: &str,
         base: &str,
     ) -> Result<Value, FhirError> {
-        let record =
-            record_id(id).ok_or_else(|| FhirError::NotFound(format!("no {rtype} with this id")))?;
-        let view = self.access(who, record).await?;
-        Self::typed(&view, rtype)?;
+        let record = record_id(id).ok_or_else(|| absent(rtype))?;
+        let view = self.access(who, record, rtype).await?;
         let mut entries = Vec::new();
         for v in view.history.iter().rev() {
-            entries.push(self.history_entry(rtype, id, v, base).await?);
+            entries.push(self.history_entry(rtype, &record, v, base).await?);
         }
         Ok(json!({
             "resourceType": "Bundle", "type": "history", "total": entries.len(),
@@ -877,13 +959,13 @@ impl Fhir {
     async fn history_entry(
         &self,
         rtype: &str,
-        id: &str,
+        record: &RecordId,
         v: &VersionState,
         base: &str,
     ) -> Result<Value, FhirError> {
-        let url = format!("{rtype}/{id}");
+        let url = format!("{rtype}/{record}");
         let modified = date::instant(v.time_ms);
-        Ok(match self.open_version(rtype, id, v).await? {
+        Ok(match self.open_version(rtype, record, v).await? {
             None => json!({
                 "fullUrl": format!("{base}/{url}"),
                 "request": {"method": "DELETE", "url": url},
@@ -909,17 +991,55 @@ impl Fhir {
         count: usize,
         base: &str,
     ) -> Result<Value, FhirError> {
+        // Only records the caller may read are candidates: decided (not audited) before
+        // any is opened, so one request neither reads nor writes a refusal for every
+        // resource of the type on the server. A patient's candidates are their own.
+        let purpose = purpose_of(who.role)?;
+        let (accessor, at) = (who.account, now_ms());
+        let candidates: Vec<RecordId> = if who.role == Role::Patient {
+            let own: HashSet<RecordId> =
+                self.patient_records(accessor).await?.into_iter().collect();
+            self.index
+                .of_type(rtype)?
+                .into_iter()
+                .rev()
+                .map(|(_, r)| r)
+                .filter(|r| own.contains(r))
+                .collect()
+        } else {
+            self.index
+                .of_type(rtype)?
+                .into_iter()
+                .rev()
+                .map(|(_, r)| r)
+                .collect()
+        };
+        let limit = count.min(MAX_EVERYTHING);
+        let readable = self
+            .view(move |st| {
+                let mut out = Vec::new();
+                for r in candidates {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    if contracts::can(st, &accessor, &r, purpose, at)?.allowed() {
+                        out.push(r);
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
         let mut versions = Vec::new();
-        for (_, record) in self.index.of_type(rtype)?.into_iter().rev() {
-            if versions.len() >= count.min(MAX_EVERYTHING) {
-                break;
-            }
-            let Ok(view) = self.access(who, record).await else {
+        for record in readable {
+            let Ok(view) = self.access(who, record, rtype).await else {
                 continue;
             };
-            let id = record.to_string();
             for v in view.history.iter().rev() {
-                versions.push(self.history_entry(rtype, &id, v, base).await?);
+                match self.history_entry(rtype, &record, v, base).await {
+                    Ok(e) => versions.push(e),
+                    Err(e) if skippable(&e) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         versions.truncate(count);
@@ -932,24 +1052,10 @@ impl Fhir {
 
     // ---- search --------------------------------------------------------------------
 
-    /// Records matching the query, in creation order (before access checks).
-    async fn matches(
-        &self,
-        rtype: &str,
-        q: &search::Query,
-    ) -> Result<Vec<(u64, RecordId)>, FhirError> {
-        // Each group matches if the record carries any of its tokens (OR inside a
-        // parameter, AND across parameters); checked against the record's own
-        // document, so only the smallest candidate set is ever read from the index.
-        let groups: Vec<HashSet<String>> = q
-            .tokens
-            .iter()
-            .map(|g| {
-                g.iter()
-                    .map(|(param, value)| hex::encode(self.index.token(rtype, param, value)))
-                    .collect()
-            })
-            .collect();
+    /// Where a search starts, narrowest first: explicit ids, the named patient's
+    /// records (one ledger index scan), the records under the first parameter's
+    /// tokens, every record of the type. Deduplicated; not yet decided or matched.
+    async fn candidates(&self, rtype: &str, q: &search::Query) -> Result<Vec<RecordId>, FhirError> {
         let patient = match &q.patient {
             Some(pid) => {
                 let Some(r) = record_id(pid) else {
@@ -962,9 +1068,6 @@ impl Fhir {
             }
             None => None,
         };
-        // Candidates, narrowest first: explicit ids, the patient's records (one ledger
-        // index scan), the records under the first parameter's tokens, every record
-        // of the type.
         let candidates: Vec<RecordId> = match (&q.ids, patient, q.tokens.first()) {
             (Some(ids), _, _) => ids.iter().filter_map(|i| record_id(i)).collect(),
             (None, Some(p), _) => self.patient_records(p).await?,
@@ -987,12 +1090,33 @@ impl Fhir {
             _ => None::<HashSet<RecordId>>,
         };
         let mut seen = HashSet::new();
+        Ok(candidates
+            .into_iter()
+            .filter(|r| seen.insert(*r) && compartment.as_ref().is_none_or(|c| c.contains(r)))
+            .collect())
+    }
+
+    /// Those of `records` whose index document matches the query, in creation order.
+    fn matching(
+        &self,
+        rtype: &str,
+        q: &search::Query,
+        records: &[RecordId],
+    ) -> Result<Vec<(u64, RecordId)>, FhirError> {
+        // Each group matches if the record carries any of its tokens (OR inside a
+        // parameter, AND across parameters), checked against the record's own document.
+        let groups: Vec<HashSet<String>> = q
+            .tokens
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|(param, value)| hex::encode(self.index.token(rtype, param, value)))
+                    .collect()
+            })
+            .collect();
         let mut out = Vec::new();
-        for r in candidates {
-            if !seen.insert(r) || compartment.as_ref().is_some_and(|c| !c.contains(&r)) {
-                continue;
-            }
-            let Some(doc) = self.index.doc(&r)? else {
+        for r in records {
+            let Some(doc) = self.index.doc(r)? else {
                 continue;
             };
             if doc.deleted
@@ -1004,7 +1128,7 @@ impl Fhir {
             {
                 continue;
             }
-            out.push((doc.seq, r));
+            out.push((doc.seq, *r));
         }
         out.sort_unstable();
         Ok(out)
@@ -1016,8 +1140,13 @@ impl Fhir {
             .await
     }
 
-    /// A `searchset` Bundle: matches the caller may see (each access audited; refused
-    /// ones are left out and audited as refused), paged with `_count`/`_offset`.
+    /// A `searchset` Bundle over what the caller may read: every candidate is decided
+    /// before its content is looked at, so matching, counting and paging (and the
+    /// `next` link, even with `_count=0`) never run over a record the caller may not
+    /// read, and a search with no readable match looks exactly like one with no match.
+    /// Returned resources are audited as reads; a match beyond the page whose
+    /// existence the `next` link discloses is audited too; refused candidates that
+    /// match are audited as refused (at most [`MAX_REFUSED_REPORTS`] per search).
     pub async fn search(
         &self,
         who: &Principal,
@@ -1025,30 +1154,73 @@ impl Fhir {
         pairs: &[(String, String)],
         base: &str,
     ) -> Result<Value, FhirError> {
-        purpose_of(who.role)?;
+        let purpose = purpose_of(who.role)?;
         let q = search::parse_query(rtype, pairs)?;
-        let all = self.matches(rtype, &q).await?;
-        let page: Vec<RecordId> = all
-            .iter()
-            .skip(q.offset)
-            .take(q.count)
-            .map(|(_, r)| *r)
-            .collect();
+        let candidates = self.candidates(rtype, &q).await?;
+        let (accessor, at) = (who.account, now_ms());
+        let decided = self
+            .view(move |st| {
+                candidates
+                    .into_iter()
+                    .map(|r| Ok((r, contracts::can(st, &accessor, &r, purpose, at)?)))
+                    .collect::<medledger_ledger::Result<Vec<_>>>()
+            })
+            .await?;
+        let (allowed, refused): (Vec<_>, Vec<_>) = decided
+            .into_iter()
+            .filter(|(_, d)| !matches!(d, Decision::DenyNoSuchRecord | Decision::DenyErased))
+            .partition(|(_, d)| d.allowed());
+        let readable: Vec<RecordId> = allowed.iter().map(|(r, _)| *r).collect();
+        let all = self.matching(rtype, &q, &readable)?;
+        let refused_ids: Vec<RecordId> = refused.iter().map(|(r, _)| *r).collect();
+        let refused: HashMap<RecordId, Decision> = refused.into_iter().collect();
+        for (_, r) in self
+            .matching(rtype, &q, &refused_ids)?
+            .into_iter()
+            .take(MAX_REFUSED_REPORTS)
+        {
+            self.reporter
+                .report_decision(accessor, r, purpose, at, &refused[&r])
+                .await
+                .map_err(|e| FhirError::Unavailable(e.to_string()))?;
+        }
+        let more = q.offset.saturating_add(q.count) < all.len();
+        if more {
+            let (_, next) = all[q.offset + q.count];
+            let d = allowed
+                .iter()
+                .find(|(r, _)| *r == next)
+                .map(|(_, d)| d.clone())
+                .ok_or_else(|| internal("decided match missing"))?;
+            self.reporter
+                .report_decision(accessor, next, purpose, at, &d)
+                .await
+                .map_err(|e| FhirError::Unavailable(e.to_string()))?;
+        }
         let mut found = Vec::new();
-        for r in page {
-            match self.latest(who, rtype, r).await {
+        let mut damaged = 0usize;
+        for (_, r) in all.iter().skip(q.offset).take(q.count) {
+            match self.latest(who, rtype, *r).await {
                 Ok(Some(s)) => found.push(s.resource),
-                Ok(None)
-                | Err(FhirError::Forbidden(_) | FhirError::Gone(_) | FhirError::NotFound(_)) => {}
+                Ok(None) => {}
+                Err(e @ FhirError::Corrupt(_)) => {
+                    tracing::warn!(error = %e, "fhir search: a match failed its integrity check");
+                    damaged += 1;
+                }
+                Err(e) if skippable(&e) => {}
                 Err(e) => return Err(e),
             }
         }
         let page = Page {
             count: q.count,
             offset: q.offset,
-            more: q.offset + q.count < all.len(),
+            more,
         };
-        Ok(searchset(base, rtype, pairs, found, Some(page)))
+        let mut bundle = searchset(base, rtype, pairs, found, Some(page));
+        if let Some(entries) = bundle["entry"].as_array_mut() {
+            entries.extend(damaged_outcome(damaged));
+        }
+        Ok(bundle)
     }
 
     /// The current version of a record, through the audited access path.
@@ -1058,12 +1230,10 @@ impl Fhir {
         rtype: &str,
         record: RecordId,
     ) -> Result<Option<Stored>, FhirError> {
-        let view = self.access(who, record).await?;
+        let view = self.access(who, record, rtype).await?;
         match view.history.last() {
-            Some(v) if view.state.category.as_str() == rtype => {
-                self.open_version(rtype, &record.to_string(), v).await
-            }
-            _ => Ok(None),
+            Some(v) => self.open_version(rtype, &record, v).await,
+            None => Ok(None),
         }
     }
 
@@ -1081,6 +1251,7 @@ impl Fhir {
             json!({"fullUrl": format!("{base}/Patient/{id}"), "resource": patient.resource, "search": {"mode": "match"}}),
         ];
         let mut found: Vec<(u64, Value)> = Vec::new();
+        let mut damaged = 0usize;
         for r in records {
             if r == view.id || found.len() >= MAX_EVERYTHING {
                 continue;
@@ -1097,15 +1268,20 @@ impl Fhir {
                     doc.seq,
                     json!({"fullUrl": format!("{base}/{cat}/{}", s.id), "resource": s.resource, "search": {"mode": "match"}}),
                 )),
-                Ok(None) | Err(FhirError::Forbidden(_) | FhirError::Gone(_)) => {}
+                Ok(None) => {}
+                Err(e @ FhirError::Corrupt(_)) => {
+                    tracing::warn!(error = %e, "fhir $everything: a record failed its integrity check");
+                    damaged += 1;
+                }
+                Err(e) if skippable(&e) => {}
                 Err(e) => return Err(e),
             }
         }
         found.sort_by_key(|(s, _)| *s);
         entries.extend(found.into_iter().map(|(_, e)| e));
-        Ok(
-            json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries}),
-        )
+        let total = entries.len();
+        entries.extend(damaged_outcome(damaged));
+        Ok(json!({"resourceType": "Bundle", "type": "searchset", "total": total, "entry": entries}))
     }
 
     // ---- Bundles ---------------------------------------------------------------------
@@ -1350,8 +1526,11 @@ impl Fhir {
         }
         // Existing records being updated or deleted: current state and access.
         for op in plan.iter_mut().filter(|o| o.method != "POST") {
-            let view = self.access(who, op.record).await?;
-            Self::typed(&view, &op.rtype)?;
+            let view = self.access(who, op.record, &op.rtype).await?;
+            if let Some(r) = &op.resource {
+                self.stays_with(&op.rtype, r, view.state.patient, &new_patients)
+                    .await?;
+            }
             op.patient = Some(view.state.patient);
         }
         for op in plan.iter_mut().filter(|o| o.patient.is_none()) {

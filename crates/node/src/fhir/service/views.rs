@@ -302,10 +302,10 @@ impl Fhir {
         let g = self
             .lookup(|st| query::grant(st, &gid))?
             .ok_or_else(|| FhirError::NotFound("no such Consent".into()))?;
+        // Only the patient, the grantee or an auditor sees a consent; to anyone else
+        // it does not exist.
         if !may_see_grant(who, &g) {
-            return Err(FhirError::Forbidden(
-                "only the patient, the grantee or an auditor sees a consent".into(),
-            ));
+            return Err(FhirError::NotFound("no such Consent".into()));
         }
         Ok((gid, g))
     }
@@ -458,10 +458,9 @@ impl Fhir {
         let e = self
             .lookup(|st| query::audit_entry(st, seq))?
             .ok_or_else(|| FhirError::NotFound("no such AuditEvent".into()))?;
+        // Visible to its patient, its accessor and auditors; absent to anyone else.
         if !may_see_audit(who, &e) {
-            return Err(FhirError::Forbidden(
-                "an audit entry is visible to its patient, its accessor and auditors".into(),
-            ));
+            return Err(FhirError::NotFound("no such AuditEvent".into()));
         }
         self.render_audit(&e).await
     }
@@ -672,10 +671,10 @@ impl Fhir {
                     .push(json!({"reference": format!("{}/{r}/_history/{version}", cat.as_str())}));
             }
         }
+        // Authorship is visible to the author, the patient, auditors and those who
+        // may read the record; absent to anyone else.
         if visible.is_empty() {
-            return Err(FhirError::Forbidden(
-                "authorship is visible to the author, the patient, auditors and those who may read the record".into(),
-            ));
+            return Err(FhirError::NotFound("no such Provenance".into()));
         }
         let signature = base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
@@ -721,7 +720,7 @@ impl Fhir {
         for tx in txs {
             match self.read_provenance(who, &provenance_id(&tx)).await {
                 Ok(p) => out.push(p),
-                Err(FhirError::Forbidden(_)) => {}
+                Err(FhirError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
         }
