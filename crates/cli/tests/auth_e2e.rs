@@ -159,7 +159,7 @@ fn patient_invite_register_mfa_sign_out_and_recovery_keep_records_readable() {
         assert_eq!(me["name"], "Pat Patient");
         assert_eq!(me["role"], "patient");
         // The ledger knows the patient (role granted through the invite, no approval).
-        let (st, acct) = h.get(&format!("/v1/accounts/{}", patient.to_did()), &[]).await;
+        let (st, acct) = h.get_as_admin(&dir, &format!("/v1/accounts/{}", patient.to_did())).await;
         assert_eq!(st, 200);
         assert!(acct["roles"].to_string().contains("patient"), "{acct}");
 
@@ -259,7 +259,7 @@ fn organisation_assisted_recovery_needs_two_admins_and_keeps_records_readable() 
         assert_eq!(st, 201, "{v}");
         let rita: AccountId = serde_json::from_value(v["account"].clone()).unwrap();
         verify(&h, &dir, "rita@home.example").await;
-        let (_, acct) = h.get(&format!("/v1/accounts/{}", rita.to_did()), &[]).await;
+        let (_, acct) = h.get_as_admin(&dir, &format!("/v1/accounts/{}", rita.to_did())).await;
         let enc = acct["encryption_key"].as_str().unwrap().to_owned();
         let cid = put_blob_for(root.path(), &dir, &rita, &enc, "synthetic note for organisation recovery");
 
@@ -288,7 +288,7 @@ fn organisation_assisted_recovery_needs_two_admins_and_keeps_records_readable() 
         let (s, _) = h.login("rita@home.example", new_pw, None).await.unwrap();
 
         // Both steps are in the ledger's audit trail for Rita.
-        let (_, trail) = h.get(&format!("/v1/audit?patient={}", rita.to_did()), &[]).await;
+        let (_, trail) = h.get_as_admin(&dir, &format!("/v1/audit?patient={}", rita.to_did())).await;
         let reasons: Vec<&str> = trail["entries"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
         assert_eq!(reasons, vec!["recovery_requested", "recovery_approved"]);
 
@@ -396,7 +396,7 @@ fn self_custody_keystores_expired_invites_and_recovery_code_as_second_factor() {
         let (ok, out) = cli_raw(&["tx", "submit", "--node", &node.url, "--data-dir", dir.to_str().unwrap(), "--keystore", ks_s, "--password-file", &strong,
             "json", &format!(r#"{{"kind":"register","org":"general","role":"researcher","encryption_key":"{}"}}"#, "22".repeat(32))]);
         assert!(ok && out.contains("committed"), "{out}");
-        let (_, acct) = h.get(&format!("/v1/accounts/{did}"), &[]).await;
+        let (_, acct) = h.get_as_admin(&dir, &format!("/v1/accounts/{did}")).await;
         assert_eq!(acct["pending"]["role"], "researcher");
 
         // An invitation used after it expired is refused.

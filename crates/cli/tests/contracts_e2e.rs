@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use common::*;
 use ed25519_dalek::{Signer, SigningKey};
 use medledger_core::{AccountId, Digest32, RecordId, TxHash};
-use medledger_node::contracts_api::request_message;
+use medledger_node::caller::request_message;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
@@ -86,14 +86,16 @@ async fn get(h: &reqwest::Client, url: &str, path: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn signed_get(h: &reqwest::Client, url: &str, key: &SigningKey, path: &str) -> u16 {
+/// A GET signed by `key`'s account: the status and the JSON body.
+async fn signed_json(h: &reqwest::Client, url: &str, key: &SigningKey, path: &str) -> (u16, Value) {
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     let sig = key.sign(request_message("GET", path, ts).as_bytes());
     let did = AccountId(key.verifying_key().to_bytes()).to_did();
-    h.get(format!("{url}{path}"))
+    let r = h
+        .get(format!("{url}{path}"))
         .header(
             "authorization",
             format!(
@@ -103,13 +105,16 @@ async fn signed_get(h: &reqwest::Client, url: &str, key: &SigningKey, path: &str
         )
         .send()
         .await
-        .unwrap()
-        .status()
-        .as_u16()
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
-async fn audit_len(h: &reqwest::Client, url: &str, query: &str) -> usize {
-    let (code, body) = get(h, url, &format!("/v1/audit?{query}")).await;
+async fn signed_get(h: &reqwest::Client, url: &str, key: &SigningKey, path: &str) -> u16 {
+    signed_json(h, url, key, path).await.0
+}
+
+async fn audit_len(h: &reqwest::Client, url: &str, key: &SigningKey, query: &str) -> usize {
+    let (code, body) = signed_json(h, url, key, &format!("/v1/audit?{query}")).await;
     assert_eq!(code, 200, "{body}");
     body["entries"].as_array().unwrap().len()
 }
@@ -124,6 +129,7 @@ fn contracts_through_cli_json_api_and_audited_access() {
     let url = node.url.clone();
     let h = http(&dir);
     rt.block_on(client(&node, &dir));
+    let admin_key = admin(&dir).signing.clone();
     let admin = admin(&dir).account().to_did();
     let pw_s = pw.to_str().unwrap();
 
@@ -135,7 +141,11 @@ fn contracts_through_cli_json_api_and_audited_access() {
         &format!(r#"{{"kind":"add_org","org":"general","admin":"{admin}"}}"#),
     );
     assert!(ok, "{out}");
-    let (ok, out) = cli(&dir, &node, &["query", "orgs/general"]);
+    let (ok, out) = cli(
+        &dir,
+        &node,
+        &["query", "orgs/general", "--password-file", pw_s],
+    );
     assert!(ok && out.contains("hospital_admin"), "{out}");
     // Malformed JSON payloads are refused before anything is signed.
     let (ok, out) = submit_json(&dir, &node, pw_s, r#"{"kind":"add_org","org":"Bad Name"}"#);
@@ -143,7 +153,11 @@ fn contracts_through_cli_json_api_and_audited_access() {
         !ok && out.contains("invalid transaction payload JSON"),
         "{out}"
     );
-    let (ok, out) = cli(&dir, &node, &["query", "orgs/nowhere"]);
+    let (ok, out) = cli(
+        &dir,
+        &node,
+        &["query", "orgs/nowhere", "--password-file", pw_s],
+    );
     assert!(!ok && out.contains("not found"), "{out}");
 
     // Self-custody patient and doctor register over the JSON API; the admin approves.
@@ -163,7 +177,12 @@ fn contracts_through_cli_json_api_and_audited_access() {
             assert_eq!(code, 200, "{body}");
         }
         // A forged signature (the stranger signs for the patient) changes nothing.
-        let (code, body) = get(&h, &url, &format!("/v1/accounts/{}", did(&patient))).await;
+        // Account facts are for the account itself (and overseers), not for strangers.
+        let (code, _) = get(&h, &url, &format!("/v1/accounts/{}", did(&patient))).await;
+        assert_eq!(code, 401, "anonymous");
+        let (code, _) = signed_json(&h, &url, &stranger, &format!("/v1/accounts/{}", did(&patient))).await;
+        assert_eq!(code, 404, "a stranger");
+        let (code, body) = signed_json(&h, &url, &patient, &format!("/v1/accounts/{}", did(&patient))).await;
         assert_eq!(code, 200);
         let nonce_before = body["nonce"].as_u64().unwrap();
         let prep: Value = h
@@ -177,7 +196,7 @@ fn contracts_through_cli_json_api_and_audited_access() {
         assert_eq!(r.status().as_u16(), 422);
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "bad_signature");
-        let (_, after) = get(&h, &url, &format!("/v1/accounts/{}", did(&patient))).await;
+        let (_, after) = signed_json(&h, &url, &patient, &format!("/v1/accounts/{}", did(&patient))).await;
         assert_eq!(after["nonce"].as_u64().unwrap(), nonce_before);
     });
     for k in [&patient, &doctor] {
@@ -207,15 +226,25 @@ fn contracts_through_cli_json_api_and_audited_access() {
         let record = RecordId::from_tx(&body["hash"].as_str().unwrap().parse::<TxHash>().unwrap());
         let access = format!("/v1/records/{record}/access?purpose=treatment");
 
-        // Without a grant the doctor is refused; the refusal is audited too.
-        let (_, d) = get(&h, &url, &format!("/v1/decision?account={}&record={record}&purpose=treatment", did(&doctor))).await;
+        // Without a grant the doctor is refused, exactly as for a record that does not
+        // exist; the refusal is audited too.
+        let decision = format!("/v1/decision?account={}&record={record}&purpose=treatment", did(&doctor));
+        let (_, d) = signed_json(&h, &url, &doctor, &decision).await;
         assert_eq!(d["allowed"], false);
         assert_eq!(d["reason"], "no_valid_grant");
-        assert_eq!(signed_get(&h, &url, &doctor, &access).await, 403);
+        // The decision oracle answers about oneself only (and to overseers).
+        assert_eq!(get(&h, &url, &decision).await.0, 401);
+        assert_eq!(signed_get(&h, &url, &stranger, &decision).await, 404);
+        let (st, refused) = signed_json(&h, &url, &doctor, &access).await;
+        let missing = format!("/v1/records/{}/access?purpose=treatment", "0".repeat(64));
+        assert_eq!((st, &refused), (404, &signed_json(&h, &url, &doctor, &missing).await.1));
+        // Ledger facts of the record are absent to the doctor too.
+        assert_eq!(signed_get(&h, &url, &doctor, &format!("/v1/records/{record}")).await, 404);
+        assert_eq!(signed_get(&h, &url, &patient, &format!("/v1/records/{record}")).await, 200);
         // Unsigned, wrongly signed, and signed-for-another-path requests are refused.
         let (code, _) = get(&h, &url, &access).await;
         assert_eq!(code, 401);
-        assert_eq!(signed_get(&h, &url, &doctor, &format!("/v1/records/{record}/access?purpose=payment")).await, 403);
+        assert_eq!(signed_get(&h, &url, &doctor, &format!("/v1/records/{record}/access?purpose=payment")).await, 404);
 
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
         let (code, body) = self_custody(
@@ -226,7 +255,7 @@ fn contracts_through_cli_json_api_and_audited_access() {
         )
         .await;
         assert_eq!(code, 200, "{body}");
-        let (_, d) = get(&h, &url, &format!("/v1/decision?account={}&record={record}&purpose=treatment", did(&doctor))).await;
+        let (_, d) = signed_json(&h, &url, &doctor, &decision).await;
         assert_eq!(d["allowed"], true);
         assert_eq!(d["reason"], "grant");
         assert_eq!(signed_get(&h, &url, &doctor, &access).await, 200);
@@ -235,18 +264,28 @@ fn contracts_through_cli_json_api_and_audited_access() {
         // Reports are batched by the node; wait for them to commit.
         let mut n = 0;
         for _ in 0..100 {
-            n = audit_len(&h, &url, &format!("record={record}")).await;
+            n = audit_len(&h, &url, &admin_key, &format!("record={record}")).await;
             if n >= 4 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(n, 4, "every access, allowed or refused, is audited");
-        let (_, trail) = get(&h, &url, &format!("/v1/audit?accessor={}", did(&doctor))).await;
+        let (_, trail) = signed_json(&h, &url, &doctor, &format!("/v1/audit?accessor={}", did(&doctor))).await;
         let allowed: Vec<bool> = trail["entries"].as_array().unwrap().iter().map(|e| e["allowed"].as_bool().unwrap()).collect();
         assert_eq!(allowed, vec![false, false, true]);
-        assert_eq!(audit_len(&h, &url, &format!("patient={}", did(&patient))).await, 4);
-        let (code, _) = get(&h, &url, "/v1/audit").await;
+        assert_eq!(audit_len(&h, &url, &admin_key, &format!("patient={}", did(&patient))).await, 4);
+        assert_eq!(audit_len(&h, &url, &patient, &format!("patient={}", did(&patient))).await, 4);
+        // The audit trail is not public: anonymous callers get 401, and a stranger
+        // asking for the patient's trail gets an empty one.
+        assert_eq!(get(&h, &url, &format!("/v1/audit?patient={}", did(&patient))).await.0, 401);
+        assert_eq!(audit_len(&h, &url, &stranger, &format!("patient={}", did(&patient))).await, 0);
+        assert_eq!(audit_len(&h, &url, &stranger, "from=0").await, 0);
+        // Nor are blocks and transactions.
+        assert_eq!(get(&h, &url, "/v1/blocks/1").await.0, 401);
+        assert_eq!(signed_get(&h, &url, &stranger, "/v1/blocks/1").await, 404);
+        assert_eq!(signed_get(&h, &url, &admin_key, "/v1/blocks/1").await, 200);
+        let (code, _) = signed_json(&h, &url, &admin_key, "/v1/audit").await;
         assert_eq!(code, 400);
 
         // OpenAPI is served and names the endpoints.
@@ -269,7 +308,12 @@ fn contracts_through_cli_json_api_and_audited_access() {
     let (ok, out) = cli(
         &dir,
         &node,
-        &["query", &format!("patients/{}/grants", did(&patient))],
+        &[
+            "query",
+            &format!("patients/{}/grants", did(&patient)),
+            "--password-file",
+            pw_s,
+        ],
     );
     assert!(ok && out.contains("treatment"), "{out}");
     node.stop();
@@ -304,6 +348,8 @@ fn ledger_erasure_shreds_the_blob_on_the_node() {
     assert!(ok, "{out}");
     let patient = SigningKey::from_bytes(&[31; 32]);
     let did = AccountId(patient.verifying_key().to_bytes()).to_did();
+    let other = SigningKey::from_bytes(&[32; 32]);
+    let other_did = AccountId(other.verifying_key().to_bytes()).to_did();
 
     // Synthetic content, encrypted into the node's record store by the CLI.
     let file = root.path().join("note.txt");
@@ -330,22 +376,26 @@ fn ledger_erasure_shreds_the_blob_on_the_node() {
     assert!(blob.exists() && envs.exists());
 
     rt.block_on(async {
-        let (code, body) = self_custody(
-            &h,
-            &url,
-            &patient,
-            json!({"kind": "register", "org": "general", "role": "patient", "encryption_key": hex::encode([7u8; 32])}),
-        )
-        .await;
-        assert_eq!(code, 200, "{body}");
+        for k in [&patient, &other] {
+            let (code, body) = self_custody(
+                &h,
+                &url,
+                k,
+                json!({"kind": "register", "org": "general", "role": "patient", "encryption_key": hex::encode([7u8; 32])}),
+            )
+            .await;
+            assert_eq!(code, 200, "{body}");
+        }
     });
-    let (ok, out) = submit_json(
-        &dir,
-        &node,
-        pw_s,
-        &format!(r#"{{"kind":"approve_registration","account":"{did}"}}"#),
-    );
-    assert!(ok, "{out}");
+    for d in [&did, &other_did] {
+        let (ok, out) = submit_json(
+            &dir,
+            &node,
+            pw_s,
+            &format!(r#"{{"kind":"approve_registration","account":"{d}"}}"#),
+        );
+        assert!(ok, "{out}");
+    }
     rt.block_on(async {
         let (code, body) = self_custody(
             &h,
@@ -356,6 +406,17 @@ fn ledger_erasure_shreds_the_blob_on_the_node() {
         .await;
         assert_eq!(code, 200, "{body}");
         let record = body["hash"].as_str().unwrap().to_owned();
+        // Regression (issue 12, defect 1): another patient registering the same CID
+        // under a record of their own (to read it through the node, or to shred it by
+        // erasing theirs) is refused with a typed reason.
+        let (code, body) = self_custody(
+            &h,
+            &url,
+            &other,
+            json!({"kind": "add_record", "patient": other_did, "category": "DocumentReference", "cid": cid, "content_hash": receipt["content_hash"], "size": receipt["stored_bytes"]}),
+        )
+        .await;
+        assert_eq!((code, body["error"]["code"].as_str()), (422, Some("cid_taken")), "{body}");
         let (code, body) = self_custody(&h, &url, &patient, json!({"kind": "request_erasure", "target": {"type": "record", "record": record}})).await;
         assert_eq!(code, 200, "{body}");
         for _ in 0..100 {

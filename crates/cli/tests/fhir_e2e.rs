@@ -8,6 +8,7 @@
 //! `fhir` (`validate` with `errorOnUnexpected`).
 
 mod common;
+use common::fhir::Fhir;
 use common::signin::*;
 use common::*;
 use serde_json::{Value, json};
@@ -17,44 +18,6 @@ use std::process::Command;
 
 fn samples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fhir-samples/synthea-r4")
-}
-
-struct Fhir {
-    c: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Fhir {
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> (u16, Value) {
-        let mut r = self
-            .c
-            .request(method, format!("{}/fhir{path}", self.url))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            r = r
-                .header("content-type", "application/fhir+json")
-                .body(serde_json::to_vec(b).unwrap());
-        }
-        let resp = r.send().await.unwrap();
-        let st = resp.status().as_u16();
-        if st != 204 {
-            let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
-            assert!(ct.starts_with("application/fhir+json"), "{path}: {ct}");
-        }
-        (st, resp.json().await.unwrap_or(Value::Null))
-    }
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.send(reqwest::Method::GET, path, None).await
-    }
-    async fn post(&self, path: &str, b: &Value) -> (u16, Value) {
-        self.send(reqwest::Method::POST, path, Some(b)).await
-    }
 }
 
 /// Content without the server's parts, for comparison.
@@ -97,7 +60,9 @@ fn nonce(dir: &Path, node: &Node, account: &medledger_core::AccountId) -> u64 {
                 &node.url,
                 "--data-dir",
             ])
-            .arg(dir),
+            .arg(dir)
+            .arg("--password-file")
+            .arg(dir.parent().unwrap().join("pw")),
     );
     serde_json::from_slice::<Value>(&out.stdout).unwrap()["nonce"]
         .as_u64()
@@ -341,9 +306,11 @@ Command::new(BIN)
         let (_, found) = f.get("/Patient?name=synth").await;
         assert_eq!(found["entry"].as_array().unwrap().len(), 1);
 
-        // Another role without consent: 403 on read, left out of searches; audited.
+        // Another role without consent: the read answers exactly like a read of a
+        // resource that does not exist; left out of searches; audited.
         let (st, oo) = other.get(&format!("/Patient/{pid}")).await;
-        assert_eq!((st, oo["resourceType"].as_str()), (403, Some("OperationOutcome")));
+        assert_eq!((st, oo["resourceType"].as_str()), (404, Some("OperationOutcome")));
+        assert_eq!((st, &oo), (404, &other.get(&format!("/Patient/{}", "a".repeat(64))).await.1));
         let (st, found) = other.get("/Patient?name=synth").await;
         assert_eq!(st, 200);
         assert_eq!(found["entry"].as_array().unwrap().len(), 0);
@@ -351,7 +318,7 @@ Command::new(BIN)
         assert_eq!(st, 403, "{oo}");
         let mut refused = 0;
         for _ in 0..50 {
-            let (_, audit) = h.get(&format!("/v1/audit?record={pid}"), &[]).await;
+            let (_, audit) = h.get_as_admin(&dir, &format!("/v1/audit?record={pid}")).await;
             refused = audit["entries"].as_array().map_or(0, |a| a.iter()
                 .filter(|e| e["accessor"] == json!(insurer_id) && e["allowed"] == false).count());
             if refused >= 2 { break; }
@@ -455,7 +422,7 @@ fn consent_grants_audit_events_and_provenance() {
         assert_eq!(st, 201, "{obs}");
         let oid = obs["id"].as_str().unwrap().to_owned();
         let (st, _) = ins.get(&format!("/Observation/{oid}")).await;
-        assert_eq!(st, 403, "no consent yet");
+        assert_eq!(st, 404, "no consent yet: refused looks like absent");
 
         // A Consent for the insurer: payment, Observations only, until 2099.
         let consent = json!({"resourceType": "Consent", "status": "active",
@@ -494,7 +461,7 @@ fn consent_grants_audit_events_and_provenance() {
         assert_eq!((c["status"].as_str(), c["meta"]["versionId"].as_str()), (Some("active"), Some("1")));
         let cid = c["id"].as_str().unwrap().to_owned();
         // The ledger holds exactly this grant.
-        let (_, grants) = h.get(&format!("/v1/patients/{}/grants", patient_id.to_did()), &[]).await;
+        let (_, grants) = h.get_as_admin(&dir, &format!("/v1/patients/{}/grants", patient_id.to_did())).await;
         let g = grants["grants"].as_array().unwrap().iter().find(|g| g["id"] == json!(cid)).cloned()
             .unwrap_or_else(|| panic!("grant {cid} not on the ledger: {grants}"));
         assert!(g["revoked_ms"].is_null(), "{g}");
@@ -505,11 +472,11 @@ fn consent_grants_audit_events_and_provenance() {
         assert_eq!(st, 200, "consent lets the insurer read: {ob}");
         returned.push(ob);
         let (st, p) = ins.get(&format!("/Patient/{pid}")).await;
-        assert_eq!(st, 403, "the grant covers Observations only: {p}");
+        assert_eq!(st, 404, "the grant covers Observations only: {p}");
         // Who sees the Consent: the patient, the grantee; not an unrelated doctor.
         let (st, c2) = ins.get(&format!("/Consent/{cid}")).await;
         assert_eq!((st, &c2), (200, &c));
-        assert_eq!(doc.get(&format!("/Consent/{cid}")).await.0, 403);
+        assert_eq!(doc.get(&format!("/Consent/{cid}")).await.0, 404);
         let (st, found) = pat.get(&format!("/Consent?patient={pid}")).await;
         assert_eq!(st, 200);
         assert_eq!(entries(&found).len(), 1);
@@ -527,9 +494,9 @@ fn consent_grants_audit_events_and_provenance() {
         let (st, revoked) = pat.send(reqwest::Method::PUT, &format!("/Consent/{cid}"), Some(&off)).await;
         assert_eq!(st, 200, "{revoked}");
         assert_eq!((revoked["status"].as_str(), revoked["meta"]["versionId"].as_str()), (Some("inactive"), Some("2")));
-        let (_, g) = h.get(&format!("/v1/grants/{cid}"), &[]).await;
+        let (_, g) = h.get_as_admin(&dir, &format!("/v1/grants/{cid}")).await;
         assert!(g["revoked_ms"].as_u64().is_some(), "revoked on the ledger: {g}");
-        assert_eq!(ins.get(&format!("/Observation/{oid}")).await.0, 403, "revoked");
+        assert_eq!(ins.get(&format!("/Observation/{oid}")).await.0, 404, "revoked");
         let (_, again) = pat.get(&format!("/Consent/{cid}")).await;
         assert_eq!(again, revoked);
         returned.push(revoked);
@@ -555,7 +522,7 @@ fn consent_grants_audit_events_and_provenance() {
         let (_, theirs) = ins.get(&format!("/AuditEvent?patient={pid}&_count=50")).await;
         assert!(!entries(&theirs).is_empty());
         assert!(entries(&theirs).iter().all(|a| a["agent"][0]["who"] == insurer_ref), "{theirs}");
-        assert_eq!(doc.get(&format!("/AuditEvent/{one}")).await.0, 403);
+        assert_eq!(doc.get(&format!("/AuditEvent/{one}")).await.0, 404);
         // Paging through the trail: pages of one, no duplicates, same set.
         let mut seen = Vec::new();
         let mut next = Some(format!("/AuditEvent?entity=Observation/{oid}&_count=1"));
@@ -587,7 +554,7 @@ fn consent_grants_audit_events_and_provenance() {
         assert_eq!((st, &one), (200, &p[0]));
         returned.extend([prov, one]);
         // After revocation the insurer may not see authorship of the record either.
-        assert_eq!(ins.get(&format!("/Provenance/{}", p[0]["id"].as_str().unwrap())).await.0, 403);
+        assert_eq!(ins.get(&format!("/Provenance/{}", p[0]["id"].as_str().unwrap())).await.0, 404);
         assert_eq!(pat.get("/Provenance/tx-aaaa").await.0, 404);
 
         // What the server says it supports, it supports.

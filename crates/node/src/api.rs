@@ -59,7 +59,17 @@ pub fn router(state: AppState, peer_rpc: bool) -> Router {
         .merge(crate::contracts_api::routes())
         .merge(crate::auth_api::routes())
         .merge(crate::fhir_api::routes())
+        .fallback(unrouted)
         .with_state(state)
+}
+
+/// Paths no route matches: an OperationOutcome under `/fhir` (what FHIR clients
+/// parse), the JSON error elsewhere.
+async fn unrouted(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    if uri.path() == "/fhir" || uri.path().starts_with("/fhir/") {
+        return crate::fhir_api::unrouted(&method);
+    }
+    ApiError::NotFound("route").into_response()
 }
 
 /// The one error type of the HTTP layer.

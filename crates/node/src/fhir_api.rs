@@ -32,12 +32,12 @@ pub fn routes() -> Router<AppState> {
         .route("/fhir/{rtype}/{id}", get(read).put(update).delete(delete))
         .route("/fhir/{rtype}/{id}/{op}", get(instance_op))
         .route("/fhir/{rtype}/{id}/_history/{vid}", get(vread))
-        .route("/fhir/{*rest}", axum::routing::any(unrouted))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FHIR_BODY))
 }
 
-/// Any other path or method under `/fhir`: an OperationOutcome, never an empty body.
-pub async fn unrouted(method: axum::http::Method) -> Response {
+/// Any other path under `/fhir` (the node's fallback sends them here): an
+/// OperationOutcome, never an empty body.
+pub fn unrouted(method: &axum::http::Method) -> Response {
     let (status, msg) = if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
         (
             StatusCode::NOT_FOUND,

@@ -2,6 +2,7 @@
 //! 127.0.0.1 with a free port, and a client that trusts its self-signed certificate.
 #![allow(dead_code)]
 
+pub mod fhir;
 pub mod signin;
 
 use medledger_core::tx::TX_VERSION;
@@ -122,6 +123,12 @@ pub fn admin(dir: &Path) -> AccountKeys {
         .unwrap()
         .open(b"a long enough test password")
         .unwrap()
+}
+
+/// The `Authorization` value of a GET of `path` signed by the consortium admin, who
+/// oversees the ledger (the `/v1` queries answer only identified callers).
+pub fn admin_auth(dir: &Path, path: &str) -> String {
+    medledger_node::client::request_authorization(&admin(dir), "GET", path)
 }
 
 pub fn sign(keys: &AccountKeys, chain: &str, nonce: u64, payload: Payload) -> Vec<u8> {

@@ -53,6 +53,12 @@ impl Http {
         )
     }
 
+    /// A GET signed by the consortium admin (see [`admin_auth`]).
+    pub async fn get_as_admin(&self, dir: &Path, path: &str) -> (u16, Value) {
+        self.get(path, &[("authorization", &admin_auth(dir, path))])
+            .await
+    }
+
     pub async fn login(
         &self,
         email: &str,

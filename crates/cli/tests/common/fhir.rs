@@ -1,0 +1,42 @@
+//! A minimal FHIR client for the end-to-end tests.
+
+use serde_json::Value;
+
+/// A FHIR client with an API token; every answer must be FHIR JSON.
+pub struct Fhir {
+    pub c: reqwest::Client,
+    pub url: String,
+    pub token: String,
+}
+
+impl Fhir {
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .c
+            .request(method, format!("{}/fhir{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r
+                .header("content-type", "application/fhir+json")
+                .body(serde_json::to_vec(b).unwrap());
+        }
+        let resp = r.send().await.unwrap();
+        let st = resp.status().as_u16();
+        if st != 204 {
+            let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+            assert!(ct.starts_with("application/fhir+json"), "{path}: {ct}");
+        }
+        (st, resp.json().await.unwrap_or(Value::Null))
+    }
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+    pub async fn post(&self, path: &str, b: &Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(b)).await
+    }
+}
