@@ -178,6 +178,9 @@ async fn run(a: &LedgerBenchArgs, url: &str, dir: &std::path::Path) -> Result<Fi
             .trim()
             .as_bytes(),
     )?;
+    let admin = std::sync::Arc::new(admin);
+    // Queries answer identified callers only: the bench asks as the admin.
+    let client = client.signed_by(admin.clone());
     let mut admin_nonce = client.account_nonce(&admin.account()).await?;
 
     // One account per client, registered by the admin.

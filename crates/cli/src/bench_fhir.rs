@@ -466,6 +466,8 @@ async fn clinician_token(
     let admin =
         KeystoreFile::read(&dir.join(datadir::ADMIN_KEYSTORE))?.open(password.as_bytes())?;
     let chain = ChainId::new(client.status().await?.chain_id)?;
+    let admin = std::sync::Arc::new(admin);
+    let client = client.clone().signed_by(admin.clone());
     let nonce = client.account_nonce(&admin.account()).await? + 1;
     let tx = TxBody {
         version: TX_VERSION,

@@ -63,8 +63,22 @@ fn clinician_registers_is_approved_signs_in_and_sets_up_mfa() {
         assert_eq!(st, 201, "{v}");
         assert_eq!(v["recovery_codes"].as_array().unwrap().len(), 10);
         let doctor: AccountId = serde_json::from_value(v["account"].clone()).unwrap();
+        // Regression (issue 12, defect 7): a known address answered 409 email_taken.
+        // Now it answers like a new registration; the owner gets a notice by mail,
+        // and nothing is created (sign-in below still finds the first account).
         let (st, v, _) = h.post("/auth/register", reg(STRONG), None).await;
-        assert_eq!((st, v["error"]["code"].as_str()), (409, Some("email_taken")));
+        assert_eq!(st, 201, "{v}");
+        assert_eq!(v["recovery_codes"].as_array().unwrap().len(), 10);
+        assert_ne!(v["account"], json!(doctor));
+        let notice = std::fs::read_dir(dir.join("outbox")).unwrap().filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+            .map(|m| m.replace("=\r\n", ""))
+            .any(|m| m.contains("To: dora@hospital.example") && m.contains("already has one"));
+        assert!(notice, "the address's owner was not told");
+        // An unknown organisation is refused before any key derivation.
+        let (st, v, _) = h
+            .post("/auth/register", json!({"name": "X", "email": "x@x.example", "password": STRONG, "org": "nowhere", "role": "doctor"}), None)
+            .await;
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some("invalid")), "{v}");
         // Patients cannot self-register.
         let (st, _, _) = h
             .post("/auth/register", json!({"name": "P", "email": "p@x.example", "password": STRONG, "org": "general", "role": "patient"}), None)
@@ -116,8 +130,12 @@ fn clinician_registers_is_approved_signs_in_and_sets_up_mfa() {
         }
         assert_eq!(h.login("dora@hospital.example", "wrong password entirely", None).await.err().unwrap().0, 401);
         assert_eq!(h.login("dora@hospital.example", STRONG, Some(&code_at(&secret, 30))).await.err(), Some((429, "locked".into())));
-        // Unknown addresses look like wrong passwords.
-        assert_eq!(h.login("nobody@x.example", STRONG, None).await.err(), Some((401, "bad_credentials".into())));
+        // Unknown addresses look like wrong passwords, and lock alike (defect 7: only
+        // known addresses ever answered `locked`).
+        for _ in 0..5 {
+            assert_eq!(h.login("nobody@x.example", STRONG, None).await.err(), Some((401, "bad_credentials".into())));
+        }
+        assert_eq!(h.login("nobody@x.example", STRONG, None).await.err(), Some((429, "locked".into())));
     });
     node.stop();
 }

@@ -31,18 +31,27 @@ pub const LEDGER_DB: &str = "ledger.redb";
 pub const BLOBS_DIR: &str = "blobs";
 pub const RAFT_DB: &str = "raft.redb";
 
-/// Writes a file readable only by its owner.
-/// A 32-byte node-local secret at `path`, created (mode 0600) on first use.
-pub fn local_secret(path: &Path) -> Result<[u8; 32]> {
+/// A 32-byte node-local secret at `path` that seals what `sealed` (a file or
+/// directory beside it) holds. Created (mode 0600) only while `sealed` does not exist
+/// yet: a missing key with its data present means the data can no longer be opened,
+/// and making a new key would hide that until the first read failed, so the node
+/// refuses to start instead.
+pub fn local_secret(path: &Path, sealed: &Path) -> Result<[u8; 32]> {
     match std::fs::read(path) {
         Ok(b) => <[u8; 32]>::try_from(b.as_slice())
             .map_err(|_| NodeError::Server(format!("{} is not 32 bytes", path.display()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !sealed.exists() => {
             let mut k = [0u8; 32];
             getrandom::fill(&mut k).map_err(|e| NodeError::Server(format!("randomness: {e}")))?;
             write_private(path, &k)?;
             Ok(k)
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(NodeError::Server(format!(
+            "{} is missing but {} exists: the key that seals it is gone; restore the key \
+             from a backup (a new key could open none of it)",
+            path.display(),
+            sealed.display()
+        ))),
         Err(e) => Err(NodeError::io(path, e)),
     }
 }

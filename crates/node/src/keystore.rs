@@ -17,6 +17,17 @@ use std::path::Path;
 
 pub const KEYSTORE_VERSION: u8 = 1;
 
+/// The most work a keystore may ask of its KDF. Keystores are uploaded by people
+/// nobody has authenticated yet (`/auth/enroll`), so their parameters are checked
+/// against these before any hashing: each bound is several times the OWASP defaults
+/// this node writes (19 MiB, t=2, p=1), so stronger keystores still open, but one
+/// request cannot buy seconds of CPU or gigabytes of memory.
+pub const MAX_KDF_MEMORY_KIB: u32 = 256 * 1024;
+pub const MAX_KDF_ITERATIONS: u32 = 10;
+pub const MAX_KDF_PARALLELISM: u32 = 4;
+/// Salts are 16-64 bytes (base64 text up to 88 characters).
+const MAX_SALT_B64: usize = 88;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KdfParams {
     pub algorithm: String,
@@ -42,6 +53,16 @@ impl KdfParams {
             return Err(NodeError::Keystore(format!(
                 "unsupported KDF {}",
                 self.algorithm
+            )));
+        }
+        if self.memory_kib > MAX_KDF_MEMORY_KIB
+            || self.iterations > MAX_KDF_ITERATIONS
+            || self.parallelism > MAX_KDF_PARALLELISM
+            || self.salt.len() > MAX_SALT_B64
+        {
+            return Err(NodeError::Keystore(format!(
+                "KDF parameters beyond this node's bounds (memory ≤ {MAX_KDF_MEMORY_KIB} KiB, \
+                 iterations ≤ {MAX_KDF_ITERATIONS}, parallelism ≤ {MAX_KDF_PARALLELISM})"
             )));
         }
         let params = Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
@@ -210,5 +231,30 @@ mod tests {
         let mut tampered = file.clone();
         tampered.account = AccountKeys::generate().unwrap().account();
         assert!(tampered.open(b"correct horse battery").is_err());
+    }
+
+    /// Regression (issue 12, defect 5): `/auth/enroll` ran Argon2 with whatever the
+    /// uploaded keystore asked for; a large iteration count burned 10+ CPU-seconds.
+    /// Out-of-bounds parameters are refused by the bounds check, which runs before any
+    /// hashing (the error names the bounds; Argon2's own errors do not).
+    #[test]
+    fn kdf_parameters_beyond_the_bounds_are_refused_before_hashing() {
+        let keys = AccountKeys::generate().unwrap();
+        let file = keys.seal(b"correct horse battery").unwrap();
+        for (m, t, p) in [
+            (u32::MAX, 2, 1),
+            (19 * 1024, 1_000_000, 1),
+            (19 * 1024, 2, 64),
+            (MAX_KDF_MEMORY_KIB + 1, 1, 1),
+        ] {
+            let mut f = file.clone();
+            (f.kdf.memory_kib, f.kdf.iterations, f.kdf.parallelism) = (m, t, p);
+            let err = f.open(b"correct horse battery").err().expect("refused");
+            assert!(err.to_string().contains("bounds"), "{err}");
+        }
+        let mut f = file.clone();
+        f.kdf.salt = "A".repeat(10_000);
+        assert!(f.open(b"correct horse battery").is_err());
+        assert!(file.open(b"correct horse battery").is_ok());
     }
 }

@@ -164,7 +164,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
     );
     let fhir = crate::fhir::Fhir::open(
         &dd.dir,
-        crate::datadir::local_secret(&dd.dir.join("fhir.key"))?,
+        crate::datadir::local_secret(&dd.dir.join("fhir.key"), &dd.dir.join("fhir.redb"))?,
         medledger_core::AccountId(dd.node.public().0),
         ledger.clone(),
         batcher.clone(),

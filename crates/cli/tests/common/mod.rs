@@ -112,8 +112,12 @@ pub fn start_with(dir: &Path, extra: &[&str]) -> Node {
     Node { child, url }
 }
 
+/// A client for the node, signing its requests as the consortium admin (who oversees
+/// the ledger: `/v1` queries answer only identified callers).
 pub async fn client(node: &Node, dir: &Path) -> Client {
-    let c = Client::new(&node.url, Some(&dir.join("tls/cert.pem"))).unwrap();
+    let c = Client::new(&node.url, Some(&dir.join("tls/cert.pem")))
+        .unwrap()
+        .signed_by(admin(dir));
     c.wait_ready(Duration::from_secs(30)).await.unwrap();
     c
 }

@@ -16,6 +16,9 @@ pub(super) const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 pub(super) const VERIFY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("verify");
 pub(super) const API_TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("api_tokens");
 pub(super) const RESETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("resets");
+/// Failed sign-in attempts by email token (the keyed hash `EMAILS` uses), for known
+/// and unknown addresses alike, so lockout cannot tell which addresses have accounts.
+pub(super) const LOCKOUTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("lockouts");
 
 pub const DIRECTORY_VERSION: u8 = 1;
 
@@ -52,10 +55,14 @@ pub struct UserRecord {
     /// only after two admins have approved a recovery on the ledger.
     #[serde(default)]
     pub org_escrow: String,
-    pub failed_logins: u32,
-    pub last_failed_ms: u64,
-    pub locked_until_ms: u64,
     pub created_ms: u64,
+}
+
+/// Failed attempts and lock of one email token (see [`LOCKOUTS`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Lockout {
+    pub failures: u32,
+    pub locked_until_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,7 +106,7 @@ impl Directory {
         let db = Database::create(path).map_err(storage)?;
         let mut w = db.begin_write().map_err(storage)?;
         w.set_two_phase_commit(true);
-        for t in [USERS, EMAILS, INVITES, VERIFY, API_TOKENS, RESETS] {
+        for t in [USERS, EMAILS, INVITES, VERIFY, API_TOKENS, RESETS, LOCKOUTS] {
             w.open_table(t).map_err(storage)?;
         }
         w.commit().map_err(storage)?;
@@ -163,6 +170,42 @@ impl Directory {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Counts one failed attempt against `key` inside one write transaction, so
+    /// parallel guesses each count (a read-modify-write outside it lost increments).
+    /// The `max`-th failure locks until `now + lock_ms` and starts the count anew.
+    pub fn record_failure(
+        &self,
+        key: &[u8],
+        now: u64,
+        max: u32,
+        lock_ms: u64,
+    ) -> Result<(), AuthError> {
+        let mut w = self.db.begin_write().map_err(storage)?;
+        w.set_two_phase_commit(true);
+        {
+            let mut t = w.open_table(LOCKOUTS).map_err(storage)?;
+            let mut l: Lockout = match t.get(key).map_err(storage)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(storage)?,
+                None => Lockout::default(),
+            };
+            l.failures += 1;
+            if l.failures >= max {
+                l.locked_until_ms = now.saturating_add(lock_ms);
+                l.failures = 0;
+                tracing::warn!("sign-in locked after repeated failures");
+            }
+            t.insert(key, &json(&l)[..]).map_err(storage)?;
+        }
+        w.commit().map_err(storage)
+    }
+
+    /// Whether `key` is locked at `now`.
+    pub fn locked(&self, key: &[u8], now: u64) -> Result<bool, AuthError> {
+        Ok(self
+            .get::<Lockout>(LOCKOUTS, key)?
+            .is_some_and(|l| now < l.locked_until_ms))
     }
 
     /// Changes whenever the directory changed (see [`Directory::write`]).

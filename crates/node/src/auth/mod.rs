@@ -184,34 +184,6 @@ struct Sealed {
     codes: Vec<String>,
 }
 
-/// Argon2id once for the password and once per recovery code: off the async threads.
-async fn seal_all(keys: AccountKeys, password: String) -> Result<(AccountKeys, Sealed), AuthError> {
-    let codes = secrets::recovery_codes()?;
-    tokio::task::spawn_blocking(move || {
-        let seal = |p: &[u8]| keys.seal(p).map_err(|e| AuthError::Internal(e.to_string()));
-        let keystore = seal(password.as_bytes())?;
-        let slots = codes
-            .iter()
-            .map(|c| {
-                Ok(RecoverySlot {
-                    used: false,
-                    keystore: seal(c.as_bytes())?,
-                })
-            })
-            .collect::<Result<Vec<_>, AuthError>>()?;
-        Ok((
-            keys,
-            Sealed {
-                keystore,
-                slots,
-                codes,
-            },
-        ))
-    })
-    .await
-    .map_err(|e| AuthError::Internal(e.to_string()))?
-}
-
 /// Bound on [`Auth`]'s principal cache (cleared when full: it is only a cache).
 const MAX_CACHED_PRINCIPALS: usize = 10_000;
 
@@ -229,6 +201,11 @@ pub struct Auth {
     base_url: String,
     invite_ms: u64,
     attempts: secrets::RateLimiter,
+    /// Permits for key derivations (Argon2id): as many as the node has cores.
+    kdf: Arc<tokio::sync::Semaphore>,
+    /// A keystore under a random password nobody knows: opened for unknown addresses
+    /// so that they cost the same derivation as known ones.
+    decoy: KeystoreFile,
 }
 
 impl std::fmt::Debug for Auth {
@@ -265,9 +242,16 @@ impl Auth {
         mail: Option<MailConfig>,
         base_url: String,
     ) -> Result<Self, AuthError> {
-        let key = crate::datadir::local_secret(&data_dir.join("auth.key"))
-            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let key = crate::datadir::local_secret(
+            &data_dir.join("auth.key"),
+            &data_dir.join("accounts.redb"),
+        )
+        .map_err(|e| AuthError::Internal(e.to_string()))?;
         let mail = mail.unwrap_or_else(|| MailConfig::Outbox(data_dir.join("outbox")));
+        let decoy_password = secrets::new_token()?;
+        let decoy = AccountKeys::generate()
+            .and_then(|k| k.seal(decoy_password.as_bytes()))
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
         Ok(Auth {
             dir: Directory::open(&data_dir.join("accounts.redb"))?,
             mailer: Mailer::new(&mail)?,
@@ -279,6 +263,10 @@ impl Auth {
             base_url,
             invite_ms: INVITE_MS,
             attempts: secrets::RateLimiter::new(ATTEMPTS_PER_S, ATTEMPTS_BURST),
+            kdf: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
+            decoy,
         })
     }
 
@@ -359,9 +347,6 @@ impl Auth {
             return Err(AuthError::Invalid("email address".into()));
         }
         secrets::check_password(&req.password, &[&req.name, &req.email])?;
-        if self.user_by_email(&req.email)?.is_some() {
-            return Err(AuthError::EmailTaken);
-        }
         let keys = AccountKeys::generate().map_err(|e| AuthError::Internal(e.to_string()))?;
         let (org, role, invite) = match &req.invite {
             Some(token) => {
@@ -383,10 +368,26 @@ impl Auth {
                         "patients register through an invitation".into(),
                     ));
                 }
+                // Cheap checks before the eleven key derivations below.
+                let known = self
+                    .ledger
+                    .state()
+                    .and_then(|st| medledger_ledger::contracts::query::org(&st, &org))
+                    .map_err(|e| AuthError::Internal(e.to_string()))?;
+                if known.is_none() {
+                    return Err(AuthError::Invalid(
+                        "organisation (no such organisation)".into(),
+                    ));
+                }
                 (org, role, None)
             }
         };
-        let (keys, sealed) = seal_all(keys, req.password.clone()).await?;
+        let (keys, sealed) = self.seal_all(keys, req.password.clone()).await?;
+        if self.user_by_email(&req.email)?.is_some() {
+            return self
+                .already_registered(&req.email, keys, sealed, org, role)
+                .await;
+        }
         // The ledger first: if it refuses, nothing is stored here.
         match &invite {
             Some((_, inv)) => {
@@ -440,6 +441,36 @@ impl Auth {
         })
     }
 
+    /// Registration with an address that already has an account answers exactly like
+    /// a new registration (after the same key derivations), so the answer does not
+    /// tell whether the address is known; nothing is stored or sent to the ledger,
+    /// and the address's owner gets a notice instead of a verification link. The
+    /// account and codes returned belong to nothing.
+    async fn already_registered(
+        &self,
+        email: &str,
+        keys: AccountKeys,
+        sealed: Sealed,
+        org: OrgId,
+        role: Role,
+    ) -> Result<Registered, AuthError> {
+        self.mailer
+            .send(
+                email,
+                "Someone tried to register with your medledger address",
+                "Somebody (perhaps you) asked to register a new medledger account with this \
+                 address, which already has one. Nothing was changed. If it was you, sign in, \
+                 or use a recovery code if you forgot your password.\n",
+            )
+            .await?;
+        Ok(Registered {
+            account: keys.account(),
+            role,
+            org,
+            recovery_codes: sealed.codes,
+        })
+    }
+
     /// Stores a new person (keys sealed under their password and recovery codes, the
     /// escrow, the sealed profile), indexes the email, and mails a verification link.
     /// Returns the recovery codes to show once.
@@ -473,9 +504,6 @@ impl Auth {
             recovery: sealed.slots,
             email_verified: false,
             totp: None,
-            failed_logins: 0,
-            last_failed_ms: 0,
-            locked_until_ms: 0,
             created_ms: now(),
         };
         let verify = secrets::new_token()?;
@@ -525,24 +553,90 @@ impl Auth {
         ])
     }
 
-    async fn open_keystore(ks: &KeystoreFile, secret: &str) -> Option<AccountKeys> {
+    /// Opens a keystore with `secret` (`None` if it does not open). Every key
+    /// derivation of the sign-in service runs under [`Auth::kdf`]'s permits, taken
+    /// before the work starts: a request whose client has gone away is dropped while
+    /// it waits, and no number of requests runs more derivations at once than the
+    /// node has cores.
+    async fn open_keystore(
+        &self,
+        ks: &KeystoreFile,
+        secret: &str,
+    ) -> Result<Option<AccountKeys>, AuthError> {
         let ks = ks.clone();
         let secret = secret.to_owned();
-        tokio::task::spawn_blocking(move || ks.open(secret.as_bytes()).ok())
+        self.derive(move || ks.open(secret.as_bytes()).ok()).await
+    }
+
+    /// Runs one key derivation (or a few cheap steps around one) off the async
+    /// threads, under a permit.
+    async fn derive<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let permit = self
+            .kdf
+            .clone()
+            .acquire_owned()
             .await
-            .ok()
-            .flatten()
+            .map_err(|_| AuthError::Internal("key derivation closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let out = f();
+            drop(permit);
+            out
+        })
+        .await
+        .map_err(|e| AuthError::Internal(e.to_string()))
     }
 
     /// The first unused recovery slot that `code` opens, with the keys it holds.
-    async fn open_with_recovery_code(u: &UserRecord, code: &str) -> Option<(usize, AccountKeys)> {
+    async fn open_with_recovery_code(
+        &self,
+        u: &UserRecord,
+        code: &str,
+    ) -> Result<Option<(usize, AccountKeys)>, AuthError> {
         let code = secrets::normalise_code(code);
         for (i, slot) in u.recovery.iter().enumerate().filter(|(_, s)| !s.used) {
-            if let Some(keys) = Self::open_keystore(&slot.keystore, &code).await {
-                return Some((i, keys));
+            if let Some(keys) = self.open_keystore(&slot.keystore, &code).await? {
+                return Ok(Some((i, keys)));
             }
         }
-        None
+        Ok(None)
+    }
+
+    /// Seals new keys under the password and under each new recovery code: one key
+    /// derivation each, each under its own permit (see [`Auth::open_keystore`]).
+    async fn seal_all(
+        &self,
+        keys: AccountKeys,
+        password: String,
+    ) -> Result<(AccountKeys, Sealed), AuthError> {
+        let codes = secrets::recovery_codes()?;
+        let keys = Arc::new(keys);
+        let seal = |secret: String| {
+            let keys = keys.clone();
+            self.derive(move || {
+                keys.seal(secret.as_bytes())
+                    .map_err(|e| AuthError::Internal(e.to_string()))
+            })
+        };
+        let keystore = seal(password).await??;
+        let mut slots = Vec::with_capacity(codes.len());
+        for c in &codes {
+            slots.push(RecoverySlot {
+                used: false,
+                keystore: seal(c.clone()).await??,
+            });
+        }
+        let keys = Arc::try_unwrap(keys).map_err(|_| AuthError::Internal("keys".into()))?;
+        Ok((
+            keys,
+            Sealed {
+                keystore,
+                slots,
+                codes,
+            },
+        ))
     }
 
     /// The account's TOTP generator, from its sealed secret.
@@ -551,17 +645,39 @@ impl Auth {
         secrets::totp(&self.key.open(&sealed, &account.0)?)
     }
 
-    fn fail(&self, mut u: UserRecord) -> Result<AuthError, AuthError> {
-        let t = now();
-        u.failed_logins += 1;
-        u.last_failed_ms = t;
-        if u.failed_logins >= MAX_FAILURES {
-            u.locked_until_ms = t + LOCKOUT_MS;
-            u.failed_logins = 0;
-            tracing::warn!(account = %u.account, "account locked after repeated failed sign-ins");
+    /// Counts a failed attempt against the email, whether or not it has an account;
+    /// returns `err` to answer with.
+    fn fail(&self, email_key: &[u8; 32], err: AuthError) -> Result<AuthError, AuthError> {
+        self.dir
+            .record_failure(email_key, now(), MAX_FAILURES, LOCKOUT_MS)?;
+        Ok(err)
+    }
+
+    /// Refuses while the email is locked: the same answer for addresses with and
+    /// without an account.
+    fn not_locked(&self, email_key: &[u8; 32]) -> Result<(), AuthError> {
+        if self.dir.locked(email_key, now())? {
+            Err(AuthError::Locked)
+        } else {
+            Ok(())
         }
-        self.save(&u)?;
-        Ok(AuthError::BadCredentials)
+    }
+
+    /// The person behind `email` with the keystore `password` opens, or `None`. An
+    /// unknown address costs the same key derivation as a known one (on a keystore
+    /// nobody can open), so answer times do not tell which addresses have accounts.
+    async fn open_by_password(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<Option<(UserRecord, AccountKeys)>, AuthError> {
+        let user = self.user_by_email(email)?;
+        let keystore = user
+            .as_ref()
+            .map(|u| u.keystore.clone())
+            .unwrap_or_else(|| self.decoy.clone());
+        let keys = self.open_keystore(&keystore, password).await?;
+        Ok(user.zip(keys))
     }
 
     fn attempt(&self) -> Result<(), AuthError> {
@@ -579,14 +695,10 @@ impl Auth {
         code: Option<&str>,
     ) -> Result<LoginOk, AuthError> {
         self.attempt()?;
-        let Some(mut u) = self.user_by_email(email)? else {
-            return Err(AuthError::BadCredentials);
-        };
-        if now() < u.locked_until_ms {
-            return Err(AuthError::Locked);
-        }
-        let Some(keys) = Self::open_keystore(&u.keystore, password).await else {
-            return Err(self.fail(u)?);
+        let email_key = self.key.email_token(email);
+        self.not_locked(&email_key)?;
+        let Some((mut u, keys)) = self.open_by_password(email, password).await? else {
+            return Err(self.fail(&email_key, AuthError::BadCredentials)?);
         };
         if !u.email_verified {
             return Err(AuthError::EmailUnverified);
@@ -605,11 +717,11 @@ impl Auth {
             };
             // A one-time recovery code stands in for a lost authenticator.
             if code.contains('-') {
-                let Some((i, _)) = Self::open_with_recovery_code(&u, code).await else {
-                    return Err(self.fail(u).map(|_| AuthError::BadCode)?);
+                let Some((i, _)) = self.open_with_recovery_code(&u, code).await? else {
+                    return Err(self.fail(&email_key, AuthError::BadCode)?);
                 };
                 u.recovery[i].used = true;
-                return self.start_session(u, keys, true);
+                return self.start_session(u, &email_key, keys, true);
             }
             let totp = self.totp_of(&u.account, &t)?;
             match secrets::check_totp(&totp, code, now() / 1000, t.last_step) {
@@ -620,20 +732,23 @@ impl Auth {
                     });
                     mfa_ok = true;
                 }
-                None => return Err(self.fail(u).map(|_| AuthError::BadCode)?),
+                None => return Err(self.fail(&email_key, AuthError::BadCode)?),
             }
         }
-        self.start_session(u, keys, mfa_ok)
+        self.start_session(u, &email_key, keys, mfa_ok)
     }
 
     fn start_session(
         &self,
-        mut u: UserRecord,
+        u: UserRecord,
+        email_key: &[u8; 32],
         keys: AccountKeys,
         mfa_ok: bool,
     ) -> Result<LoginOk, AuthError> {
-        u.failed_logins = 0;
-        self.save(&u)?;
+        self.dir.write(vec![
+            Op::Put(USERS, u.account.0.to_vec(), json(&u)),
+            Op::Delete(LOCKOUTS, email_key.to_vec()),
+        ])?;
         let token = secrets::new_token()?;
         let csrf = secrets::new_token()?;
         self.sessions().insert(
@@ -895,11 +1010,10 @@ impl Auth {
             .map_err(|e| AuthError::Internal(e.to_string()))?
             .map_err(|e| AuthError::Internal(e.to_string()))?;
         u.totp = None;
-        u.failed_logins = 0;
-        u.locked_until_ms = 0;
         self.dir.write(vec![
             Op::Put(USERS, u.account.0.to_vec(), json(&u)),
             Op::Delete(RESETS, h.to_vec()),
+            Op::Delete(LOCKOUTS, self.key.email_token(&profile.email).to_vec()),
         ])?;
         self.logout_all(&u.account)?;
         tracing::info!(account = %u.account, "access restored by organisation-assisted recovery");
@@ -915,16 +1029,27 @@ impl Auth {
         new_password: &str,
     ) -> Result<(), AuthError> {
         self.attempt()?;
-        let Some(mut u) = self.user_by_email(email)? else {
-            return Err(AuthError::BadRecoveryCode);
-        };
-        if now() < u.locked_until_ms {
-            return Err(AuthError::Locked);
+        let email_key = self.key.email_token(email);
+        self.not_locked(&email_key)?;
+        let user = self.user_by_email(email)?;
+        if let Some(u) = &user {
+            let profile = self.profile(u)?;
+            secrets::check_password(new_password, &[&profile.name, &profile.email])?;
+        } else {
+            secrets::check_password(new_password, &[email])?;
         }
-        let profile = self.profile(&u)?;
-        secrets::check_password(new_password, &[&profile.name, &profile.email])?;
-        let Some((i, keys)) = Self::open_with_recovery_code(&u, code).await else {
-            return Err(self.fail(u).map(|_| AuthError::BadRecoveryCode)?);
+        // An unknown address costs what a known one with every code unused costs.
+        let opened = match &user {
+            Some(u) => self.open_with_recovery_code(u, code).await?,
+            None => {
+                for _ in 0..secrets::RECOVERY_CODE_COUNT {
+                    self.open_keystore(&self.decoy, code).await?;
+                }
+                None
+            }
+        };
+        let (Some(mut u), Some((i, keys))) = (user, opened) else {
+            return Err(self.fail(&email_key, AuthError::BadRecoveryCode)?);
         };
         let pw = new_password.to_owned();
         let sealed = tokio::task::spawn_blocking(move || keys.seal(pw.as_bytes()))
@@ -935,9 +1060,10 @@ impl Auth {
         u.recovery[i].used = true;
         // A recovery code is also the way back in after losing the authenticator.
         u.totp = None;
-        u.failed_logins = 0;
-        u.locked_until_ms = 0;
-        self.save(&u)?;
+        self.dir.write(vec![
+            Op::Put(USERS, u.account.0.to_vec(), json(&u)),
+            Op::Delete(LOCKOUTS, email_key.to_vec()),
+        ])?;
         self.logout_all(&u.account)?;
         tracing::info!(account = %u.account, "password reset with a recovery code");
         Ok(())
@@ -1049,8 +1175,9 @@ impl Auth {
             return Err(AuthError::Invalid("name or email address".into()));
         }
         secrets::check_password(password, &[name, email])?;
-        let keys = Self::open_keystore(&keystore, keystore_password)
-            .await
+        let keys = self
+            .open_keystore(&keystore, keystore_password)
+            .await?
             .ok_or(AuthError::BadCredentials)?;
         let account = keys.account();
         let state = self
@@ -1062,7 +1189,7 @@ impl Auth {
                 "the ledger does not give this account role {role} in {org}"
             )));
         }
-        let (keys, sealed) = seal_all(keys, password.to_owned()).await?;
+        let (keys, sealed) = self.seal_all(keys, password.to_owned()).await?;
         let codes = self
             .create_user(&keys, sealed, name, email, &org, role, Vec::new())
             .await?;

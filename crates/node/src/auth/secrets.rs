@@ -54,8 +54,11 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 }
 
 /// Ten one-time recovery codes, `xxxxx-xxxxx` (50 random bits each, base32).
+/// Recovery codes issued per account.
+pub const RECOVERY_CODE_COUNT: usize = 10;
+
 pub fn recovery_codes() -> Result<Vec<String>, AuthError> {
-    (0..10)
+    (0..RECOVERY_CODE_COUNT)
         .map(|_| {
             let b = random::<7>()?;
             let s = data_encoding::BASE32_NOPAD.encode(&b).to_ascii_lowercase();
