@@ -30,6 +30,8 @@ pub const LEDGER_DB: &str = "ledger.redb";
 /// The record store (encrypted blobs and key envelopes).
 pub const BLOBS_DIR: &str = "blobs";
 pub const RAFT_DB: &str = "raft.redb";
+/// Access reports not yet on the ledger (node-local, see `audit_queue`).
+pub const AUDIT_QUEUE_DB: &str = "audit-queue.redb";
 
 /// A 32-byte node-local secret at `path` that seals what `sealed` (a file or
 /// directory beside it) holds. Created (mode 0600) only while `sealed` does not exist

@@ -3,6 +3,7 @@
 //! [`datadir::init`]; tests call them too.
 
 pub mod api;
+pub mod audit_queue;
 pub mod auth;
 pub mod auth_api;
 pub mod caller;

@@ -15,46 +15,68 @@ use medledger_store::BlobStore;
 
 /// This node's progress through the ledger's shred queue (local metadata, not state).
 const SHRED_CURSOR: &str = "shred_cursor";
+use crate::audit_queue::{AuditQueue, Inflight};
 use std::time::Duration;
-use tokio::sync::mpsc;
 
-/// Where read paths send their access reports.
+/// Where read paths send their access reports: a durable local queue the reporting
+/// task drains to the ledger (see [`crate::audit_queue`]).
 #[derive(Clone, Debug)]
 pub struct Reporter {
-    tx: mpsc::Sender<AccessReport>,
+    queue: AuditQueue,
 }
 
-/// How long a report may wait for others to share its transaction.
+/// How long a small batch of reports waits for others to share its transaction.
 const LINGER: Duration = Duration::from_millis(20);
-/// Reports waiting beyond this make senders wait (back-pressure, never loss).
-const QUEUE: usize = 100_000;
+/// First and longest pause before retrying a submission that did not commit.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Reporter {
-    /// Starts the reporting task. `housekeeping` is how often due work is settled.
+    /// Starts the reporting task over `queue`, first settling a batch a crash may
+    /// have left in flight. `housekeeping` is how often due work is settled.
     pub fn start(
         ledger: Ledger,
         batcher: Batcher,
         signer: NodeSigner,
         store: BlobStore,
+        queue: AuditQueue,
         housekeeping: Duration,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(ledger, batcher, signer, store, rx, housekeeping));
-        Reporter { tx }
+        tokio::spawn(run(
+            ledger,
+            batcher,
+            signer,
+            store,
+            queue.clone(),
+            housekeeping,
+        ));
+        Reporter { queue }
     }
 
-    /// Queues a report; waits only if the queue is full. Fails only when the node is
-    /// shutting down.
-    pub async fn report(&self, r: AccessReport) -> Result<(), crate::NodeError> {
-        self.tx
-            .send(r)
+    /// Records access decisions (allowed or refused) durably; returns once they are
+    /// on disk, so no content is served before its report would survive a crash.
+    pub async fn report_decisions(
+        &self,
+        decisions: impl IntoIterator<Item = (AccountId, RecordId, Purpose, u64, &Decision)>,
+    ) -> Result<(), crate::NodeError> {
+        let reports = decisions
+            .into_iter()
+            .map(|(accessor, record, purpose, time_ms, d)| AccessReport {
+                accessor,
+                record,
+                purpose,
+                time_ms,
+                allowed: d.allowed(),
+                reason: d.code().to_owned(),
+            })
+            .collect();
+        self.queue
+            .append(reports)
             .await
-            .map_err(|_| crate::NodeError::Server("audit reporter stopped".into()))
+            .map_err(|e| crate::NodeError::Server(format!("audit: {e}")))
     }
-}
 
-impl Reporter {
-    /// Queues the report of an access decision (allowed or refused).
+    /// One decision; see [`Reporter::report_decisions`].
     pub async fn report_decision(
         &self,
         accessor: AccountId,
@@ -63,15 +85,8 @@ impl Reporter {
         time_ms: u64,
         d: &Decision,
     ) -> Result<(), crate::NodeError> {
-        self.report(AccessReport {
-            accessor,
-            record,
-            purpose,
-            time_ms,
-            allowed: d.allowed(),
-            reason: d.code().to_owned(),
-        })
-        .await
+        self.report_decisions([(accessor, record, purpose, time_ms, d)])
+            .await
     }
 }
 
@@ -101,11 +116,10 @@ impl NodeTxs {
             + 1
     }
 
-    /// Signs and submits one transaction, waiting for its commit. Every node tx is
-    /// sent after the previous one committed, so the nonce read from the ledger is
-    /// always the next one.
-    async fn send(&self, payload: Payload) -> bool {
-        let kind = payload.kind();
+    /// Signs one transaction with the next nonce. Every node tx is sent after the
+    /// previous one committed (or failed), so the nonce read from the ledger is always
+    /// the next one.
+    fn sign(&self, payload: Payload) -> SignedTx {
         let body = TxBody {
             version: TX_VERSION,
             chain_id: self.ledger.genesis().chain_id.clone(),
@@ -114,25 +128,46 @@ impl NodeTxs {
             payload,
         };
         let hash = body.hash();
-        let tx = SignedTx {
+        SignedTx {
             body,
             signature: SignatureBytes(self.signer.sign(&hash.0.0)),
-        };
+        }
+    }
+
+    /// Submits a signed transaction and waits for its outcome.
+    async fn submit(&self, tx: &SignedTx) -> Sent {
+        let kind = tx.body.payload.kind();
         match self.batcher.submit(vec![tx.to_bytes()]).await.pop() {
             Some(Ok(o)) => match o.result {
-                Ok(_) => true,
+                Ok(_) => Sent::Committed,
+                Err(medledger_core::RejectReason::Overloaded) => Sent::Retry,
                 Err(reason) => {
                     tracing::warn!(kind, code = reason.code(), "node transaction rejected");
-                    false
+                    Sent::Rejected
                 }
             },
             Some(Err(e)) => {
                 tracing::warn!(kind, error = %e, "node transaction not committed");
-                false
+                Sent::Retry
             }
-            None => false,
+            None => Sent::Retry,
         }
     }
+
+    /// Housekeeping transactions: best effort, settled again on the next pass.
+    async fn send(&self, payload: Payload) -> bool {
+        let tx = self.sign(payload);
+        matches!(self.submit(&tx).await, Sent::Committed)
+    }
+}
+
+/// What became of a submitted node transaction.
+enum Sent {
+    Committed,
+    /// Not committed for a passing reason (overload, leadership, shutdown): retry.
+    Retry,
+    /// Refused by the contracts: the same transaction will never commit.
+    Rejected,
 }
 
 async fn run(
@@ -140,7 +175,7 @@ async fn run(
     batcher: Batcher,
     signer: NodeSigner,
     store: BlobStore,
-    mut rx: mpsc::Receiver<AccessReport>,
+    queue: AuditQueue,
     housekeeping: Duration,
 ) {
     let id = AccountId(signer.public().0);
@@ -151,31 +186,129 @@ async fn run(
         id,
         store,
     };
+    settle_inflight(&node, &queue);
     let mut tick = tokio::time::interval(housekeeping);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry = RETRY_MIN;
     loop {
-        tokio::select! {
-            first = rx.recv() => {
-                let Some(first) = first else { return };
-                let mut reports = vec![first];
-                let deadline = tokio::time::Instant::now() + LINGER;
-                while reports.len() < MAX_ACCESS_REPORTS {
-                    match tokio::time::timeout_at(deadline, rx.recv()).await {
-                        Ok(Some(r)) => reports.push(r),
-                        _ => break,
+        let mut batch = match queue.oldest(MAX_ACCESS_REPORTS) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the audit queue failed");
+                Vec::new()
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = queue.ready.notified() => {}
+                _ = tick.tick() => {
+                    settle_due(&node).await;
+                    shred_erased(&node).await;
+                }
+            }
+            continue;
+        }
+        if batch.len() < MAX_ACCESS_REPORTS {
+            // Let concurrent reads join this transaction.
+            tokio::time::sleep(LINGER).await;
+            batch = queue.oldest(MAX_ACCESS_REPORTS).unwrap_or(batch);
+        }
+        match deliver(&node, &queue, &batch).await {
+            Ok(true) => {
+                retry = RETRY_MIN;
+                metrics::counter!("medledger_access_reports_total").increment(batch.len() as u64);
+            }
+            Ok(false) | Err(_) => {
+                metrics::counter!("medledger_access_report_retries_total").increment(1);
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+        if let Ok(n) = queue.pending() {
+            metrics::gauge!("medledger_access_reports_queued").set(n as f64);
+        }
+        if tick_due(&mut tick) {
+            settle_due(&node).await;
+            shred_erased(&node).await;
+        }
+    }
+}
+
+/// Whether the housekeeping interval has elapsed (without waiting for it).
+fn tick_due(tick: &mut tokio::time::Interval) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    tick.poll_tick(&mut cx).is_ready()
+}
+
+/// A batch a crash left in flight: if its transaction is on the ledger, its reports
+/// are delivered and leave the queue; otherwise they stay and are sent again.
+fn settle_inflight(node: &NodeTxs, queue: &AuditQueue) {
+    let Ok(Some(f)) = queue.inflight() else {
+        return;
+    };
+    let result = match node.ledger.tx_location(&f.tx) {
+        Ok(Some(_)) => queue.committed(&f.seqs),
+        Ok(None) => queue.set_inflight(None),
+        Err(e) => {
+            tracing::error!(error = %e, "checking the in-flight audit batch failed");
+            return;
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "settling the in-flight audit batch failed");
+    }
+}
+
+/// Moves one batch to the ledger. `Ok(true)` when every report left the queue
+/// (committed, or refused on its own and set aside); `Ok(false)` to retry later.
+async fn deliver(
+    node: &NodeTxs,
+    queue: &AuditQueue,
+    batch: &[(u64, AccessReport)],
+) -> Result<bool, crate::audit_queue::QueueError> {
+    let reports: Vec<AccessReport> = batch.iter().map(|(_, r)| r.clone()).collect();
+    let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
+    let tx = node.sign(Payload::ReportAccess { reports });
+    queue.set_inflight(Some(&Inflight {
+        tx: tx.body.hash(),
+        seqs: seqs.clone(),
+    }))?;
+    match node.submit(&tx).await {
+        Sent::Committed => {
+            queue.committed(&seqs)?;
+            Ok(true)
+        }
+        Sent::Retry => {
+            queue.set_inflight(None)?;
+            Ok(false)
+        }
+        Sent::Rejected => {
+            // One report the contracts refuse must not hold back the others: send
+            // each on its own; what is still refused alone is kept aside, not lost.
+            queue.set_inflight(None)?;
+            for (seq, r) in batch {
+                let one = node.sign(Payload::ReportAccess {
+                    reports: vec![r.clone()],
+                });
+                queue.set_inflight(Some(&Inflight {
+                    tx: one.body.hash(),
+                    seqs: vec![*seq],
+                }))?;
+                match node.submit(&one).await {
+                    Sent::Committed => queue.committed(&[*seq])?,
+                    Sent::Retry => {
+                        queue.set_inflight(None)?;
+                        return Ok(false);
+                    }
+                    Sent::Rejected => {
+                        tracing::error!(seq, "an access report the ledger refuses was set aside");
+                        metrics::counter!("medledger_access_reports_refused_total").increment(1);
+                        queue.set_inflight(None)?;
+                        queue.refuse(*seq)?;
                     }
                 }
-                let n = reports.len();
-                if node.send(Payload::ReportAccess { reports }).await {
-                    metrics::counter!("medledger_access_reports_total").increment(n as u64);
-                } else {
-                    metrics::counter!("medledger_access_reports_failed_total").increment(n as u64);
-                }
             }
-            _ = tick.tick() => {
-                settle_due(&node).await;
-                shred_erased(&node).await;
-            }
+            Ok(true)
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `serve`: config → data dir → start-up check → ledger → Raft → batcher → HTTPS.
 
 use crate::api::{self, AppState};
-use crate::datadir::{self, BLOBS_DIR, LEDGER_DB, RAFT_DB, TLS_CERT, TLS_KEY};
+use crate::datadir::{self, AUDIT_QUEUE_DB, BLOBS_DIR, LEDGER_DB, RAFT_DB, TLS_CERT, TLS_KEY};
 use crate::error::{NodeError, Result};
 use medledger_consensus::{Batcher, BatcherConfig, LogStore, StateMachine, network::HttpNetwork};
 use medledger_ledger::{Ledger, VerifyMode};
@@ -155,11 +155,14 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         });
     let store = medledger_store::BlobStore::open(&store_config)
         .map_err(|e| NodeError::Server(format!("record store: {e}")))?;
+    let audit_queue = crate::audit_queue::AuditQueue::open(&dd.dir.join(AUDIT_QUEUE_DB))
+        .map_err(|e| NodeError::Server(format!("audit queue: {e}")))?;
     let reporter = crate::reporter::Reporter::start(
         ledger.clone(),
         batcher.clone(),
         dd.node.clone(),
         store.clone(),
+        audit_queue,
         config.housekeeping,
     );
     let fhir = crate::fhir::Fhir::open(

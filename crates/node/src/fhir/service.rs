@@ -663,30 +663,77 @@ impl Fhir {
         record: RecordId,
         rtype: &str,
     ) -> Result<RecordView, FhirError> {
+        self.access_many(who, &[(record, rtype)])
+            .await?
+            .pop()
+            .ok_or_else(|| internal("no decision"))?
+    }
+
+    /// [`Fhir::access`] for many records: decided in one state view and reported in one
+    /// durable append (one fsync for a whole page, not one per resource).
+    async fn access_many(
+        &self,
+        who: &Principal,
+        items: &[(RecordId, &str)],
+    ) -> Result<Vec<Result<RecordView, FhirError>>, FhirError> {
         let purpose = purpose_of(who.role)?;
         let accessor = who.account;
         let at = now_ms();
-        let (d, view) = self.lookup(|st| query::access(st, &accessor, &record, purpose, at))?;
-        if d != Decision::DenyNoSuchRecord {
-            self.reporter
-                .report_decision(accessor, record, purpose, at, &d)
-                .await
-                .map_err(|e| FhirError::Unavailable(e.to_string()))?;
-        }
-        match (d, view) {
-            (Decision::DenyErased, _) => {
-                let own = self
-                    .lookup(|st| query::record(st, &record))?
-                    .is_some_and(|r| r.state.patient == accessor);
-                Err(if own {
-                    FhirError::Gone("the resource was erased".into())
-                } else {
-                    absent(rtype)
+        let decided = self.lookup(|st| {
+            items
+                .iter()
+                .map(|(r, _)| {
+                    let (d, view) = query::access(st, &accessor, r, purpose, at)?;
+                    // Whether an erased record is the caller's own (the one case a
+                    // refusal may say more than "absent").
+                    let own = d == Decision::DenyErased
+                        && query::record(st, r)?.is_some_and(|v| v.state.patient == accessor);
+                    Ok((d, view, own))
                 })
-            }
-            (d, Some(v)) if d.allowed() && v.state.category.as_str() == rtype => Ok(v),
-            _ => Err(absent(rtype)),
+                .collect::<medledger_ledger::Result<Vec<_>>>()
+        })?;
+        self.reporter
+            .report_decisions(
+                items
+                    .iter()
+                    .zip(&decided)
+                    .filter(|(_, (d, _, _))| *d != Decision::DenyNoSuchRecord)
+                    .map(|((r, _), (d, _, _))| (accessor, *r, purpose, at, d)),
+            )
+            .await
+            .map_err(|e| FhirError::Unavailable(e.to_string()))?;
+        Ok(items
+            .iter()
+            .zip(decided)
+            .map(|((_, rtype), (d, view, own))| match (d, view) {
+                (Decision::DenyErased, _) if own => {
+                    Err(FhirError::Gone("the resource was erased".into()))
+                }
+                (d, Some(v)) if d.allowed() && v.state.category.as_str() == *rtype => Ok(v),
+                _ => Err(absent(rtype)),
+            })
+            .collect())
+    }
+
+    /// The current versions of `items`, through the audited access path (one
+    /// decision pass and one report for all of them).
+    async fn latest_many(
+        &self,
+        who: &Principal,
+        items: &[(RecordId, &str)],
+    ) -> Result<Vec<Result<Option<Stored>, FhirError>>, FhirError> {
+        let views = self.access_many(who, items).await?;
+        let mut out = Vec::with_capacity(views.len());
+        for ((record, rtype), view) in items.iter().zip(views) {
+            out.push(match view {
+                Ok(v) => match v.history.last() {
+                    Some(last) => self.open_version(rtype, record, last).await,
+                    None => Ok(None),
+                },
+                Err(e) => Err(e),
+            });
         }
+        Ok(out)
     }
 
     // ---- interactions --------------------------------------------------------------
@@ -1030,12 +1077,13 @@ impl Fhir {
             })
             .await?;
         let mut versions = Vec::new();
-        for record in readable {
-            let Ok(view) = self.access(who, record, rtype).await else {
+        let items: Vec<(RecordId, &str)> = readable.iter().map(|r| (*r, rtype)).collect();
+        for (record, view) in readable.iter().zip(self.access_many(who, &items).await?) {
+            let Ok(view) = view else {
                 continue;
             };
             for v in view.history.iter().rev() {
-                match self.history_entry(rtype, &record, v, base).await {
+                match self.history_entry(rtype, record, v, base).await {
                     Ok(e) => versions.push(e),
                     Err(e) if skippable(&e) => {}
                     Err(e) => return Err(e),
@@ -1174,16 +1222,12 @@ impl Fhir {
         let all = self.matching(rtype, &q, &readable)?;
         let refused_ids: Vec<RecordId> = refused.iter().map(|(r, _)| *r).collect();
         let refused: HashMap<RecordId, Decision> = refused.into_iter().collect();
-        for (_, r) in self
+        let mut reports: Vec<(RecordId, Decision)> = self
             .matching(rtype, &q, &refused_ids)?
             .into_iter()
             .take(MAX_REFUSED_REPORTS)
-        {
-            self.reporter
-                .report_decision(accessor, r, purpose, at, &refused[&r])
-                .await
-                .map_err(|e| FhirError::Unavailable(e.to_string()))?;
-        }
+            .map(|(_, r)| (r, refused[&r].clone()))
+            .collect();
         let more = q.offset.saturating_add(q.count) < all.len();
         if more {
             let (_, next) = all[q.offset + q.count];
@@ -1192,15 +1236,22 @@ impl Fhir {
                 .find(|(r, _)| *r == next)
                 .map(|(_, d)| d.clone())
                 .ok_or_else(|| internal("decided match missing"))?;
-            self.reporter
-                .report_decision(accessor, next, purpose, at, &d)
-                .await
-                .map_err(|e| FhirError::Unavailable(e.to_string()))?;
+            reports.push((next, d));
         }
+        self.reporter
+            .report_decisions(reports.iter().map(|(r, d)| (accessor, *r, purpose, at, d)))
+            .await
+            .map_err(|e| FhirError::Unavailable(e.to_string()))?;
+        let page: Vec<(RecordId, &str)> = all
+            .iter()
+            .skip(q.offset)
+            .take(q.count)
+            .map(|(_, r)| (*r, rtype))
+            .collect();
         let mut found = Vec::new();
         let mut damaged = 0usize;
-        for (_, r) in all.iter().skip(q.offset).take(q.count) {
-            match self.latest(who, rtype, *r).await {
+        for read in self.latest_many(who, &page).await? {
+            match read {
                 Ok(Some(s)) => found.push(s.resource),
                 Ok(None) => {}
                 Err(e @ FhirError::Corrupt(_)) => {
@@ -1223,20 +1274,6 @@ impl Fhir {
         Ok(bundle)
     }
 
-    /// The current version of a record, through the audited access path.
-    async fn latest(
-        &self,
-        who: &Principal,
-        rtype: &str,
-        record: RecordId,
-    ) -> Result<Option<Stored>, FhirError> {
-        let view = self.access(who, record, rtype).await?;
-        match view.history.last() {
-            Some(v) => self.open_version(rtype, &record, v).await,
-            None => Ok(None),
-        }
-    }
-
     /// `Patient/{id}/$everything`: the patient resource and every current resource in
     /// the patient's compartment the caller may see (each read audited).
     pub async fn everything(
@@ -1250,20 +1287,23 @@ impl Fhir {
         let mut entries = vec![
             json!({"fullUrl": format!("{base}/Patient/{id}"), "resource": patient.resource, "search": {"mode": "match"}}),
         ];
+        let mut docs = Vec::new();
+        for r in records {
+            if r == view.id || docs.len() >= MAX_EVERYTHING {
+                continue;
+            }
+            match self.index.doc(&r)? {
+                Some(doc) if !doc.deleted => docs.push((r, doc)),
+                _ => {}
+            }
+        }
+        let items: Vec<(RecordId, &str)> =
+            docs.iter().map(|(r, d)| (*r, d.rtype.as_str())).collect();
         let mut found: Vec<(u64, Value)> = Vec::new();
         let mut damaged = 0usize;
-        for r in records {
-            if r == view.id || found.len() >= MAX_EVERYTHING {
-                continue;
-            }
-            let Some(doc) = self.index.doc(&r)? else {
-                continue;
-            };
-            if doc.deleted {
-                continue;
-            }
+        for ((_, doc), read) in docs.iter().zip(self.latest_many(who, &items).await?) {
             let cat = &doc.rtype;
-            match self.latest(who, cat, r).await {
+            match read {
                 Ok(Some(s)) => found.push((
                     doc.seq,
                     json!({"fullUrl": format!("{base}/{cat}/{}", s.id), "resource": s.resource, "search": {"mode": "match"}}),

@@ -1,0 +1,250 @@
+//! The durable local queue of access reports (`audit-queue.redb`, node-local).
+//!
+//! A read path appends its report here and waits until the append is on disk before
+//! any content leaves the node; the reporter then moves reports to the ledger and
+//! deletes them only once their transaction committed. So a report is never lost: a
+//! crash leaves it in the queue and the next start replays it, and a refused or
+//! overloaded submission is retried. Appends are group-committed by one thread (all
+//! waiting appends share one fsync), so durability does not cap read throughput.
+//!
+//! Before a batch is submitted its transaction hash is written down (`inflight`):
+//! after a crash between commit and deletion, the replay finds that transaction on
+//! the ledger and deletes the batch instead of reporting it twice.
+
+use medledger_core::{AccessReport, TxHash};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
+/// Reports the ledger refused on their own (they can never commit): kept, not lost.
+const REFUSED: TableDefinition<u64, &[u8]> = TableDefinition::new("refused");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const INFLIGHT: &str = "inflight";
+
+/// Most appends one group commit takes.
+const MAX_GROUP: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("audit queue storage: {0}")]
+    Storage(String),
+    #[error("audit queue stopped")]
+    Stopped,
+}
+
+fn storage(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Storage(e.to_string())
+}
+
+type Result<T> = std::result::Result<T, QueueError>;
+
+/// The batch being submitted: its transaction hash and the queue entries it carries.
+#[derive(Debug, Clone, borsh::BorshSerialize, borsh::BorshDeserialize)]
+pub struct Inflight {
+    pub tx: TxHash,
+    pub seqs: Vec<u64>,
+}
+
+struct Append {
+    reports: Vec<AccessReport>,
+    done: oneshot::Sender<Result<()>>,
+}
+
+#[derive(Clone)]
+pub struct AuditQueue {
+    db: Arc<Database>,
+    appends: mpsc::Sender<Append>,
+    /// Woken after every commit of new reports.
+    pub ready: Arc<Notify>,
+}
+
+impl std::fmt::Debug for AuditQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditQueue")
+    }
+}
+
+impl AuditQueue {
+    /// Opens (creating) the queue at `path` and starts its group-commit thread.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Database::create(path).map_err(storage)?;
+        let w = db.begin_write().map_err(storage)?;
+        w.open_table(PENDING).map_err(storage)?;
+        w.open_table(REFUSED).map_err(storage)?;
+        w.open_table(META).map_err(storage)?;
+        w.commit().map_err(storage)?;
+        let db = Arc::new(db);
+        let ready = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::channel::<Append>(MAX_GROUP);
+        let (d, r) = (db.clone(), ready.clone());
+        std::thread::Builder::new()
+            .name("audit-queue".into())
+            .spawn(move || writer(d, rx, r))
+            .map_err(storage)?;
+        Ok(AuditQueue {
+            db,
+            appends: tx,
+            ready,
+        })
+    }
+
+    /// Appends `reports` and returns once they are durable.
+    pub async fn append(&self, reports: Vec<AccessReport>) -> Result<()> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.appends
+            .send(Append { reports, done })
+            .await
+            .map_err(|_| QueueError::Stopped)?;
+        wait.await.map_err(|_| QueueError::Stopped)?
+    }
+
+    /// The oldest `n` pending reports with their sequence numbers.
+    pub fn oldest(&self, n: usize) -> Result<Vec<(u64, AccessReport)>> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(PENDING).map_err(storage)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(storage)?.take(n) {
+            let (k, v) = e.map_err(storage)?;
+            let rep = borsh::from_slice(v.value()).map_err(storage)?;
+            out.push((k.value(), rep));
+        }
+        Ok(out)
+    }
+
+    /// How many reports wait for the ledger.
+    pub fn pending(&self) -> Result<u64> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(PENDING).map_err(storage)?;
+        t.len().map_err(storage)
+    }
+
+    /// Notes the batch about to be submitted (durably, before submission).
+    pub fn set_inflight(&self, f: Option<&Inflight>) -> Result<()> {
+        let w = self.db.begin_write().map_err(storage)?;
+        {
+            let mut m = w.open_table(META).map_err(storage)?;
+            match f {
+                Some(f) => {
+                    let bytes = borsh::to_vec(f).map_err(storage)?;
+                    m.insert(INFLIGHT, &bytes[..]).map_err(storage)?;
+                }
+                None => {
+                    m.remove(INFLIGHT).map_err(storage)?;
+                }
+            }
+        }
+        w.commit().map_err(storage)
+    }
+
+    pub fn inflight(&self) -> Result<Option<Inflight>> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let m = r.open_table(META).map_err(storage)?;
+        m.get(INFLIGHT)
+            .map_err(storage)?
+            .map(|v| borsh::from_slice(v.value()).map_err(storage))
+            .transpose()
+    }
+
+    /// Deletes reports the ledger committed, and the inflight note, in one write.
+    pub fn committed(&self, seqs: &[u64]) -> Result<()> {
+        let w = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = w.open_table(PENDING).map_err(storage)?;
+            for s in seqs {
+                t.remove(s).map_err(storage)?;
+            }
+            w.open_table(META)
+                .map_err(storage)?
+                .remove(INFLIGHT)
+                .map_err(storage)?;
+        }
+        w.commit().map_err(storage)
+    }
+
+    /// Moves a report the ledger refused on its own out of the way, keeping it.
+    pub fn refuse(&self, seq: u64) -> Result<()> {
+        let w = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = w.open_table(PENDING).map_err(storage)?;
+            let v = t.remove(seq).map_err(storage)?.map(|v| v.value().to_vec());
+            if let Some(v) = v {
+                w.open_table(REFUSED)
+                    .map_err(storage)?
+                    .insert(seq, &v[..])
+                    .map_err(storage)?;
+            }
+        }
+        w.commit().map_err(storage)
+    }
+}
+
+/// The group-commit thread: every append waiting when a commit starts shares it.
+fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Append>, ready: Arc<Notify>) {
+    let next = || -> Result<u64> {
+        let r = db.begin_read().map_err(storage)?;
+        let last = |t: TableDefinition<u64, &[u8]>| -> Result<u64> {
+            let t = r.open_table(t).map_err(storage)?;
+            Ok(t.last().map_err(storage)?.map_or(0, |(k, _)| k.value()))
+        };
+        Ok(last(PENDING)?.max(last(REFUSED)?) + 1)
+    };
+    let mut seq = match next() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "audit queue unreadable; reads will fail");
+            while let Some(a) = rx.blocking_recv() {
+                let _ = a.done.send(Err(QueueError::Storage(e.to_string())));
+            }
+            return;
+        }
+    };
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(a) => group.push(a),
+                Err(_) => break,
+            }
+        }
+        let start = seq;
+        let result = (|| -> Result<u64> {
+            let mut w = db.begin_write().map_err(storage)?;
+            // Reports carry caller-chosen ids: two-phase commit, as for every redb
+            // file that stores untrusted input.
+            w.set_two_phase_commit(true);
+            let mut s = start;
+            {
+                let mut t = w.open_table(PENDING).map_err(storage)?;
+                for a in &group {
+                    for r in &a.reports {
+                        let bytes = borsh::to_vec(r).map_err(storage)?;
+                        t.insert(s, &bytes[..]).map_err(storage)?;
+                        s += 1;
+                    }
+                }
+            }
+            w.commit().map_err(storage)?;
+            Ok(s)
+        })();
+        match result {
+            Ok(s) => {
+                seq = s;
+                for a in group {
+                    let _ = a.done.send(Ok(()));
+                }
+                ready.notify_one();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit queue append failed");
+                for a in group {
+                    let _ = a.done.send(Err(QueueError::Storage(e.to_string())));
+                }
+            }
+        }
+    }
+}
