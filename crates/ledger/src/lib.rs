@@ -3,6 +3,7 @@
 //! redb, proofs against stored tree heads, and `verify`, which recomputes everything
 //! from the stored blocks.
 
+pub mod admission;
 pub mod contracts;
 mod error;
 pub mod exec;

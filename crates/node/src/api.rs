@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use medledger_consensus::{Batcher, ConsensusError, Raft};
-use medledger_core::tx::verify_signatures;
-use medledger_core::{AccountId, Digest32, MAX_TX_BYTES, RejectReason, SignedTx, TxHash};
+use medledger_core::{AccountId, Digest32, RejectReason, SignedTx, TxHash};
+use medledger_ledger::admission::admit;
 use medledger_ledger::{Ledger, LedgerError, TxOutcome};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,9 @@ use std::time::Instant;
 
 /// Most transactions accepted in one `POST /v1/txs`.
 pub const MAX_TXS_PER_REQUEST: usize = 10_000;
+/// Most self-registrations by keys the ledger does not know yet, per request; the
+/// node-wide rate is [`AppState::new_signers`].
+pub const MAX_NEW_SIGNERS_PER_REQUEST: usize = 16;
 /// Request body limit: a full batch of maximum-size transactions in base64, plus JSON.
 pub const MAX_BODY_BYTES: usize = 24 * 1024 * 1024;
 
@@ -33,6 +36,8 @@ pub struct AppState {
     pub reporter: crate::reporter::Reporter,
     pub auth: std::sync::Arc<crate::auth::Auth>,
     pub fhir: std::sync::Arc<crate::fhir::Fhir>,
+    /// Admissions of transactions from keys the ledger does not know yet, node-wide.
+    pub new_signers: std::sync::Arc<crate::auth::secrets::RateLimiter>,
 }
 
 /// `peer_rpc` mounts the node-to-node Raft endpoints; off for a single node, since
@@ -207,100 +212,6 @@ pub struct SubmitManyResponse {
     pub results: Vec<SubmitResult>,
 }
 
-/// A decoded tx (bytes, parsed form, hash), or its rejection.
-type Decoded = std::result::Result<(Vec<u8>, SignedTx, TxHash), TxOutcome>;
-
-fn reject(hash: Option<TxHash>, reason: RejectReason) -> TxOutcome {
-    TxOutcome {
-        hash,
-        result: Err(reason),
-    }
-}
-
-/// Stateless checks and a cheap look at committed state, so that obviously invalid
-/// transactions never reach the Raft log. The state machine checks again.
-fn admission(
-    ledger: &Ledger,
-    raw: Vec<std::result::Result<Vec<u8>, String>>,
-) -> Vec<std::result::Result<Vec<u8>, TxOutcome>> {
-    let chain = &ledger.genesis().chain_id;
-    let mut decoded: Vec<Decoded> = raw
-        .into_iter()
-        .map(|r| {
-            let bytes = r.map_err(|detail| reject(None, RejectReason::Malformed { detail }))?;
-            if bytes.len() > MAX_TX_BYTES {
-                return Err(reject(
-                    None,
-                    RejectReason::Oversized {
-                        size: bytes.len(),
-                        max: MAX_TX_BYTES,
-                    },
-                ));
-            }
-            let tx = SignedTx::decode(&bytes).map_err(|e| {
-                reject(
-                    None,
-                    RejectReason::Malformed {
-                        detail: e.to_string(),
-                    },
-                )
-            })?;
-            let hash = tx
-                .check_without_signature(chain)
-                .map_err(|r| reject(Some(tx.body.hash()), r))?;
-            Ok((bytes, tx, hash))
-        })
-        .collect();
-    let pairs: Vec<(&SignedTx, TxHash)> = decoded
-        .iter()
-        .filter_map(|d| d.as_ref().ok().map(|(_, t, h)| (t, *h)))
-        .collect();
-    let verdicts = verify_signatures(&pairs);
-    // Apply on this node may then skip re-verifying exactly these (hash, signature) pairs.
-    ledger.remember_verified(
-        pairs
-            .iter()
-            .zip(&verdicts)
-            .filter(|(_, ok)| **ok)
-            .map(|((t, h), _)| (*h, t.signature.0)),
-    );
-    let mut v = verdicts.into_iter();
-    for d in decoded.iter_mut() {
-        if let Ok((_, _, h)) = d
-            && !v.next().unwrap_or(false)
-        {
-            *d = Err(reject(Some(*h), RejectReason::BadSignature));
-        }
-    }
-    decoded
-        .into_iter()
-        .map(|d| {
-            let (bytes, tx, hash) = d?;
-            match ledger.account(&tx.body.signer) {
-                // A new key may introduce itself (the contracts check the rest).
-                Ok(None)
-                    if matches!(
-                        tx.body.payload,
-                        medledger_core::Payload::Register { .. }
-                            | medledger_core::Payload::RegisterInvited { .. }
-                    ) =>
-                {
-                    Ok(bytes)
-                }
-                Ok(None) => Err(reject(Some(hash), RejectReason::UnknownSigner)),
-                Ok(Some(a)) if tx.body.nonce <= a.nonce => Err(reject(
-                    Some(hash),
-                    RejectReason::ReplayedNonce {
-                        expected: a.nonce + 1,
-                        got: tx.body.nonce,
-                    },
-                )),
-                _ => Ok(bytes),
-            }
-        })
-        .collect()
-}
-
 async fn submit(state: &AppState, encoded: Vec<String>) -> Result<Vec<SubmitResult>, ApiError> {
     let started = Instant::now();
     let ledger = state.ledger.clone();
@@ -308,7 +219,11 @@ async fn submit(state: &AppState, encoded: Vec<String>) -> Result<Vec<SubmitResu
         .into_iter()
         .map(|s| B64.decode(s).map_err(|e| format!("not base64: {e}")))
         .collect();
-    let admitted = tokio::task::spawn_blocking(move || admission(&ledger, raw))
+    // Keys the ledger does not know may introduce themselves, but only so many per
+    // request and per second: their registrations cost every node work and could
+    // otherwise crowd the batcher's queue.
+    let budget = state.new_signers.take_up_to(MAX_NEW_SIGNERS_PER_REQUEST);
+    let admitted = tokio::task::spawn_blocking(move || admit(&ledger, raw, budget))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let to_submit: Vec<Vec<u8>> = admitted

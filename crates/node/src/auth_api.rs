@@ -205,13 +205,24 @@ fn clear_cookie(mut resp: Response) -> Response {
     resp
 }
 
-async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, AuthError> {
+// Handlers without a body still take it (`_body`): hyper closes a connection whose
+// request body was left unread, and the client's next pooled request then fails.
+
+async fn logout(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    _body: axum::body::Bytes,
+) -> Result<Response, AuthError> {
     let (token, _) = session(&s, &headers, true)?;
     s.auth.logout(&token);
     Ok(clear_cookie(StatusCode::NO_CONTENT.into_response()))
 }
 
-async fn logout_all(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, AuthError> {
+async fn logout_all(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    _body: axum::body::Bytes,
+) -> Result<Response, AuthError> {
     let (_, sess) = session(&s, &headers, true)?;
     s.auth.logout_all(&sess.account)?;
     Ok(clear_cookie(StatusCode::NO_CONTENT.into_response()))
@@ -241,6 +252,7 @@ async fn me(
 async fn mfa_setup(
     State(s): State<AppState>,
     headers: HeaderMap,
+    _body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, AuthError> {
     let (_, sess) = session(&s, &headers, true)?;
     let (secret, url) = s.auth.totp_setup(&sess)?;
@@ -343,6 +355,7 @@ async fn tokens(
 async fn export_keystore(
     State(s): State<AppState>,
     headers: HeaderMap,
+    _body: axum::body::Bytes,
 ) -> Result<Json<KeystoreFile>, AuthError> {
     let (_, sess) = session(&s, &headers, false)?;
     Ok(Json(s.auth.export_keystore(&sess)?))

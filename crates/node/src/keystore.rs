@@ -249,7 +249,7 @@ mod tests {
         ] {
             let mut f = file.clone();
             (f.kdf.memory_kib, f.kdf.iterations, f.kdf.parallelism) = (m, t, p);
-            let err = f.open(b"correct horse battery").err().expect("refused");
+            let err = f.open(b"correct horse battery").expect_err("refused");
             assert!(err.to_string().contains("bounds"), "{err}");
         }
         let mut f = file.clone();

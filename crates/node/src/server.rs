@@ -18,6 +18,10 @@ pub enum StartupCheck {
     Quick,
 }
 
+/// Self-registrations by unknown keys admitted per second, node-wide, and in a burst.
+const NEW_SIGNERS_PER_S: f64 = 20.0;
+const NEW_SIGNERS_BURST: f64 = 100.0;
+
 /// Everything `serve` needs; validated before anything starts.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -192,6 +196,10 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         reporter,
         auth: std::sync::Arc::new(auth),
         fhir: std::sync::Arc::new(fhir),
+        new_signers: std::sync::Arc::new(crate::auth::secrets::RateLimiter::new(
+            NEW_SIGNERS_PER_S,
+            NEW_SIGNERS_BURST,
+        )),
     };
     let app = api::router(state, config.peer_rpc)
         .layer(RequestBodyLimitLayer::new(api::MAX_BODY_BYTES))

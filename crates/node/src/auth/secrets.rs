@@ -160,6 +160,18 @@ impl RateLimiter {
         }
     }
 
+    /// Takes up to `n` tokens; how many it got.
+    pub fn take_up_to(&self, n: usize) -> usize {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(s.1).as_secs_f64() * self.per_second;
+        s.0 = (s.0 + refill).min(self.burst);
+        s.1 = now;
+        let got = (s.0.floor() as usize).min(n);
+        s.0 -= got as f64;
+        got
+    }
+
     /// Takes one attempt; false when the node is over its rate.
     pub fn allow(&self) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
