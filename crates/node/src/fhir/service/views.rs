@@ -304,7 +304,7 @@ impl Fhir {
             .ok_or_else(|| FhirError::NotFound("no such Consent".into()))?;
         // Only the patient, the grantee or an auditor sees a consent; to anyone else
         // it does not exist.
-        if !may_see_grant(who, &g) {
+        if !self.viewer(who)?.sees_grant(&g) {
             return Err(FhirError::NotFound("no such Consent".into()));
         }
         Ok((gid, g))
@@ -365,9 +365,10 @@ impl Fhir {
             (None, _) => return Err(invalid("Consent search needs patient=")),
         };
         let grants = self.view(move |st| query::grants(st, &patient)).await?;
+        let v = self.viewer(who)?;
         let mut out = Vec::new();
         for g in grants {
-            if may_see_grant(who, &g.state) {
+            if v.sees_grant(&g.state) {
                 out.push(self.render_consent(g.id, &g.state).await?);
             }
         }
@@ -459,7 +460,7 @@ impl Fhir {
             .lookup(|st| query::audit_entry(st, seq))?
             .ok_or_else(|| FhirError::NotFound("no such AuditEvent".into()))?;
         // Visible to its patient, its accessor and auditors; absent to anyone else.
-        if !may_see_audit(who, &e) {
+        if !self.viewer(who)?.sees_audit(&e) {
             return Err(FhirError::NotFound("no such AuditEvent".into()));
         }
         self.render_audit(&e).await
@@ -538,10 +539,11 @@ impl Fhir {
                 }
             }
         }
-        let timed = from > 0 || to < u64::MAX;
         let filter = match filter {
             Some(f) => f,
-            None if timed || who.role == Role::Auditor => AuditFilter::Time {
+            // A time range walks the time index only for those who see all of it;
+            // anyone else walks their own trail and keeps the range.
+            None if who.role == Role::Auditor => AuditFilter::Time {
                 from_ms: from,
                 to_ms: to,
             },
@@ -553,7 +555,7 @@ impl Fhir {
         }
         // Walk the index in pages until a page of visible entries (plus one to know
         // whether there is more) is found.
-        let (w, want) = (who.clone(), offset + count + 1);
+        let (w, want) = (self.viewer(who)?, offset + count + 1);
         let entries = self
             .view(move |st| {
                 let mut out = Vec::new();
@@ -565,9 +567,8 @@ impl Fhir {
                     };
                     after = Some(last.seq);
                     out.extend(
-                        page.into_iter().filter(|e| {
-                            may_see_audit(&w, e) && e.time_ms >= from && e.time_ms < to
-                        }),
+                        page.into_iter()
+                            .filter(|e| w.sees_audit(e) && e.time_ms >= from && e.time_ms < to),
                     );
                     if out.len() >= want {
                         return Ok(out);
@@ -727,6 +728,17 @@ impl Fhir {
         Ok(out)
     }
 
+    /// The caller as the visibility rules see them (`crate::caller::Viewer`), so the
+    /// FHIR views and `/v1` decide alike.
+    fn viewer(&self, who: &Principal) -> Result<crate::caller::Viewer, FhirError> {
+        let account = who.account;
+        let state = self.lookup(|st| query::account(st, &account))?;
+        Ok(crate::caller::Viewer {
+            account,
+            state: state.map(|a| a.state),
+        })
+    }
+
     /// Authorship is not content: the author, the patient and auditors see it, and
     /// anyone the ledger would let read the record (decided, not audited: no content
     /// is read).
@@ -749,19 +761,6 @@ impl Fhir {
         })?;
         Ok(d.allowed())
     }
-}
-
-fn may_see_grant(who: &Principal, g: &GrantState) -> bool {
-    who.account == g.patient
-        || who.role == Role::Auditor
-        || match &g.grantee {
-            Grantee::Account(a) => *a == who.account,
-            Grantee::Org(o) => *o == who.org,
-        }
-}
-
-fn may_see_audit(who: &Principal, e: &AuditEntry) -> bool {
-    who.role == Role::Auditor || e.accessor == who.account || e.patient == Some(who.account)
 }
 
 #[cfg(test)]
