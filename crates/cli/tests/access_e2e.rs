@@ -5,6 +5,7 @@
 //! - FHIR search counted and paged records the caller may not read, so `_count=0`
 //!   and `next` links answered questions about other patients' data (defect 2);
 //! - a transaction Bundle `PUT` moved a resource to another patient (defect 8);
+//! - bodies were buffered before the caller was known (defect 5);
 //! - an API token outlived the role that allowed it (defect 9);
 //! - a multi-byte character in a date panicked and dropped the connection, `POST
 //!   /fhir/` and unrouted paths answered empty 404s, and a corrupt blob answered a
@@ -105,6 +106,15 @@ fn hostile_callers_learn_nothing_and_change_nothing() {
         assert_eq!(st, 404);
         let (st, v) = h.get("/v1/orgs/general", &auth).await;
         assert_eq!(st, 404, "membership (patients included) is for the org's admins: {v}");
+
+        // ---- defect 5: no body is taken in before the caller is known --------------
+        let big = vec![b' '; 8 * 1024 * 1024];
+        let r = h.c.post(format!("{}/fhir/Observation", node.url))
+            .header("content-type", "application/fhir+json").body(big.clone()).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "an anonymous 8 MiB upload must be refused as unauthenticated");
+        let r = h.c.post(format!("{}/v1/tx", node.url))
+            .header("content-type", "application/json").body(big).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 413, "one transaction's body is bounded by what a transaction can be");
 
         // ---- defect 2: search reveals nothing before it decides --------------------
         // With no consent, a probe for a code the patient has and for one they do not

@@ -135,9 +135,14 @@ fn rejections_over_http_change_nothing_and_proofs_verify_via_cli() {
                 .args(["proof", "consistency", "1", "--node", &url, "--data-dir"])
                 .arg(&dir),
         );
+        // Transaction status is for its signer and overseers: the CLI signs the query
+        // with the (admin) keystore.
+        let pw = dir.parent().unwrap().join("pw");
         let out = Command::new(BIN)
             .args(["tx", "status", &hash, "--node", &url, "--data-dir"])
             .arg(&dir)
+            .arg("--password-file")
+            .arg(&pw)
             .output()
             .unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains("\"committed\""));
@@ -145,6 +150,8 @@ fn rejections_over_http_change_nothing_and_proofs_verify_via_cli() {
         let out = Command::new(BIN)
             .args(["tx", "status", &missing, "--node", &url, "--data-dir"])
             .arg(&dir)
+            .arg("--password-file")
+            .arg(&pw)
             .output()
             .unwrap();
         assert!(!out.status.success());

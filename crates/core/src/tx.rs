@@ -362,35 +362,29 @@ impl SignedTx {
     }
 }
 
-/// Verifies many signatures at once: batch verification for the common all-valid
-/// case, falling back to one-by-one strict checks to find the bad ones. Every node
-/// and `verify` use this same function, so they agree on which signatures are valid.
+/// Verifies many signatures, each with strict verification (`verify_strict`), spread
+/// over the cores. Every node, admission and `verify` use this function, so they agree
+/// on which signatures are valid.
+///
+/// Why not batch verification: a batch checks the cofactored equation, which accepts
+/// signatures strict verification refuses (a small-order signer key, for which anyone
+/// can forge, or an R with a torsion component, which the key's owner can make). A
+/// verdict that depended on which other transactions shared the batch (batch when all
+/// pass, strict when one fails) let a crafted transaction be valid on one node and
+/// invalid on another, or in `verify`. Found by the `tx_decode` fuzz target; the
+/// regression test is `batch_and_strict_agree_on_a_small_order_key_forgery`.
 /// Returns one verdict per input (false also for undecodable keys).
 pub fn verify_signatures(txs: &[(&SignedTx, TxHash)]) -> Vec<bool> {
-    // Decompressing a public key costs about half a verification, and a batch
-    // usually has few distinct signers: decompress each once.
-    let mut cache: std::collections::HashMap<AccountId, Option<ed25519_dalek::VerifyingKey>> =
-        std::collections::HashMap::new();
-    let keys: Vec<Option<ed25519_dalek::VerifyingKey>> = txs
-        .iter()
-        .map(|(tx, _)| {
-            *cache
-                .entry(tx.body.signer)
-                .or_insert_with(|| tx.body.signer.verifying_key().ok())
-        })
-        .collect();
-    if keys.iter().all(Option::is_some) && !txs.is_empty() {
-        let msgs: Vec<&[u8]> = txs.iter().map(|(_, h)| &h.0.0[..]).collect();
-        let sigs: Vec<Signature> = txs
+    use rayon::prelude::*;
+    // Small inputs are not worth a hand-off to the pool.
+    if txs.len() < 16 {
+        return txs
             .iter()
-            .map(|(tx, _)| Signature::from_bytes(&tx.signature.0))
+            .map(|(tx, h)| tx.verify_signature(h).is_ok())
             .collect();
-        let vks: Vec<_> = keys.iter().flatten().copied().collect();
-        if ed25519_dalek::verify_batch(&msgs, &sigs, &vks).is_ok() {
-            return vec![true; txs.len()];
-        }
     }
-    txs.iter()
+    txs.par_iter()
+        .with_min_len(8)
         .map(|(tx, h)| tx.verify_signature(h).is_ok())
         .collect()
 }
@@ -398,6 +392,36 @@ pub fn verify_signatures(txs: &[(&SignedTx, TxHash)]) -> Vec<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (fuzz target `tx_decode`): a transaction from the identity-point key
+    /// (small order) with R = identity and s = 0 verifies under the cofactored batch
+    /// equation for any message, so batch verification accepted it while strict
+    /// verification refused it. Every verdict is now strict.
+    #[test]
+    fn batch_and_strict_agree_on_a_small_order_key_forgery() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut sig = [0u8; 64];
+        sig[0] = 1;
+        let forged = SignedTx {
+            body: TxBody {
+                version: TX_VERSION,
+                chain_id: ChainId::new("medledger-fuzz").unwrap(),
+                signer: AccountId(identity),
+                nonce: 1,
+                payload: Payload::Anchor {
+                    digest: crate::Digest32([9; 32]),
+                },
+            },
+            signature: SignatureBytes(sig),
+        };
+        let h = forged.body.hash();
+        assert!(forged.verify_signature(&h).is_err());
+        // Alone, and in a batch large enough to take the parallel path.
+        assert_eq!(verify_signatures(&[(&forged, h)]), vec![false]);
+        let many: Vec<(&SignedTx, TxHash)> = (0..40).map(|_| (&forged, h)).collect();
+        assert!(verify_signatures(&many).iter().all(|ok| !ok));
+    }
     use crate::keys::generate_signing_key;
 
     fn chain() -> ChainId {

@@ -172,10 +172,17 @@ impl SignedCheckpoint {
         if signatures.is_empty() {
             return Err(MerkleError::CheckpointMalformed("no signatures"));
         }
-        Ok(SignedCheckpoint {
+        let parsed = SignedCheckpoint {
             checkpoint,
             signatures,
-        })
+        };
+        // Exactly one text per checkpoint: `+12345`, `\r\n` line ends or a missing
+        // final newline parsed to the same value, so a note other than the one signed
+        // would still verify (the signature covers the re-serialised body).
+        if parsed.to_note() != note {
+            return Err(MerkleError::CheckpointMalformed("not in canonical form"));
+        }
+        Ok(parsed)
     }
 
     /// Checks that `key` signed this checkpoint (under any key name).

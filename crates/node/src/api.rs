@@ -50,22 +50,34 @@ pub fn router(state: AppState, peer_rpc: bool) -> Router {
             .route("/raft/vote", post(raft_vote))
             .route("/raft/snapshot", post(raft_snapshot));
     }
-    r.route("/v1/tx", post(submit_one))
-        .route("/v1/txs", post(submit_many))
-        .route("/v1/tx/{hash}", get(tx_status))
-        .route("/v1/blocks/{height}", get(block))
-        .route("/v1/tree-head", get(tree_head))
-        .route("/v1/proof/inclusion", get(inclusion))
-        .route("/v1/proof/consistency", get(consistency))
-        .route("/v1/accounts/{id}", get(account))
-        .route("/v1/status", get(status))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
-        .merge(crate::contracts_api::routes())
-        .merge(crate::auth_api::routes())
-        .merge(crate::fhir_api::routes())
-        .fallback(unrouted)
-        .with_state(state)
+    // Anyone may submit, so bulk uploads are taken a few at a time: at most
+    // `BULK_UPLOADS` 24 MiB bodies are buffered at once, and one transaction's body is
+    // limited to what one transaction can be.
+    let bulk = std::sync::Arc::new(tokio::sync::Semaphore::new(BULK_UPLOADS));
+    r.route(
+        "/v1/tx",
+        post(submit_one).layer(axum::extract::DefaultBodyLimit::max(MAX_ONE_TX_BODY)),
+    )
+    .route(
+        "/v1/txs",
+        post(submit_many).layer(axum::middleware::from_fn(move |req, next| {
+            one_of(bulk.clone(), req, next)
+        })),
+    )
+    .route("/v1/tx/{hash}", get(tx_status))
+    .route("/v1/blocks/{height}", get(block))
+    .route("/v1/tree-head", get(tree_head))
+    .route("/v1/proof/inclusion", get(inclusion))
+    .route("/v1/proof/consistency", get(consistency))
+    .route("/v1/accounts/{id}", get(account))
+    .route("/v1/status", get(status))
+    .route("/health", get(health))
+    .route("/metrics", get(metrics_text))
+    .merge(crate::contracts_api::routes())
+    .merge(crate::auth_api::routes())
+    .merge(crate::fhir_api::routes())
+    .fallback(unrouted)
+    .with_state(state)
 }
 
 /// Paths no route matches: an OperationOutcome under `/fhir` (what FHIR clients
@@ -75,6 +87,26 @@ async fn unrouted(method: axum::http::Method, uri: axum::http::Uri) -> Response 
         return crate::fhir_api::unrouted(&method);
     }
     ApiError::NotFound("route").into_response()
+}
+
+/// Concurrent `POST /v1/txs` bodies being read or processed.
+pub const BULK_UPLOADS: usize = 4;
+/// A single transaction in base64 JSON: the transaction limit, expanded, plus room.
+pub const MAX_ONE_TX_BODY: usize = 2 * medledger_core::MAX_TX_BYTES + 4096;
+
+/// Runs the request if a permit is free, else answers 503 at once (before its body
+/// is read).
+async fn one_of(
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match permits.try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => {
+            ApiError::Unavailable("busy with other bulk submissions; retry".into()).into_response()
+        }
+    }
 }
 
 /// The one error type of the HTTP layer.
@@ -88,6 +120,8 @@ pub enum ApiError {
     /// Identified, but the request is refused as made (missing CSRF token, no second
     /// factor yet). Never used for "may not see": that answers [`ApiError::NotFound`].
     Forbidden(String),
+    /// The body is over the route's limit.
+    TooLarge(String),
     Internal(String),
 }
 
@@ -109,6 +143,7 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ApiError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, "unauthenticated", m),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (
@@ -140,6 +175,9 @@ impl From<LedgerError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::TooLarge(e.body_text());
+        }
         ApiError::BadRequest(e.body_text())
     }
 }

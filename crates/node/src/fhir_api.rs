@@ -149,16 +149,26 @@ fn fhir_json(status: StatusCode, v: &Value) -> Response {
 
 /// The caller, from the one extractor every surface uses ([`crate::caller`]): FHIR
 /// needs a signed-in person (API token, or session cookie with its CSRF token on
-/// writes), because the node signs their writes and opens envelopes for them.
-fn principal(s: &AppState, headers: &HeaderMap, write: bool) -> Result<Principal, FhirError> {
-    use crate::api::ApiError;
-    let method = if write { "POST" } else { "GET" };
-    match crate::caller::identify(s, headers, method, "") {
-        Ok(crate::caller::Caller::Person(p)) => Ok(p),
-        Ok(_) => Err(FhirError::Unauthenticated),
-        Err(ApiError::Forbidden(m)) => Err(FhirError::Forbidden(m)),
-        Err(ApiError::Internal(m)) => Err(FhirError::Internal(m)),
-        Err(_) => Err(FhirError::Unauthenticated),
+/// anything but GET), because the node signs their writes and opens envelopes for
+/// them. An extractor, so it runs before any body is read: an unauthenticated upload
+/// is refused without buffering it.
+pub struct Who(pub Principal);
+
+impl axum::extract::FromRequestParts<AppState> for Who {
+    type Rejection = FhirError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        s: &AppState,
+    ) -> Result<Self, FhirError> {
+        use crate::api::ApiError;
+        match crate::caller::identify(s, &parts.headers, parts.method.as_str(), "") {
+            Ok(crate::caller::Caller::Person(p)) => Ok(Who(p)),
+            Ok(_) => Err(FhirError::Unauthenticated),
+            Err(ApiError::Forbidden(m)) => Err(FhirError::Forbidden(m)),
+            Err(ApiError::Internal(m)) => Err(FhirError::Internal(m)),
+            Err(_) => Err(FhirError::Unauthenticated),
+        }
     }
 }
 
@@ -384,11 +394,11 @@ fn ok_json(v: &Value) -> Answer {
 
 async fn create(
     State(s): State<AppState>,
+    Who(who): Who,
     Path(rtype): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let who = principal(&s, &headers, true)?;
     let v = body_json(&headers, &body)?;
     if rtype == "Consent" {
         let c = s.fhir.create_consent(&who, v).await?;
@@ -412,11 +422,11 @@ fn view_response(status: StatusCode, base: &str, v: &Value) -> Response {
 
 async fn read(
     State(s): State<AppState>,
+    Who(who): Who,
     Path((rtype, id)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Answer {
-    let who = principal(&s, &headers, false)?;
     if id == "_history" {
         let count = pairs(q)
             .ok()
@@ -460,10 +470,9 @@ async fn read(
 
 async fn vread(
     State(s): State<AppState>,
+    Who(who): Who,
     Path((rtype, id, vid)): Path<(String, String, String)>,
-    headers: HeaderMap,
 ) -> Answer {
-    let who = principal(&s, &headers, false)?;
     let v = vid
         .parse::<u32>()
         .map_err(|_| FhirError::NotFound("no such version".into()))?;
@@ -485,11 +494,11 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u32>, FhirError> {
 
 async fn update(
     State(s): State<AppState>,
+    Who(who): Who,
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let who = principal(&s, &headers, true)?;
     let v = body_json(&headers, &body)?;
     if rtype == "Consent" {
         let c = s.fhir.update_consent(&who, &id, v).await?;
@@ -504,21 +513,20 @@ async fn update(
 
 async fn delete(
     State(s): State<AppState>,
+    Who(who): Who,
     Path((rtype, id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Answer {
-    let who = principal(&s, &headers, true)?;
     s.fhir.delete(&who, &rtype, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn search_type(
     State(s): State<AppState>,
+    Who(who): Who,
     Path(rtype): Path<String>,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> Answer {
-    let who = principal(&s, &headers, false)?;
     if rtype == "_history" {
         return Err(FhirError::NotSupported(
             "system history is not supported".into(),
@@ -561,11 +569,11 @@ async fn search_any(
 
 async fn search_post(
     State(s): State<AppState>,
+    Who(who): Who,
     Path(rtype): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let who = principal(&s, &headers, false)?;
     let form = std::str::from_utf8(&body)
         .map_err(|_| FhirError::invalid(IssueCode::Invalid, "form body is not UTF-8"))?;
     search_any(&s, &who, &rtype, &query_pairs(form)?, &base(&headers)).await
@@ -573,10 +581,10 @@ async fn search_post(
 
 async fn instance_op(
     State(s): State<AppState>,
+    Who(who): Who,
     Path((rtype, id, op)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Answer {
-    let who = principal(&s, &headers, false)?;
     let b = base(&headers);
     match (rtype.as_str(), op.as_str()) {
         (t, "_history") => ok_json(&s.fhir.history(&who, t, &id, &b).await?),
@@ -585,8 +593,12 @@ async fn instance_op(
     }
 }
 
-async fn bundle(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Answer {
-    let who = principal(&s, &headers, true)?;
+async fn bundle(
+    State(s): State<AppState>,
+    Who(who): Who,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Answer {
     let v = body_json(&headers, &body)?;
     ok_json(&s.fhir.bundle(&who, v).await?)
 }

@@ -100,15 +100,18 @@ pub fn mail_token(dir: &Path, to: &str, param: &str) -> String {
             .unwrap()
             .replace("=\r\n", "")
             .replace("=3D", "=");
-        if text.contains(&format!("To: {to}")) {
-            let i = text.find(&format!("{param}=")).expect("link in mail") + param.len() + 1;
+        // The newest mail to `to` that carries such a link (notices carry none).
+        if text.contains(&format!("To: {to}"))
+            && let Some(at) = text.find(&format!("{param}="))
+        {
+            let i = at + param.len() + 1;
             return text[i..]
                 .chars()
                 .take_while(|c| c.is_ascii_hexdigit())
                 .collect();
         }
     }
-    panic!("no mail to {to}");
+    panic!("no mail to {to} with a {param}= link");
 }
 
 /// A sign-in client for a running node that trusts its self-signed certificate.

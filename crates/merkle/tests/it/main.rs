@@ -221,4 +221,15 @@ fn checkpoint_round_trip_and_signature() {
     );
     assert!(SignedCheckpoint::parse("no blank line").is_err());
     assert!(SignedCheckpoint::parse("o\n01\nAAAA\n\n— k AAAA\n").is_err());
+
+    // Regression (fuzz target `checkpoint_parse`, found by reading it): a note other
+    // than the one signed parsed to the same checkpoint and so still verified.
+    for variant in [
+        note.replacen("\n42\n", "\n+42\n", 1),
+        note.replace('\n', "\r\n"),
+        note.trim_end_matches('\n').to_owned(),
+        format!("{note}\n"),
+    ] {
+        assert!(SignedCheckpoint::parse(&variant).is_err(), "{variant:?}");
+    }
 }
