@@ -50,9 +50,9 @@ pub fn router(state: AppState, peer_rpc: bool) -> Router {
             .route("/raft/vote", post(raft_vote))
             .route("/raft/snapshot", post(raft_snapshot));
     }
-    // Anyone may submit, so bulk uploads are taken a few at a time: at most
-    // `BULK_UPLOADS` 24 MiB bodies are buffered at once, and one transaction's body is
-    // limited to what one transaction can be.
+    // Anyone may submit, so bulk uploads take turns: at most `BULK_UPLOADS` 24 MiB
+    // bodies are buffered at once, and one transaction's body is limited to what one
+    // transaction can be.
     let bulk = std::sync::Arc::new(tokio::sync::Semaphore::new(BULK_UPLOADS));
     r.route(
         "/v1/tx",
@@ -89,23 +89,22 @@ async fn unrouted(method: axum::http::Method, uri: axum::http::Uri) -> Response 
     ApiError::NotFound("route").into_response()
 }
 
-/// Concurrent `POST /v1/txs` bodies being read or processed.
-pub const BULK_UPLOADS: usize = 4;
+/// Concurrent `POST /v1/txs` bodies being read or processed (at most 16 × 24 MiB in
+/// memory); further uploads wait for a turn before their body is read.
+pub const BULK_UPLOADS: usize = 16;
 /// A single transaction in base64 JSON: the transaction limit, expanded, plus room.
 pub const MAX_ONE_TX_BODY: usize = 2 * medledger_core::MAX_TX_BYTES + 4096;
 
-/// Runs the request if a permit is free, else answers 503 at once (before its body
-/// is read).
+/// Runs the request once a permit is free; its body is read only then (a client that
+/// leaves while waiting costs nothing).
 async fn one_of(
     permits: std::sync::Arc<tokio::sync::Semaphore>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match permits.try_acquire_owned() {
+    match permits.acquire_owned().await {
         Ok(_permit) => next.run(req).await,
-        Err(_) => {
-            ApiError::Unavailable("busy with other bulk submissions; retry".into()).into_response()
-        }
+        Err(_) => ApiError::Unavailable("shutting down".into()).into_response(),
     }
 }
 
