@@ -88,12 +88,17 @@ fn hostile_callers_learn_nothing_and_change_nothing() {
             format!("/v1/records/{cond}"),
             format!("/v1/decision?account={did}&record={cond}&purpose=payment"),
             "/v1/blocks/1".to_owned(),
+            format!("/v1/tx/{}", "ab".repeat(32)),
             "/v1/totals".to_owned(),
             "/v1/due".to_owned(),
         ] {
             let (st, v) = h.get(&path, &[]).await;
             assert_eq!((st, v["error"]["code"].as_str()), (401, Some("unauthenticated")), "{path}: {v}");
         }
+        // `POST /fhir/` (the base URL with a slash) needs a signed-in person too.
+        let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": []});
+        let (st, oo) = Fhir { c: h.c.clone(), url: node.url.clone(), token: "mlt_wrong".into() }.post("/", &batch).await;
+        assert_eq!((st, oo["resourceType"].as_str()), (401, Some("OperationOutcome")), "{oo}");
         for path in ["/health", "/v1/status", "/v1/tree-head", "/v1/openapi.json"] {
             assert_eq!(h.get(path, &[]).await.0, 200, "{path} is public");
         }
