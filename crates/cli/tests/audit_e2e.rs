@@ -272,7 +272,7 @@ fn unknown_keys_cannot_crowd_out_audit_reports() {
             .filter(|r| r.error.as_ref().is_some_and(|e| e.code == "overloaded"))
             .count();
         assert!(
-            admitted <= medledger_node::api::MAX_NEW_SIGNERS_PER_REQUEST,
+            admitted <= medledger_node::http::v1::MAX_NEW_SIGNERS_PER_REQUEST,
             "{admitted} unknown keys admitted"
         );
         assert_eq!(admitted + overloaded, flood.len());

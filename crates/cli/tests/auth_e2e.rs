@@ -436,3 +436,84 @@ fn self_custody_keystores_expired_invites_and_recovery_code_as_second_factor() {
     });
     node.stop();
 }
+
+/// One nonce rule for every custodial signer (issue 12): sign-in (`/auth/invite`) and
+/// the FHIR API (a Patient create invites and registers a patient) both sign with the
+/// doctor's custodial key. Each used to number the doctor's transactions on its own
+/// (sign-in from the ledger, FHIR from its pipeline), so concurrent requests collided
+/// and some failed with `replayed_nonce`/`nonce_gap`. Now every request succeeds and
+/// each is on the ledger exactly once.
+#[test]
+fn sign_in_and_fhir_share_one_nonce_sequence_per_custodial_account() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let node = start(&dir);
+    let rt = rt();
+    rt.block_on(async {
+        client(&node, &dir).await;
+        let h = http(&node, &dir);
+        let admin = admin_signed_in(&h, &dir, &node).await;
+        let (doctor, doctor_id) = staff_signed_in(
+            &h,
+            &dir,
+            &admin,
+            "Nonce Doctor",
+            "nonce.doctor@hospital.example",
+            "doctor",
+        )
+        .await;
+        let (st, v, _) = h
+            .post("/auth/tokens", json!({"ttl_s": 3600}), Some(&doctor))
+            .await;
+        assert_eq!(st, 201, "{v}");
+        let fhir = common::fhir::Fhir {
+            c: h.c.clone(),
+            url: h.url.clone(),
+            token: v["token"].as_str().unwrap().to_owned(),
+        };
+        let (_, before) = h.get_as_admin(&dir, &format!("/v1/accounts/{doctor_id}")).await;
+        let nonce_before = before["nonce"].as_u64().unwrap();
+
+        const EACH: usize = 8;
+        let invites = (0..EACH).map(|i| {
+            let (h, doctor) = (&h, &doctor);
+            async move {
+                h.post(
+                    "/auth/invite",
+                    json!({"email": format!("invitee{i}@patients.example")}),
+                    Some(doctor),
+                )
+                .await
+            }
+        });
+        let creates = (0..EACH).map(|i| {
+            let fhir = &fhir;
+            async move {
+                fhir.post(
+                    "/Patient",
+                    &json!({"resourceType": "Patient", "name": [{"family": format!("Nonce{i}"), "given": ["Pat"]}]}),
+                )
+                .await
+            }
+        });
+        let (invited, created) = tokio::join!(
+            futures::future::join_all(invites),
+            futures::future::join_all(creates)
+        );
+        for (st, v, _) in &invited {
+            assert_eq!(*st, 201, "invite: {v}");
+        }
+        for (st, v) in &created {
+            assert_eq!(*st, 201, "create: {v}");
+        }
+        // Each invite is one transaction of the doctor; each Patient create is two (the
+        // new patient's invite and the record; the registration is the patient's).
+        let (_, after) = h.get_as_admin(&dir, &format!("/v1/accounts/{doctor_id}")).await;
+        assert_eq!(
+            after["nonce"].as_u64().unwrap(),
+            nonce_before + 3 * EACH as u64,
+            "{after}"
+        );
+    });
+    node.stop();
+}

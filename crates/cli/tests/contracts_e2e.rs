@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use common::*;
 use ed25519_dalek::{Signer, SigningKey};
 use medledger_core::{AccountId, Digest32, RecordId, TxHash};
-use medledger_node::caller::request_message;
+use medledger_node::http::caller::request_message;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;

@@ -1,10 +1,10 @@
 //! A typed client for the `/v1` API, used by the CLI, the benchmark and the tests.
 
-use crate::api::{
+use crate::error::{NodeError, Result};
+use crate::http::v1::{
     ConsistencyProofView, InclusionProofView, StatusView, SubmitManyResponse, SubmitResult,
     TxStatus,
 };
-use crate::error::{NodeError, Result};
 use crate::keystore::AccountKeys;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -45,7 +45,7 @@ pub struct Client {
 /// The `Authorization` value of a request signed by `keys` (see [`crate::caller`]).
 pub fn request_authorization(keys: &AccountKeys, method: &str, path_and_query: &str) -> String {
     let ts = crate::reporter::now_ms();
-    let msg = crate::caller::request_message(method, path_and_query, ts);
+    let msg = crate::http::caller::request_message(method, path_and_query, ts);
     let sig = ed25519_dalek::Signer::sign(&keys.signing, msg.as_bytes());
     format!(
         "Medledger-Ed25519 did={},ts={ts},sig={}",

@@ -1,21 +1,21 @@
-//! The medledger node: the data directory and its keys, keystores, and the HTTPS
-//! server that wires storage → consensus → API. The binary calls [`serve`] and
-//! [`datadir::init`]; tests call them too.
+//! The medledger node: the data directory and its keys, keystores, the services a node
+//! runs (sign-in, FHIR, audit reporting and housekeeping, transaction submission) and
+//! the HTTP layer above them. The binary calls [`serve`] and [`datadir::init`]; tests
+//! call them too.
 
-pub mod api;
+pub mod access;
 pub mod audit_queue;
 pub mod auth;
-pub mod auth_api;
-pub mod caller;
 pub mod client;
-pub mod contracts_api;
 pub mod datadir;
 mod error;
 pub mod fhir;
-pub mod fhir_api;
+pub mod http;
 pub mod keystore;
 pub mod reporter;
 mod server;
+pub mod state;
+pub mod submitter;
 
 pub use error::{NodeError, Result};
 pub use server::{ServeConfig, StartupCheck, serve};

@@ -1,22 +1,21 @@
 //! The node's own transactions: batched, node-signed access reports (so auditing never
 //! waits on a read) and housekeeping that settles due work (expired agreement
-//! proposals, erasures whose retention ended). One task owns the node's nonce, so its
-//! transactions are ordered and never collide.
+//! proposals, erasures whose retention ended), and the shredding of erased records'
+//! blobs. One task sends them, one at a time, numbered by the node's [`Submitter`].
 
-use medledger_consensus::Batcher;
+use crate::audit_queue::{AuditQueue, Inflight};
+use crate::submitter::{Reserved, SubmitError, Submitter, TxSigner, is_nonce_race};
 use medledger_core::model::MAX_ACCESS_REPORTS;
-use medledger_core::tx::{SignatureBytes, TX_VERSION};
 use medledger_core::{
-    AccessReport, AccountId, NodeSigner, Payload, Purpose, RecordId, SignedTx, TxBody,
+    AccessReport, AccountId, NodeSigner, Payload, Purpose, RecordId, RejectReason, SignedTx,
 };
 use medledger_ledger::contracts::query;
 use medledger_ledger::{Decision, Ledger};
 use medledger_store::BlobStore;
+use std::time::Duration;
 
 /// This node's progress through the ledger's shred queue (local metadata, not state).
 const SHRED_CURSOR: &str = "shred_cursor";
-use crate::audit_queue::{AuditQueue, Inflight};
-use std::time::Duration;
 
 /// Where read paths send their access reports: a durable local queue the reporting
 /// task drains to the ledger (see [`crate::audit_queue`]).
@@ -36,7 +35,7 @@ impl Reporter {
     /// have left in flight. `housekeeping` is how often due work is settled.
     pub fn start(
         ledger: Ledger,
-        batcher: Batcher,
+        submitter: Submitter,
         signer: NodeSigner,
         store: BlobStore,
         queue: AuditQueue,
@@ -44,7 +43,7 @@ impl Reporter {
     ) -> Self {
         tokio::spawn(run(
             ledger,
-            batcher,
+            submitter,
             signer,
             store,
             queue.clone(),
@@ -99,65 +98,53 @@ pub fn now_ms() -> u64 {
 
 struct NodeTxs {
     ledger: Ledger,
-    batcher: Batcher,
+    submitter: Submitter,
     signer: NodeSigner,
-    id: AccountId,
     store: BlobStore,
 }
 
 impl NodeTxs {
-    fn next_nonce(&self) -> u64 {
-        self.ledger
-            .account(&self.id)
-            .ok()
-            .flatten()
-            .map(|a| a.nonce)
-            .unwrap_or(0)
-            + 1
-    }
-
-    /// Signs one transaction with the next nonce. Every node tx is sent after the
-    /// previous one committed (or failed), so the nonce read from the ledger is always
-    /// the next one.
-    fn sign(&self, payload: Payload) -> SignedTx {
-        let body = TxBody {
-            version: TX_VERSION,
-            chain_id: self.ledger.genesis().chain_id.clone(),
-            signer: self.id,
-            nonce: self.next_nonce(),
-            payload,
-        };
-        let hash = body.hash();
-        SignedTx {
-            body,
-            signature: SignatureBytes(self.signer.sign(&hash.0.0)),
+    /// Signs `payload` as the node with its next nonce; the reservation is held until
+    /// [`NodeTxs::send`], so the hash can be recorded durably first.
+    async fn sign(&self, payload: Payload) -> Option<(Reserved, SignedTx)> {
+        match self.submitter.reserve(&self.signer.account()).await {
+            Ok(r) => {
+                let tx = self.submitter.sign(&r, &self.signer, payload);
+                Some((r, tx))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reserving a node nonce failed");
+                None
+            }
         }
     }
 
     /// Submits a signed transaction and waits for its outcome.
-    async fn submit(&self, tx: &SignedTx) -> Sent {
+    async fn send(&self, r: Reserved, tx: &SignedTx) -> Sent {
         let kind = tx.body.payload.kind();
-        match self.batcher.submit(vec![tx.to_bytes()]).await.pop() {
-            Some(Ok(o)) => match o.result {
-                Ok(_) => Sent::Committed,
-                Err(medledger_core::RejectReason::Overloaded) => Sent::Retry,
-                Err(reason) => {
-                    tracing::warn!(kind, code = reason.code(), "node transaction rejected");
-                    Sent::Rejected
-                }
-            },
-            Some(Err(e)) => {
+        let account = r.account();
+        let outcome = self.submitter.send(r, tx).await;
+        match self.submitter.settle(&account, outcome) {
+            Ok(_) => Sent::Committed,
+            Err(SubmitError::Refused(RejectReason::Overloaded)) => Sent::Retry,
+            Err(e) if is_nonce_race(&e) => Sent::Retry,
+            Err(SubmitError::Refused(reason)) => {
+                tracing::warn!(kind, code = reason.code(), "node transaction rejected");
+                Sent::Rejected
+            }
+            Err(e) => {
                 tracing::warn!(kind, error = %e, "node transaction not committed");
                 Sent::Retry
             }
-            None => Sent::Retry,
         }
     }
 
     /// Housekeeping transactions: best effort, settled again on the next pass.
-    async fn send(&self, payload: Payload) -> bool {
-        let tx = self.sign(payload);
-        matches!(self.submit(&tx).await, Sent::Committed)
+    async fn submit(&self, payload: Payload) -> bool {
+        match self.sign(payload).await {
+            Some((r, tx)) => matches!(self.send(r, &tx).await, Sent::Committed),
+            None => false,
+        }
     }
 }
 
@@ -172,18 +159,16 @@ enum Sent {
 
 async fn run(
     ledger: Ledger,
-    batcher: Batcher,
+    submitter: Submitter,
     signer: NodeSigner,
     store: BlobStore,
     queue: AuditQueue,
     housekeeping: Duration,
 ) {
-    let id = AccountId(signer.public().0);
     let node = NodeTxs {
         ledger,
-        batcher,
+        submitter,
         signer,
-        id,
         store,
     };
     settle_inflight(&node, &queue);
@@ -268,12 +253,14 @@ async fn deliver(
 ) -> Result<bool, crate::audit_queue::QueueError> {
     let reports: Vec<AccessReport> = batch.iter().map(|(_, r)| r.clone()).collect();
     let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
-    let tx = node.sign(Payload::ReportAccess { reports });
+    let Some((r, tx)) = node.sign(Payload::ReportAccess { reports }).await else {
+        return Ok(false);
+    };
     queue.set_inflight(Some(&Inflight {
         tx: tx.body.hash(),
         seqs: seqs.clone(),
     }))?;
-    match node.submit(&tx).await {
+    match node.send(r, &tx).await {
         Sent::Committed => {
             queue.committed(&seqs)?;
             Ok(true)
@@ -287,14 +274,19 @@ async fn deliver(
             // each on its own; what is still refused alone is kept aside, not lost.
             queue.set_inflight(None)?;
             for (seq, r) in batch {
-                let one = node.sign(Payload::ReportAccess {
-                    reports: vec![r.clone()],
-                });
+                let Some((reserved, one)) = node
+                    .sign(Payload::ReportAccess {
+                        reports: vec![r.clone()],
+                    })
+                    .await
+                else {
+                    return Ok(false);
+                };
                 queue.set_inflight(Some(&Inflight {
                     tx: one.body.hash(),
                     seqs: vec![*seq],
                 }))?;
-                match node.submit(&one).await {
+                match node.send(reserved, &one).await {
                     Sent::Committed => queue.committed(&[*seq])?,
                     Sent::Retry => {
                         queue.set_inflight(None)?;
@@ -326,10 +318,10 @@ async fn settle_due(node: &NodeTxs) {
         }
     };
     for agreement in due.agreements {
-        node.send(Payload::ExpireAgreement { agreement }).await;
+        node.submit(Payload::ExpireAgreement { agreement }).await;
     }
     for record in due.erasures {
-        node.send(Payload::CompleteErasure { record }).await;
+        node.submit(Payload::CompleteErasure { record }).await;
     }
 }
 

@@ -1,8 +1,8 @@
 //! `serve`: config → data dir → start-up check → ledger → Raft → batcher → HTTPS.
 
-use crate::api::{self, AppState};
 use crate::datadir::{self, AUDIT_QUEUE_DB, BLOBS_DIR, LEDGER_DB, RAFT_DB, TLS_CERT, TLS_KEY};
 use crate::error::{NodeError, Result};
+use crate::state::AppState;
 use medledger_consensus::{Batcher, BatcherConfig, LogStore, StateMachine, network::HttpNetwork};
 use medledger_ledger::{Ledger, VerifyMode};
 use std::net::SocketAddr;
@@ -151,6 +151,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         tracing::warn!(error = %e, "serving before the Raft log was fully re-applied");
     }
     let batcher = Batcher::start(raft.clone(), config.batcher.clone());
+    let submitter = crate::submitter::Submitter::new(ledger.clone(), batcher.clone());
     let store_config = config
         .store
         .clone()
@@ -163,7 +164,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         .map_err(|e| NodeError::Server(format!("audit queue: {e}")))?;
     let reporter = crate::reporter::Reporter::start(
         ledger.clone(),
-        batcher.clone(),
+        submitter.clone(),
         dd.node.clone(),
         store.clone(),
         audit_queue,
@@ -174,7 +175,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         crate::datadir::local_secret(&dd.dir.join("fhir.key"), &dd.dir.join("fhir.redb"))?,
         medledger_core::AccountId(dd.node.public().0),
         ledger.clone(),
-        batcher.clone(),
+        submitter.clone(),
         store,
         reporter.clone(),
     )
@@ -182,7 +183,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
     let auth = crate::auth::Auth::open(
         &dd.dir,
         ledger.clone(),
-        batcher.clone(),
+        submitter,
         config.mail.clone(),
         url.clone(),
     )
@@ -201,8 +202,8 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
             NEW_SIGNERS_BURST,
         )),
     };
-    let app = api::router(state, config.peer_rpc)
-        .layer(RequestBodyLimitLayer::new(api::MAX_BODY_BYTES))
+    let app = crate::http::router(state, config.peer_rpc)
+        .layer(RequestBodyLimitLayer::new(crate::http::MAX_BODY_BYTES))
         .layer(
             tower_http::trace::TraceLayer::new_for_http().make_span_with(
                 |req: &axum::http::Request<_>| {

@@ -14,13 +14,11 @@ pub mod mail;
 pub mod secrets;
 
 use crate::keystore::{AccountKeys, KeystoreFile};
+use crate::submitter::{SubmitError, Submitter};
 use directory::*;
 use mail::{MailConfig, Mailer};
-use medledger_consensus::Batcher;
-use medledger_core::tx::{TX_VERSION, invite_commitment};
-use medledger_core::{
-    AccountId, Digest32, GrantId, OrgId, Payload, RejectReason, Role, SignedTx, TxBody, TxHash,
-};
+use medledger_core::tx::invite_commitment;
+use medledger_core::{AccountId, Digest32, GrantId, OrgId, Payload, RejectReason, Role, TxHash};
 use medledger_ledger::Ledger;
 use secrets::{LocalKey, token_hash};
 use serde::{Deserialize, Serialize};
@@ -192,7 +190,7 @@ pub struct Auth {
     mailer: Mailer,
     key: LocalKey,
     ledger: Ledger,
-    batcher: Batcher,
+    submitter: Submitter,
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     /// Principals of recently presented API tokens, by token hash, with the directory
     /// generation they were read at: deriving the keys and decoding the user record on
@@ -238,7 +236,7 @@ impl Auth {
     pub fn open(
         data_dir: &Path,
         ledger: Ledger,
-        batcher: Batcher,
+        submitter: Submitter,
         mail: Option<MailConfig>,
         base_url: String,
     ) -> Result<Self, AuthError> {
@@ -257,7 +255,7 @@ impl Auth {
             mailer: Mailer::new(&mail)?,
             key: LocalKey::new(key),
             ledger,
-            batcher,
+            submitter,
             sessions: Mutex::new(HashMap::new()),
             principals: Mutex::new(HashMap::new()),
             base_url,
@@ -280,29 +278,13 @@ impl Auth {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Signs with `keys` and submits through consensus, waiting for the outcome.
+    /// Signs with `keys` and submits through consensus ([`Submitter`], which numbers
+    /// every custodial account's transactions), waiting for the outcome.
     async fn submit(&self, keys: &AccountKeys, payload: Payload) -> Result<TxHash, AuthError> {
-        let signer = keys.account();
-        let nonce = self
-            .ledger
-            .account(&signer)
-            .map_err(|e| AuthError::Internal(e.to_string()))?
-            .map(|a| a.nonce)
-            .unwrap_or(0)
-            + 1;
-        let body = TxBody {
-            version: TX_VERSION,
-            chain_id: self.ledger.genesis().chain_id.clone(),
-            signer,
-            nonce,
-            payload,
-        };
-        let hash = body.hash();
-        let tx: SignedTx = body.sign(&keys.signing);
-        match self.batcher.submit(vec![tx.to_bytes()]).await.pop() {
-            Some(Ok(o)) => o.result.map(|_| hash).map_err(AuthError::Ledger),
-            Some(Err(e)) => Err(AuthError::Internal(e.to_string())),
-            None => Err(AuthError::Internal("no outcome".into())),
+        match self.submitter.submit(keys, payload).await {
+            Ok((hash, _)) => Ok(hash),
+            Err(SubmitError::Refused(reason)) => Err(AuthError::Ledger(reason)),
+            Err(e) => Err(AuthError::Internal(e.to_string())),
         }
     }
 

@@ -4,13 +4,14 @@ use super::index::{Doc, Index, IndexEntry};
 use crate::auth::Principal;
 use crate::keystore::AccountKeys;
 use crate::reporter::{Reporter, now_ms};
-use medledger_consensus::Batcher;
-use medledger_core::tx::{TX_VERSION, invite_commitment};
+use crate::submitter::{Outcome, Reserved, SubmitError, Submitter};
+use axum::http::StatusCode;
+use medledger_core::tx::invite_commitment;
 use medledger_core::{
     AccountId, Category, Digest32, Grantee, Payload, Purpose, RecordId, RecordWrite, RejectReason,
-    Role, Scope, TxBody, TxHash,
+    Role, Scope, TxHash,
 };
-use medledger_fhir::outcome::{Issue, IssueCode};
+use medledger_fhir::outcome::{Issue, IssueCode, operation_outcome};
 use medledger_fhir::{date, refs, search};
 use medledger_ledger::contracts::query::{self, RecordView};
 use medledger_ledger::contracts::state::VersionState;
@@ -19,7 +20,6 @@ use medledger_store::{BlobStore, Reader, ReaderSecret};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
 
 /// Why a FHIR interaction failed; the API turns it into a status and an
 /// OperationOutcome.
@@ -65,8 +65,92 @@ impl From<Issue> for FhirError {
     }
 }
 
+impl FhirError {
+    /// The HTTP status and OperationOutcome FHIR answers this failure with, for a
+    /// whole interaction or one entry of a batch. Internal details go to the log only.
+    pub fn outcome(&self) -> (StatusCode, Value) {
+        use medledger_core::RejectReason as R;
+        let one = |code, msg: String| operation_outcome(&[Issue::new(code, msg)]);
+        match self {
+            FhirError::Invalid(issues) => (StatusCode::BAD_REQUEST, operation_outcome(issues)),
+            FhirError::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                one(
+                    IssueCode::Login,
+                    "sign in, or send an API token as Authorization: Bearer".into(),
+                ),
+            ),
+            FhirError::NotFound(m) => (StatusCode::NOT_FOUND, one(IssueCode::NotFound, m.clone())),
+            FhirError::Gone(m) => (StatusCode::GONE, one(IssueCode::Deleted, m.clone())),
+            FhirError::Forbidden(m) => {
+                (StatusCode::FORBIDDEN, one(IssueCode::Forbidden, m.clone()))
+            }
+            FhirError::Conflict(m) => (StatusCode::CONFLICT, one(IssueCode::Conflict, m.clone())),
+            FhirError::PreconditionFailed(m) => (
+                StatusCode::PRECONDITION_FAILED,
+                one(IssueCode::Conflict, m.clone()),
+            ),
+            FhirError::NotSupported(m) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                one(IssueCode::NotSupported, m.clone()),
+            ),
+            FhirError::Ledger(r) => {
+                let status = match r {
+                    R::Unauthorized { .. } => StatusCode::FORBIDDEN,
+                    R::NotFound { .. } => StatusCode::NOT_FOUND,
+                    R::Erased => StatusCode::GONE,
+                    R::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::CONFLICT,
+                };
+                let code = if status == StatusCode::FORBIDDEN {
+                    IssueCode::Forbidden
+                } else {
+                    IssueCode::Processing
+                };
+                (status, one(code, format!("ledger: {} ({})", r, r.code())))
+            }
+            FhirError::Unavailable(m) => {
+                tracing::warn!(error = %m, "fhir: service unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    one(
+                        IssueCode::Exception,
+                        "temporarily unavailable; retry".into(),
+                    ),
+                )
+            }
+            FhirError::Corrupt(m) => {
+                // Permanent: a retry reads the same bytes. The detail stays in the log.
+                tracing::error!(error = %m, "fhir: stored content failed its integrity check");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    one(
+                        IssueCode::Exception,
+                        "the stored content of this resource failed its integrity check; retrying will not help, report it to the node's operator".into(),
+                    ),
+                )
+            }
+            FhirError::Internal(m) => {
+                tracing::error!(error = %m, "fhir: internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    one(IssueCode::Exception, "internal error".into()),
+                )
+            }
+        }
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> FhirError {
     FhirError::Internal(e.to_string())
+}
+
+fn submit_error(e: SubmitError) -> FhirError {
+    match e {
+        SubmitError::Refused(reason) => FhirError::Ledger(reason),
+        SubmitError::Unavailable(m) => FhirError::Unavailable(m),
+        SubmitError::Ledger(e) => internal(e),
+    }
 }
 
 /// What a caller gets for a resource they may not see: exactly the answer for one
@@ -146,16 +230,12 @@ impl Stored {
 
 pub struct Fhir {
     ledger: Ledger,
-    batcher: Batcher,
+    submitter: Submitter,
     store: BlobStore,
     reporter: Reporter,
     index: Index,
     custodian: ReaderSecret,
     custodian_public: [u8; 32],
-    /// Next nonce per account this node signs for (pipelined submissions).
-    nonces: Mutex<HashMap<AccountId, u64>>,
-    /// Held while a nonce is reserved and until its transaction is queued.
-    sequences: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
     directory_lock: tokio::sync::Mutex<()>,
 }
 
@@ -217,15 +297,6 @@ fn is_tombstone(v: &Value) -> bool {
     v.get("resourceType").and_then(Value::as_str) == Some(TOMBSTONE)
 }
 
-type Outcome = Result<medledger_ledger::TxOutcome, medledger_consensus::ConsensusError>;
-
-/// An account's next nonce, held (with the account's sequence lock) until queued.
-struct Reserved {
-    account: AccountId,
-    nonce: u64,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
-}
-
 /// A resource ready to be registered: sealed in the store, with its index entries.
 struct Prepared {
     rtype: String,
@@ -277,7 +348,7 @@ impl Fhir {
         key: [u8; 32],
         node: AccountId,
         ledger: Ledger,
-        batcher: Batcher,
+        submitter: Submitter,
         store: BlobStore,
         reporter: Reporter,
     ) -> Result<Self, FhirError> {
@@ -286,7 +357,7 @@ impl Fhir {
         let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret));
         Ok(Fhir {
             ledger,
-            batcher,
+            submitter,
             store,
             reporter,
             index,
@@ -295,79 +366,25 @@ impl Fhir {
                 secret,
             },
             custodian_public: public.to_bytes(),
-            nonces: Mutex::new(HashMap::new()),
-            sequences: Mutex::new(HashMap::new()),
             directory_lock: tokio::sync::Mutex::new(()),
         })
     }
 
     // ---- signing and submission -------------------------------------------------
 
-    fn sequence(&self, account: &AccountId) -> Arc<tokio::sync::Mutex<()>> {
-        self.sequences
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(*account)
-            .or_default()
-            .clone()
-    }
-
-    fn next_nonce(&self, account: &AccountId) -> Result<u64, FhirError> {
-        let committed = self
-            .ledger
-            .account(account)
-            .map_err(internal)?
-            .map(|a| a.nonce)
-            .unwrap_or(0);
-        let local = self
-            .nonces
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(account)
-            .copied()
-            .unwrap_or(0);
-        Ok(local.max(committed + 1))
-    }
-
-    fn set_next(&self, account: &AccountId, next: Option<u64>) {
-        let mut n = self.nonces.lock().unwrap_or_else(|p| p.into_inner());
-        match next {
-            Some(v) => n.insert(*account, v),
-            None => n.remove(account),
-        };
-    }
-
-    /// Reserves the account's next nonce; nothing else of the account is queued until
-    /// the reservation is used (or dropped).
+    /// Reserves the account's next nonce ([`Submitter::reserve`]).
     async fn reserve(&self, account: &AccountId) -> Result<Reserved, FhirError> {
-        let guard = self.sequence(account).lock_owned().await;
-        let nonce = self.next_nonce(account)?;
-        Ok(Reserved {
-            account: *account,
-            nonce,
-            _guard: guard,
-        })
+        self.submitter.reserve(account).await.map_err(submit_error)
     }
 
-    /// Signs `payload` with the reserved nonce and queues it; the returned future
-    /// waits for the outcome.
+    /// Queues `payload` signed by `keys` with the reserved nonce.
     fn queue(
         &self,
         r: Reserved,
         keys: &AccountKeys,
         payload: Payload,
     ) -> (TxHash, impl Future<Output = Outcome> + use<>) {
-        let body = TxBody {
-            version: TX_VERSION,
-            chain_id: self.ledger.genesis().chain_id.clone(),
-            signer: r.account,
-            nonce: r.nonce,
-            payload,
-        };
-        let hash = body.hash();
-        let wait = self.batcher.enqueue(body.sign(&keys.signing).to_bytes());
-        self.set_next(&r.account, Some(r.nonce + 1));
-        (hash, wait)
+        self.submitter.queue(r, keys, payload)
     }
 
     /// Queues `payload` signed by `keys` with the account's next nonce. Calls for one
@@ -377,23 +394,17 @@ impl Fhir {
         keys: &AccountKeys,
         payload: Payload,
     ) -> Result<(TxHash, impl Future<Output = Outcome> + use<>), FhirError> {
-        let r = self.reserve(&keys.account()).await?;
-        Ok(self.queue(r, keys, payload))
+        self.submitter
+            .enqueue(keys, payload)
+            .await
+            .map_err(submit_error)
     }
 
     fn outcome(&self, account: &AccountId, r: Outcome) -> Result<(), FhirError> {
-        match r {
-            Ok(o) => o.result.map(|_| ()).map_err(|reason| {
-                // A refused transaction did not use its nonce: later ones will be
-                // re-numbered from the ledger.
-                self.set_next(account, None);
-                FhirError::Ledger(reason)
-            }),
-            Err(e) => {
-                self.set_next(account, None);
-                Err(FhirError::Unavailable(e.to_string()))
-            }
-        }
+        self.submitter
+            .settle(account, r)
+            .map(|_| ())
+            .map_err(submit_error)
     }
 
     /// Signs, submits and waits; retries when a concurrent submission of the same
@@ -1354,7 +1365,7 @@ impl Fhir {
                 }),
                 Ok((status, None)) => json!({"response": {"status": status}}),
                 Err(e) => {
-                    let (status, oo) = crate::fhir_api::outcome_of(&e);
+                    let (status, oo) = e.outcome();
                     json!({"response": {"status": status.as_u16().to_string(), "outcome": oo}})
                 }
             });
@@ -1499,7 +1510,7 @@ impl Fhir {
         // Reserve the nonce: record ids of new entries derive from it, and other
         // entries' references are rewritten to them before anything is sealed.
         let reserved = self.reserve(&who.account).await?;
-        let nonce = reserved.nonce;
+        let nonce = reserved.nonce();
         let mut urls: HashMap<String, String> = HashMap::new();
         let mut plan: Vec<BundleOp> = Vec::new();
         let mut adds = 0u32;

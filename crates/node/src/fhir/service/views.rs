@@ -11,6 +11,7 @@
 //!   sends (Synthea's, for instance) are ordinary records with ordinary ids.
 
 use super::{Fhir, FhirError, Page, internal, purpose_of, record_id, searchset};
+use crate::access::Viewer;
 use crate::auth::Principal;
 use crate::reporter::now_ms;
 use medledger_core::{
@@ -728,15 +729,10 @@ impl Fhir {
         Ok(out)
     }
 
-    /// The caller as the visibility rules see them (`crate::caller::Viewer`), so the
-    /// FHIR views and `/v1` decide alike.
-    fn viewer(&self, who: &Principal) -> Result<crate::caller::Viewer, FhirError> {
-        let account = who.account;
-        let state = self.lookup(|st| query::account(st, &account))?;
-        Ok(crate::caller::Viewer {
-            account,
-            state: state.map(|a| a.state),
-        })
+    /// The caller as the visibility rules see them ([`Viewer`]), so the FHIR views and
+    /// `/v1` decide alike.
+    fn viewer(&self, who: &Principal) -> Result<Viewer, FhirError> {
+        self.lookup(|st| Viewer::of(st, who.account))
     }
 
     /// Authorship is not content: the author, the patient and auditors see it, and

@@ -3,9 +3,9 @@
 //! Callers authenticate with an API token (`Authorization: Bearer mlt_…`) or a session
 //! cookie (writes then need `X-CSRF-Token`); every failure is an OperationOutcome.
 
-use crate::api::AppState;
 use crate::auth::Principal;
 use crate::fhir::{FhirError, Stored, searchset};
+use crate::state::AppState;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 /// Largest request body (a transaction Bundle of a long patient history with notes):
 /// the node-wide limit, which axum's own 2 MB default would otherwise undercut.
-pub const MAX_FHIR_BODY: usize = crate::api::MAX_BODY_BYTES;
+pub const MAX_FHIR_BODY: usize = crate::http::MAX_BODY_BYTES;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -57,79 +57,9 @@ pub fn unrouted(method: &axum::http::Method) -> Response {
     fhir_json(status, &operation_outcome(&[Issue::new(code, msg)]))
 }
 
-pub fn outcome_of(e: &FhirError) -> (StatusCode, Value) {
-    use medledger_core::RejectReason as R;
-    let one = |code, msg: String| operation_outcome(&[Issue::new(code, msg)]);
-    match e {
-        FhirError::Invalid(issues) => (StatusCode::BAD_REQUEST, operation_outcome(issues)),
-        FhirError::Unauthenticated => (
-            StatusCode::UNAUTHORIZED,
-            one(
-                IssueCode::Login,
-                "sign in, or send an API token as Authorization: Bearer".into(),
-            ),
-        ),
-        FhirError::NotFound(m) => (StatusCode::NOT_FOUND, one(IssueCode::NotFound, m.clone())),
-        FhirError::Gone(m) => (StatusCode::GONE, one(IssueCode::Deleted, m.clone())),
-        FhirError::Forbidden(m) => (StatusCode::FORBIDDEN, one(IssueCode::Forbidden, m.clone())),
-        FhirError::Conflict(m) => (StatusCode::CONFLICT, one(IssueCode::Conflict, m.clone())),
-        FhirError::PreconditionFailed(m) => (
-            StatusCode::PRECONDITION_FAILED,
-            one(IssueCode::Conflict, m.clone()),
-        ),
-        FhirError::NotSupported(m) => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            one(IssueCode::NotSupported, m.clone()),
-        ),
-        FhirError::Ledger(r) => {
-            let status = match r {
-                R::Unauthorized { .. } => StatusCode::FORBIDDEN,
-                R::NotFound { .. } => StatusCode::NOT_FOUND,
-                R::Erased => StatusCode::GONE,
-                R::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::CONFLICT,
-            };
-            let code = if status == StatusCode::FORBIDDEN {
-                IssueCode::Forbidden
-            } else {
-                IssueCode::Processing
-            };
-            (status, one(code, format!("ledger: {} ({})", r, r.code())))
-        }
-        FhirError::Unavailable(m) => {
-            tracing::warn!(error = %m, "fhir: service unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                one(
-                    IssueCode::Exception,
-                    "temporarily unavailable; retry".into(),
-                ),
-            )
-        }
-        FhirError::Corrupt(m) => {
-            // Permanent: a retry reads the same bytes. The detail stays in the log.
-            tracing::error!(error = %m, "fhir: stored content failed its integrity check");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                one(
-                    IssueCode::Exception,
-                    "the stored content of this resource failed its integrity check; retrying will not help, report it to the node's operator".into(),
-                ),
-            )
-        }
-        FhirError::Internal(m) => {
-            tracing::error!(error = %m, "fhir: internal error");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                one(IssueCode::Exception, "internal error".into()),
-            )
-        }
-    }
-}
-
 impl IntoResponse for FhirError {
     fn into_response(self) -> Response {
-        let (status, body) = outcome_of(&self);
+        let (status, body) = self.outcome();
         let mut r = fhir_json(status, &body);
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
@@ -161,9 +91,9 @@ impl axum::extract::FromRequestParts<AppState> for Who {
         parts: &mut axum::http::request::Parts,
         s: &AppState,
     ) -> Result<Self, FhirError> {
-        use crate::api::ApiError;
-        match crate::caller::identify(s, &parts.headers, parts.method.as_str(), "") {
-            Ok(crate::caller::Caller::Person(p)) => Ok(Who(p)),
+        use crate::http::error::ApiError;
+        match crate::http::caller::identify(s, &parts.headers, parts.method.as_str(), "") {
+            Ok(crate::http::caller::Caller::Person(p)) => Ok(Who(p)),
             Ok(_) => Err(FhirError::Unauthenticated),
             Err(ApiError::Forbidden(m)) => Err(FhirError::Forbidden(m)),
             Err(ApiError::Internal(m)) => Err(FhirError::Internal(m)),

@@ -7,9 +7,12 @@
 //! caller may not see answers exactly like one that does not exist (404). Record
 //! access is decided and audited, so the audit entry names the account that asked.
 
-use crate::api::{ApiError, AppState, parse};
-use crate::caller::{Caller, Viewer};
+use crate::access::Viewer;
+use crate::http::caller::Caller;
+use crate::http::error::ApiError;
+use crate::http::v1::parse;
 use crate::reporter::now_ms;
+use crate::state::AppState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};

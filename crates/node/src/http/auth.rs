@@ -4,9 +4,11 @@
 //! API tokens (`Authorization: Bearer mlt_...`) for scripts, sign-out (here and
 //! everywhere), recovery with a one-time code.
 
-use crate::api::AppState;
 use crate::auth::{AuthError, RegisterRequest, Session};
+use crate::http::caller::cookie_session;
+use crate::http::error::ApiError;
 use crate::keystore::KeystoreFile;
+use crate::state::AppState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -40,72 +42,14 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/recovery/complete", post(recovery_complete))
 }
 
-impl IntoResponse for AuthError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            AuthError::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password"),
-            AuthError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
-            AuthError::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
-            AuthError::BadLink => (StatusCode::BAD_REQUEST, "invalid_link"),
-            AuthError::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
-            AuthError::Locked => (StatusCode::TOO_MANY_REQUESTS, "locked"),
-            AuthError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            AuthError::EmailUnverified => (StatusCode::FORBIDDEN, "email_unverified"),
-            AuthError::PendingApproval => (StatusCode::FORBIDDEN, "pending_approval"),
-            AuthError::MfaRequired => (StatusCode::UNAUTHORIZED, "mfa_required"),
-            AuthError::BadCode => (StatusCode::UNAUTHORIZED, "bad_code"),
-            AuthError::BadRecoveryCode => (StatusCode::UNAUTHORIZED, "bad_recovery_code"),
-            AuthError::NoSession => (StatusCode::UNAUTHORIZED, "no_session"),
-            AuthError::BadCsrf => (StatusCode::FORBIDDEN, "bad_csrf"),
-            AuthError::MfaSetupRequired => (StatusCode::FORBIDDEN, "mfa_setup_required"),
-            AuthError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            AuthError::Ledger(r) => (StatusCode::UNPROCESSABLE_ENTITY, r.code()),
-            AuthError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
-        let message = match &self {
-            AuthError::Internal(detail) => {
-                tracing::error!(%detail, "auth internal error");
-                "internal error".to_owned()
-            }
-            other => other.to_string(),
-        };
-        (
-            status,
-            Json(json!({ "error": { "code": code, "message": message } })),
-        )
-            .into_response()
-    }
-}
-
-pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.to_owned())
-}
-
-/// The session of a cookie-authenticated request that changes state: the CSRF token
-/// must match, and clinicians and admins must have passed their second factor unless
-/// `allow_mfa_setup`.
+/// The session of a cookie-authenticated request that changes state (the rules are
+/// [`cookie_session`]'s).
 fn session(
     s: &AppState,
     headers: &HeaderMap,
     allow_mfa_setup: bool,
-) -> Result<(String, Session), AuthError> {
-    let token = cookie_token(headers).ok_or(AuthError::NoSession)?;
-    let sess = s.auth.session(&token).ok_or(AuthError::NoSession)?;
-    let csrf = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-    if csrf != Some(sess.csrf.as_str()) {
-        return Err(AuthError::BadCsrf);
-    }
-    if !sess.mfa_ok && !allow_mfa_setup {
-        return Err(AuthError::MfaSetupRequired);
-    }
-    Ok((token, sess))
+) -> Result<(String, Session), ApiError> {
+    Ok(cookie_session(s, headers, true, allow_mfa_setup)?.ok_or(AuthError::NoSession)?)
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, AuthError> {
@@ -116,7 +60,7 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, AuthError> {
 async fn register(
     State(s): State<AppState>,
     b: Result<Json<RegisterRequest>, JsonRejection>,
-) -> Result<Response, AuthError> {
+) -> Result<Response, ApiError> {
     let r = s.auth.register(body(b)?).await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
@@ -135,7 +79,7 @@ struct EnrollRequest {
 async fn enroll(
     State(s): State<AppState>,
     b: Result<Json<EnrollRequest>, JsonRejection>,
-) -> Result<Response, AuthError> {
+) -> Result<Response, ApiError> {
     let r = body(b)?;
     let out = s
         .auth
@@ -160,7 +104,7 @@ struct TokenQuery {
 async fn verify(
     State(s): State<AppState>,
     q: Result<Query<TokenQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, AuthError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = q.map_err(|_| AuthError::BadLink)?;
     s.auth.verify_email(&q.token)?;
     Ok(Json(json!({ "verified": true })))
@@ -176,7 +120,7 @@ struct LoginRequest {
 async fn login(
     State(s): State<AppState>,
     b: Result<Json<LoginRequest>, JsonRejection>,
-) -> Result<Response, AuthError> {
+) -> Result<Response, ApiError> {
     let r = body(b)?;
     let ok = s
         .auth
@@ -212,7 +156,7 @@ async fn logout(
     State(s): State<AppState>,
     headers: HeaderMap,
     _body: axum::body::Bytes,
-) -> Result<Response, AuthError> {
+) -> Result<Response, ApiError> {
     let (token, _) = session(&s, &headers, true)?;
     s.auth.logout(&token);
     Ok(clear_cookie(StatusCode::NO_CONTENT.into_response()))
@@ -222,7 +166,7 @@ async fn logout_all(
     State(s): State<AppState>,
     headers: HeaderMap,
     _body: axum::body::Bytes,
-) -> Result<Response, AuthError> {
+) -> Result<Response, ApiError> {
     let (_, sess) = session(&s, &headers, true)?;
     s.auth.logout_all(&sess.account)?;
     Ok(clear_cookie(StatusCode::NO_CONTENT.into_response()))
@@ -237,14 +181,14 @@ fn reader(s: &AppState, headers: &HeaderMap) -> Result<AccountId, AuthError> {
     {
         return s.auth.api_token(bearer)?.ok_or(AuthError::NoSession);
     }
-    let token = cookie_token(headers).ok_or(AuthError::NoSession)?;
-    Ok(s.auth.session(&token).ok_or(AuthError::NoSession)?.account)
+    let (_, sess) = cookie_session(s, headers, false, true)?.ok_or(AuthError::NoSession)?;
+    Ok(sess.account)
 }
 
 async fn me(
     State(s): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, AuthError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let account = reader(&s, &headers)?;
     Ok(Json(s.auth.me(&account)?))
 }
@@ -253,7 +197,7 @@ async fn mfa_setup(
     State(s): State<AppState>,
     headers: HeaderMap,
     _body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, AuthError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let (_, sess) = session(&s, &headers, true)?;
     let (secret, url) = s.auth.totp_setup(&sess)?;
     Ok(Json(json!({ "secret": secret, "otpauth_url": url })))
@@ -268,7 +212,7 @@ async fn mfa_confirm(
     State(s): State<AppState>,
     headers: HeaderMap,
     b: Result<Json<CodeRequest>, JsonRejection>,
-) -> Result<StatusCode, AuthError> {
+) -> Result<StatusCode, ApiError> {
     let (token, sess) = session(&s, &headers, true)?;
     s.auth.totp_confirm(&token, &sess, &body(b)?.code)?;
     Ok(StatusCode::NO_CONTENT)
@@ -283,7 +227,7 @@ async fn invite(
     State(s): State<AppState>,
     headers: HeaderMap,
     b: Result<Json<InviteRequest>, JsonRejection>,
-) -> Result<StatusCode, AuthError> {
+) -> Result<StatusCode, ApiError> {
     let (_, sess) = session(&s, &headers, false)?;
     s.auth.invite(&sess, &body(b)?.email).await?;
     Ok(StatusCode::CREATED)
@@ -304,7 +248,7 @@ async fn approve(
     State(s): State<AppState>,
     headers: HeaderMap,
     b: Result<Json<ApproveRequest>, JsonRejection>,
-) -> Result<StatusCode, AuthError> {
+) -> Result<StatusCode, ApiError> {
     let (_, sess) = session(&s, &headers, false)?;
     let r = body(b)?;
     s.auth.approve(&sess, &r.account, r.approve).await?;
@@ -321,7 +265,7 @@ struct RecoverRequest {
 async fn recover(
     State(s): State<AppState>,
     b: Result<Json<RecoverRequest>, JsonRejection>,
-) -> Result<StatusCode, AuthError> {
+) -> Result<StatusCode, ApiError> {
     let r = body(b)?;
     s.auth
         .recover(&r.email, &r.recovery_code, &r.new_password)
@@ -338,7 +282,7 @@ async fn tokens(
     State(s): State<AppState>,
     headers: HeaderMap,
     b: Result<Json<TokenRequest>, JsonRejection>,
-) -> Result<Response, AuthError> {
+) -> Result<Response, ApiError> {
     let (_, sess) = session(&s, &headers, false)?;
     let (token, expires_ms) = s
         .auth
@@ -356,7 +300,7 @@ async fn export_keystore(
     State(s): State<AppState>,
     headers: HeaderMap,
     _body: axum::body::Bytes,
-) -> Result<Json<KeystoreFile>, AuthError> {
+) -> Result<Json<KeystoreFile>, ApiError> {
     let (_, sess) = session(&s, &headers, false)?;
     Ok(Json(s.auth.export_keystore(&sess)?))
 }
@@ -370,7 +314,7 @@ async fn recovery_request(
     State(s): State<AppState>,
     headers: HeaderMap,
     b: Result<Json<RecoveryRequest>, JsonRejection>,
-) -> Result<Response, AuthError> {
+) -> Result<Response, ApiError> {
     let (_, sess) = session(&s, &headers, false)?;
     let id = s.auth.request_recovery(&sess, &body(b)?.email).await?;
     Ok((StatusCode::CREATED, Json(json!({ "request": id }))).into_response())
@@ -385,7 +329,7 @@ async fn recovery_approve(
     State(s): State<AppState>,
     headers: HeaderMap,
     b: Result<Json<RecoveryApprove>, JsonRejection>,
-) -> Result<StatusCode, AuthError> {
+) -> Result<StatusCode, ApiError> {
     let (_, sess) = session(&s, &headers, false)?;
     s.auth.approve_recovery(&sess, &body(b)?.request).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -400,7 +344,7 @@ struct RecoveryComplete {
 async fn recovery_complete(
     State(s): State<AppState>,
     b: Result<Json<RecoveryComplete>, JsonRejection>,
-) -> Result<StatusCode, AuthError> {
+) -> Result<StatusCode, ApiError> {
     let r = body(b)?;
     s.auth.complete_recovery(&r.token, &r.new_password).await?;
     Ok(StatusCode::NO_CONTENT)

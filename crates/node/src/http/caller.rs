@@ -1,5 +1,5 @@
-//! Who is calling: the one extractor every HTTP surface takes its caller from, and the
-//! one place that decides what a caller may see of the ledger's objects.
+//! Who is calling: the one extractor every HTTP surface takes its caller from. What a
+//! caller may then see is [`crate::access::Viewer`]'s to decide.
 //!
 //! A request is anonymous, signed by a self-custody account (`Medledger-Ed25519`), or
 //! made by a signed-in person (session cookie or `Bearer` API token). Credentials that
@@ -8,15 +8,16 @@
 //! ledger no longer gives them is signed out: sessions and tokens never outlive the
 //! role that allowed them.
 
-use crate::api::{ApiError, AppState};
-use crate::auth::Principal;
+use crate::access::Viewer;
+use crate::auth::{AuthError, Principal, Session};
+use crate::http::auth::SESSION_COOKIE;
+use crate::http::error::ApiError;
 use crate::reporter::now_ms;
+use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use medledger_core::{AccountId, Grantee, OrgId, Purpose, RecordId, Role};
-use medledger_ledger::contracts;
-use medledger_ledger::contracts::state::{AccountState, AuditEntry, GrantState};
+use medledger_core::AccountId;
 use medledger_ledger::exec::StateRead;
 
 /// Signed requests: `Authorization: Medledger-Ed25519 did=<did:key>,ts=<ms>,sig=<hex>`
@@ -53,11 +54,7 @@ impl Caller {
 
     /// What the ledger says about the acting account: 401 for anonymous callers.
     pub fn viewer(&self, st: &impl StateRead) -> Result<Viewer, ApiError> {
-        let account = self.account()?;
-        let state = contracts::query::account(st, &account)
-            .map_err(ApiError::from)?
-            .map(|a| a.state);
-        Ok(Viewer { account, state })
+        Ok(Viewer::of(st, self.account()?)?)
     }
 }
 
@@ -95,26 +92,49 @@ pub fn identify(
         }
         return Err(unauth("unsupported authorization scheme"));
     }
-    if let Some(token) = crate::auth_api::cookie_token(headers) {
-        let sess = s
-            .auth
-            .session(&token)
-            .ok_or_else(|| unauth("the session has ended; sign in again"))?;
-        // A cookie rides along on cross-site requests; the CSRF token does not.
-        let reads = matches!(method, "GET" | "HEAD");
-        if !reads
-            && headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) != Some(sess.csrf.as_str())
-        {
-            return Err(ApiError::Forbidden("missing or wrong X-CSRF-Token".into()));
-        }
-        if !sess.mfa_ok {
-            return Err(ApiError::Forbidden(
-                "set up two-factor sign-in first".into(),
-            ));
-        }
+    let changes_state = !matches!(method, "GET" | "HEAD");
+    if let Some((_, sess)) = cookie_session(s, headers, changes_state, false)? {
         return person(s, Principal::from(&sess));
     }
     Ok(Caller::Anonymous)
+}
+
+/// The session behind a request's cookie, if it carries one. This is the one place
+/// that decides the cookie rules: a request that changes state must echo the session's
+/// CSRF token in `X-CSRF-Token` (a cookie rides along on cross-site requests, the
+/// token does not), and clinicians and admins must have passed their second factor
+/// (only MFA set-up itself may go without, `allow_mfa_setup`).
+pub fn cookie_session(
+    s: &AppState,
+    headers: &HeaderMap,
+    changes_state: bool,
+    allow_mfa_setup: bool,
+) -> Result<Option<(String, Session)>, AuthError> {
+    let Some(token) = cookie_token(headers) else {
+        return Ok(None);
+    };
+    let sess = s.auth.session(&token).ok_or(AuthError::NoSession)?;
+    if changes_state
+        && headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) != Some(sess.csrf.as_str())
+    {
+        return Err(AuthError::BadCsrf);
+    }
+    if !sess.mfa_ok && !allow_mfa_setup {
+        return Err(AuthError::MfaSetupRequired);
+    }
+    Ok(Some((token, sess)))
+}
+
+/// The session token in a request's `__Host-` cookie.
+pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
 }
 
 /// A signed-in person, if the ledger still gives them the role they signed in with.
@@ -161,76 +181,4 @@ fn signed(params: &str, method: &str, path_and_query: &str) -> Result<AccountId,
         return Err(unauth("request signature does not verify"));
     }
     Ok(account)
-}
-
-/// An identified caller as the ledger knows them: the rules below read only this and
-/// committed state, so `/v1` and `/fhir` decide visibility the same way.
-#[derive(Debug, Clone)]
-pub struct Viewer {
-    pub account: AccountId,
-    /// `None` for a key the ledger does not know: it may see nothing but itself.
-    pub state: Option<AccountState>,
-}
-
-impl Viewer {
-    /// Auditors, the consortium admin and consortium nodes see the whole ledger: the
-    /// audit trail, blocks and every object's ledger facts (never record content).
-    pub fn oversees(&self) -> bool {
-        self.state
-            .as_ref()
-            .is_some_and(|a| a.consortium_admin || a.node || a.has_role(Role::Auditor))
-    }
-
-    pub fn is(&self, account: &AccountId) -> bool {
-        &self.account == account
-    }
-
-    fn roles(&self) -> impl Iterator<Item = &medledger_ledger::contracts::state::Membership> {
-        self.state.iter().flat_map(|a| a.roles.iter())
-    }
-
-    /// An admin of `org` (or the consortium admin, who may act for any organisation).
-    pub fn administers(&self, org: &OrgId) -> bool {
-        self.state
-            .as_ref()
-            .is_some_and(|a| a.consortium_admin || a.has_role_in(org, Role::HospitalAdmin))
-    }
-
-    /// May see a grant: its patient, its grantee (an organisation's grant only to
-    /// members whose role may use it for its purpose, never to the organisation's
-    /// patients), and overseers.
-    pub fn sees_grant(&self, g: &GrantState) -> bool {
-        self.is(&g.patient)
-            || self.oversees()
-            || match &g.grantee {
-                Grantee::Account(a) => self.is(a),
-                Grantee::Org(o) => self
-                    .roles()
-                    .any(|m| &m.org == o && m.role.may_use_for(g.purpose)),
-            }
-    }
-
-    /// May see an audit entry: its patient, its accessor, and overseers.
-    pub fn sees_audit(&self, e: &AuditEntry) -> bool {
-        self.oversees() || self.is(&e.accessor) || e.patient.is_some_and(|p| self.is(&p))
-    }
-
-    /// May see a record's ledger facts (versions, CIDs, authors): overseers, and
-    /// whoever `can` would let read it now for some purpose.
-    pub fn sees_record(
-        &self,
-        st: &impl StateRead,
-        record: &RecordId,
-        at: u64,
-    ) -> medledger_ledger::Result<bool> {
-        if self.oversees() {
-            return Ok(true);
-        }
-        for p in Purpose::ALL {
-            if contracts::can(st, &self.account, record, p, at)?.allowed() {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
 }

@@ -1,8 +1,9 @@
-//! The JSON API under `/v1`, the node-to-node Raft endpoints under `/raft`, health
-//! and Prometheus metrics. Handlers are thin: decode, call the ledger or batcher, map
-//! errors through [`ApiError`], which never exposes internals to the client.
+//! The ledger's own JSON API under `/v1` (transaction submission and status, blocks,
+//! tree heads and proofs, accounts, node status), health and Prometheus metrics.
 
-use crate::caller::Caller;
+use crate::http::caller::Caller;
+use crate::http::error::ApiError;
+use crate::state::AppState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -11,11 +12,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use medledger_consensus::{Batcher, ConsensusError, Raft};
+use medledger_consensus::ConsensusError;
 use medledger_core::{AccountId, Digest32, RejectReason, SignedTx, TxHash};
+use medledger_ledger::TxOutcome;
 use medledger_ledger::admission::admit;
-use medledger_ledger::{Ledger, LedgerError, TxOutcome};
-use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -24,167 +24,37 @@ pub const MAX_TXS_PER_REQUEST: usize = 10_000;
 /// Most self-registrations by keys the ledger does not know yet, per request; the
 /// node-wide rate is [`AppState::new_signers`].
 pub const MAX_NEW_SIGNERS_PER_REQUEST: usize = 16;
-/// Request body limit: a full batch of maximum-size transactions in base64, plus JSON.
-pub const MAX_BODY_BYTES: usize = 24 * 1024 * 1024;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub ledger: Ledger,
-    pub raft: Raft,
-    pub batcher: Batcher,
-    pub metrics: PrometheusHandle,
-    pub reporter: crate::reporter::Reporter,
-    pub auth: std::sync::Arc<crate::auth::Auth>,
-    pub fhir: std::sync::Arc<crate::fhir::Fhir>,
-    /// Admissions of transactions from keys the ledger does not know yet, node-wide.
-    pub new_signers: std::sync::Arc<crate::auth::secrets::RateLimiter>,
-}
-
-/// `peer_rpc` mounts the node-to-node Raft endpoints; off for a single node, since
-/// they must only be reachable by consortium peers (mutual TLS comes with clustering).
-pub fn router(state: AppState, peer_rpc: bool) -> Router {
-    let mut r = Router::new();
-    if peer_rpc {
-        r = r
-            .route("/raft/append", post(raft_append))
-            .route("/raft/vote", post(raft_vote))
-            .route("/raft/snapshot", post(raft_snapshot));
-    }
-    // Anyone may submit, so bulk uploads take turns: at most `BULK_UPLOADS` 24 MiB
-    // bodies are buffered at once, and one transaction's body is limited to what one
-    // transaction can be.
-    let bulk = std::sync::Arc::new(tokio::sync::Semaphore::new(BULK_UPLOADS));
-    r.route(
-        "/v1/tx",
-        post(submit_one).layer(axum::extract::DefaultBodyLimit::max(MAX_ONE_TX_BODY)),
-    )
-    .route(
-        "/v1/txs",
-        post(submit_many).layer(axum::middleware::from_fn(move |req, next| {
-            one_of(bulk.clone(), req, next)
-        })),
-    )
-    .route("/v1/tx/{hash}", get(tx_status))
-    .route("/v1/blocks/{height}", get(block))
-    .route("/v1/tree-head", get(tree_head))
-    .route("/v1/proof/inclusion", get(inclusion))
-    .route("/v1/proof/consistency", get(consistency))
-    .route("/v1/accounts/{id}", get(account))
-    .route("/v1/status", get(status))
-    .route("/health", get(health))
-    .route("/metrics", get(metrics_text))
-    .merge(crate::contracts_api::routes())
-    .merge(crate::auth_api::routes())
-    .merge(crate::fhir_api::routes())
-    .fallback(unrouted)
-    .with_state(state)
-}
-
-/// Paths no route matches: an OperationOutcome under `/fhir` (what FHIR clients
-/// parse), the JSON error elsewhere.
-async fn unrouted(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    if uri.path() == "/fhir" || uri.path().starts_with("/fhir/") {
-        return crate::fhir_api::unrouted(&method);
-    }
-    ApiError::NotFound("route").into_response()
-}
-
 /// Concurrent `POST /v1/txs` bodies being read or processed (at most 16 × 24 MiB in
 /// memory); further uploads wait for a turn before their body is read.
 pub const BULK_UPLOADS: usize = 16;
 /// A single transaction in base64 JSON: the transaction limit, expanded, plus room.
 pub const MAX_ONE_TX_BODY: usize = 2 * medledger_core::MAX_TX_BYTES + 4096;
 
-/// Runs the request once a permit is free; its body is read only then (a client that
-/// leaves while waiting costs nothing).
-async fn one_of(
-    permits: std::sync::Arc<tokio::sync::Semaphore>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    match permits.acquire_owned().await {
-        Ok(_permit) => next.run(req).await,
-        Err(_) => ApiError::Unavailable("shutting down".into()).into_response(),
-    }
-}
-
-/// The one error type of the HTTP layer.
-#[derive(Debug)]
-pub enum ApiError {
-    BadRequest(String),
-    NotFound(&'static str),
-    Unavailable(String),
-    /// The request needs a valid signature of the acting account.
-    Unauthenticated(String),
-    /// Identified, but the request is refused as made (missing CSRF token, no second
-    /// factor yet). Never used for "may not see": that answers [`ApiError::NotFound`].
-    Forbidden(String),
-    /// The body is over the route's limit.
-    TooLarge(String),
-    Internal(String),
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ErrorBody {
-    pub code: String,
-    pub message: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code, message) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
-            ApiError::NotFound(what) => (
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("{what} not found"),
-            ),
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
-            ApiError::Unauthenticated(m) => (StatusCode::UNAUTHORIZED, "unauthenticated", m),
-            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m),
-            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
-            ApiError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error".to_owned(),
-                )
-            }
-        };
-        (
-            status,
-            Json(serde_json::json!({ "error": ErrorBody { code: code.into(), message } })),
+pub fn routes() -> Router<AppState> {
+    // Anyone may submit, so bulk uploads take turns: at most `BULK_UPLOADS` 24 MiB
+    // bodies are buffered at once, and one transaction's body is limited to what one
+    // transaction can be.
+    let bulk = std::sync::Arc::new(tokio::sync::Semaphore::new(BULK_UPLOADS));
+    Router::new()
+        .route(
+            "/v1/tx",
+            post(submit_one).layer(axum::extract::DefaultBodyLimit::max(MAX_ONE_TX_BODY)),
         )
-            .into_response()
-    }
-}
-
-impl From<LedgerError> for ApiError {
-    fn from(e: LedgerError) -> Self {
-        match e {
-            LedgerError::NoSuchBlock(_) => ApiError::NotFound("block"),
-            LedgerError::NoSuchTx => ApiError::NotFound("transaction"),
-            LedgerError::NoSuchHead(_) => ApiError::NotFound("tree head at that size"),
-            LedgerError::Merkle(m) => ApiError::BadRequest(m.to_string()),
-            other => ApiError::Internal(other.to_string()),
-        }
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(e: JsonRejection) -> Self {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return ApiError::TooLarge(e.body_text());
-        }
-        ApiError::BadRequest(e.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(e: QueryRejection) -> Self {
-        ApiError::BadRequest(e.body_text())
-    }
+        .route(
+            "/v1/txs",
+            post(submit_many).layer(axum::middleware::from_fn(move |req, next| {
+                crate::http::one_of(bulk.clone(), req, next)
+            })),
+        )
+        .route("/v1/tx/{hash}", get(tx_status))
+        .route("/v1/blocks/{height}", get(block))
+        .route("/v1/tree-head", get(tree_head))
+        .route("/v1/proof/inclusion", get(inclusion))
+        .route("/v1/proof/consistency", get(consistency))
+        .route("/v1/accounts/{id}", get(account))
+        .route("/v1/status", get(status))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
 }
 
 #[derive(Deserialize)]
@@ -561,45 +431,4 @@ async fn metrics_text(State(s): State<AppState>) -> Response {
         s.metrics.render(),
     )
         .into_response()
-}
-
-type RaftRpc<T> = Result<Json<T>, ApiError>;
-
-async fn raft_append(
-    State(s): State<AppState>,
-    body: Result<
-        Json<openraft::raft::AppendEntriesRequest<medledger_consensus::TypeConfig>>,
-        JsonRejection,
-    >,
-) -> RaftRpc<serde_json::Value> {
-    let Json(req) = body?;
-    let r = s.raft.append_entries(req).await;
-    Ok(Json(
-        serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?,
-    ))
-}
-
-async fn raft_vote(
-    State(s): State<AppState>,
-    body: Result<Json<openraft::raft::VoteRequest<u64>>, JsonRejection>,
-) -> RaftRpc<serde_json::Value> {
-    let Json(req) = body?;
-    let r = s.raft.vote(req).await;
-    Ok(Json(
-        serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?,
-    ))
-}
-
-async fn raft_snapshot(
-    State(s): State<AppState>,
-    body: Result<
-        Json<openraft::raft::InstallSnapshotRequest<medledger_consensus::TypeConfig>>,
-        JsonRejection,
-    >,
-) -> RaftRpc<serde_json::Value> {
-    let Json(req) = body?;
-    let r = s.raft.install_snapshot(req).await;
-    Ok(Json(
-        serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string()))?,
-    ))
 }

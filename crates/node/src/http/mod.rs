@@ -1,0 +1,67 @@
+//! The HTTP layer: one module per surface, all built on the same caller extractor
+//! ([`caller::Caller`]) and the same error ([`error::ApiError`]; an OperationOutcome
+//! under `/fhir`). Handlers decode, identify, call a service and encode; the rules
+//! themselves live below (the ledger's `can`, [`crate::access::Viewer`], the
+//! services). Which caller may use which route is the table in ARCHITECTURE.md.
+//!
+//! | module | surface |
+//! | --- | --- |
+//! | [`v1`] | transactions, blocks, tree heads and proofs, accounts, status, health, metrics |
+//! | [`contracts`] | `/v1` queries of contract state (records, grants, audit, ...) and the OpenAPI document |
+//! | [`auth`] | `/auth`: registration, sign-in, sessions, tokens, recovery |
+//! | [`fhir`] | `/fhir`: the HL7 FHIR R4 API |
+//! | [`raft`] | `/raft`: node-to-node consensus RPC (multi-node only) |
+
+pub mod auth;
+pub mod caller;
+pub mod contracts;
+pub mod error;
+pub mod fhir;
+mod raft;
+pub mod v1;
+
+use crate::state::AppState;
+use axum::Router;
+use axum::response::{IntoResponse, Response};
+use error::ApiError;
+
+/// Request body limit: a full batch of maximum-size transactions in base64, plus JSON.
+pub const MAX_BODY_BYTES: usize = 24 * 1024 * 1024;
+
+/// Every route of a node. `peer_rpc` mounts the node-to-node Raft endpoints; off for a
+/// single node, since they must only be reachable by consortium peers (mutual TLS
+/// comes with clustering).
+pub fn router(state: AppState, peer_rpc: bool) -> Router {
+    let mut r = Router::new();
+    if peer_rpc {
+        r = r.merge(raft::routes());
+    }
+    r.merge(v1::routes())
+        .merge(contracts::routes())
+        .merge(auth::routes())
+        .merge(fhir::routes())
+        .fallback(unrouted)
+        .with_state(state)
+}
+
+/// Paths no route matches: an OperationOutcome under `/fhir` (what FHIR clients
+/// parse), the JSON error elsewhere.
+async fn unrouted(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    if uri.path() == "/fhir" || uri.path().starts_with("/fhir/") {
+        return fhir::unrouted(&method);
+    }
+    ApiError::NotFound("route").into_response()
+}
+
+/// Runs the request once a permit is free; its body is read only then (a client that
+/// leaves while waiting costs nothing).
+pub(crate) async fn one_of(
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match permits.acquire_owned().await {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => ApiError::Unavailable("shutting down".into()).into_response(),
+    }
+}

@@ -1,0 +1,20 @@
+//! `AppState`: the services one node runs, shared by every HTTP surface. Built once by
+//! [`crate::serve`]; handlers get it through axum's `State`.
+
+use medledger_consensus::{Batcher, Raft};
+use medledger_ledger::Ledger;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub ledger: Ledger,
+    pub raft: Raft,
+    pub batcher: Batcher,
+    pub metrics: PrometheusHandle,
+    pub reporter: crate::reporter::Reporter,
+    pub auth: Arc<crate::auth::Auth>,
+    pub fhir: Arc<crate::fhir::Fhir>,
+    /// Admissions of transactions from keys the ledger does not know yet, node-wide.
+    pub new_signers: Arc<crate::auth::secrets::RateLimiter>,
+}
