@@ -160,6 +160,13 @@ pub struct ServeArgs {
     /// How often the node settles due work and shreds erased records, in ms.
     #[arg(long, default_value_t = 5000)]
     pub housekeeping_ms: u64,
+    /// Requests per second one client address may make to the sign-in routes that run
+    /// a password KDF (register, login, enroll, recover), after a burst of
+    /// --client-burst.
+    #[arg(long, default_value_t = medledger_node::http::limits::DEFAULT_PER_SECOND)]
+    pub client_rate: u32,
+    #[arg(long, default_value_t = medledger_node::http::limits::DEFAULT_BURST)]
+    pub client_burst: u32,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -378,6 +385,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     config.peer_rpc = a.peer_rpc;
     config.housekeeping = std::time::Duration::from_millis(a.housekeeping_ms.max(10));
     config.invite_ttl = std::time::Duration::from_millis(a.invite_ttl_ms);
+    config.per_client = (a.client_rate, a.client_burst);
     if let Some(url) = a.smtp_url {
         config.mail = Some(medledger_node::auth::mail::MailConfig::Smtp {
             url,

@@ -237,3 +237,87 @@ fn hostile_callers_learn_nothing_and_change_nothing() {
     });
     node.stop();
 }
+
+/// A client that connects from `source` (any address in 127.0.0.0/8 is local).
+fn http_from(node: &Node, dir: &std::path::Path, source: &str) -> Http {
+    let pem = std::fs::read(dir.join("tls/cert.pem")).unwrap();
+    let c = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .local_address(source.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    Http {
+        c,
+        url: node.url.clone(),
+    }
+}
+
+fn mails_to(dir: &std::path::Path, to: &str) -> usize {
+    std::fs::read_dir(dir.join("outbox"))
+        .map(|d| {
+            d.filter(|m| {
+                std::fs::read_to_string(m.as_ref().unwrap().path())
+                    .unwrap_or_default()
+                    .contains(&format!("To: {to}"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Issue 12 (costly work before authentication): the sign-in routes that run a
+/// password KDF were limited only node-wide, so one client could spend the whole
+/// node's sign-in budget and lock every other client out. Now each client address has
+/// its own budget: past it, it gets 429 with `Retry-After` before anything runs (a
+/// registration sends no mail), while another address is still served.
+#[test]
+fn one_client_address_cannot_spend_the_sign_in_budget_of_others() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = init(root.path());
+    let node = start_with(&dir, &["--client-rate", "1", "--client-burst", "4"]);
+    let rt = rt();
+    rt.block_on(async {
+        client(&node, &dir).await;
+        // The organisation to register with (set up from a third address).
+        admin_signed_in(&http_from(&node, &dir, "127.0.0.3"), &dir, &node).await;
+        let greedy = http_from(&node, &dir, "127.0.0.1");
+        let other = http_from(&node, &dir, "127.0.0.2");
+        let login = |who: &'static str| json!({"email": who, "password": "not the password at all"});
+
+        let mut limited = None;
+        for i in 0..20 {
+            let resp = greedy
+                .c
+                .post(format!("{}/auth/login", greedy.url))
+                .json(&login("nobody@nowhere.example"))
+                .send()
+                .await
+                .unwrap();
+            if resp.status().as_u16() == 429 {
+                let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                let v: Value = resp.json().await.unwrap();
+                limited = Some((i, retry, v));
+                break;
+            }
+            assert_eq!(resp.status().as_u16(), 401, "attempt {i}");
+        }
+        let (i, retry, v) = limited.expect("the greedy client is never limited");
+        assert!(i >= 4, "limited after {i} requests, before its burst of 4");
+        assert_eq!(v["error"]["code"], "rate_limited", "{v}");
+        assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|s| s >= 1)));
+
+        // Over its budget, a registration is refused before it runs: no mail is sent.
+        let reg = json!({"name": "Late Comer", "email": "late@hospital.example", "password": STRONG, "org": "general", "role": "doctor"});
+        let (st, v, _) = greedy.post("/auth/register", reg.clone(), None).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (429, Some("rate_limited")), "{v}");
+        assert_eq!(mails_to(&dir, "late@hospital.example"), 0);
+
+        // Another address keeps its own budget.
+        let (st, v, _) = other.post("/auth/login", login("nobody@nowhere.example"), None).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (401, Some("bad_credentials")), "{v}");
+        let (st, v, _) = other.post("/auth/register", reg, None).await;
+        assert_eq!(st, 201, "{v}");
+        assert_eq!(mails_to(&dir, "late@hospital.example"), 1);
+    });
+    node.stop();
+}

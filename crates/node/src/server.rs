@@ -47,6 +47,9 @@ pub struct ServeConfig {
     pub mail: Option<crate::auth::mail::MailConfig>,
     /// How long patient invites stay valid.
     pub invite_ttl: std::time::Duration,
+    /// Per client address: requests per second and burst on the sign-in routes that
+    /// run a password KDF ([`crate::http::limits`]).
+    pub per_client: (u32, u32),
 }
 
 impl ServeConfig {
@@ -64,6 +67,10 @@ impl ServeConfig {
             store: None,
             mail: None,
             invite_ttl: std::time::Duration::from_millis(crate::auth::INVITE_MS),
+            per_client: (
+                crate::http::limits::DEFAULT_PER_SECOND,
+                crate::http::limits::DEFAULT_BURST,
+            ),
         }
     }
 }
@@ -201,7 +208,19 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
             NEW_SIGNERS_PER_S,
             NEW_SIGNERS_BURST,
         )),
+        per_client: std::sync::Arc::new(crate::http::limits::PerClient::new(
+            config.per_client.0,
+            config.per_client.1,
+        )),
     };
+    let per_client = state.per_client.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            per_client.forget_idle();
+        }
+    });
     let app = crate::http::router(state, config.peer_rpc)
         .layer(RequestBodyLimitLayer::new(crate::http::MAX_BODY_BYTES))
         .layer(
@@ -222,7 +241,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
     let result = if config.insecure_http {
         let l = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| NodeError::Server(e.to_string()))?;
-        axum::serve(l, app)
+        axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown_signal())
             .await
             .map_err(|e| NodeError::Server(e.to_string()))
@@ -239,7 +258,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         axum_server::from_tcp_rustls(listener, tls)
             .map_err(|e| NodeError::Server(e.to_string()))?
             .handle(handle)
-            .serve(app.into_make_service())
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
             .await
             .map_err(|e| NodeError::Server(e.to_string()))
     };

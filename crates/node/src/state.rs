@@ -17,4 +17,6 @@ pub struct AppState {
     pub fhir: Arc<crate::fhir::Fhir>,
     /// Admissions of transactions from keys the ledger does not know yet, node-wide.
     pub new_signers: Arc<crate::auth::secrets::RateLimiter>,
+    /// Each client address's budget on the expensive unauthenticated routes.
+    pub per_client: Arc<crate::http::limits::PerClient>,
 }

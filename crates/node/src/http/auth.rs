@@ -21,12 +21,22 @@ use serde_json::json;
 
 pub const SESSION_COOKIE: &str = "__Host-medledger_session";
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes(state: &AppState) -> Router<AppState> {
+    // Anonymous requests that run a password KDF: limited per client address before
+    // anything else happens (see `limits`).
+    let expensive = Router::new()
         .route("/auth/register", post(register))
         .route("/auth/enroll", post(enroll))
-        .route("/auth/verify", get(verify))
         .route("/auth/login", post(login))
+        .route("/auth/recover", post(recover))
+        .route("/auth/recovery/complete", post(recovery_complete))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::http::limits::expensive,
+        ));
+    Router::new()
+        .merge(expensive)
+        .route("/auth/verify", get(verify))
         .route("/auth/logout", post(logout))
         .route("/auth/logout-all", post(logout_all))
         .route("/auth/me", get(me))
@@ -34,12 +44,10 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/mfa/confirm", post(mfa_confirm))
         .route("/auth/invite", post(invite))
         .route("/auth/approve", post(approve))
-        .route("/auth/recover", post(recover))
         .route("/auth/tokens", post(tokens))
         .route("/auth/keystore", post(export_keystore))
         .route("/auth/recovery/request", post(recovery_request))
         .route("/auth/recovery/approve", post(recovery_approve))
-        .route("/auth/recovery/complete", post(recovery_complete))
 }
 
 /// The session of a cookie-authenticated request that changes state (the rules are

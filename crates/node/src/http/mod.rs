@@ -17,6 +17,7 @@ pub mod caller;
 pub mod contracts;
 pub mod error;
 pub mod fhir;
+pub mod limits;
 mod raft;
 pub mod v1;
 
@@ -38,7 +39,7 @@ pub fn router(state: AppState, peer_rpc: bool) -> Router {
     }
     r.merge(v1::routes())
         .merge(contracts::routes())
-        .merge(auth::routes())
+        .merge(auth::routes(&state))
         .merge(fhir::routes())
         .fallback(unrouted)
         .with_state(state)
