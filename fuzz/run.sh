@@ -12,9 +12,9 @@
 # Environment:
 #   CARGO_TARGET_DIR        build directory (default: fuzz/target)
 #   FUZZ_TOOLCHAIN          rustup toolchain (default: nightly)
-#   FUZZ_NO_KEYSTORE=1      leave out keystore_open and medledger-node (faster build)
 #   FUZZ_SKIP_REGRESSIONS=1 do not replay regressions/
 #   FUZZ_TIMEOUT            seconds one input may take before it counts as a hang (10)
+#   FUZZ_SANITIZER          cargo fuzz --sanitizer (default address; none builds faster)
 set -uo pipefail
 
 secs=${1:?usage: run.sh SECONDS [TARGET...]}
@@ -32,12 +32,8 @@ if ! cargo "+$tc" fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked || exit 2
 fi
 
-features=()
+features=(${FUZZ_SANITIZER:+--sanitizer "$FUZZ_SANITIZER"})
 all=(tx_decode fhir_validate fhir_search checkpoint_parse blob_open keystore_open)
-if [ "${FUZZ_NO_KEYSTORE:-}" = 1 ]; then
-    features=(--no-default-features)
-    all=("${all[@]/keystore_open/}")
-fi
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 

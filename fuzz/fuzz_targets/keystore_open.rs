@@ -1,16 +1,16 @@
 //! Keystore files, as `/auth/enroll` receives them from unauthenticated clients and
-//! the CLI reads them: `serde_json::from_slice::<medledger_node::keystore::KeystoreFile>`
+//! the CLI reads them: `serde_json::from_slice::<medledger_keystore::KeystoreFile>`
 //! then `KeystoreFile::open(b"password")`.
 //!
 //! KDF cost: `open` runs Argon2id with the parameters in the file, up to the node's
-//! bounds (256 MiB, t = 10, p = 4), which is seconds per input. Parameters *within*
+//! bounds (64 MiB, t = 4, p = 4), which is a third of a second per input. Parameters *within*
 //! the bounds are therefore clamped before `open` (memory ≤ 64 KiB, iterations ≤ 2;
 //! values that Argon2 itself refuses, like t = 0 or m < 8p, are left as they are);
 //! parameters beyond the bounds are passed unchanged so the bounds check is fuzzed.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use medledger_node::keystore::{
+use medledger_keystore::{
     KeystoreFile, MAX_KDF_ITERATIONS, MAX_KDF_MEMORY_KIB, MAX_KDF_PARALLELISM,
 };
 

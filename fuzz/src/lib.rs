@@ -194,7 +194,6 @@ pub mod seeds {
     /// A keystore sealed under [`KEYSTORE_PASSWORD`] with KDF parameters small enough
     /// to pass the target's clamp unchanged (so it opens), plus one with the node's
     /// default (OWASP) parameters.
-    #[cfg(feature = "keystore")]
     pub fn keystore() -> Vec<(&'static str, Vec<u8>)> {
         use base64::Engine;
         use base64::engine::general_purpose::STANDARD as B64;

@@ -72,3 +72,33 @@ fn schemathesis_finds_no_server_errors_or_schema_breaks() {
     assert!(cases > 1000, "{text}");
     node.stop();
 }
+
+/// Our own parsers of untrusted input under libFuzzer (`fuzz/`, cargo-fuzz on the
+/// nightly toolchain), bounded: every target first replays the saved reproducers of
+/// the bugs fuzzing found (`fuzz/regressions/<target>/`), then fuzzes for
+/// `MEDLEDGER_FUZZ_SECONDS` (default 15) from the committed seeds. Built without a
+/// sanitizer to keep CI's build short (longer runs by hand use AddressSanitizer, the
+/// default of `fuzz/run.sh`); a panic, overflow, failed oracle, OOM or hang fails the
+/// test with the target's summary line.
+#[test]
+fn cargo_fuzz_targets_bounded_run() {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let secs = std::env::var("MEDLEDGER_FUZZ_SECONDS").unwrap_or_else(|_| "15".into());
+    let out = std::process::Command::new("bash")
+        .arg(workspace.join("fuzz/run.sh"))
+        .arg(&secs)
+        .env("CARGO_TARGET_DIR", workspace.join("target/fuzz"))
+        .env("FUZZ_SANITIZER", "none")
+        .output()
+        .expect("bash");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every target ran and none failed (the script's own summary).
+    let passed = text.lines().filter(|l| l.starts_with("PASS ")).count();
+    assert_eq!(passed, 6, "{text}");
+    assert!(text.contains("fuzz: 6 passed, 0 failed"), "{text}");
+}

@@ -59,17 +59,7 @@ pub fn local_secret(path: &Path, sealed: &Path) -> Result<[u8; 32]> {
 }
 
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| NodeError::io(path, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| NodeError::io(path, e))
+    Ok(medledger_keystore::write_private(path, bytes)?)
 }
 
 fn write_public(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -15,10 +15,8 @@ pub enum NodeError {
     NotInitialised(String),
     #[error("{0}: malformed: {1}")]
     Malformed(String, String),
-    #[error("keystore: wrong password or corrupted keystore")]
-    KeystoreDecrypt,
-    #[error("keystore: {0}")]
-    Keystore(String),
+    #[error(transparent)]
+    Keystore(#[from] medledger_keystore::KeystoreError),
     #[error("ledger store failed its start-up check, refusing to serve: {0}")]
     StartupCheck(medledger_ledger::LedgerError),
     #[error(transparent)]

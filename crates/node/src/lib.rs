@@ -11,13 +11,13 @@ pub mod datadir;
 mod error;
 pub mod fhir;
 pub mod http;
-pub mod keystore;
 pub mod reporter;
 mod server;
 pub mod state;
 pub mod submitter;
 
 pub use error::{NodeError, Result};
+pub use medledger_keystore as keystore;
 pub use server::{ServeConfig, StartupCheck, serve};
 
 /// Installs the process-wide rustls crypto provider (ring). Idempotent.

@@ -2,8 +2,10 @@
 //! key, sealed with XChaCha20-Poly1305 under a key derived from a password with
 //! Argon2id. The KDF parameters are stored in the file so they can be raised later;
 //! the defaults follow the OWASP password-storage guidance (19 MiB, t=2, p=1).
+//!
+//! Its own crate because keystores are parsed from untrusted uploads
+//! (`/auth/enroll`): the fuzz target opens them without building the node.
 
-use crate::error::{NodeError, Result};
 use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -14,6 +16,37 @@ use medledger_core::keys::random_bytes32;
 use medledger_core::{AccountId, Digest32};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use thiserror::Error;
+
+pub type Result<T, E = KeystoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Error)]
+pub enum KeystoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}: malformed keystore: {1}")]
+    Malformed(String, String),
+    /// Wrong password, or the file was changed.
+    #[error("keystore: wrong password or corrupted keystore")]
+    Decrypt,
+    /// Unsupported version, cipher or KDF, or KDF parameters beyond the bounds.
+    #[error("keystore: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Core(#[from] medledger_core::CoreError),
+}
+
+impl KeystoreError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        KeystoreError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
 
 pub const KEYSTORE_VERSION: u8 = 1;
 
@@ -51,7 +84,7 @@ impl KdfParams {
 
     fn derive(&self, password: &[u8]) -> Result<[u8; 32]> {
         if self.algorithm != "argon2id" {
-            return Err(NodeError::Keystore(format!(
+            return Err(KeystoreError::Invalid(format!(
                 "unsupported KDF {}",
                 self.algorithm
             )));
@@ -61,20 +94,20 @@ impl KdfParams {
             || self.parallelism > MAX_KDF_PARALLELISM
             || self.salt.len() > MAX_SALT_B64
         {
-            return Err(NodeError::Keystore(format!(
+            return Err(KeystoreError::Invalid(format!(
                 "KDF parameters beyond this node's bounds (memory ≤ {MAX_KDF_MEMORY_KIB} KiB, \
                  iterations ≤ {MAX_KDF_ITERATIONS}, parallelism ≤ {MAX_KDF_PARALLELISM})"
             )));
         }
         let params = Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-            .map_err(|e| NodeError::Keystore(e.to_string()))?;
+            .map_err(|e| KeystoreError::Invalid(e.to_string()))?;
         let salt = B64
             .decode(&self.salt)
-            .map_err(|_| NodeError::Keystore("bad salt".into()))?;
+            .map_err(|_| KeystoreError::Invalid("bad salt".into()))?;
         let mut key = [0u8; 32];
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
             .hash_password_into(password, &salt, &mut key)
-            .map_err(|e| NodeError::Keystore(e.to_string()))?;
+            .map_err(|e| KeystoreError::Invalid(e.to_string()))?;
         Ok(key)
     }
 }
@@ -157,7 +190,7 @@ impl AccountKeys {
                     aad: aad.as_bytes(),
                 },
             )
-            .map_err(|_| NodeError::Keystore("encryption failed".into()))?;
+            .map_err(|_| KeystoreError::Invalid("encryption failed".into()))?;
         Ok(KeystoreFile {
             version: KEYSTORE_VERSION,
             account,
@@ -172,19 +205,19 @@ impl AccountKeys {
 
 impl KeystoreFile {
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| NodeError::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| KeystoreError::io(path, e))?;
         serde_json::from_slice(&bytes)
-            .map_err(|e| NodeError::Malformed(path.display().to_string(), e.to_string()))
+            .map_err(|e| KeystoreError::Malformed(path.display().to_string(), e.to_string()))
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self).expect("keystore serializes");
-        crate::datadir::write_private(path, &json)
+        write_private(path, &json)
     }
 
     pub fn open(&self, password: &[u8]) -> Result<AccountKeys> {
         if self.version != KEYSTORE_VERSION || self.cipher != "xchacha20poly1305" {
-            return Err(NodeError::Keystore(
+            return Err(KeystoreError::Invalid(
                 "unsupported keystore version or cipher".into(),
             ));
         }
@@ -193,10 +226,10 @@ impl KeystoreFile {
             .decode(&self.nonce)
             .ok()
             .and_then(|n| n.try_into().ok())
-            .ok_or(NodeError::KeystoreDecrypt)?;
+            .ok_or(KeystoreError::Decrypt)?;
         let ct = B64
             .decode(&self.ciphertext)
-            .map_err(|_| NodeError::KeystoreDecrypt)?;
+            .map_err(|_| KeystoreError::Decrypt)?;
         let aad = self.account.to_did();
         let plain = XChaCha20Poly1305::new(&key.into())
             .decrypt(
@@ -206,13 +239,30 @@ impl KeystoreFile {
                     aad: aad.as_bytes(),
                 },
             )
-            .map_err(|_| NodeError::KeystoreDecrypt)?;
-        let keys = AccountKeys::from_secret_bytes(&plain).ok_or(NodeError::KeystoreDecrypt)?;
+            .map_err(|_| KeystoreError::Decrypt)?;
+        let keys = AccountKeys::from_secret_bytes(&plain).ok_or(KeystoreError::Decrypt)?;
         if keys.account() != self.account {
-            return Err(NodeError::KeystoreDecrypt);
+            return Err(KeystoreError::Decrypt);
         }
         Ok(keys)
     }
+}
+
+/// Writes a new file only its owner may read (mode 0600), synced before returning;
+/// refuses to overwrite. Keystores and every other secret of a data directory are
+/// written this way.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| KeystoreError::io(path, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| KeystoreError::io(path, e))
 }
 
 #[cfg(test)]
@@ -225,7 +275,7 @@ mod tests {
         let file = keys.seal(b"correct horse battery").unwrap();
         assert!(matches!(
             file.open(b"wrong password!"),
-            Err(NodeError::KeystoreDecrypt)
+            Err(KeystoreError::Decrypt)
         ));
         let opened = file.open(b"correct horse battery").unwrap();
         assert_eq!(opened.account(), keys.account());
