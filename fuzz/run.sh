@@ -15,6 +15,8 @@
 #   FUZZ_SKIP_REGRESSIONS=1 do not replay regressions/
 #   FUZZ_TIMEOUT            seconds one input may take before it counts as a hang (10)
 #   FUZZ_SANITIZER          cargo fuzz --sanitizer (default address; none builds faster)
+#   FUZZ_DEV=1              unoptimised build (a clean build in ~3 min instead of ~10;
+#                           fewer executions per second; the CI setting)
 set -uo pipefail
 
 secs=${1:?usage: run.sh SECONDS [TARGET...]}
@@ -32,7 +34,7 @@ if ! cargo "+$tc" fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked || exit 2
 fi
 
-features=(${FUZZ_SANITIZER:+--sanitizer "$FUZZ_SANITIZER"})
+features=(${FUZZ_SANITIZER:+--sanitizer "$FUZZ_SANITIZER"} ${FUZZ_DEV:+--dev})
 all=(tx_decode fhir_validate fhir_search checkpoint_parse blob_open keystore_open)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
