@@ -70,6 +70,20 @@ fn hostile_callers_learn_nothing_and_change_nothing() {
         let (insurer, insurer_id) = staff_token(&h, &dir, &admin, "Ivan Insurer", "ivan@insurer.example", "insurer").await;
         let f = Fhir { c: h.c.clone(), url: node.url.clone(), token: doctor.clone() };
         let spy = Fhir { c: h.c.clone(), url: node.url.clone(), token: insurer.clone() };
+        // A transaction Bundle whose entry names a patient by an id that is no record
+        // here (`Patient/123`, as imports from other systems do) goes to the
+        // organisation's directory. When that directory did not exist yet, creating it
+        // signed with the caller's key while the Bundle held the caller's nonce
+        // reservation: the request waited for itself, forever, and with it every later
+        // write of that person (their sign-in transactions too).
+        let foreign = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+                "subject": {"reference": "Patient/123"}},
+             "request": {"method": "POST", "url": "Observation"}}]});
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(30), f.post("", &foreign)).await;
+        let (st, b) = answered.expect("a transaction Bundle hung on its own nonce reservation");
+        assert_eq!(st, 200, "{b}");
         let (pid, cond) = intake(&f, "Quixwell", "44054006").await;
         let (pid2, _) = intake(&f, "Brandt", "38341003").await;
 

@@ -175,7 +175,9 @@ async fn run(
     let mut tick = tokio::time::interval(housekeeping);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry = RETRY_MIN;
+    let mut unsure = Vec::new();
     loop {
+        settle_unsure(&node, &queue, &mut unsure);
         let mut batch = match queue.oldest(MAX_ACCESS_REPORTS) {
             Ok(b) => b,
             Err(e) => {
@@ -198,7 +200,7 @@ async fn run(
             tokio::time::sleep(LINGER).await;
             batch = queue.oldest(MAX_ACCESS_REPORTS).unwrap_or(batch);
         }
-        match deliver(&node, &queue, &batch).await {
+        match deliver(&node, &queue, &batch, &mut unsure).await {
             Ok(true) => {
                 retry = RETRY_MIN;
                 metrics::counter!("medledger_access_reports_total").increment(batch.len() as u64);
@@ -244,28 +246,54 @@ fn settle_inflight(node: &NodeTxs, queue: &AuditQueue) {
     }
 }
 
+/// Report transactions whose outcome was not learned (no leader, a lost proposal):
+/// they may still commit. At most this many are remembered.
+const MAX_UNSURE: usize = 64;
+
+/// Settles the reports of earlier transactions that did commit after all, before the
+/// same reports are sent again (they would be on the ledger twice).
+fn settle_unsure(node: &NodeTxs, queue: &AuditQueue, unsure: &mut Vec<Inflight>) {
+    unsure.retain(|f| match node.ledger.tx_location(&f.tx) {
+        Ok(Some(_)) => {
+            if let Err(e) = queue.committed(&f.seqs) {
+                tracing::error!(error = %e, "settling a late-committed audit batch failed");
+            }
+            false
+        }
+        Ok(None) => true,
+        Err(_) => true,
+    });
+    let excess = unsure.len().saturating_sub(MAX_UNSURE);
+    unsure.drain(..excess);
+}
+
 /// Moves one batch to the ledger. `Ok(true)` when every report left the queue
 /// (committed, or refused on its own and set aside); `Ok(false)` to retry later.
+/// A transaction whose outcome is unknown goes to `unsure`, to be settled if it
+/// commits later.
 async fn deliver(
     node: &NodeTxs,
     queue: &AuditQueue,
     batch: &[(u64, AccessReport)],
+    unsure: &mut Vec<Inflight>,
 ) -> Result<bool, crate::audit_queue::QueueError> {
     let reports: Vec<AccessReport> = batch.iter().map(|(_, r)| r.clone()).collect();
     let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
     let Some((r, tx)) = node.sign(Payload::ReportAccess { reports }).await else {
         return Ok(false);
     };
-    queue.set_inflight(Some(&Inflight {
+    let inflight = Inflight {
         tx: tx.body.hash(),
         seqs: seqs.clone(),
-    }))?;
+    };
+    queue.set_inflight(Some(&inflight))?;
     match node.send(r, &tx).await {
         Sent::Committed => {
             queue.committed(&seqs)?;
             Ok(true)
         }
         Sent::Retry => {
+            unsure.push(inflight);
             queue.set_inflight(None)?;
             Ok(false)
         }
@@ -282,13 +310,15 @@ async fn deliver(
                 else {
                     return Ok(false);
                 };
-                queue.set_inflight(Some(&Inflight {
+                let inflight = Inflight {
                     tx: one.body.hash(),
                     seqs: vec![*seq],
-                }))?;
+                };
+                queue.set_inflight(Some(&inflight))?;
                 match node.send(reserved, &one).await {
                     Sent::Committed => queue.committed(&[*seq])?,
                     Sent::Retry => {
+                        unsure.push(inflight);
                         queue.set_inflight(None)?;
                         return Ok(false);
                     }

@@ -204,15 +204,45 @@ impl Submitter {
     /// not use its nonce: the account's later transactions are renumbered from the
     /// ledger.
     pub fn settle(&self, account: &AccountId, outcome: Outcome) -> Result<TxLocation, SubmitError> {
-        let e = match outcome {
+        let result = match outcome {
             Ok(o) => match o.result {
-                Ok(loc) => return Ok(loc),
-                Err(reason) => SubmitError::Refused(reason),
+                Ok(loc) => Ok(loc),
+                Err(reason) => Err(SubmitError::Refused(reason)),
             },
-            Err(e) => SubmitError::Unavailable(e.to_string()),
+            Err(e) => Err(SubmitError::Unavailable(e.to_string())),
         };
-        self.set_next(account, None);
-        Err(e)
+        if result.is_err() {
+            self.set_next(account, None);
+        }
+        self.forget_if_idle(account);
+        result
+    }
+
+    /// Drops an account's entries once nothing of it is reserved, awaited or in
+    /// flight: the ledger then says everything (every registration and every patient
+    /// would otherwise stay in these maps for the life of the process).
+    fn forget_if_idle(&self, account: &AccountId) {
+        let mut seqs = self
+            .inner
+            .sequences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // The map's own handle is the only one: no reservation is held or waited for.
+        if !seqs.get(account).is_some_and(|m| Arc::strong_count(m) == 1) {
+            return;
+        }
+        let Ok(committed) = self.inner.ledger.account(account) else {
+            return;
+        };
+        let committed = committed.map_or(0, |a| a.nonce);
+        let mut nonces = self.inner.nonces.lock().unwrap_or_else(|p| p.into_inner());
+        if nonces
+            .get(account)
+            .is_none_or(|next| *next <= committed + 1)
+        {
+            nonces.remove(account);
+            seqs.remove(account);
+        }
     }
 
     /// Signs, submits and waits for the commit; when a pipelined transaction of the

@@ -531,6 +531,27 @@ impl Fhir {
         Ok(a)
     }
 
+    /// [`Fhir::compartment`] while the caller's nonce is reserved: it must not create
+    /// the directory subject (that signs with the caller's key, whose sequence this
+    /// request holds: it would wait for itself). The directory was made beforehand.
+    async fn compartment_reserved(
+        &self,
+        who: &Principal,
+        resource: &Value,
+    ) -> Result<AccountId, FhirError> {
+        if let Some(p) = self.named_patient(resource).await? {
+            return Ok(p);
+        }
+        if who.role == Role::Patient {
+            return Err(FhirError::Forbidden(
+                "a patient may only write resources about themself".into(),
+            ));
+        }
+        self.index
+            .directory(who.org.as_str())?
+            .ok_or_else(|| internal("the organisation's directory subject was not created first"))
+    }
+
     fn encryption_key(&self, account: &AccountId) -> Result<[u8; 32], FhirError> {
         self.ledger
             .account(account)
@@ -1499,12 +1520,15 @@ impl Fhir {
             if new_patient(o) {
                 subjects.push(self.patient_for_new(who).await?);
             } else if let Some(r) = &o.resource {
-                let mut has_patient = !refs::patients(r).is_empty();
+                // The rule `compartment` applies: only a reference that can name a
+                // record here (or a patient created by this Bundle) is a patient.
+                let mut has_patient = refs::patients(r).iter().any(|p| record_id(p).is_some());
                 refs::visit(r, &mut |_, s| has_patient |= patient_urls.contains(s));
                 need_directory |= !has_patient;
             }
         }
-        if need_directory {
+        // Patients may not write outside their own compartment (refused below).
+        if need_directory && who.role != Role::Patient {
             self.directory_subject(who).await?;
         }
         // Reserve the nonce: record ids of new entries derive from it, and other
@@ -1595,7 +1619,7 @@ impl Fhir {
             }
             op.patient = Some(match patient {
                 Some(p) => p,
-                None => self.compartment(who, r).await?,
+                None => self.compartment_reserved(who, r).await?,
             });
         }
         // Seal every resource, then one transaction registers all of them.

@@ -96,6 +96,12 @@ impl axum::extract::FromRequestParts<AppState> for Who {
             Ok(crate::http::caller::Caller::Person(p)) => Ok(Who(p)),
             Ok(_) => Err(FhirError::Unauthenticated),
             Err(ApiError::Forbidden(m)) => Err(FhirError::Forbidden(m)),
+            // A missing CSRF token or second factor: identified, but refused as made.
+            Err(ApiError::Refused {
+                status: axum::http::StatusCode::FORBIDDEN,
+                message,
+                ..
+            }) => Err(FhirError::Forbidden(message)),
             Err(ApiError::Internal(m)) => Err(FhirError::Internal(m)),
             Err(_) => Err(FhirError::Unauthenticated),
         }

@@ -27,6 +27,9 @@ use std::time::Duration;
 pub const DEFAULT_PER_SECOND: u32 = 2;
 pub const DEFAULT_BURST: u32 = 30;
 
+/// Clients remembered before a sweep is forced (a few MB).
+const MAX_CLIENTS: usize = 100_000;
+
 pub struct PerClient {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
     clock: DefaultClock,
@@ -52,6 +55,11 @@ impl PerClient {
 
     /// Takes one request from `client`'s budget; how long to wait when it is spent.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
+        // A flood from many addresses must not grow the table without bound between
+        // the periodic sweeps.
+        if self.limiter.len() > MAX_CLIENTS {
+            self.forget_idle();
+        }
         self.limiter
             .check_key(&key(client))
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
