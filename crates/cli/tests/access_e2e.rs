@@ -126,6 +126,16 @@ fn hostile_callers_learn_nothing_and_change_nothing() {
         let (st, v) = h.get("/v1/orgs/general", &auth).await;
         assert_eq!(st, 404, "membership (patients included) is for the org's admins: {v}");
 
+        // A session cookie without its CSRF token may not write through FHIR either:
+        // refused as made (403), not "sign in again" (401).
+        let r = h.c.post(format!("{}/fhir/Observation", node.url))
+            .header("cookie", &admin.cookie)
+            .header("content-type", "application/fhir+json")
+            .body("{}").send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+        let oo: Value = r.json().await.unwrap();
+        assert_eq!(oo["issue"][0]["code"], "forbidden", "{oo}");
+
         // ---- defect 5: no body is taken in before the caller is known --------------
         let big = vec![b' '; 8 * 1024 * 1024];
         let r = h.c.post(format!("{}/fhir/Observation", node.url))
