@@ -228,7 +228,7 @@ impl Submitter {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         // The map's own handle is the only one: no reservation is held or waited for.
-        if !seqs.get(account).is_some_and(|m| Arc::strong_count(m) == 1) {
+        if seqs.get(account).is_none_or(|m| Arc::strong_count(m) != 1) {
             return;
         }
         let Ok(committed) = self.inner.ledger.account(account) else {
