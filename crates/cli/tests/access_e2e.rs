@@ -113,6 +113,9 @@ fn hostile_callers_learn_nothing_and_change_nothing() {
         let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": []});
         let (st, oo) = Fhir { c: h.c.clone(), url: node.url.clone(), token: "mlt_wrong".into() }.post("/", &batch).await;
         assert_eq!((st, oo["resourceType"].as_str()), (401, Some("OperationOutcome")), "{oo}");
+        // Consensus RPC is not mounted on a node that was not asked for it.
+        let r = h.c.post(format!("{}/raft/vote", node.url)).json(&json!({})).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 404, "/raft/* answered without --peer-rpc");
         for path in ["/health", "/v1/status", "/v1/tree-head", "/v1/openapi.json"] {
             assert_eq!(h.get(path, &[]).await.0, 200, "{path} is public");
         }
@@ -245,15 +248,7 @@ fn hostile_callers_learn_nothing_and_change_nothing() {
 
         // ---- defect 9: an API token ends with the role that allowed it --------------
         assert_eq!(f.get(&format!("/Condition/{cond}")).await.0, 200);
-        let out = std::process::Command::new(BIN)
-            .args(["tx", "submit", "--node", &node.url, "--data-dir"])
-            .arg(&dir)
-            .arg("--password-file")
-            .arg(root.path().join("pw"))
-            .args(["json", &format!(r#"{{"kind":"revoke_role","org":"general","account":"{}","role":"insurer"}}"#, insurer_id.to_did())])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        admin_tx(root.path(), &dir, &node, &format!(r#"{{"kind":"revoke_role","org":"general","account":"{}","role":"insurer"}}"#, insurer_id.to_did()));
         let (st, oo) = spy.get("/Patient?_count=1").await;
         assert_eq!((st, oo["resourceType"].as_str()), (401, Some("OperationOutcome")), "{oo}");
         let (st, _) = h.get(&format!("/v1/accounts/{did}"), &auth).await;
