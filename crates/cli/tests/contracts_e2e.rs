@@ -293,7 +293,7 @@ fn contracts_through_cli_json_api_and_audited_access() {
         // OpenAPI is served and names the endpoints.
         let (code, doc) = get(&h, &url, "/v1/openapi.json").await;
         assert_eq!(code, 200);
-        assert_eq!(doc["openapi"], "3.0.3");
+        assert_eq!(doc["openapi"], "3.1.0");
         assert!(doc["paths"]["/v1/decision"].is_object());
         assert!(doc["paths"]["/auth/login"].is_object());
         // An independent validator (PyPI openapi-spec-validator) accepts the document.

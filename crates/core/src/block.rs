@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub const BLOCK_VERSION: u8 = 1;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct BlockHeader {
     pub version: u8,
@@ -40,6 +41,7 @@ impl BlockHeader {
 
 /// A block as stored: header, the node's signature over the header hash, the C2SP
 /// checkpoint signature for the tree head after the block, and the transactions.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct SignedBlock {
     pub header: BlockHeader,

@@ -8,6 +8,8 @@ pub mod hash;
 pub mod ids;
 pub mod keys;
 pub mod model;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod tx;
 
 pub use block::{BlockHeader, SignedBlock};

@@ -207,6 +207,7 @@ impl<'de> Deserialize<'de> for Cid {
 }
 
 /// What an account does inside an organisation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug,
     Clone,
@@ -293,6 +294,7 @@ impl FromStr for Role {
 
 /// Why a record is used (HIPAA's treatment, payment, operations; plus research, and
 /// emergency for break-glass access).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug,
     Clone,
@@ -356,6 +358,7 @@ impl FromStr for Purpose {
 }
 
 /// Which of a patient's records a grant covers.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(tag = "type", content = "items", rename_all = "snake_case")]
 pub enum Scope {
@@ -399,6 +402,7 @@ impl Scope {
 }
 
 /// Who receives a grant: one account, or every member of an organisation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
 )]
@@ -410,6 +414,7 @@ pub enum Grantee {
 
 /// A coded reason for break-glass access. Free text could carry clinical details, so
 /// the ledger takes a code only; notes belong in an encrypted record.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize,
 )]
@@ -422,6 +427,7 @@ pub enum EmergencyReason {
 }
 
 /// What a patient asks to erase.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(tag = "type", content = "record", rename_all = "snake_case")]
 pub enum ErasureTarget {
@@ -430,6 +436,7 @@ pub enum ErasureTarget {
 }
 
 /// A record category kept for a legal period despite erasure requests.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct RetentionRule {
     pub category: Category,
@@ -438,6 +445,7 @@ pub struct RetentionRule {
 }
 
 /// One read (or refused read) of a record, as a serving node reports it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct AccessReport {
     pub accessor: AccountId,
@@ -451,6 +459,7 @@ pub struct AccessReport {
 }
 
 /// One item of a `WriteRecords` transaction.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum RecordWrite {

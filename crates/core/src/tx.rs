@@ -22,6 +22,7 @@ pub const TX_VERSION: u8 = 1;
 
 /// What the signer asks the ledger to do. New kinds are appended at the end so that
 /// existing encodings keep their meaning (borsh encodes the variant index).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Payload {
@@ -234,6 +235,7 @@ impl Payload {
 }
 
 /// The signed part of a transaction.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct TxBody {
     pub version: u8,
@@ -288,6 +290,7 @@ impl<'de> Deserialize<'de> for SignatureBytes {
 }
 
 /// A transaction as submitted and as stored in blocks.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
 pub struct SignedTx {
     pub body: TxBody,

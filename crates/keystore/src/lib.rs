@@ -62,6 +62,7 @@ pub const MAX_KDF_PARALLELISM: u32 = 4;
 /// Salts are 16-64 bytes (base64 text up to 88 characters).
 const MAX_SALT_B64: usize = 88;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KdfParams {
     pub algorithm: String,
@@ -113,6 +114,7 @@ impl KdfParams {
 }
 
 /// The keystore file (JSON).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct KeystoreFile {
     pub version: u8,

@@ -133,7 +133,7 @@ impl std::fmt::Debug for Session {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct RegisterRequest {
     pub name: String,
     pub email: String,
@@ -145,7 +145,7 @@ pub struct RegisterRequest {
     pub invite: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Registered {
     pub account: AccountId,
     pub role: Role,
@@ -154,7 +154,7 @@ pub struct Registered {
     pub recovery_codes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoginOk {
     #[serde(skip)]
     pub token: String,

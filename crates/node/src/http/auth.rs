@@ -4,50 +4,52 @@
 //! API tokens (`Authorization: Bearer mlt_...`) for scripts, sign-out (here and
 //! everywhere), recovery with a one-time code.
 
-use crate::auth::{AuthError, RegisterRequest, Session};
+use crate::auth::{AuthError, LoginOk, RegisterRequest, Registered, Session};
 use crate::http::caller::cookie_session;
 use crate::http::error::ApiError;
+use crate::http::limits::PerClient;
 use crate::keystore::KeystoreFile;
 use crate::state::AppState;
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use medledger_core::{AccountId, OrgId, Role};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub const SESSION_COOKIE: &str = "__Host-medledger_session";
 
-pub fn routes(state: &AppState) -> Router<AppState> {
+pub fn routes(per_client: std::sync::Arc<PerClient>) -> OpenApiRouter<AppState> {
     // Anonymous requests that run a password KDF: limited per client address before
     // anything else happens (see `limits`).
-    let expensive = Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/enroll", post(enroll))
-        .route("/auth/login", post(login))
-        .route("/auth/recover", post(recover))
-        .route("/auth/recovery/complete", post(recovery_complete))
+    let expensive = OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(enroll))
+        .routes(routes!(login))
+        .routes(routes!(recover))
+        .routes(routes!(recovery_complete))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            per_client,
             crate::http::limits::expensive,
         ));
-    Router::new()
+    OpenApiRouter::new()
         .merge(expensive)
-        .route("/auth/verify", get(verify))
-        .route("/auth/logout", post(logout))
-        .route("/auth/logout-all", post(logout_all))
-        .route("/auth/me", get(me))
-        .route("/auth/mfa/setup", post(mfa_setup))
-        .route("/auth/mfa/confirm", post(mfa_confirm))
-        .route("/auth/invite", post(invite))
-        .route("/auth/approve", post(approve))
-        .route("/auth/tokens", post(tokens))
-        .route("/auth/keystore", post(export_keystore))
-        .route("/auth/recovery/request", post(recovery_request))
-        .route("/auth/recovery/approve", post(recovery_approve))
+        .routes(routes!(verify))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
+        .routes(routes!(me))
+        .routes(routes!(mfa_setup))
+        .routes(routes!(mfa_confirm))
+        .routes(routes!(invite))
+        .routes(routes!(approve))
+        .routes(routes!(tokens))
+        .routes(routes!(export_keystore))
+        .routes(routes!(recovery_request))
+        .routes(routes!(recovery_approve))
 }
 
 /// The session of a cookie-authenticated request that changes state (the rules are
@@ -65,6 +67,20 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, AuthError> {
         .map_err(|e| AuthError::Invalid(e.body_text()))
 }
 
+/// Staff registration (pending until an org admin approves) or a patient through an invite.
+#[utoipa::path(
+    post, path = "/auth/register", tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered; a verification e-mail is sent", body = Registered),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 413, response = crate::http::openapi::TooLarge),
+        (status = 422, response = crate::http::openapi::Rejected),
+        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 503, response = crate::http::openapi::Unavailable),
+    )
+)]
 async fn register(
     State(s): State<AppState>,
     b: Result<Json<RegisterRequest>, JsonRejection>,
@@ -73,8 +89,9 @@ async fn register(
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct EnrollRequest {
+    /// A keystore file as `medledger keygen` writes it.
     keystore: KeystoreFile,
     keystore_password: String,
     name: String,
@@ -84,6 +101,21 @@ struct EnrollRequest {
     role: Role,
 }
 
+/// Enrols an existing keystore for web sign-in, proving possession with its password.
+#[utoipa::path(
+    post, path = "/auth/enroll", tag = "auth",
+    request_body = EnrollRequest,
+    responses(
+        (status = 201, description = "Enrolled; a verification e-mail is sent", body = Registered),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 413, response = crate::http::openapi::TooLarge),
+        (status = 422, response = crate::http::openapi::Rejected),
+        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 503, response = crate::http::openapi::Unavailable),
+    )
+)]
 async fn enroll(
     State(s): State<AppState>,
     b: Result<Json<EnrollRequest>, JsonRejection>,
@@ -104,27 +136,58 @@ async fn enroll(
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct TokenQuery {
+    /// The token from the verification e-mail.
     token: String,
 }
 
+/// The link in the verification e-mail.
+#[utoipa::path(
+    get, path = "/auth/verify", tag = "auth",
+    params(TokenQuery),
+    responses(
+        (status = 200, description = "E-mail address verified", body = Verified),
+        (status = 400, response = crate::http::openapi::BadRequest),
+    )
+)]
 async fn verify(
     State(s): State<AppState>,
     q: Result<Query<TokenQuery>, QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Verified>, ApiError> {
     let Query(q) = q.map_err(|_| AuthError::BadLink)?;
     s.auth.verify_email(&q.token)?;
-    Ok(Json(json!({ "verified": true })))
+    Ok(Json(Verified { verified: true }))
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, ToSchema)]
+struct Verified {
+    verified: bool,
+}
+
+#[derive(Deserialize, ToSchema)]
 struct LoginRequest {
     email: String,
     password: String,
+    /// A TOTP code or a recovery code, once the account has a second factor.
     code: Option<String>,
 }
 
+/// Sign-in with e-mail, password and, once set up, a TOTP or recovery code.
+#[utoipa::path(
+    post, path = "/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in; sets the session cookie", body = LoginOk),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 413, response = crate::http::openapi::TooLarge),
+        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 503, response = crate::http::openapi::Unavailable),
+    )
+)]
 async fn login(
     State(s): State<AppState>,
     b: Result<Json<LoginRequest>, JsonRejection>,
@@ -160,6 +223,15 @@ fn clear_cookie(mut resp: Response) -> Response {
 // Handlers without a body still take it (`_body`): hyper closes a connection whose
 // request body was left unread, and the client's next pooled request then fails.
 
+#[utoipa::path(
+    post, path = "/auth/logout", tag = "auth",
+    responses(
+        (status = 204, description = "Signed out here"),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+    ),
+    security(("medledgerSession" = []))
+)]
 async fn logout(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -170,6 +242,15 @@ async fn logout(
     Ok(clear_cookie(StatusCode::NO_CONTENT.into_response()))
 }
 
+#[utoipa::path(
+    post, path = "/auth/logout-all", tag = "auth",
+    responses(
+        (status = 204, description = "Every session and API token of the account ended"),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+    ),
+    security(("medledgerSession" = []))
+)]
 async fn logout_all(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -193,6 +274,15 @@ fn reader(s: &AppState, headers: &HeaderMap) -> Result<AccountId, AuthError> {
     Ok(sess.account)
 }
 
+#[utoipa::path(
+    get, path = "/auth/me", tag = "auth",
+    security(("medledgerSession" = []), ("apiToken" = [])),
+    responses(
+        (status = 200, description = "The signed-in account: name, e-mail, organisation, role, second factor", body = Object),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+    )
+)]
 async fn me(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -201,21 +291,53 @@ async fn me(
     Ok(Json(s.auth.me(&account)?))
 }
 
+#[utoipa::path(
+    post, path = "/auth/mfa/setup", tag = "auth",
+    responses(
+        (status = 200, description = "A new TOTP secret", body = MfaSetup),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+    ),
+    security(("medledgerSession" = []))
+)]
 async fn mfa_setup(
     State(s): State<AppState>,
     headers: HeaderMap,
     _body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MfaSetup>, ApiError> {
     let (_, sess) = session(&s, &headers, true)?;
-    let (secret, url) = s.auth.totp_setup(&sess)?;
-    Ok(Json(json!({ "secret": secret, "otpauth_url": url })))
+    let (secret, otpauth_url) = s.auth.totp_setup(&sess)?;
+    Ok(Json(MfaSetup {
+        secret,
+        otpauth_url,
+    }))
 }
 
-#[derive(Deserialize)]
+/// A new TOTP secret, to confirm with `/auth/mfa/confirm`.
+#[derive(Serialize, ToSchema)]
+struct MfaSetup {
+    /// Base32.
+    secret: String,
+    otpauth_url: String,
+}
+
+#[derive(Deserialize, ToSchema)]
 struct CodeRequest {
     code: String,
 }
 
+#[utoipa::path(
+    post, path = "/auth/mfa/confirm", tag = "auth",
+    request_body = CodeRequest,
+    responses(
+        (status = 204, description = "Second factor on"),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 413, response = crate::http::openapi::TooLarge),
+    ),
+    security(("medledgerSession" = []))
+)]
 async fn mfa_confirm(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -226,11 +348,26 @@ async fn mfa_confirm(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct InviteRequest {
     email: String,
 }
 
+/// A clinician or org admin invites a patient by e-mail.
+#[utoipa::path(
+    post, path = "/auth/invite", tag = "auth",
+    request_body = InviteRequest,
+    responses(
+        (status = 201, description = "Invitation e-mailed"),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 413, response = crate::http::openapi::TooLarge),
+        (status = 422, response = crate::http::openapi::Rejected),
+        (status = 503, response = crate::http::openapi::Unavailable),
+    ),
+    security(("medledgerSession" = []))
+)]
 async fn invite(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -241,10 +378,12 @@ async fn invite(
     Ok(StatusCode::CREATED)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct ApproveRequest {
     account: AccountId,
+    /// Approve (default) or reject the registration.
     #[serde(default = "yes")]
+    #[schema(default = true)]
     approve: bool,
 }
 
@@ -252,6 +391,21 @@ fn yes() -> bool {
     true
 }
 
+/// An org admin approves or rejects a pending registration.
+#[utoipa::path(
+    post, path = "/auth/approve", tag = "auth",
+    request_body = ApproveRequest,
+    responses(
+        (status = 204, description = "Decided"),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 413, response = crate::http::openapi::TooLarge),
+        (status = 422, response = crate::http::openapi::Rejected),
+        (status = 503, response = crate::http::openapi::Unavailable),
+    ),
+    security(("medledgerSession" = []))
+)]
 async fn approve(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -263,13 +417,26 @@ async fn approve(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RecoverRequest {
     email: String,
     recovery_code: String,
     new_password: String,
 }
 
+/// A lost password replaced with a one-time recovery code.
+#[utoipa::path(
+    post, path = "/auth/recover", tag = "auth",
+    request_body = RecoverRequest,
+    responses(
+        (status = 204, description = "Password replaced"),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 413, response = crate::http::openapi::TooLarge),
+        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 503, response = crate::http::openapi::Unavailable),
+    )
+)]
 async fn recover(
     State(s): State<AppState>,
     b: Result<Json<RecoverRequest>, JsonRejection>,
@@ -281,11 +448,24 @@ async fn recover(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct TokenRequest {
+    /// Lifetime in seconds.
     ttl_s: u64,
 }
 
+#[utoipa::path(
+    post, path = "/auth/tokens", tag = "auth",
+    request_body = TokenRequest,
+    responses(
+        (status = 201, description = "A new API token", body = ApiToken),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 413, response = crate::http::openapi::TooLarge),
+    ),
+    security(("medledgerSession" = []))
+)]
 async fn tokens(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -295,15 +475,27 @@ async fn tokens(
     let (token, expires_ms) = s
         .auth
         .create_api_token(&sess, body(b)?.ttl_s.saturating_mul(1000))?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "token": token, "expires_ms": expires_ms })),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(ApiToken { token, expires_ms })).into_response())
+}
+
+/// Shown once: `Authorization: Bearer <token>`.
+#[derive(Serialize, ToSchema)]
+struct ApiToken {
+    token: String,
+    expires_ms: u64,
 }
 
 /// The signed-in account's keystore file (sealed under its password), so the person
 /// can hold their keys themself (`medledger` CLI) without the node.
+#[utoipa::path(
+    post, path = "/auth/keystore", tag = "auth",
+    responses(
+        (status = 200, description = "The account's keystore, sealed under its password", body = KeystoreFile),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+    ),
+    security(("medledgerSession" = []))
+)]
 async fn export_keystore(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -313,11 +505,26 @@ async fn export_keystore(
     Ok(Json(s.auth.export_keystore(&sess)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RecoveryRequest {
     email: String,
 }
 
+/// An org admin asks to restore a member's access (a second admin approves).
+#[utoipa::path(
+    post, path = "/auth/recovery/request", tag = "auth",
+    request_body = RecoveryRequest,
+    responses(
+        (status = 201, description = "Recovery requested", body = RecoveryRequested),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 413, response = crate::http::openapi::TooLarge),
+        (status = 422, response = crate::http::openapi::Rejected),
+        (status = 503, response = crate::http::openapi::Unavailable),
+    ),
+    security(("medledgerSession" = []))
+)]
 async fn recovery_request(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -325,14 +532,34 @@ async fn recovery_request(
 ) -> Result<Response, ApiError> {
     let (_, sess) = session(&s, &headers, false)?;
     let id = s.auth.request_recovery(&sess, &body(b)?.email).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "request": id }))).into_response())
+    Ok((StatusCode::CREATED, Json(RecoveryRequested { request: id })).into_response())
 }
 
-#[derive(Deserialize)]
+/// The request a second admin approves.
+#[derive(Serialize, ToSchema)]
+struct RecoveryRequested {
+    request: medledger_core::GrantId,
+}
+
+#[derive(Deserialize, ToSchema)]
 struct RecoveryApprove {
     request: medledger_core::GrantId,
 }
 
+#[utoipa::path(
+    post, path = "/auth/recovery/approve", tag = "auth",
+    request_body = RecoveryApprove,
+    responses(
+        (status = 204, description = "Approved; the member gets a recovery link"),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 413, response = crate::http::openapi::TooLarge),
+        (status = 422, response = crate::http::openapi::Rejected),
+        (status = 503, response = crate::http::openapi::Unavailable),
+    ),
+    security(("medledgerSession" = []))
+)]
 async fn recovery_approve(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -343,12 +570,25 @@ async fn recovery_approve(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RecoveryComplete {
     token: String,
     new_password: String,
 }
 
+/// The link of an approved organisation-assisted recovery.
+#[utoipa::path(
+    post, path = "/auth/recovery/complete", tag = "auth",
+    request_body = RecoveryComplete,
+    responses(
+        (status = 204, description = "Password set"),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 413, response = crate::http::openapi::TooLarge),
+        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 503, response = crate::http::openapi::Unavailable),
+    )
+)]
 async fn recovery_complete(
     State(s): State<AppState>,
     b: Result<Json<RecoveryComplete>, JsonRejection>,

@@ -33,9 +33,11 @@ pub enum ApiError {
     },
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, utoipa::ToSchema)]
 pub struct ErrorBody {
+    /// A stable code (`not_found`, `bad_request`, a ledger reject code...).
     pub code: String,
+    /// For people; never contains personal data.
     pub message: String,
 }
 

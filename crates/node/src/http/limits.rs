@@ -10,7 +10,6 @@
 //! proxy's, and the proxy should limit per client itself.
 
 use crate::http::error::ApiError;
-use crate::state::AppState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
@@ -19,6 +18,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default per-client budget for the KDF routes: a burst of 30 requests, then one
@@ -89,7 +89,7 @@ fn key(ip: IpAddr) -> IpAddr {
 
 /// Middleware for the expensive unauthenticated routes: 429 with `Retry-After` once
 /// the client's budget is spent, before the body is read or any work starts.
-pub async fn expensive(State(s): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn expensive(State(limits): State<Arc<PerClient>>, req: Request, next: Next) -> Response {
     // Without connection info (only in-process tests serve that way) all such
     // requests share one budget.
     let ip = req
@@ -97,7 +97,7 @@ pub async fn expensive(State(s): State<AppState>, req: Request, next: Next) -> R
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
         .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    match s.per_client.check(ip) {
+    match limits.check(ip) {
         Ok(()) => next.run(req).await,
         Err(wait) => {
             metrics::counter!("medledger_rate_limited_total").increment(1);

@@ -7,7 +7,8 @@
 //! | module | surface |
 //! | --- | --- |
 //! | [`v1`] | transactions, blocks, tree heads and proofs, accounts, status, health, metrics |
-//! | [`contracts`] | `/v1` queries of contract state (records, grants, audit, ...) and the OpenAPI document |
+//! | [`contracts`] | `/v1` queries of contract state (records, grants, audit, ...) |
+//! | [`openapi`] | the OpenAPI document of `/v1` and `/auth`, generated from their routes |
 //! | [`auth`] | `/auth`: registration, sign-in, sessions, tokens, recovery |
 //! | [`fhir`] | `/fhir`: the HL7 FHIR R4 API |
 //! | [`raft`] | `/raft`: node-to-node consensus RPC (multi-node only) |
@@ -18,28 +19,50 @@ pub mod contracts;
 pub mod error;
 pub mod fhir;
 pub mod limits;
+pub mod openapi;
 mod raft;
 pub mod v1;
 
 use crate::state::AppState;
 use axum::Router;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use error::ApiError;
+use std::sync::Arc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 /// Request body limit: a full batch of maximum-size transactions in base64, plus JSON.
 pub const MAX_BODY_BYTES: usize = 24 * 1024 * 1024;
+
+/// The routes that the OpenAPI document describes (`/v1`, `/auth`), with it.
+pub fn api(per_client: Arc<limits::PerClient>) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(v1::routes())
+        .merge(contracts::routes())
+        .merge(auth::routes(per_client))
+        .split_for_parts()
+}
 
 /// Every route of a node. `peer_rpc` mounts the node-to-node Raft endpoints; off for a
 /// single node, since they must only be reachable by consortium peers (mutual TLS
 /// comes with clustering).
 pub fn router(state: AppState, peer_rpc: bool) -> Router {
+    let (api, doc) = api(state.per_client.clone());
+    let doc = axum::body::Bytes::from(openapi::to_json(&doc));
     let mut r = Router::new();
     if peer_rpc {
         r = r.merge(raft::routes());
     }
-    r.merge(v1::routes())
-        .merge(contracts::routes())
-        .merge(auth::routes(&state))
+    r.merge(api)
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
+            }),
+        )
         .merge(fhir::routes())
         .fallback(unrouted)
         .with_state(state)

@@ -4,12 +4,11 @@
 use crate::http::caller::Caller;
 use crate::http::error::ApiError;
 use crate::state::AppState;
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use medledger_consensus::ConsensusError;
@@ -18,6 +17,9 @@ use medledger_ledger::TxOutcome;
 use medledger_ledger::admission::admit;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Most transactions accepted in one `POST /v1/txs`.
 pub const MAX_TXS_PER_REQUEST: usize = 10_000;
@@ -30,46 +32,47 @@ pub const BULK_UPLOADS: usize = 16;
 /// A single transaction in base64 JSON: the transaction limit, expanded, plus room.
 pub const MAX_ONE_TX_BODY: usize = 2 * medledger_core::MAX_TX_BYTES + 4096;
 
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> OpenApiRouter<AppState> {
     // Anyone may submit, so bulk uploads take turns: at most `BULK_UPLOADS` 24 MiB
     // bodies are buffered at once, and one transaction's body is limited to what one
     // transaction can be.
     let bulk = std::sync::Arc::new(tokio::sync::Semaphore::new(BULK_UPLOADS));
-    Router::new()
-        .route(
-            "/v1/tx",
-            post(submit_one).layer(axum::extract::DefaultBodyLimit::max(MAX_ONE_TX_BODY)),
-        )
-        .route(
-            "/v1/txs",
-            post(submit_many).layer(axum::middleware::from_fn(move |req, next| {
-                crate::http::one_of(bulk.clone(), req, next)
-            })),
-        )
-        .route("/v1/tx/{hash}", get(tx_status))
-        .route("/v1/blocks/{height}", get(block))
-        .route("/v1/tree-head", get(tree_head))
-        .route("/v1/proof/inclusion", get(inclusion))
-        .route("/v1/proof/consistency", get(consistency))
-        .route("/v1/accounts/{id}", get(account))
-        .route("/v1/status", get(status))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
+    let (schemas, paths, one) = routes!(submit_one);
+    let one = one.layer(axum::extract::DefaultBodyLimit::max(MAX_ONE_TX_BODY));
+    let (schemas_many, paths_many, many) = routes!(submit_many);
+    let many = many.layer(axum::middleware::from_fn(move |req, next| {
+        crate::http::one_of(bulk.clone(), req, next)
+    }));
+    OpenApiRouter::new()
+        .routes((schemas, paths, one))
+        .routes((schemas_many, paths_many, many))
+        .routes(routes!(tx_status))
+        .routes(routes!(block))
+        .routes(routes!(tree_head))
+        .routes(routes!(inclusion))
+        .routes(routes!(consistency))
+        .routes(routes!(account))
+        .routes(routes!(status))
+        .routes(routes!(health))
+        .routes(routes!(metrics_text))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct SubmitOne {
     /// Base64 of the canonical (borsh) signed transaction.
+    #[schema(pattern = "^[A-Za-z0-9+/]*={0,2}$")]
     pub tx: String,
 }
 
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize, Serialize, ToSchema)]
 pub struct SubmitMany {
+    /// Base64 of canonical (borsh) signed transactions.
+    #[schema(max_items = 10_000)]
     pub txs: Vec<String>,
 }
 
 /// The outcome of one submitted transaction.
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct SubmitResult {
     pub hash: Option<TxHash>,
     /// "committed" or "rejected".
@@ -82,10 +85,12 @@ pub struct SubmitResult {
     pub error: Option<RejectBody>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct RejectBody {
     pub code: String,
     pub message: String,
+    /// The typed reason (`medledger_core::RejectReason`).
+    #[schema(value_type = Object)]
     pub reason: RejectReason,
 }
 
@@ -114,7 +119,7 @@ impl From<TxOutcome> for SubmitResult {
     }
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct SubmitManyResponse {
     pub results: Vec<SubmitResult>,
 }
@@ -164,6 +169,15 @@ async fn submit(state: &AppState, encoded: Vec<String>) -> Result<Vec<SubmitResu
     Ok(out)
 }
 
+#[utoipa::path(post, path = "/v1/tx", tag = "ledger",
+    request_body(content = SubmitOne, description = "base64 of the borsh SignedTx (body || 64-byte Ed25519 signature)"),
+    responses(
+        (status = 200, description = "Committed", body = SubmitResult),
+        (status = 422, description = "Rejected by the ledger (typed reason)", body = SubmitResult),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 413, response = crate::http::openapi::TooLarge),
+        (status = 503, response = crate::http::openapi::Unavailable),
+    ))]
 async fn submit_one(
     State(s): State<AppState>,
     body: Result<Json<SubmitOne>, JsonRejection>,
@@ -178,6 +192,14 @@ async fn submit_one(
     Ok((status, Json(r)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/txs", tag = "ledger",
+    request_body(content = SubmitMany, description = "base64 signed transactions, at most 10,000; at most 16 from keys the ledger does not know yet"),
+    responses(
+        (status = 200, description = "One result per transaction, in order", body = SubmitManyResponse),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 413, response = crate::http::openapi::TooLarge),
+        (status = 503, response = crate::http::openapi::Unavailable),
+    ))]
 async fn submit_many(
     State(s): State<AppState>,
     body: Result<Json<SubmitMany>, JsonRejection>,
@@ -198,7 +220,7 @@ pub(crate) fn parse<T: std::str::FromStr>(s: &str, what: &str) -> Result<T, ApiE
         .map_err(|_| ApiError::BadRequest(format!("invalid {what}")))
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct TxStatus {
     pub hash: TxHash,
     pub status: String,
@@ -216,6 +238,16 @@ fn oversees(s: &AppState, caller: &Caller) -> Result<(AccountId, bool), ApiError
     Ok((v.account, v.oversees()))
 }
 
+#[utoipa::path(get, path = "/v1/tx/{hash}", tag = "ledger",
+    params(("hash" = TxHash, Path, description = "transaction hash")),
+    responses(
+        (status = 200, description = "A committed transaction the caller signed (overseers: any)", body = TxStatus),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 404, response = crate::http::openapi::NotFound),
+    ),
+    security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn tx_status(
     State(s): State<AppState>,
     caller: Caller,
@@ -236,13 +268,23 @@ async fn tx_status(
     }))
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct BlockView {
     pub hash: medledger_core::BlockHash,
     #[serde(flatten)]
     pub block: medledger_core::SignedBlock,
 }
 
+#[utoipa::path(get, path = "/v1/blocks/{height}", tag = "ledger",
+    params(("height" = u64, Path, description = "block height")),
+    responses(
+        (status = 200, description = "A block (overseers only)", body = BlockView),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 404, response = crate::http::openapi::NotFound),
+    ),
+    security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn block(
     State(s): State<AppState>,
     caller: Caller,
@@ -259,11 +301,20 @@ async fn block(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SizeQuery {
+    /// Tree size (default: the current one).
     size: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/tree-head", tag = "ledger",
+    params(SizeQuery),
+    responses(
+        (status = 200, description = "Signed tree head (C2SP checkpoint)", body = String, content_type = "text/plain"),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 404, response = crate::http::openapi::NotFound),
+    ))]
 async fn tree_head(
     State(s): State<AppState>,
     q: Result<Query<SizeQuery>, QueryRejection>,
@@ -273,13 +324,17 @@ async fn tree_head(
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct InclusionQuery {
+    /// The transaction hash.
+    #[param(value_type = TxHash)]
     hash: String,
+    /// Tree size the proof is for (default: the current one).
     size: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct InclusionProofView {
     pub hash: TxHash,
     pub leaf_index: u64,
@@ -287,6 +342,13 @@ pub struct InclusionProofView {
     pub proof: Vec<Digest32>,
 }
 
+#[utoipa::path(get, path = "/v1/proof/inclusion", tag = "ledger",
+    params(InclusionQuery),
+    responses(
+        (status = 200, description = "Inclusion proof of a transaction in the tree of that size", body = InclusionProofView),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 404, response = crate::http::openapi::NotFound),
+    ))]
 async fn inclusion(
     State(s): State<AppState>,
     q: Result<Query<InclusionQuery>, QueryRejection>,
@@ -307,19 +369,29 @@ async fn inclusion(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ConsistencyQuery {
+    /// The older tree size.
     old: u64,
+    /// The newer tree size (default: the current one).
     new: Option<u64>,
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct ConsistencyProofView {
     pub old_size: u64,
     pub new_size: u64,
     pub proof: Vec<Digest32>,
 }
 
+#[utoipa::path(get, path = "/v1/proof/consistency", tag = "ledger",
+    params(ConsistencyQuery),
+    responses(
+        (status = 200, description = "Consistency proof between two tree sizes", body = ConsistencyProofView),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 404, response = crate::http::openapi::NotFound),
+    ))]
 async fn consistency(
     State(s): State<AppState>,
     q: Result<Query<ConsistencyQuery>, QueryRejection>,
@@ -335,7 +407,7 @@ async fn consistency(
 }
 
 /// An account: nonce, keys, roles, pending registration and balance.
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct AccountView {
     pub account: AccountId,
     pub nonce: u64,
@@ -344,8 +416,10 @@ pub struct AccountView {
     #[serde(default)]
     pub node: bool,
     #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
     pub roles: Vec<serde_json::Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub pending: Option<serde_json::Value>,
     #[serde(default)]
     pub balance: u64,
@@ -353,6 +427,16 @@ pub struct AccountView {
 
 /// An account's ledger facts: for the account itself, overseers, and admins of an
 /// organisation it belongs to or asks to join.
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "ledger",
+    params(("id" = AccountId, Path, description = "account (did:key)")),
+    responses(
+        (status = 200, description = "The account's ledger facts", body = AccountView),
+        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 404, response = crate::http::openapi::NotFound),
+    ),
+    security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn account(
     State(s): State<AppState>,
     caller: Caller,
@@ -390,15 +474,19 @@ async fn account(
     }))
 }
 
-#[derive(Serialize, Deserialize, Debug)]
+#[derive(Serialize, Deserialize, Debug, ToSchema)]
 pub struct StatusView {
     pub chain_id: String,
     pub node_key: medledger_core::NodeKey,
     pub genesis_hash: medledger_core::BlockHash,
+    #[schema(value_type = Object)]
     pub tip: medledger_ledger::Tip,
     pub leader: Option<u64>,
 }
 
+/// Chain id, node key, genesis hash, tip and the current leader.
+#[utoipa::path(get, path = "/v1/status", tag = "ledger",
+    responses((status = 200, description = "Node status", body = StatusView)))]
 async fn status(State(s): State<AppState>) -> Json<StatusView> {
     let leader = s.raft.metrics().borrow().current_leader;
     Json(StatusView {
@@ -410,6 +498,12 @@ async fn status(State(s): State<AppState>) -> Json<StatusView> {
     })
 }
 
+/// Whether the node has a leader (200) or not (503).
+#[utoipa::path(get, path = "/health", tag = "ledger",
+    responses(
+        (status = 200, description = "Serving", body = Object),
+        (status = 503, description = "No leader", body = Object),
+    ))]
 async fn health(State(s): State<AppState>) -> Response {
     let m = s.raft.metrics().borrow().clone();
     let ok = m.current_leader.is_some();
@@ -422,6 +516,9 @@ async fn health(State(s): State<AppState>) -> Response {
     (code, Json(body)).into_response()
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "ledger",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_text(State(s): State<AppState>) -> Response {
     let tip = s.ledger.tip();
     metrics::gauge!("medledger_block_height").set(tip.height as f64);
