@@ -255,6 +255,7 @@ fn contracts_through_cli_json_api_and_audited_access() {
         )
         .await;
         assert_eq!(code, 200, "{body}");
+        let grant = body["hash"].as_str().unwrap().to_owned();
         let (_, d) = signed_json(&h, &url, &doctor, &decision).await;
         assert_eq!(d["allowed"], true);
         assert_eq!(d["reason"], "grant");
@@ -304,8 +305,57 @@ fn contracts_through_cli_json_api_and_audited_access() {
             .arg(&spec)
             .output()
             .expect("python3 with openapi-spec-validator");
-        let _ = std::fs::remove_file(&spec);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+        // Real answers conform to what the document says of them (their schemas are
+        // derived from the types that encode them): each body is checked with PyPI
+        // jsonschema against the document's schema for its route and status.
+        let p = did(&patient);
+        let mut answers = Vec::new();
+        for (template, path, key) in [
+            ("/v1/records/{id}", format!("/v1/records/{record}"), Some(&patient)),
+            ("/v1/records/{id}/access", access.clone(), Some(&patient)),
+            ("/v1/records/{id}", format!("/v1/records/{}", "0".repeat(64)), Some(&doctor)),
+            ("/v1/patients/{did}/records", format!("/v1/patients/{p}/records"), Some(&patient)),
+            ("/v1/patients/{did}/grants", format!("/v1/patients/{p}/grants"), Some(&patient)),
+            ("/v1/patients/{did}/break-glass", format!("/v1/patients/{p}/break-glass"), Some(&patient)),
+            ("/v1/patients/{did}/agreements", format!("/v1/patients/{p}/agreements"), Some(&patient)),
+            ("/v1/accounts/{did}/inbox", format!("/v1/accounts/{p}/inbox"), Some(&patient)),
+            ("/v1/accounts/{id}", format!("/v1/accounts/{p}"), Some(&patient)),
+            ("/v1/grants/{id}", format!("/v1/grants/{grant}"), Some(&patient)),
+            ("/v1/tx/{hash}", format!("/v1/tx/{grant}"), Some(&patient)),
+            ("/v1/audit", format!("/v1/audit?record={record}"), Some(&admin_key)),
+            ("/v1/audit", format!("/v1/audit?record={record}"), None),
+            ("/v1/decision", decision.clone(), Some(&doctor)),
+            ("/v1/totals", "/v1/totals".to_owned(), Some(&admin_key)),
+            ("/v1/due", "/v1/due".to_owned(), Some(&admin_key)),
+            ("/v1/orgs/{id}", "/v1/orgs/general".to_owned(), Some(&admin_key)),
+            ("/v1/blocks/{height}", "/v1/blocks/1".to_owned(), Some(&admin_key)),
+            ("/v1/status", "/v1/status".to_owned(), None),
+            ("/v1/proof/inclusion", format!("/v1/proof/inclusion?hash={grant}"), None),
+            ("/v1/proof/consistency", "/v1/proof/consistency?old=1".to_owned(), None),
+        ] {
+            let (status, body) = match key {
+                Some(k) => signed_json(&h, &url, k, &path).await,
+                None => get(&h, &url, &path).await,
+            };
+            answers.push(json!({"path": template, "method": "get", "status": status, "body": body}));
+        }
+        let statuses: Vec<u64> = answers.iter().map(|a| a["status"].as_u64().unwrap()).collect();
+        assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 19, "{statuses:?}");
+        let answers_file = spec.with_extension("answers.json");
+        std::fs::write(&answers_file, serde_json::to_vec(&answers).unwrap()).unwrap();
+        let out = std::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/openapi_conformance.py"))
+            .arg(&spec)
+            .arg(&answers_file)
+            .output()
+            .expect("python3 with jsonschema");
+        let _ = std::fs::remove_file(&spec);
+        let _ = std::fs::remove_file(&answers_file);
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(report.contains("21 of 21 answers conform"), "{report}");
     });
     let (ok, out) = cli(
         &dir,

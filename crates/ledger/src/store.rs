@@ -43,6 +43,7 @@ const META_FORMAT: &str = "format";
 const FORMAT_VERSION: u8 = 2;
 
 /// The newest block, as the rest of the node sees it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(
     Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, serde::Deserialize,
 )]

@@ -11,6 +11,7 @@ use medledger_core::{
 use serde::Serialize;
 
 /// Allow or deny, with the reason.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "reason", rename_all = "snake_case")]
 pub enum Decision {

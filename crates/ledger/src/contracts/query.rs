@@ -12,6 +12,7 @@ use medledger_core::{
 };
 use serde::Serialize;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct AccountView {
     pub id: AccountId,
@@ -31,12 +32,14 @@ pub fn account(state: &impl StateRead, id: &AccountId) -> Result<Option<AccountV
     }))
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct Member {
     pub account: AccountId,
     pub role: Role,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct OrgView {
     pub id: OrgId,
@@ -81,6 +84,7 @@ pub fn org(state: &impl StateRead, id: &OrgId) -> Result<Option<OrgView>> {
     }))
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct RecordView {
     pub id: RecordId,
@@ -140,6 +144,7 @@ pub fn patient_records(
         .collect())
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct GrantView {
     pub id: GrantId,
@@ -158,6 +163,7 @@ pub fn grant(state: &impl StateRead, id: &GrantId) -> Result<Option<GrantState>>
     read_obj(state, &grant_key(id))
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct BreakGlassView {
     pub id: BreakGlassId,
@@ -270,6 +276,7 @@ pub fn audit(
     Ok(out)
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageView {
     pub id: MessageId,
@@ -295,6 +302,7 @@ pub fn message(state: &impl StateRead, id: &MessageId) -> Result<Option<MessageS
     read_obj(state, &message_key(id))
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct AgreementView {
     pub id: AgreementId,
@@ -321,6 +329,7 @@ pub fn agreements(state: &impl StateRead, patient: &AccountId) -> Result<Vec<Agr
 }
 
 /// Totals of the payment system: units minted, fees collected, escrow held.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Totals {
     pub supply: u64,
@@ -348,6 +357,7 @@ pub fn balances_sum(state: &impl StateRead) -> Result<u128> {
 
 /// Work that has come due by `now`: open proposals past their deadline and held
 /// erasures whose retention has ended. The node's housekeeping submits the txs.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Due {
     pub agreements: Vec<AgreementId>,

@@ -137,6 +137,7 @@ pub fn invite_key(commitment: &Digest32) -> Vec<u8> {
 }
 
 /// A patient invite: who issued it, for which org, until when, and whether used.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct InviteState {
     pub org: OrgId,
@@ -150,6 +151,7 @@ pub fn recovery_key(id: &GrantId) -> Vec<u8> {
 }
 
 /// An organisation-assisted recovery: requested by one admin, approved by another.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct RecoveryState {
     pub account: AccountId,
@@ -180,6 +182,7 @@ pub fn cid_key(cid: &Cid) -> Vec<u8> {
 }
 
 /// The one record version a CID is registered to.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct CidOwner {
     pub record: RecordId,
@@ -187,6 +190,7 @@ pub struct CidOwner {
 }
 
 /// One role in one organisation.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct Membership {
     pub org: OrgId,
@@ -194,6 +198,7 @@ pub struct Membership {
 }
 
 /// An account as the ledger knows it. No personal data: keys, counters, roles.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct AccountState {
     /// Nonce of the last applied transaction (0 before the first).
@@ -233,12 +238,14 @@ impl AccountState {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct OrgState {
     pub created_ms: u64,
 }
 
 /// Where a record stands with respect to erasure.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ErasureStatus {
@@ -257,6 +264,7 @@ pub enum ErasureStatus {
     },
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct RecordState {
     pub patient: AccountId,
@@ -274,6 +282,7 @@ impl RecordState {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct VersionState {
     pub version: u32,
@@ -285,6 +294,7 @@ pub struct VersionState {
     pub tx: TxHash,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct GrantState {
     pub patient: AccountId,
@@ -306,6 +316,7 @@ impl GrantState {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct BreakGlassState {
     pub doctor: AccountId,
@@ -322,6 +333,7 @@ impl BreakGlassState {
 }
 
 /// One access fact: who used which record, why, and whether it was allowed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct AuditEntry {
     pub seq: u64,
@@ -340,6 +352,7 @@ pub struct AuditEntry {
     pub tx: TxHash,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum MessageStatus {
@@ -348,6 +361,7 @@ pub enum MessageStatus {
     Denied { at_ms: u64 },
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct MessageState {
     pub from: AccountId,
@@ -360,6 +374,7 @@ pub struct MessageState {
     pub status: MessageStatus,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum AgreementStatus {
@@ -369,6 +384,7 @@ pub enum AgreementStatus {
     Expired { at_ms: u64 },
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize)]
 pub struct AgreementState {
     pub proposer: AccountId,

@@ -16,7 +16,6 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use medledger_core::tx::TX_VERSION;
@@ -26,7 +25,6 @@ use medledger_core::{
 use medledger_ledger::contracts::query::{self, AuditFilter};
 use medledger_ledger::{StateView, contracts};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -49,6 +47,45 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(decision))
         .routes(routes!(totals))
         .routes(routes!(due))
+}
+
+/// An allowed, audited access: the decision and the record's registry entry.
+#[derive(Serialize, ToSchema)]
+pub struct Access {
+    pub decision: DecisionView,
+    pub record: query::RecordView,
+}
+
+/// A page of a patient's record ids.
+#[derive(Serialize, ToSchema)]
+pub struct RecordList {
+    pub records: Vec<RecordId>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct GrantList {
+    pub grants: Vec<query::GrantView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BreakGlassList {
+    pub break_glass: Vec<query::BreakGlassView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AgreementList {
+    pub agreements: Vec<query::AgreementView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Inbox {
+    pub messages: Vec<query::MessageView>,
+}
+
+/// A page of the audit trail, oldest first.
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<contracts::state::AuditEntry>,
 }
 
 /// Runs a query for an identified caller over one consistent read of the committed
@@ -77,12 +114,6 @@ fn visible<T>(
     what: &'static str,
 ) -> Result<T, ApiError> {
     x.filter(sees).ok_or(ApiError::NotFound(what))
-}
-
-fn to_json<T: serde::Serialize>(v: T) -> Result<Json<Value>, ApiError> {
-    serde_json::to_value(v)
-        .map(Json)
-        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -149,7 +180,7 @@ pub struct Prepared {
 #[utoipa::path(get, path = "/v1/orgs/{id}", tag = "contracts",
     params(("id" = OrgId, Path, description = "organisation")),
     responses(
-        (status = 200, description = "The organisation and its members (its admins and overseers only)", body = Object),
+        (status = 200, description = "The organisation and its members (its admins and overseers only)", body = query::OrgView),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -160,7 +191,7 @@ async fn org(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<query::OrgView>, ApiError> {
     let id: OrgId = parse(&id, "organisation id")?;
     // Membership (patients included) is for the organisation's admins and overseers.
     let o = view(&s, &caller, move |st, v| {
@@ -168,13 +199,13 @@ async fn org(
         visible(o, |_| v.oversees() || v.administers(&id), "organisation")
     })
     .await?;
-    to_json(o)
+    Ok(Json(o))
 }
 
 #[utoipa::path(get, path = "/v1/records/{id}", tag = "contracts",
     params(("id" = RecordId, Path, description = "record id")),
     responses(
-        (status = 200, description = "Record registry entry with its version history (no content)", body = Object),
+        (status = 200, description = "Record registry entry with its version history (no content)", body = query::RecordView),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -185,7 +216,7 @@ async fn record(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<query::RecordView>, ApiError> {
     let id: RecordId = parse(&id, "record id")?;
     let at = now_ms();
     let r = view(&s, &caller, move |st, v| {
@@ -193,7 +224,7 @@ async fn record(
         visible(query::record(st, &id)?, |_| sees, "record")
     })
     .await?;
-    to_json(r)
+    Ok(Json(r))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -222,7 +253,7 @@ fn limit(l: Option<usize>) -> Result<usize, ApiError> {
 #[utoipa::path(get, path = "/v1/patients/{did}/records", tag = "contracts",
     params(("did" = AccountId, Path, description = "patient"), Page),
     responses(
-        (status = 200, description = "{\"records\": [record id]}: those the caller may read now", body = Object),
+        (status = 200, description = "{\"records\": [record id]}: those the caller may read now", body = RecordList),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -234,7 +265,7 @@ async fn patient_records(
     caller: Caller,
     Path(did): Path<String>,
     q: Result<Query<Page>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RecordList>, ApiError> {
     let Query(page) = q?;
     let patient: AccountId = parse(&did, "patient id (did:key)")?;
     let after: Option<RecordId> = page
@@ -260,13 +291,13 @@ async fn patient_records(
         Ok(out)
     })
     .await?;
-    to_json(json!({ "records": ids }))
+    Ok(Json(RecordList { records: ids }))
 }
 
 #[utoipa::path(get, path = "/v1/patients/{did}/grants", tag = "contracts",
     params(("did" = AccountId, Path, description = "patient")),
     responses(
-        (status = 200, description = "{\"grants\": [...]}: those the caller may see", body = Object),
+        (status = 200, description = "{\"grants\": [...]}: those the caller may see", body = GrantList),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -277,7 +308,7 @@ async fn patient_grants(
     State(s): State<AppState>,
     caller: Caller,
     Path(did): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<GrantList>, ApiError> {
     let patient: AccountId = parse(&did, "patient id (did:key)")?;
     let grants = view(&s, &caller, move |st, v| {
         let mut g = query::grants(st, &patient)?;
@@ -285,13 +316,13 @@ async fn patient_grants(
         Ok(g)
     })
     .await?;
-    to_json(json!({ "grants": grants }))
+    Ok(Json(GrantList { grants }))
 }
 
 #[utoipa::path(get, path = "/v1/patients/{did}/break-glass", tag = "contracts",
     params(("did" = AccountId, Path, description = "patient")),
     responses(
-        (status = 200, description = "{\"break_glass\": [...]}: for the patient, overseers and the doctor who opened it", body = Object),
+        (status = 200, description = "{\"break_glass\": [...]}: for the patient, overseers and the doctor who opened it", body = BreakGlassList),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -302,7 +333,7 @@ async fn patient_break_glass(
     State(s): State<AppState>,
     caller: Caller,
     Path(did): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BreakGlassList>, ApiError> {
     let patient: AccountId = parse(&did, "patient id (did:key)")?;
     let list = view(&s, &caller, move |st, v| {
         let mut b = query::break_glasses(st, &patient)?;
@@ -310,13 +341,13 @@ async fn patient_break_glass(
         Ok(b)
     })
     .await?;
-    to_json(json!({ "break_glass": list }))
+    Ok(Json(BreakGlassList { break_glass: list }))
 }
 
 #[utoipa::path(get, path = "/v1/patients/{did}/agreements", tag = "contracts",
     params(("did" = AccountId, Path, description = "patient")),
     responses(
-        (status = 200, description = "{\"agreements\": [...]}: for the patient, overseers and the proposer", body = Object),
+        (status = 200, description = "{\"agreements\": [...]}: for the patient, overseers and the proposer", body = AgreementList),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -327,7 +358,7 @@ async fn patient_agreements(
     State(s): State<AppState>,
     caller: Caller,
     Path(did): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AgreementList>, ApiError> {
     let patient: AccountId = parse(&did, "patient id (did:key)")?;
     let list = view(&s, &caller, move |st, v| {
         let mut a = query::agreements(st, &patient)?;
@@ -335,14 +366,14 @@ async fn patient_agreements(
         Ok(a)
     })
     .await?;
-    to_json(json!({ "agreements": list }))
+    Ok(Json(AgreementList { agreements: list }))
 }
 
 /// An inbox is its owner's alone.
 #[utoipa::path(get, path = "/v1/accounts/{did}/inbox", tag = "contracts",
     params(("did" = AccountId, Path, description = "account")),
     responses(
-        (status = 200, description = "{\"messages\": [...]}: empty for anyone but the owner", body = Object),
+        (status = 200, description = "{\"messages\": [...]}: empty for anyone but the owner", body = Inbox),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -353,7 +384,7 @@ async fn inbox(
     State(s): State<AppState>,
     caller: Caller,
     Path(did): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Inbox>, ApiError> {
     let to: AccountId = parse(&did, "account id (did:key)")?;
     let list = view(&s, &caller, move |st, v| {
         Ok(if v.is(&to) {
@@ -363,13 +394,13 @@ async fn inbox(
         })
     })
     .await?;
-    to_json(json!({ "messages": list }))
+    Ok(Json(Inbox { messages: list }))
 }
 
 #[utoipa::path(get, path = "/v1/grants/{id}", tag = "contracts",
     params(("id" = GrantId, Path, description = "grant id")),
     responses(
-        (status = 200, description = "A consent grant", body = Object),
+        (status = 200, description = "A consent grant", body = contracts::state::GrantState),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -380,19 +411,19 @@ async fn grant(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<contracts::state::GrantState>, ApiError> {
     let id: GrantId = parse(&id, "grant id")?;
     let g = view(&s, &caller, move |st, v| {
         visible(query::grant(st, &id)?, |g| v.sees_grant(g), "grant")
     })
     .await?;
-    to_json(g)
+    Ok(Json(g))
 }
 
 #[utoipa::path(get, path = "/v1/messages/{id}", tag = "contracts",
     params(("id" = MessageId, Path, description = "message id")),
     responses(
-        (status = 200, description = "A message (sender, recipient, overseers)", body = Object),
+        (status = 200, description = "A message (sender, recipient, overseers)", body = contracts::state::MessageState),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -403,7 +434,7 @@ async fn message(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<contracts::state::MessageState>, ApiError> {
     let id: MessageId = parse(&id, "message id")?;
     let m = view(&s, &caller, move |st, v| {
         visible(
@@ -413,13 +444,13 @@ async fn message(
         )
     })
     .await?;
-    to_json(m)
+    Ok(Json(m))
 }
 
 #[utoipa::path(get, path = "/v1/agreements/{id}", tag = "contracts",
     params(("id" = AgreementId, Path, description = "agreement id")),
     responses(
-        (status = 200, description = "A paid access agreement (patient, proposer, overseers)", body = Object),
+        (status = 200, description = "A paid access agreement (patient, proposer, overseers)", body = contracts::state::AgreementState),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -430,7 +461,7 @@ async fn agreement(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<contracts::state::AgreementState>, ApiError> {
     let id: AgreementId = parse(&id, "agreement id")?;
     let a = view(&s, &caller, move |st, v| {
         visible(
@@ -440,7 +471,7 @@ async fn agreement(
         )
     })
     .await?;
-    to_json(a)
+    Ok(Json(a))
 }
 
 /// Exactly one of `patient`, `record`, `accessor`, or a `from`/`to` time range.
@@ -469,7 +500,7 @@ pub struct AuditQuery {
 #[utoipa::path(get, path = "/v1/audit", tag = "contracts",
     params(AuditQuery),
     responses(
-        (status = 200, description = "{\"entries\": [...]}: overseers all; anyone else only entries naming them as patient or accessor", body = Object),
+        (status = 200, description = "{\"entries\": [...]}: overseers all; anyone else only entries naming them as patient or accessor", body = AuditPage),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -480,7 +511,7 @@ async fn audit(
     State(s): State<AppState>,
     caller: Caller,
     q: Result<Query<AuditQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let Query(q) = q?;
     let filters = [
         q.patient.is_some(),
@@ -531,7 +562,7 @@ async fn audit(
         Ok(out)
     })
     .await?;
-    to_json(json!({ "entries": entries }))
+    Ok(Json(AuditPage { entries }))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -547,8 +578,22 @@ pub struct DecisionQuery {
     pub at: Option<u64>,
 }
 
-fn decision_json(d: &contracts::Decision) -> Value {
-    json!({ "allowed": d.allowed(), "reason": d.code(), "detail": d })
+/// An access decision: the verdict, its reason code, and the rule that decided.
+#[derive(Serialize, ToSchema)]
+pub struct DecisionView {
+    pub allowed: bool,
+    pub reason: &'static str,
+    pub detail: contracts::Decision,
+}
+
+impl From<contracts::Decision> for DecisionView {
+    fn from(d: contracts::Decision) -> Self {
+        DecisionView {
+            allowed: d.allowed(),
+            reason: d.code(),
+            detail: d,
+        }
+    }
 }
 
 /// The decision oracle: a caller may ask about themself; overseers about anyone.
@@ -557,7 +602,7 @@ fn decision_json(d: &contracts::Decision) -> Value {
 #[utoipa::path(get, path = "/v1/decision", tag = "contracts",
     params(DecisionQuery),
     responses(
-        (status = 200, description = "{\"allowed\", \"reason\", \"detail\"}: about the caller (overseers: anyone)", body = Object),
+        (status = 200, description = "{\"allowed\", \"reason\", \"detail\"}: about the caller (overseers: anyone)", body = DecisionView),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -568,7 +613,7 @@ async fn decision(
     State(s): State<AppState>,
     caller: Caller,
     q: Result<Query<DecisionQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DecisionView>, ApiError> {
     let Query(q) = q?;
     let account: AccountId = parse(&q.account, "account id (did:key)")?;
     let record: RecordId = parse(&q.record, "record id")?;
@@ -581,7 +626,7 @@ async fn decision(
         Ok(contracts::can(st, &account, &record, purpose, at)?)
     })
     .await?;
-    Ok(Json(decision_json(&d)))
+    Ok(Json(d.into()))
 }
 
 /// Overseers only; to anyone else the route looks absent.
@@ -595,40 +640,43 @@ fn overseer_only(v: &Viewer, what: &'static str) -> Result<(), ApiError> {
 
 #[utoipa::path(get, path = "/v1/totals", tag = "contracts",
     responses(
-        (status = 200, description = "Supply and fee totals (overseers only)", body = Object),
+        (status = 200, description = "Supply and fee totals (overseers only)", body = query::Totals),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
         (status = 404, response = crate::http::openapi::NotFound),
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
-async fn totals(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    to_json(
+async fn totals(
+    State(s): State<AppState>,
+    caller: Caller,
+) -> Result<Json<query::Totals>, ApiError> {
+    Ok(Json(
         view(&s, &caller, |st, v| {
             overseer_only(v, "totals")?;
             Ok(query::totals(st)?)
         })
         .await?,
-    )
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/due", tag = "contracts",
     responses(
-        (status = 200, description = "Due housekeeping work (overseers only)", body = Object),
+        (status = 200, description = "Due housekeeping work (overseers only)", body = query::Due),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
         (status = 404, response = crate::http::openapi::NotFound),
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
-async fn due(State(s): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    to_json(
+async fn due(State(s): State<AppState>, caller: Caller) -> Result<Json<query::Due>, ApiError> {
+    Ok(Json(
         view(&s, &caller, |st, v| {
             overseer_only(v, "due work")?;
             Ok(query::due(st, now_ms(), 100)?)
         })
         .await?,
-    )
+    ))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -644,7 +692,7 @@ pub struct AccessQuery {
 #[utoipa::path(get, path = "/v1/records/{id}/access", tag = "contracts",
     params(("id" = RecordId, Path, description = "record id"), AccessQuery),
     responses(
-        (status = 200, description = "Allowed: the decision and the registry entry; the access is on the audit trail before this answers", body = Object),
+        (status = 200, description = "Allowed: the decision and the registry entry; the access is on the audit trail before this answers", body = Access),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
@@ -657,7 +705,7 @@ async fn access(
     caller: Caller,
     Path(id): Path<String>,
     q: Result<Query<AccessQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Json<Access>, ApiError> {
     let accessor = caller.account()?;
     let Query(q) = q?;
     let record: RecordId = parse(&id, "record id")?;
@@ -672,9 +720,10 @@ async fn access(
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     match rec {
-        Some(r) if d.allowed() => {
-            Ok(Json(json!({ "decision": decision_json(&d), "record": r })).into_response())
-        }
+        Some(record) if d.allowed() => Ok(Json(Access {
+            decision: d.into(),
+            record,
+        })),
         // Refused and missing answer alike.
         _ => Err(ApiError::NotFound("record")),
     }
