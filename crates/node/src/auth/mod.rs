@@ -154,6 +154,20 @@ pub struct Registered {
     pub recovery_codes: Vec<String>,
 }
 
+/// The signed-in account as its owner sees it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Me {
+    pub account: AccountId,
+    pub name: String,
+    pub email: String,
+    pub org: OrgId,
+    pub role: Role,
+    pub email_verified: bool,
+    /// Whether a second factor (TOTP) is confirmed.
+    pub mfa: bool,
+    pub recovery_codes_left: usize,
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoginOk {
     #[serde(skip)]
@@ -1129,15 +1143,19 @@ impl Auth {
     }
 
     /// What a person may see about their own account.
-    pub fn me(&self, account: &AccountId) -> Result<serde_json::Value, AuthError> {
+    pub fn me(&self, account: &AccountId) -> Result<Me, AuthError> {
         let u = self.user(account)?.ok_or(AuthError::NoSession)?;
         let p = self.profile(&u)?;
-        Ok(serde_json::json!({
-            "account": u.account, "name": p.name, "email": p.email, "org": u.org, "role": u.role,
-            "email_verified": u.email_verified,
-            "mfa": u.totp.as_ref().is_some_and(|t| t.confirmed),
-            "recovery_codes_left": u.recovery.iter().filter(|s| !s.used).count(),
-        }))
+        Ok(Me {
+            account: u.account,
+            name: p.name,
+            email: p.email,
+            org: u.org.clone(),
+            role: u.role,
+            email_verified: u.email_verified,
+            mfa: u.totp.as_ref().is_some_and(|t| t.confirmed),
+            recovery_codes_left: u.recovery.iter().filter(|s| !s.used).count(),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -278,7 +278,7 @@ fn reader(s: &AppState, headers: &HeaderMap) -> Result<AccountId, AuthError> {
     get, path = "/auth/me", tag = "auth",
     security(("medledgerSession" = []), ("apiToken" = [])),
     responses(
-        (status = 200, description = "The signed-in account: name, e-mail, organisation, role, second factor", body = Object),
+        (status = 200, description = "The signed-in account: name, e-mail, organisation, role, second factor", body = crate::auth::Me),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
     )
@@ -286,7 +286,7 @@ fn reader(s: &AppState, headers: &HeaderMap) -> Result<AccountId, AuthError> {
 async fn me(
     State(s): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<crate::auth::Me>, ApiError> {
     let account = reader(&s, &headers)?;
     Ok(Json(s.auth.me(&account)?))
 }

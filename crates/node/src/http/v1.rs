@@ -416,10 +416,10 @@ pub struct AccountView {
     #[serde(default)]
     pub node: bool,
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<medledger_ledger::contracts::state::Membership>)]
     pub roles: Vec<serde_json::Value>,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<medledger_ledger::contracts::state::Membership>)]
     pub pending: Option<serde_json::Value>,
     #[serde(default)]
     pub balance: u64,
