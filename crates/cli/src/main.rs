@@ -3,6 +3,12 @@
 
 use clap::Parser;
 
+// glibc's malloc was ~10 % of the node's CPU on the audited read path (arena
+// consolidation across tokio workers); jemalloc measured best of glibc, mimalloc and
+// jemalloc on both the read and the ledger benchmarks (README, "Measured").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = medledger::Cli::parse();
     tracing_subscriber::fmt()
