@@ -37,6 +37,7 @@ pub enum CoreError {
 
 /// Why a transaction was refused. Every rejection leaves the ledger unchanged.
 /// Serialized as `{"code": "...", ...}` so API clients can match on the code.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum RejectReason {

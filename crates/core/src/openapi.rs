@@ -11,7 +11,7 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 /// `did:key` (Ed25519) or 64 hex digits, as [`AccountId`]'s `FromStr` accepts.
-const KEY: &str = "^(did:key:z[1-9A-HJ-NP-Za-km-z]{44,50}|[0-9a-fA-F]{64})$";
+const KEY: &str = "^(did:key:z6Mk[1-9A-HJ-NP-Za-km-z]{44}|[0-9a-fA-F]{64})$";
 const HEX32: &str = "^[0-9a-fA-F]{64}$";
 const SLUG: &str = "^[a-z0-9-]{1,64}$";
 
@@ -44,6 +44,6 @@ string_schema! {
     ChainId => SLUG, "The chain a transaction is meant for.";
     OrgId => SLUG, "An organisation of the consortium (a slug, never a person's name).";
     Category => "^[A-Z][A-Za-z0-9]{0,63}$", "A record category: a FHIR resource type name or a similar code.";
-    Cid => "^b[a-z2-7]{58}$", "A CIDv1 (raw codec, sha2-256) in multibase base32.";
+    Cid => "^bafkrei[a-z2-7]{52}$", "A CIDv1 (raw codec, sha2-256) in multibase base32.";
     SignatureBytes => "^[0-9a-fA-F]{128}$", "A 64-byte Ed25519 signature in hex.";
 }

@@ -12,7 +12,6 @@ use medledger_core::{
 };
 use serde::Serialize;
 
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct AccountView {
     pub id: AccountId,

@@ -75,10 +75,10 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, AuthError> {
         (status = 201, description = "Registered; a verification e-mail is sent", body = Registered),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 409, description = "Another registration of this address is being made at the same moment", body = crate::http::openapi::ErrorResponse),
         (status = 413, response = crate::http::openapi::TooLarge),
         (status = 422, response = crate::http::openapi::Rejected),
         (status = 429, response = crate::http::openapi::RateLimited),
-        (status = 503, response = crate::http::openapi::Unavailable),
     )
 )]
 async fn register(
@@ -110,10 +110,9 @@ struct EnrollRequest {
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
+        (status = 409, description = "The e-mail address already has an account", body = crate::http::openapi::ErrorResponse),
         (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 422, response = crate::http::openapi::Rejected),
         (status = 429, response = crate::http::openapi::RateLimited),
-        (status = 503, response = crate::http::openapi::Unavailable),
     )
 )]
 async fn enroll(
@@ -185,7 +184,6 @@ struct LoginRequest {
         (status = 403, response = crate::http::openapi::Forbidden),
         (status = 413, response = crate::http::openapi::TooLarge),
         (status = 429, response = crate::http::openapi::RateLimited),
-        (status = 503, response = crate::http::openapi::Unavailable),
     )
 )]
 async fn login(
@@ -223,6 +221,7 @@ fn clear_cookie(mut resp: Response) -> Response {
 // Handlers without a body still take it (`_body`): hyper closes a connection whose
 // request body was left unread, and the client's next pooled request then fails.
 
+/// Ends this session.
 #[utoipa::path(
     post, path = "/auth/logout", tag = "auth",
     responses(
@@ -230,7 +229,7 @@ fn clear_cookie(mut resp: Response) -> Response {
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
     ),
-    security(("medledgerSession" = []))
+    security(("medledgerSession" = [], "csrfToken" = []))
 )]
 async fn logout(
     State(s): State<AppState>,
@@ -242,6 +241,7 @@ async fn logout(
     Ok(clear_cookie(StatusCode::NO_CONTENT.into_response()))
 }
 
+/// Ends every session and API token of the account.
 #[utoipa::path(
     post, path = "/auth/logout-all", tag = "auth",
     responses(
@@ -249,7 +249,7 @@ async fn logout(
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
     ),
-    security(("medledgerSession" = []))
+    security(("medledgerSession" = [], "csrfToken" = []))
 )]
 async fn logout_all(
     State(s): State<AppState>,
@@ -274,13 +274,13 @@ fn reader(s: &AppState, headers: &HeaderMap) -> Result<AccountId, AuthError> {
     Ok(sess.account)
 }
 
+/// The signed-in account as its owner sees it.
 #[utoipa::path(
     get, path = "/auth/me", tag = "auth",
     security(("medledgerSession" = []), ("apiToken" = [])),
     responses(
         (status = 200, description = "The signed-in account: name, e-mail, organisation, role, second factor", body = crate::auth::Me),
         (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
     )
 )]
 async fn me(
@@ -291,6 +291,7 @@ async fn me(
     Ok(Json(s.auth.me(&account)?))
 }
 
+/// Starts TOTP set-up: a new secret to confirm.
 #[utoipa::path(
     post, path = "/auth/mfa/setup", tag = "auth",
     responses(
@@ -298,7 +299,7 @@ async fn me(
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
     ),
-    security(("medledgerSession" = []))
+    security(("medledgerSession" = [], "csrfToken" = []))
 )]
 async fn mfa_setup(
     State(s): State<AppState>,
@@ -326,6 +327,7 @@ struct CodeRequest {
     code: String,
 }
 
+/// Confirms TOTP set-up with a first code.
 #[utoipa::path(
     post, path = "/auth/mfa/confirm", tag = "auth",
     request_body = CodeRequest,
@@ -336,7 +338,7 @@ struct CodeRequest {
         (status = 403, response = crate::http::openapi::Forbidden),
         (status = 413, response = crate::http::openapi::TooLarge),
     ),
-    security(("medledgerSession" = []))
+    security(("medledgerSession" = [], "csrfToken" = []))
 )]
 async fn mfa_confirm(
     State(s): State<AppState>,
@@ -364,9 +366,8 @@ struct InviteRequest {
         (status = 403, response = crate::http::openapi::Forbidden),
         (status = 413, response = crate::http::openapi::TooLarge),
         (status = 422, response = crate::http::openapi::Rejected),
-        (status = 503, response = crate::http::openapi::Unavailable),
     ),
-    security(("medledgerSession" = []))
+    security(("medledgerSession" = [], "csrfToken" = []))
 )]
 async fn invite(
     State(s): State<AppState>,
@@ -402,9 +403,8 @@ fn yes() -> bool {
         (status = 403, response = crate::http::openapi::Forbidden),
         (status = 413, response = crate::http::openapi::TooLarge),
         (status = 422, response = crate::http::openapi::Rejected),
-        (status = 503, response = crate::http::openapi::Unavailable),
     ),
-    security(("medledgerSession" = []))
+    security(("medledgerSession" = [], "csrfToken" = []))
 )]
 async fn approve(
     State(s): State<AppState>,
@@ -434,7 +434,6 @@ struct RecoverRequest {
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 413, response = crate::http::openapi::TooLarge),
         (status = 429, response = crate::http::openapi::RateLimited),
-        (status = 503, response = crate::http::openapi::Unavailable),
     )
 )]
 async fn recover(
@@ -454,6 +453,7 @@ struct TokenRequest {
     ttl_s: u64,
 }
 
+/// Creates an API token for scripts (shown once).
 #[utoipa::path(
     post, path = "/auth/tokens", tag = "auth",
     request_body = TokenRequest,
@@ -464,7 +464,7 @@ struct TokenRequest {
         (status = 403, response = crate::http::openapi::Forbidden),
         (status = 413, response = crate::http::openapi::TooLarge),
     ),
-    security(("medledgerSession" = []))
+    security(("medledgerSession" = [], "csrfToken" = []))
 )]
 async fn tokens(
     State(s): State<AppState>,
@@ -494,7 +494,7 @@ struct ApiToken {
         (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 403, response = crate::http::openapi::Forbidden),
     ),
-    security(("medledgerSession" = []))
+    security(("medledgerSession" = [], "csrfToken" = []))
 )]
 async fn export_keystore(
     State(s): State<AppState>,
@@ -521,9 +521,8 @@ struct RecoveryRequest {
         (status = 403, response = crate::http::openapi::Forbidden),
         (status = 413, response = crate::http::openapi::TooLarge),
         (status = 422, response = crate::http::openapi::Rejected),
-        (status = 503, response = crate::http::openapi::Unavailable),
     ),
-    security(("medledgerSession" = []))
+    security(("medledgerSession" = [], "csrfToken" = []))
 )]
 async fn recovery_request(
     State(s): State<AppState>,
@@ -546,6 +545,7 @@ struct RecoveryApprove {
     request: medledger_core::GrantId,
 }
 
+/// A second org admin approves a recovery request.
 #[utoipa::path(
     post, path = "/auth/recovery/approve", tag = "auth",
     request_body = RecoveryApprove,
@@ -556,9 +556,8 @@ struct RecoveryApprove {
         (status = 403, response = crate::http::openapi::Forbidden),
         (status = 413, response = crate::http::openapi::TooLarge),
         (status = 422, response = crate::http::openapi::Rejected),
-        (status = 503, response = crate::http::openapi::Unavailable),
     ),
-    security(("medledgerSession" = []))
+    security(("medledgerSession" = [], "csrfToken" = []))
 )]
 async fn recovery_approve(
     State(s): State<AppState>,
@@ -583,10 +582,8 @@ struct RecoveryComplete {
     responses(
         (status = 204, description = "Password set"),
         (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
         (status = 413, response = crate::http::openapi::TooLarge),
         (status = 429, response = crate::http::openapi::RateLimited),
-        (status = 503, response = crate::http::openapi::Unavailable),
     )
 )]
 async fn recovery_complete(

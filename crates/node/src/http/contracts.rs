@@ -134,7 +134,6 @@ pub struct PrepareRequest {
         (status = 200, description = "The body to sign and its hash", body = Prepared),
         (status = 400, response = crate::http::openapi::BadRequest),
         (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 503, response = crate::http::openapi::Unavailable),
     ))]
 async fn prepare(
     State(s): State<AppState>,
@@ -177,8 +176,9 @@ pub struct Prepared {
     pub how_to_submit: &'static str,
 }
 
-#[utoipa::path(get, path = "/v1/orgs/{id}", tag = "contracts",
-    params(("id" = OrgId, Path, description = "organisation")),
+/// An organisation and its members (its admins and overseers only).
+#[utoipa::path(get, path = "/v1/orgs/{org}", tag = "contracts",
+    params(("org" = OrgId, Path, description = "organisation")),
     responses(
         (status = 200, description = "The organisation and its members (its admins and overseers only)", body = query::OrgView),
         (status = 400, response = crate::http::openapi::BadRequest),
@@ -202,6 +202,7 @@ async fn org(
     Ok(Json(o))
 }
 
+/// A record's registry entry and version history (no content).
 #[utoipa::path(get, path = "/v1/records/{id}", tag = "contracts",
     params(("id" = RecordId, Path, description = "record id")),
     responses(
@@ -294,6 +295,7 @@ async fn patient_records(
     Ok(Json(RecordList { records: ids }))
 }
 
+/// A patient's consent grants that the caller may see.
 #[utoipa::path(get, path = "/v1/patients/{did}/grants", tag = "contracts",
     params(("did" = AccountId, Path, description = "patient")),
     responses(
@@ -319,6 +321,7 @@ async fn patient_grants(
     Ok(Json(GrantList { grants }))
 }
 
+/// A patient's break-glass accesses that the caller may see.
 #[utoipa::path(get, path = "/v1/patients/{did}/break-glass", tag = "contracts",
     params(("did" = AccountId, Path, description = "patient")),
     responses(
@@ -344,6 +347,7 @@ async fn patient_break_glass(
     Ok(Json(BreakGlassList { break_glass: list }))
 }
 
+/// A patient's paid access agreements that the caller may see.
 #[utoipa::path(get, path = "/v1/patients/{did}/agreements", tag = "contracts",
     params(("did" = AccountId, Path, description = "patient")),
     responses(
@@ -397,6 +401,7 @@ async fn inbox(
     Ok(Json(Inbox { messages: list }))
 }
 
+/// One consent grant.
 #[utoipa::path(get, path = "/v1/grants/{id}", tag = "contracts",
     params(("id" = GrantId, Path, description = "grant id")),
     responses(
@@ -420,6 +425,7 @@ async fn grant(
     Ok(Json(g))
 }
 
+/// One message (sender, recipient and overseers).
 #[utoipa::path(get, path = "/v1/messages/{id}", tag = "contracts",
     params(("id" = MessageId, Path, description = "message id")),
     responses(
@@ -447,6 +453,7 @@ async fn message(
     Ok(Json(m))
 }
 
+/// One paid access agreement.
 #[utoipa::path(get, path = "/v1/agreements/{id}", tag = "contracts",
     params(("id" = AgreementId, Path, description = "agreement id")),
     responses(
@@ -638,6 +645,7 @@ fn overseer_only(v: &Viewer, what: &'static str) -> Result<(), ApiError> {
     }
 }
 
+/// Money supply and fee totals (overseers only).
 #[utoipa::path(get, path = "/v1/totals", tag = "contracts",
     responses(
         (status = 200, description = "Supply and fee totals (overseers only)", body = query::Totals),
@@ -660,6 +668,7 @@ async fn totals(
     ))
 }
 
+/// Housekeeping that is due: expiries and held erasures (overseers only).
 #[utoipa::path(get, path = "/v1/due", tag = "contracts",
     responses(
         (status = 200, description = "Due housekeeping work (overseers only)", body = query::Due),

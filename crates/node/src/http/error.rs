@@ -33,6 +33,13 @@ pub enum ApiError {
     },
 }
 
+/// The body of every refusal under `/v1` and `/auth`.
+#[derive(Serialize, Deserialize, Debug, Clone, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A stable code (`not_found`, `bad_request`, a ledger reject code...).
@@ -70,7 +77,12 @@ impl IntoResponse for ApiError {
         };
         (
             status,
-            Json(serde_json::json!({ "error": ErrorBody { code: code.into(), message } })),
+            Json(ErrorResponse {
+                error: ErrorBody {
+                    code: code.into(),
+                    message,
+                },
+            }),
         )
             .into_response()
     }

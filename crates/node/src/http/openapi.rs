@@ -6,16 +6,9 @@
 //! This module adds what is shared: the document's header, the security schemes, the
 //! error body and the refusals every route can answer.
 
-use crate::http::error::ErrorBody;
+pub use crate::http::error::ErrorResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
-
-/// The body of every refusal under `/v1` and `/auth`.
-#[derive(ToSchema)]
-#[schema(as = Error)]
-pub struct ErrorResponse {
-    pub error: ErrorBody,
-}
+use utoipa::{Modify, OpenApi, ToResponse};
 
 /// The request is malformed (a field, a parameter or the JSON itself).
 #[derive(ToResponse)]
@@ -88,7 +81,8 @@ pub struct Unavailable(#[allow(dead_code)] ErrorResponse);
 pub struct ApiDoc;
 
 /// How a caller identifies itself (the one extractor, `http::caller`). Routes name
-/// these in their `security(...)`: `medledgerSignature`, `medledgerSession`, `apiToken`.
+/// these in their `security(...)`: `medledgerSignature`, `medledgerSession` (with
+/// `csrfToken` on state-changing routes), `apiToken`.
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
@@ -107,6 +101,14 @@ impl Modify for SecuritySchemes {
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
                 crate::http::auth::SESSION_COOKIE,
                 "Session cookie from /auth/login; writes also need the X-CSRF-Token header",
+            ))),
+        );
+        components.add_security_scheme(
+            "csrfToken",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-CSRF-Token",
+                "The csrf value /auth/login answered; every state-changing request made with \
+                 the session cookie carries it",
             ))),
         );
         let mut bearer = Http::new(HttpAuthScheme::Bearer);

@@ -75,7 +75,7 @@ pub struct SubmitMany {
 #[derive(Serialize, Deserialize, Debug, Clone, ToSchema)]
 pub struct SubmitResult {
     pub hash: Option<TxHash>,
-    /// "committed" or "rejected".
+    #[schema(pattern = "^(committed|rejected)$")]
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub height: Option<u64>,
@@ -89,8 +89,6 @@ pub struct SubmitResult {
 pub struct RejectBody {
     pub code: String,
     pub message: String,
-    /// The typed reason (`medledger_core::RejectReason`).
-    #[schema(value_type = Object)]
     pub reason: RejectReason,
 }
 
@@ -169,6 +167,7 @@ async fn submit(state: &AppState, encoded: Vec<String>) -> Result<Vec<SubmitResu
     Ok(out)
 }
 
+/// Submits one signed transaction and waits for its commit.
 #[utoipa::path(post, path = "/v1/tx", tag = "ledger",
     request_body(content = SubmitOne, description = "base64 of the borsh SignedTx (body || 64-byte Ed25519 signature)"),
     responses(
@@ -192,6 +191,7 @@ async fn submit_one(
     Ok((status, Json(r)).into_response())
 }
 
+/// Submits many signed transactions; one result per transaction, in order.
 #[utoipa::path(post, path = "/v1/txs", tag = "ledger",
     request_body(content = SubmitMany, description = "base64 signed transactions, at most 10,000; at most 16 from keys the ledger does not know yet"),
     responses(
@@ -238,6 +238,7 @@ fn oversees(s: &AppState, caller: &Caller) -> Result<(AccountId, bool), ApiError
     Ok((v.account, v.oversees()))
 }
 
+/// A committed transaction: its signer's own (overseers: any).
 #[utoipa::path(get, path = "/v1/tx/{hash}", tag = "ledger",
     params(("hash" = TxHash, Path, description = "transaction hash")),
     responses(
@@ -275,6 +276,7 @@ pub struct BlockView {
     pub block: medledger_core::SignedBlock,
 }
 
+/// A block with its transactions (overseers only).
 #[utoipa::path(get, path = "/v1/blocks/{height}", tag = "ledger",
     params(("height" = u64, Path, description = "block height")),
     responses(
@@ -308,6 +310,7 @@ struct SizeQuery {
     size: Option<u64>,
 }
 
+/// The signed tree head (C2SP checkpoint), now or at a tree size.
 #[utoipa::path(get, path = "/v1/tree-head", tag = "ledger",
     params(SizeQuery),
     responses(
@@ -342,6 +345,7 @@ pub struct InclusionProofView {
     pub proof: Vec<Digest32>,
 }
 
+/// Proof that a transaction is in the ledger's Merkle log.
 #[utoipa::path(get, path = "/v1/proof/inclusion", tag = "ledger",
     params(InclusionQuery),
     responses(
@@ -385,6 +389,7 @@ pub struct ConsistencyProofView {
     pub proof: Vec<Digest32>,
 }
 
+/// Proof that a later tree head extends an earlier one.
 #[utoipa::path(get, path = "/v1/proof/consistency", tag = "ledger",
     params(ConsistencyQuery),
     responses(
@@ -414,21 +419,23 @@ pub struct AccountView {
     pub encryption_key: Digest32,
     pub consortium_admin: bool,
     #[serde(default)]
+    #[schema(required = true)]
     pub node: bool,
     #[serde(default)]
-    #[schema(value_type = Vec<medledger_ledger::contracts::state::Membership>)]
+    #[schema(required = true, value_type = Vec<medledger_ledger::contracts::state::Membership>)]
     pub roles: Vec<serde_json::Value>,
     #[serde(default)]
-    #[schema(value_type = Option<medledger_ledger::contracts::state::Membership>)]
+    #[schema(required = true, value_type = Option<medledger_ledger::contracts::state::Membership>)]
     pub pending: Option<serde_json::Value>,
     #[serde(default)]
+    #[schema(required = true)]
     pub balance: u64,
 }
 
 /// An account's ledger facts: for the account itself, overseers, and admins of an
 /// organisation it belongs to or asks to join.
-#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "ledger",
-    params(("id" = AccountId, Path, description = "account (did:key)")),
+#[utoipa::path(get, path = "/v1/accounts/{did}", tag = "ledger",
+    params(("did" = AccountId, Path, description = "account (did:key)")),
     responses(
         (status = 200, description = "The account's ledger facts", body = AccountView),
         (status = 400, response = crate::http::openapi::BadRequest),
@@ -479,7 +486,6 @@ pub struct StatusView {
     pub chain_id: String,
     pub node_key: medledger_core::NodeKey,
     pub genesis_hash: medledger_core::BlockHash,
-    #[schema(value_type = Object)]
     pub tip: medledger_ledger::Tip,
     pub leader: Option<u64>,
 }
