@@ -8,6 +8,7 @@ use crate::auth::{AuthError, LoginOk, RegisterRequest, Registered, Session};
 use crate::http::caller::cookie_session;
 use crate::http::error::ApiError;
 use crate::http::limits::PerClient;
+use crate::http::openapi as doc;
 use crate::keystore::KeystoreFile;
 use crate::state::AppState;
 use axum::Json;
@@ -73,12 +74,11 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, AuthError> {
     request_body = RegisterRequest,
     responses(
         (status = 201, description = "Registered; a verification e-mail is sent", body = Registered),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 409, description = "Another registration of this address is being made at the same moment", body = crate::http::openapi::ErrorResponse),
-        (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 422, response = crate::http::openapi::Rejected),
-        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 403, response = doc::Forbidden),
+        (status = 409, description = "Another registration of this address is being made at the same moment", body = doc::ErrorResponse),
+        (status = 422, response = doc::Rejected),
+        (status = 429, response = doc::RateLimited),
+        doc::JsonBody,
     )
 )]
 async fn register(
@@ -107,12 +107,11 @@ struct EnrollRequest {
     request_body = EnrollRequest,
     responses(
         (status = 201, description = "Enrolled; a verification e-mail is sent", body = Registered),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 409, description = "The e-mail address already has an account", body = crate::http::openapi::ErrorResponse),
-        (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 401, response = doc::Unauthenticated),
+        (status = 403, response = doc::Forbidden),
+        (status = 409, description = "The e-mail address already has an account", body = doc::ErrorResponse),
+        (status = 429, response = doc::RateLimited),
+        doc::JsonBody,
     )
 )]
 async fn enroll(
@@ -148,7 +147,7 @@ struct TokenQuery {
     params(TokenQuery),
     responses(
         (status = 200, description = "E-mail address verified", body = Verified),
-        (status = 400, response = crate::http::openapi::BadRequest),
+        (status = 400, response = doc::BadRequest),
     )
 )]
 async fn verify(
@@ -179,11 +178,10 @@ struct LoginRequest {
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Signed in; sets the session cookie", body = LoginOk),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 401, response = doc::Unauthenticated),
+        (status = 403, response = doc::Forbidden),
+        (status = 429, response = doc::RateLimited),
+        doc::JsonBody,
     )
 )]
 async fn login(
@@ -226,8 +224,7 @@ fn clear_cookie(mut resp: Response) -> Response {
     post, path = "/auth/logout", tag = "auth",
     responses(
         (status = 204, description = "Signed out here"),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
+        doc::SessionWrite,
     ),
     security(("medledgerSession" = [], "csrfToken" = []))
 )]
@@ -246,8 +243,7 @@ async fn logout(
     post, path = "/auth/logout-all", tag = "auth",
     responses(
         (status = 204, description = "Every session and API token of the account ended"),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
+        doc::SessionWrite,
     ),
     security(("medledgerSession" = [], "csrfToken" = []))
 )]
@@ -280,7 +276,7 @@ fn reader(s: &AppState, headers: &HeaderMap) -> Result<AccountId, AuthError> {
     security(("medledgerSession" = []), ("apiToken" = [])),
     responses(
         (status = 200, description = "The signed-in account: name, e-mail, organisation, role, second factor", body = crate::auth::Me),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
+        (status = 401, response = doc::Unauthenticated),
     )
 )]
 async fn me(
@@ -296,8 +292,7 @@ async fn me(
     post, path = "/auth/mfa/setup", tag = "auth",
     responses(
         (status = 200, description = "A new TOTP secret", body = MfaSetup),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
+        doc::SessionWrite,
     ),
     security(("medledgerSession" = [], "csrfToken" = []))
 )]
@@ -333,10 +328,8 @@ struct CodeRequest {
     request_body = CodeRequest,
     responses(
         (status = 204, description = "Second factor on"),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 413, response = crate::http::openapi::TooLarge),
+        doc::JsonBody,
+        doc::SessionWrite,
     ),
     security(("medledgerSession" = [], "csrfToken" = []))
 )]
@@ -361,11 +354,9 @@ struct InviteRequest {
     request_body = InviteRequest,
     responses(
         (status = 201, description = "Invitation e-mailed"),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 422, response = crate::http::openapi::Rejected),
+        (status = 422, response = doc::Rejected),
+        doc::JsonBody,
+        doc::SessionWrite,
     ),
     security(("medledgerSession" = [], "csrfToken" = []))
 )]
@@ -398,11 +389,9 @@ fn yes() -> bool {
     request_body = ApproveRequest,
     responses(
         (status = 204, description = "Decided"),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 422, response = crate::http::openapi::Rejected),
+        (status = 422, response = doc::Rejected),
+        doc::JsonBody,
+        doc::SessionWrite,
     ),
     security(("medledgerSession" = [], "csrfToken" = []))
 )]
@@ -430,10 +419,9 @@ struct RecoverRequest {
     request_body = RecoverRequest,
     responses(
         (status = 204, description = "Password replaced"),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 401, response = doc::Unauthenticated),
+        (status = 429, response = doc::RateLimited),
+        doc::JsonBody,
     )
 )]
 async fn recover(
@@ -459,10 +447,8 @@ struct TokenRequest {
     request_body = TokenRequest,
     responses(
         (status = 201, description = "A new API token", body = ApiToken),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 413, response = crate::http::openapi::TooLarge),
+        doc::JsonBody,
+        doc::SessionWrite,
     ),
     security(("medledgerSession" = [], "csrfToken" = []))
 )]
@@ -491,8 +477,7 @@ struct ApiToken {
     post, path = "/auth/keystore", tag = "auth",
     responses(
         (status = 200, description = "The account's keystore, sealed under its password", body = KeystoreFile),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
+        doc::SessionWrite,
     ),
     security(("medledgerSession" = [], "csrfToken" = []))
 )]
@@ -516,11 +501,9 @@ struct RecoveryRequest {
     request_body = RecoveryRequest,
     responses(
         (status = 201, description = "Recovery requested", body = RecoveryRequested),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 422, response = crate::http::openapi::Rejected),
+        (status = 422, response = doc::Rejected),
+        doc::JsonBody,
+        doc::SessionWrite,
     ),
     security(("medledgerSession" = [], "csrfToken" = []))
 )]
@@ -551,11 +534,9 @@ struct RecoveryApprove {
     request_body = RecoveryApprove,
     responses(
         (status = 204, description = "Approved; the member gets a recovery link"),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 422, response = crate::http::openapi::Rejected),
+        (status = 422, response = doc::Rejected),
+        doc::JsonBody,
+        doc::SessionWrite,
     ),
     security(("medledgerSession" = [], "csrfToken" = []))
 )]
@@ -581,9 +562,8 @@ struct RecoveryComplete {
     request_body = RecoveryComplete,
     responses(
         (status = 204, description = "Password set"),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 429, response = crate::http::openapi::RateLimited),
+        (status = 429, response = doc::RateLimited),
+        doc::JsonBody,
     )
 )]
 async fn recovery_complete(

@@ -10,6 +10,7 @@
 use crate::access::Viewer;
 use crate::http::caller::Caller;
 use crate::http::error::ApiError;
+use crate::http::openapi as doc;
 use crate::http::v1::parse;
 use crate::reporter::now_ms;
 use crate::state::AppState;
@@ -132,8 +133,7 @@ pub struct PrepareRequest {
     request_body = PrepareRequest,
     responses(
         (status = 200, description = "The body to sign and its hash", body = Prepared),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 413, response = crate::http::openapi::TooLarge),
+        doc::JsonBody,
     ))]
 async fn prepare(
     State(s): State<AppState>,
@@ -181,10 +181,7 @@ pub struct Prepared {
     params(("org" = OrgId, Path, description = "organisation")),
     responses(
         (status = 200, description = "The organisation and its members (its admins and overseers only)", body = query::OrgView),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn org(
@@ -207,10 +204,7 @@ async fn org(
     params(("id" = RecordId, Path, description = "record id")),
     responses(
         (status = 200, description = "Record registry entry with its version history (no content)", body = query::RecordView),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn record(
@@ -255,10 +249,7 @@ fn limit(l: Option<usize>) -> Result<usize, ApiError> {
     params(("did" = AccountId, Path, description = "patient"), Page),
     responses(
         (status = 200, description = "{\"records\": [record id]}: those the caller may read now", body = RecordList),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn patient_records(
@@ -300,10 +291,7 @@ async fn patient_records(
     params(("did" = AccountId, Path, description = "patient")),
     responses(
         (status = 200, description = "{\"grants\": [...]}: those the caller may see", body = GrantList),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn patient_grants(
@@ -326,10 +314,7 @@ async fn patient_grants(
     params(("did" = AccountId, Path, description = "patient")),
     responses(
         (status = 200, description = "{\"break_glass\": [...]}: for the patient, overseers and the doctor who opened it", body = BreakGlassList),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn patient_break_glass(
@@ -352,10 +337,7 @@ async fn patient_break_glass(
     params(("did" = AccountId, Path, description = "patient")),
     responses(
         (status = 200, description = "{\"agreements\": [...]}: for the patient, overseers and the proposer", body = AgreementList),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn patient_agreements(
@@ -378,10 +360,7 @@ async fn patient_agreements(
     params(("did" = AccountId, Path, description = "account")),
     responses(
         (status = 200, description = "{\"messages\": [...]}: empty for anyone but the owner", body = Inbox),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn inbox(
@@ -406,10 +385,7 @@ async fn inbox(
     params(("id" = GrantId, Path, description = "grant id")),
     responses(
         (status = 200, description = "A consent grant", body = contracts::state::GrantState),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn grant(
@@ -430,10 +406,7 @@ async fn grant(
     params(("id" = MessageId, Path, description = "message id")),
     responses(
         (status = 200, description = "A message (sender, recipient, overseers)", body = contracts::state::MessageState),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn message(
@@ -458,10 +431,7 @@ async fn message(
     params(("id" = AgreementId, Path, description = "agreement id")),
     responses(
         (status = 200, description = "A paid access agreement (patient, proposer, overseers)", body = contracts::state::AgreementState),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn agreement(
@@ -508,10 +478,7 @@ pub struct AuditQuery {
     params(AuditQuery),
     responses(
         (status = 200, description = "{\"entries\": [...]}: overseers all; anyone else only entries naming them as patient or accessor", body = AuditPage),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn audit(
@@ -610,10 +577,7 @@ impl From<contracts::Decision> for DecisionView {
     params(DecisionQuery),
     responses(
         (status = 200, description = "{\"allowed\", \"reason\", \"detail\"}: about the caller (overseers: anyone)", body = DecisionView),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn decision(
@@ -649,10 +613,7 @@ fn overseer_only(v: &Viewer, what: &'static str) -> Result<(), ApiError> {
 #[utoipa::path(get, path = "/v1/totals", tag = "contracts",
     responses(
         (status = 200, description = "Supply and fee totals (overseers only)", body = query::Totals),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn totals(
@@ -672,10 +633,7 @@ async fn totals(
 #[utoipa::path(get, path = "/v1/due", tag = "contracts",
     responses(
         (status = 200, description = "Due housekeeping work (overseers only)", body = query::Due),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn due(State(s): State<AppState>, caller: Caller) -> Result<Json<query::Due>, ApiError> {
@@ -702,11 +660,8 @@ pub struct AccessQuery {
     params(("id" = RecordId, Path, description = "record id"), AccessQuery),
     responses(
         (status = 200, description = "Allowed: the decision and the registry entry; the access is on the audit trail before this answers", body = Access),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 503, response = crate::http::openapi::Unavailable),
-        (status = 404, response = crate::http::openapi::NotFound),
+        (status = 503, response = doc::Unavailable),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn access(

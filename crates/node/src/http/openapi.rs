@@ -7,7 +7,10 @@
 //! error body and the refusals every route can answer.
 
 pub use crate::http::error::ErrorResponse;
+use std::collections::BTreeMap;
+use utoipa::openapi::response::Response;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{Modify, OpenApi, ToResponse};
 
 /// The request is malformed (a field, a parameter or the JSON itself).
@@ -44,6 +47,34 @@ pub struct RateLimited(#[allow(dead_code)] ErrorResponse);
 /// The node cannot serve this now (not the leader, shutting down, storage failing).
 #[derive(ToResponse)]
 pub struct Unavailable(#[allow(dead_code)] ErrorResponse);
+
+/// Refusals that many routes share, listed in `responses(...)` beside a route's own
+/// (each names a response component above).
+macro_rules! refusals {
+    ($($(#[$doc:meta])* $name:ident: $($status:literal => $response:ident),+;)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> BTreeMap<String, RefOr<Response>> {
+                BTreeMap::from([$(
+                    ($status.to_owned(), Ref::from_response_name(stringify!($response)).into())
+                ),+])
+            }
+        }
+    )*};
+}
+
+refusals! {
+    /// A lookup by an identified caller: malformed, anonymous, refused as made, or
+    /// absent (what the caller may not see answers as absent).
+    Lookup: "400" => BadRequest, "401" => Unauthenticated, "403" => Forbidden, "404" => NotFound;
+    /// A request made with the session cookie that changes state: no session, or no
+    /// CSRF token or second factor.
+    SessionWrite: "401" => Unauthenticated, "403" => Forbidden;
+    /// A JSON body: malformed, or over the limit.
+    JsonBody: "400" => BadRequest, "413" => TooLarge;
+}
 
 #[derive(OpenApi)]
 #[openapi(

@@ -3,6 +3,7 @@
 
 use crate::http::caller::Caller;
 use crate::http::error::ApiError;
+use crate::http::openapi as doc;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -173,9 +174,8 @@ async fn submit(state: &AppState, encoded: Vec<String>) -> Result<Vec<SubmitResu
     responses(
         (status = 200, description = "Committed", body = SubmitResult),
         (status = 422, description = "Rejected by the ledger (typed reason)", body = SubmitResult),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 503, response = crate::http::openapi::Unavailable),
+        (status = 503, response = doc::Unavailable),
+        doc::JsonBody,
     ))]
 async fn submit_one(
     State(s): State<AppState>,
@@ -196,9 +196,8 @@ async fn submit_one(
     request_body(content = SubmitMany, description = "base64 signed transactions, at most 10,000; at most 16 from keys the ledger does not know yet"),
     responses(
         (status = 200, description = "One result per transaction, in order", body = SubmitManyResponse),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 413, response = crate::http::openapi::TooLarge),
-        (status = 503, response = crate::http::openapi::Unavailable),
+        (status = 503, response = doc::Unavailable),
+        doc::JsonBody,
     ))]
 async fn submit_many(
     State(s): State<AppState>,
@@ -243,10 +242,7 @@ fn oversees(s: &AppState, caller: &Caller) -> Result<(AccountId, bool), ApiError
     params(("hash" = TxHash, Path, description = "transaction hash")),
     responses(
         (status = 200, description = "A committed transaction the caller signed (overseers: any)", body = TxStatus),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn tx_status(
@@ -281,10 +277,7 @@ pub struct BlockView {
     params(("height" = u64, Path, description = "block height")),
     responses(
         (status = 200, description = "A block (overseers only)", body = BlockView),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn block(
@@ -315,8 +308,8 @@ struct SizeQuery {
     params(SizeQuery),
     responses(
         (status = 200, description = "Signed tree head (C2SP checkpoint)", body = String, content_type = "text/plain"),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 404, response = crate::http::openapi::NotFound),
+        (status = 400, response = doc::BadRequest),
+        (status = 404, response = doc::NotFound),
     ))]
 async fn tree_head(
     State(s): State<AppState>,
@@ -350,8 +343,8 @@ pub struct InclusionProofView {
     params(InclusionQuery),
     responses(
         (status = 200, description = "Inclusion proof of a transaction in the tree of that size", body = InclusionProofView),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 404, response = crate::http::openapi::NotFound),
+        (status = 400, response = doc::BadRequest),
+        (status = 404, response = doc::NotFound),
     ))]
 async fn inclusion(
     State(s): State<AppState>,
@@ -394,8 +387,8 @@ pub struct ConsistencyProofView {
     params(ConsistencyQuery),
     responses(
         (status = 200, description = "Consistency proof between two tree sizes", body = ConsistencyProofView),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 404, response = crate::http::openapi::NotFound),
+        (status = 400, response = doc::BadRequest),
+        (status = 404, response = doc::NotFound),
     ))]
 async fn consistency(
     State(s): State<AppState>,
@@ -438,10 +431,7 @@ pub struct AccountView {
     params(("did" = AccountId, Path, description = "account (did:key)")),
     responses(
         (status = 200, description = "The account's ledger facts", body = AccountView),
-        (status = 400, response = crate::http::openapi::BadRequest),
-        (status = 401, response = crate::http::openapi::Unauthenticated),
-        (status = 403, response = crate::http::openapi::Forbidden),
-        (status = 404, response = crate::http::openapi::NotFound),
+        doc::Lookup,
     ),
     security(("medledgerSignature" = []), ("medledgerSession" = []), ("apiToken" = [])))]
 async fn account(
