@@ -147,6 +147,19 @@ fn hostile_callers_learn_nothing_and_change_nothing() {
         let r = h.c.post(format!("{}/v1/tx", node.url))
             .header("content-type", "application/json").body(big).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 413, "one transaction's body is bounded by what a transaction can be");
+        // A body declared over the node-wide limit is refused before it is read, in the
+        // surface's own shape: an OperationOutcome under /fhir, the JSON error elsewhere.
+        let huge = vec![b' '; 25 * 1024 * 1024];
+        let r = h.c.post(format!("{}/fhir/Observation", node.url)).header("authorization", &bearer)
+            .header("content-type", "application/fhir+json").body(huge.clone()).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 413);
+        let oo: Value = r.json().await.unwrap();
+        assert_eq!((oo["resourceType"].as_str(), oo["issue"][0]["code"].as_str()), (Some("OperationOutcome"), Some("too-long")), "{oo}");
+        let r = h.c.post(format!("{}/v1/txs", node.url))
+            .header("content-type", "application/json").body(huge).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 413);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "too_large", "{e}");
 
         // ---- defect 2: search reveals nothing before it decides --------------------
         // With no consent, a probe for a code the patient has and for one they do not

@@ -7,7 +7,6 @@ use medledger_consensus::{Batcher, BatcherConfig, LogStore, StateMachine, networ
 use medledger_ledger::{Ledger, VerifyMode};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use tower_http::limit::RequestBodyLimitLayer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartupCheck {
@@ -221,21 +220,19 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
             per_client.forget_idle();
         }
     });
-    let app = crate::http::router(state, config.peer_rpc)
-        .layer(RequestBodyLimitLayer::new(crate::http::MAX_BODY_BYTES))
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http().make_span_with(
-                |req: &axum::http::Request<_>| {
-                    // The matched route, never the raw URI: paths can carry identifiers.
-                    let route = req
-                        .extensions()
-                        .get::<axum::extract::MatchedPath>()
-                        .map(|p| p.as_str().to_owned())
-                        .unwrap_or_default();
-                    tracing::info_span!("http", method = %req.method(), route)
-                },
-            ),
-        );
+    let app = crate::http::router(state, config.peer_rpc).layer(
+        tower_http::trace::TraceLayer::new_for_http().make_span_with(
+            |req: &axum::http::Request<_>| {
+                // The matched route, never the raw URI: paths can carry identifiers.
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map(|p| p.as_str().to_owned())
+                    .unwrap_or_default();
+                tracing::info_span!("http", method = %req.method(), route)
+            },
+        ),
+    );
 
     on_ready(&url);
     let result = if config.insecure_http {

@@ -45,6 +45,9 @@ pub enum FhirError {
     Ledger(RejectReason),
     #[error("{0}")]
     Unavailable(String),
+    /// The request body is over the limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// Stored content failed its integrity check (CID, AEAD tag, or the ledger's
     /// binding of CID to record): permanent, not worth a retry.
     #[error("integrity: {0}")]
@@ -81,6 +84,10 @@ impl FhirError {
                 ),
             ),
             FhirError::NotFound(m) => (StatusCode::NOT_FOUND, one(IssueCode::NotFound, m.clone())),
+            FhirError::TooLarge(m) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                one(IssueCode::TooLong, m.clone()),
+            ),
             FhirError::Gone(m) => (StatusCode::GONE, one(IssueCode::Deleted, m.clone())),
             FhirError::Forbidden(m) => {
                 (StatusCode::FORBIDDEN, one(IssueCode::Forbidden, m.clone()))

@@ -8,6 +8,7 @@ use crate::fhir::{FhirError, Stored, searchset};
 use crate::state::AppState;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -118,6 +119,18 @@ fn base(headers: &HeaderMap) -> String {
         })
         .unwrap_or("localhost");
     format!("https://{host}/fhir")
+}
+
+/// A body that could not be read: over the limit (413), or cut off (400).
+fn too_large_or_invalid(e: BytesRejection) -> FhirError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        FhirError::TooLarge(format!(
+            "the request body is over {} bytes",
+            crate::http::MAX_BODY_BYTES
+        ))
+    } else {
+        FhirError::invalid(IssueCode::Invalid, e.body_text())
+    }
 }
 
 fn body_json(headers: &HeaderMap, body: &Bytes) -> Result<Value, FhirError> {
@@ -333,8 +346,9 @@ async fn create(
     Who(who): Who,
     Path(rtype): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Answer {
+    let body = body.map_err(too_large_or_invalid)?;
     let v = body_json(&headers, &body)?;
     if rtype == "Consent" {
         let c = s.fhir.create_consent(&who, v).await?;
@@ -433,8 +447,9 @@ async fn update(
     Who(who): Who,
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Answer {
+    let body = body.map_err(too_large_or_invalid)?;
     let v = body_json(&headers, &body)?;
     if rtype == "Consent" {
         let c = s.fhir.update_consent(&who, &id, v).await?;
@@ -508,8 +523,9 @@ async fn search_post(
     Who(who): Who,
     Path(rtype): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Answer {
+    let body = body.map_err(too_large_or_invalid)?;
     let form = std::str::from_utf8(&body)
         .map_err(|_| FhirError::invalid(IssueCode::Invalid, "form body is not UTF-8"))?;
     search_any(&s, &who, &rtype, &query_pairs(form)?, &base(&headers)).await
@@ -533,8 +549,9 @@ async fn bundle(
     State(s): State<AppState>,
     Who(who): Who,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Answer {
+    let body = body.map_err(too_large_or_invalid)?;
     let v = body_json(&headers, &body)?;
     ok_json(&s.fhir.bundle(&who, v).await?)
 }

@@ -9,6 +9,8 @@
 //! a reverse proxy every client shares the proxy's address: the budget is then the
 //! proxy's, and the proxy should limit per client itself.
 
+use crate::fhir::FhirError;
+use crate::http::MAX_BODY_BYTES;
 use crate::http::error::ApiError;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -113,6 +115,26 @@ pub async fn expensive(State(limits): State<Arc<PerClient>>, req: Request, next:
             r
         }
     }
+}
+
+/// Bodies whose declared length is over [`MAX_BODY_BYTES`] are refused before anything
+/// is read, with the surface's own error (the JSON error, or an OperationOutcome under
+/// `/fhir`); a longer body sent without a length is cut off by the limit layer beneath,
+/// which the extractors report the same way.
+pub async fn declared_size(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        let message = format!("the request body is over {MAX_BODY_BYTES} bytes");
+        if crate::http::is_fhir(req.uri().path()) {
+            return FhirError::TooLarge(message).into_response();
+        }
+        return ApiError::TooLarge(message).into_response();
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]

@@ -65,16 +65,25 @@ pub fn router(state: AppState, peer_rpc: bool) -> Router {
         )
         .merge(fhir::routes())
         .fallback(unrouted)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_BODY_BYTES,
+        ))
+        .layer(axum::middleware::from_fn(limits::declared_size))
         .with_state(state)
 }
 
 /// Paths no route matches: an OperationOutcome under `/fhir` (what FHIR clients
 /// parse), the JSON error elsewhere.
 async fn unrouted(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    if uri.path() == "/fhir" || uri.path().starts_with("/fhir/") {
+    if is_fhir(uri.path()) {
         return fhir::unrouted(&method);
     }
     ApiError::NotFound("route").into_response()
+}
+
+/// Whether a path is under the FHIR API (whose errors are OperationOutcomes).
+pub(crate) fn is_fhir(path: &str) -> bool {
+    path == "/fhir" || path.starts_with("/fhir/")
 }
 
 /// Runs the request once a permit is free; its body is read only then (a client that
