@@ -49,6 +49,9 @@ pub struct ServeConfig {
     /// Per client address: requests per second and burst on the sign-in routes that
     /// run a password KDF ([`crate::http::limits`]).
     pub per_client: (u32, u32),
+    /// Demo accounts the sign-in page lists (`medledger demo` fills it once it has
+    /// created them; empty on a real node).
+    pub demo: crate::state::DemoBoard,
 }
 
 impl ServeConfig {
@@ -70,6 +73,7 @@ impl ServeConfig {
                 crate::http::limits::DEFAULT_PER_SECOND,
                 crate::http::limits::DEFAULT_BURST,
             ),
+            demo: Default::default(),
         }
     }
 }
@@ -211,6 +215,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
             config.per_client.0,
             config.per_client.1,
         )),
+        demo: config.demo.clone(),
     };
     let per_client = state.per_client.clone();
     tokio::spawn(async move {

@@ -19,4 +19,9 @@ pub struct AppState {
     pub new_signers: Arc<crate::auth::secrets::RateLimiter>,
     /// Each client address's budget on the expensive unauthenticated routes.
     pub per_client: Arc<crate::http::limits::PerClient>,
+    /// Demo accounts shown on the sign-in page (only `medledger demo` has any).
+    pub demo: DemoBoard,
 }
+
+/// The demo accounts a node started by `medledger demo` lists on its sign-in page.
+pub type DemoBoard = Arc<std::sync::RwLock<Vec<crate::http::portal::DemoAccount>>>;

@@ -184,6 +184,16 @@ struct Profile {
     email: String,
 }
 
+/// A TOTP secret as base32 and as the `otpauth://` URI authenticator apps scan.
+fn totp_uri(account: &AccountId, secret: &[u8]) -> (String, String) {
+    let b32 = data_encoding::BASE32_NOPAD.encode(secret);
+    let url = format!(
+        "otpauth://totp/medledger:{}?secret={b32}&issuer=medledger",
+        account.to_did()
+    );
+    (b32, url)
+}
+
 /// Roles that must use a second factor.
 pub fn mfa_required(role: Role) -> bool {
     matches!(role, Role::Doctor | Role::Nurse | Role::HospitalAdmin)
@@ -528,7 +538,7 @@ impl Auth {
                 "Verify your medledger email address",
                 &format!(
                     "Open this link to verify your address:\n{}\n",
-                    self.link("/auth/verify", &verify)
+                    self.link("/verify", &verify)
                 ),
             )
             .await?;
@@ -811,12 +821,27 @@ impl Auth {
             last_step: 0,
         });
         self.save(&u)?;
-        let b32 = data_encoding::BASE32_NOPAD.encode(&secret);
-        let url = format!(
-            "otpauth://totp/medledger:{}?secret={b32}&issuer=medledger",
-            s.account.to_did()
-        );
-        Ok((b32, url))
+        Ok(totp_uri(&s.account, &secret))
+    }
+
+    /// The secret of a set-up that was started but not confirmed yet (to show again).
+    pub fn totp_pending(&self, s: &Session) -> Result<Option<(String, String)>, AuthError> {
+        let u = self.user(&s.account)?.ok_or(AuthError::NoSession)?;
+        match u.totp {
+            Some(t) if !t.confirmed => {
+                let sealed =
+                    hex::decode(&t.secret).map_err(|_| AuthError::Internal("totp".into()))?;
+                let secret = self.key.open(&sealed, &s.account.0)?;
+                Ok(Some(totp_uri(&s.account, &secret)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Signs `payload` with a signed-in person's keys and commits it (the portal's
+    /// writes: consent, approvals; the rules are the ledger's).
+    pub async fn act(&self, p: &Principal, payload: Payload) -> Result<TxHash, AuthError> {
+        self.submit(&p.keys, payload).await
     }
 
     pub fn totp_confirm(&self, token: &str, s: &Session, code: &str) -> Result<(), AuthError> {
@@ -876,7 +901,7 @@ impl Auth {
                 email,
                 "You are invited to medledger",
                 &format!(
-                    "Your care team invites you to see and control your health records.\nRegister here (single use, valid 72 hours):\n{}/auth/register?invite={token}\n",
+                    "Your care team invites you to see and control your health records.\nRegister here (single use, valid 72 hours):\n{}/register?invite={token}\n",
                     self.base_url
                 ),
             )
@@ -967,7 +992,7 @@ impl Auth {
                 "Reset your medledger password",
                 &format!(
                     "Two administrators of your organisation approved restoring your access.\nChoose a new password here (single use):\n{}\n",
-                    self.link("/auth/recovery/complete", &token)
+                    self.link("/recovery", &token)
                 ),
             )
             .await

@@ -846,15 +846,37 @@ impl Fhir {
         &self,
         who: &Principal,
         rtype: &str,
+        body: Value,
+    ) -> Result<Stored, FhirError> {
+        self.create_in(who, rtype, body, None).await
+    }
+
+    /// A Patient resource for a patient account that exists already (the portal's
+    /// intake form for a patient with their own account). Whether the author may write
+    /// for that patient is the ledger's rule (a live treatment grant, as for any write).
+    pub async fn create_patient_for(
+        &self,
+        who: &Principal,
+        patient: AccountId,
+        body: Value,
+    ) -> Result<Stored, FhirError> {
+        self.create_in(who, "Patient", body, Some(patient)).await
+    }
+
+    async fn create_in(
+        &self,
+        who: &Principal,
+        rtype: &str,
         mut body: Value,
+        existing: Option<AccountId>,
     ) -> Result<Stored, FhirError> {
         writable(rtype)?;
         medledger_fhir::validate(&body, Some(rtype), false).map_err(FhirError::Invalid)?;
         strip_server_fields(&mut body);
-        let (patient, key) = if rtype == "Patient" {
-            self.patient_for_new(who).await?
-        } else {
-            (self.compartment(who, &body).await?, None)
+        let (patient, key) = match (rtype == "Patient", existing) {
+            (true, Some(p)) => (p, None),
+            (true, None) => self.patient_for_new(who).await?,
+            (false, _) => (self.compartment(who, &body).await?, None),
         };
         let p = self.seal(who, rtype, patient, key, &body).await?;
         let payload = Payload::AddRecord {

@@ -5,7 +5,7 @@
 //! everywhere), recovery with a one-time code.
 
 use crate::auth::{AuthError, LoginOk, RegisterRequest, Registered, Session};
-use crate::http::caller::cookie_session;
+use crate::http::caller::{Intent, cookie_session, header_csrf};
 use crate::http::error::ApiError;
 use crate::http::limits::PerClient;
 use crate::http::openapi as doc;
@@ -60,7 +60,13 @@ fn session(
     headers: &HeaderMap,
     allow_mfa_setup: bool,
 ) -> Result<(String, Session), ApiError> {
-    Ok(cookie_session(s, headers, true, allow_mfa_setup)?.ok_or(AuthError::NoSession)?)
+    Ok(cookie_session(
+        s,
+        headers,
+        Intent::Write(header_csrf(headers)),
+        allow_mfa_setup,
+    )?
+    .ok_or(AuthError::NoSession)?)
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, AuthError> {
@@ -193,20 +199,22 @@ async fn login(
         .auth
         .login(&r.email, &r.password, r.code.as_deref())
         .await?;
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
-        ok.token,
-        crate::auth::SESSION_MS / 1000
-    );
     let mut resp = Json(&ok).into_response();
-    resp.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).map_err(|e| AuthError::Internal(e.to_string()))?,
-    );
+    resp.headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&ok.token)?);
     Ok(resp)
 }
 
-fn clear_cookie(mut resp: Response) -> Response {
+/// The session cookie: `__Host-` (this origin only), HttpOnly, Secure, SameSite=Strict.
+pub(crate) fn session_cookie(token: &str) -> Result<HeaderValue, AuthError> {
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        crate::auth::SESSION_MS / 1000
+    );
+    HeaderValue::from_str(&cookie).map_err(|e| AuthError::Internal(e.to_string()))
+}
+
+pub(crate) fn clear_cookie(mut resp: Response) -> Response {
     resp.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_static(
@@ -266,7 +274,7 @@ fn reader(s: &AppState, headers: &HeaderMap) -> Result<AccountId, AuthError> {
     {
         return s.auth.api_token(bearer)?.ok_or(AuthError::NoSession);
     }
-    let (_, sess) = cookie_session(s, headers, false, true)?.ok_or(AuthError::NoSession)?;
+    let (_, sess) = cookie_session(s, headers, Intent::Read, true)?.ok_or(AuthError::NoSession)?;
     Ok(sess.account)
 }
 

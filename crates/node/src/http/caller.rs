@@ -92,32 +92,55 @@ pub fn identify(
         }
         return Err(unauth("unsupported authorization scheme"));
     }
-    let changes_state = !matches!(method, "GET" | "HEAD");
-    if let Some((_, sess)) = cookie_session(s, headers, changes_state, false)? {
+    let intent = if matches!(method, "GET" | "HEAD") {
+        Intent::Read
+    } else {
+        Intent::Write(header_csrf(headers))
+    };
+    if let Some((_, sess)) = cookie_session(s, headers, intent, false)? {
         return person(s, Principal::from(&sess));
     }
     Ok(Caller::Anonymous)
 }
 
+/// What a cookie-authenticated request does: read, or change state presenting a CSRF
+/// token (the API's `X-CSRF-Token` header, or the portal's hidden form field).
+#[derive(Debug, Clone, Copy)]
+pub enum Intent<'a> {
+    Read,
+    Write(Option<&'a str>),
+}
+
+/// The CSRF token an API request presents in `X-CSRF-Token`.
+pub fn header_csrf(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-csrf-token").and_then(|v| v.to_str().ok())
+}
+
 /// The session behind a request's cookie, if it carries one. This is the one place
-/// that decides the cookie rules: a request that changes state must echo the session's
-/// CSRF token in `X-CSRF-Token` (a cookie rides along on cross-site requests, the
-/// token does not), and clinicians and admins must have passed their second factor
-/// (only MFA set-up itself may go without, `allow_mfa_setup`).
+/// that decides the cookie rules: a request that changes state must present the
+/// session's CSRF token (a cookie rides along on cross-site requests, the token does
+/// not), and clinicians and admins must have passed their second factor (only MFA
+/// set-up itself may go without, `allow_mfa_setup`).
 pub fn cookie_session(
     s: &AppState,
     headers: &HeaderMap,
-    changes_state: bool,
+    intent: Intent<'_>,
     allow_mfa_setup: bool,
 ) -> Result<Option<(String, Session)>, AuthError> {
     let Some(token) = cookie_token(headers) else {
         return Ok(None);
     };
     let sess = s.auth.session(&token).ok_or(AuthError::NoSession)?;
-    if changes_state
-        && headers.get("x-csrf-token").and_then(|v| v.to_str().ok()) != Some(sess.csrf.as_str())
-    {
-        return Err(AuthError::BadCsrf);
+    if let Intent::Write(presented) = intent {
+        let ok = presented.is_some_and(|p| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                p.as_bytes(),
+                sess.csrf.as_bytes(),
+            ))
+        });
+        if !ok {
+            return Err(AuthError::BadCsrf);
+        }
     }
     if !sess.mfa_ok && !allow_mfa_setup {
         return Err(AuthError::MfaSetupRequired);
@@ -138,7 +161,7 @@ pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// A signed-in person, if the ledger still gives them the role they signed in with.
-fn person(s: &AppState, p: Principal) -> Result<Caller, ApiError> {
+pub(crate) fn person(s: &AppState, p: Principal) -> Result<Caller, ApiError> {
     let live = s
         .ledger
         .account(&p.account)

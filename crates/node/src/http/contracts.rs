@@ -91,7 +91,7 @@ pub struct AuditPage {
 
 /// Runs a query for an identified caller over one consistent read of the committed
 /// state, off the async threads; anonymous callers get 401 before anything is read.
-async fn view<T: Send + 'static>(
+pub(crate) async fn view<T: Send + 'static>(
     s: &AppState,
     caller: &Caller,
     f: impl FnOnce(&StateView, &Viewer) -> Result<T, ApiError> + Send + 'static,

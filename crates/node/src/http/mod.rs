@@ -11,6 +11,7 @@
 //! | [`openapi`] | the OpenAPI document of `/v1` and `/auth`, generated from their routes |
 //! | [`auth`] | `/auth`: registration, sign-in, sessions, tokens, recovery |
 //! | [`fhir`] | `/fhir`: the HL7 FHIR R4 API |
+//! | [`portal`] | the web portal: HTML pages for every role |
 //! | [`raft`] | `/raft`: node-to-node consensus RPC (multi-node only) |
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod fhir;
 pub mod limits;
 pub mod openapi;
+pub mod portal;
 mod raft;
 pub mod v1;
 
@@ -50,6 +52,7 @@ pub fn api(per_client: Arc<limits::PerClient>) -> (Router<AppState>, utoipa::ope
 /// comes with clustering).
 pub fn router(state: AppState, peer_rpc: bool) -> Router {
     let (api, doc) = api(state.per_client.clone());
+    let portal = portal::routes(state.per_client.clone());
     let doc = axum::body::Bytes::from(openapi::to_json(&doc));
     let mut r = Router::new();
     if peer_rpc {
@@ -64,6 +67,7 @@ pub fn router(state: AppState, peer_rpc: bool) -> Router {
             }),
         )
         .merge(fhir::routes())
+        .merge(portal)
         .fallback(unrouted)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             MAX_BODY_BYTES,
@@ -73,12 +77,19 @@ pub fn router(state: AppState, peer_rpc: bool) -> Router {
 }
 
 /// Paths no route matches: an OperationOutcome under `/fhir` (what FHIR clients
-/// parse), the JSON error elsewhere.
+/// parse), the JSON error under the JSON APIs, the portal's page elsewhere.
 async fn unrouted(method: axum::http::Method, uri: axum::http::Uri) -> Response {
-    if is_fhir(uri.path()) {
+    let path = uri.path();
+    if is_fhir(path) {
         return fhir::unrouted(&method);
     }
-    ApiError::NotFound("route").into_response()
+    let api = ["/v1", "/auth", "/raft", "/health", "/metrics"]
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+    if api {
+        return ApiError::NotFound("route").into_response();
+    }
+    portal::PortalError::NotFound.into_response()
 }
 
 /// Whether a path is under the FHIR API (whose errors are OperationOutcomes).

@@ -1,0 +1,660 @@
+//! The web portal in a real browser: headless Chromium driven over WebDriver
+//! (`chromedriver`, Debian's `chromium-driver`; `.ci/run` installs both) against a
+//! node this test starts, with a screenshot of every step in
+//! `target/tmp/portal-screenshots/`. The whole path of the issue: an admin invites a
+//! patient, who registers, verifies and signs in; a doctor registers, is approved and
+//! sets up a second factor; the patient grants the doctor treatment access; the
+//! doctor adds an intake record; the patient sees it and the doctor's access; the
+//! patient revokes; the doctor's next attempt is a denial page, which the patient's
+//! access log shows. Alongside, plain HTTP tries what should not work: another role's
+//! page (403), no session (to sign-in), a form without its CSRF token (403, nothing
+//! changed).
+
+mod common;
+
+use common::signin::{PW, STRONG, code_at, mail_token};
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A chromedriver process on a free loopback port, stopped on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromedriver() -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect(
+            "chromedriver (Debian package chromium-driver) must be installed: .ci/run installs it",
+        );
+    // Dropping the driver kills and waits for the process on every path below.
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return driver;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("chromedriver did not start");
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert("acceptInsecureCerts".into(), json!(true));
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1280,1000", "--no-first-run", "--disable-background-networking",
+                         "--disable-component-update", "--disable-sync"]}),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+/// One browser with a name, saving numbered screenshots.
+struct Person {
+    c: Client,
+    base: String,
+    shots: PathBuf,
+    name: &'static str,
+}
+
+static STEP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Person {
+    async fn open(&self, path: &str) {
+        self.c.goto(&format!("{}{path}", self.base)).await.unwrap();
+    }
+
+    async fn shot(&self, what: &str) {
+        let n = STEP.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let png = self.c.screenshot().await.unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+        std::fs::write(
+            self.shots.join(format!("{n:02}-{}-{what}.png", self.name)),
+            png,
+        )
+        .unwrap();
+    }
+
+    async fn fill(&self, field: &str, value: &str) {
+        let e = self
+            .c
+            .find(Locator::Css(&format!("[name=\"{field}\"]")))
+            .await
+            .unwrap_or_else(|_| panic!("field {field}"));
+        e.clear().await.unwrap();
+        e.send_keys(value).await.unwrap();
+    }
+
+    async fn select(&self, field: &str, value: &str) {
+        self.c
+            .find(Locator::Css(&format!(
+                "select[name=\"{field}\"] option[value=\"{value}\"]"
+            )))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn submit(&self, form_action: &str) {
+        self.click(&format!(
+            "form[action=\"{form_action}\"] button[type=submit]"
+        ))
+        .await;
+    }
+
+    /// Clicks what `css` finds and waits until the page it leads to has loaded (the
+    /// old page's root element has gone stale).
+    async fn click(&self, css: &str) {
+        let old = self.c.find(Locator::Css("html")).await.unwrap();
+        match self.c.find(Locator::Css(css)).await {
+            Ok(e) => e.click().await.unwrap(),
+            Err(_) => panic!("no {css} on {}", self.path().await),
+        }
+        for _ in 0..200 {
+            if old.tag_name().await.is_err() {
+                self.c
+                    .wait()
+                    .for_element(Locator::Css("body"))
+                    .await
+                    .unwrap();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("clicking {css} on {} loaded no page", self.path().await);
+    }
+
+    async fn text(&self, css: &str) -> String {
+        match self.c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.unwrap(),
+            Err(_) => panic!("no {css} on {}", self.path().await),
+        }
+    }
+
+    async fn h1(&self) -> String {
+        self.text("h1").await
+    }
+
+    async fn path(&self) -> String {
+        self.c.current_url().await.unwrap().path().to_owned()
+    }
+
+    async fn body(&self) -> String {
+        self.text("main").await
+    }
+
+    async fn sign_in(&self, email: &str, password: &str, secret: Option<&str>) {
+        self.open("/signin").await;
+        self.fill("email", email).await;
+        self.fill("password", password).await;
+        if let Some(s) = secret {
+            self.fill("code", &fresh_code(s)).await;
+        }
+        self.submit("/signin").await;
+    }
+
+    /// From the second-factor page: starts set-up, reads the key, confirms a code.
+    async fn set_up_mfa(&self) -> String {
+        assert_eq!(self.path().await, "/mfa");
+        self.submit("/mfa/start").await;
+        let secret = self.text("#totp-secret").await;
+        let qr = self
+            .c
+            .find(Locator::Css("img.qr"))
+            .await
+            .unwrap()
+            .attr("src")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(qr.starts_with("data:image/svg+xml;base64,"));
+        // A wrong code is refused next to the field.
+        let wrong = if code_at(&secret, 0) == "000000" {
+            "111111"
+        } else {
+            "000000"
+        };
+        self.fill("code", wrong).await;
+        self.submit("/mfa").await;
+        assert!(self.text("#code-error").await.contains("wrong"));
+        self.fill("code", &code_at(&secret, 0)).await;
+        self.submit("/mfa").await;
+        assert_ne!(self.path().await, "/mfa", "{}", self.body().await);
+        secret
+    }
+
+    async fn did(&self) -> String {
+        self.open("/account").await;
+        self.text("#account-did").await
+    }
+}
+
+/// A TOTP code not used before: each code is accepted once, so wait for the next step
+/// if this one's code was just used.
+fn fresh_code(secret: &str) -> String {
+    static USED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let c = code_at(secret, 0);
+        let key = format!("{secret}:{c}");
+        let mut used = USED.lock().unwrap();
+        if !used.contains(&key) {
+            used.push(key);
+            return c;
+        }
+        drop(used);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn shots_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("portal-screenshots");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Org `general` on the ledger with the consortium admin as its admin, enrolled for
+/// web sign-in (e-mail verified); the second factor is set up in the browser.
+fn org_and_admin(dir: &Path, node: &Node) {
+    let admin = admin(dir).account().to_did();
+    succeed(
+        Command::new(BIN)
+            .args(["tx", "submit", "--node", &node.url, "--data-dir"])
+            .arg(dir)
+            .args(["--password-file"])
+            .arg(dir.parent().unwrap().join("pw"))
+            .args([
+                "json",
+                &format!(r#"{{"kind":"add_org","org":"general","admin":"{admin}"}}"#),
+            ]),
+    );
+    let ks: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("admin.keystore.json")).unwrap()).unwrap();
+    let h = common::signin::http(node, dir);
+    rt().block_on(async {
+        let (st, v, _) = h
+            .post(
+                "/auth/enroll",
+                json!({"keystore": ks, "keystore_password": PW, "name": "Ada Admin", "email": "admin@hospital.example",
+                       "password": STRONG, "org": "general", "role": "hospital_admin"}),
+                None,
+            )
+            .await;
+        assert_eq!(st, 201, "{v}");
+    });
+}
+
+#[test]
+fn the_whole_path_in_a_real_browser() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init(tmp.path());
+    let node = start(&dir);
+    org_and_admin(&dir, &node);
+    let driver = chromedriver();
+    let shots = shots_dir();
+    let rt = rt();
+    rt.block_on(async {
+        let make = |name: &'static str| {
+            let (driver, base, shots) = (&driver, node.url.clone(), shots.clone());
+            async move {
+                Person {
+                    c: browser(driver).await,
+                    base,
+                    shots,
+                    name,
+                }
+            }
+        };
+        let admin = make("admin").await;
+        let patient = make("patient").await;
+        let doctor = make("doctor").await;
+
+        // The admin verifies their address through the link in the mail (a portal
+        // page), signs in and is sent to set up the second factor.
+        let token = mail_token(&dir, "admin@hospital.example", "token");
+        admin.open(&format!("/verify?token={token}")).await;
+        assert_eq!(admin.h1().await, "E-mail address verified");
+        admin.sign_in("admin@hospital.example", STRONG, None).await;
+        admin.shot("mfa-setup").await;
+        let admin_secret = admin.set_up_mfa().await;
+        assert_eq!(admin.path().await, "/admin");
+        admin.shot("admin-home").await;
+
+        // 1. The admin invites a patient; a bad address is refused next to the field.
+        admin.fill("email", "not an address").await;
+        admin.submit("/admin/invite").await;
+        assert!(admin.text("#email-error").await.contains("not an e-mail"));
+        assert_eq!(
+            admin
+                .c
+                .find(Locator::Css("#email"))
+                .await
+                .unwrap()
+                .prop("value")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("not an address"),
+            "what the admin typed is kept"
+        );
+        admin.fill("email", "pat@example.org").await;
+        admin.submit("/admin/invite").await;
+        assert!(admin.body().await.contains("Invitation sent"));
+        admin.shot("patient-invited").await;
+
+        // 2. The patient registers through the link, verifies and signs in.
+        let invite = mail_token(&dir, "pat@example.org", "invite");
+        patient.open(&format!("/register?invite={invite}")).await;
+        assert_eq!(patient.h1().await, "Create your patient account");
+        patient.fill("name", "Mira Testpatient").await;
+        patient.fill("email", "pat@example.org").await;
+        patient.fill("password", "short").await;
+        patient.fill("password2", "short").await;
+        patient.submit("/register").await;
+        assert!(!patient.text("#password-error").await.is_empty());
+        assert_eq!(
+            patient
+                .c
+                .find(Locator::Css("#name"))
+                .await
+                .unwrap()
+                .prop("value")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("Mira Testpatient")
+        );
+        patient.shot("register-error").await;
+        patient.fill("password", STRONG).await;
+        patient.fill("password2", STRONG).await;
+        patient.submit("/register").await;
+        assert_eq!(patient.h1().await, "Registered");
+        assert_eq!(
+            patient
+                .c
+                .find_all(Locator::Css("ul.codes li"))
+                .await
+                .unwrap()
+                .len(),
+            10
+        );
+        patient.shot("registered").await;
+        let token = mail_token(&dir, "pat@example.org", "token");
+        patient.open(&format!("/verify?token={token}")).await;
+        patient.sign_in("pat@example.org", STRONG, None).await;
+        assert_eq!(patient.path().await, "/patient");
+        patient.shot("patient-home").await;
+        let patient_did = patient.did().await;
+
+        // 3. A doctor registers (staff form), verifies; the admin approves; the doctor
+        // signs in and sets up the second factor.
+        doctor.open("/register").await;
+        doctor.fill("name", "Dr Ren Testdoctor").await;
+        doctor.fill("email", "ren@hospital.example").await;
+        doctor.fill("password", STRONG).await;
+        doctor.fill("password2", STRONG).await;
+        doctor.fill("org", "general").await;
+        doctor.select("role", "doctor").await;
+        doctor.submit("/register").await;
+        assert_eq!(doctor.h1().await, "Registered");
+        let token = mail_token(&dir, "ren@hospital.example", "token");
+        doctor.open(&format!("/verify?token={token}")).await;
+        doctor.sign_in("ren@hospital.example", STRONG, None).await;
+        assert!(
+            doctor.body().await.contains("approval"),
+            "a pending doctor cannot sign in yet"
+        );
+        doctor.shot("pending").await;
+        admin.open("/admin").await;
+        assert!(admin.text("#pending").await.contains("Dr Ren Testdoctor"));
+        admin.shot("pending-registration").await;
+        admin
+            .click("#pending button[aria-label=\"Approve Dr Ren Testdoctor (Doctor)\"]")
+            .await;
+        assert!(!admin.text("#pending").await.contains("Dr Ren Testdoctor"));
+        assert!(admin.text("#members").await.contains("Dr Ren Testdoctor"));
+        doctor.sign_in("ren@hospital.example", STRONG, None).await;
+        doctor.set_up_mfa().await;
+        assert_eq!(doctor.path().await, "/clinician");
+        doctor.shot("doctor-home").await;
+        let doctor_did = doctor.did().await;
+
+        // Before any grant the doctor cannot write for the patient.
+        doctor.open("/clinician/intake").await;
+        fill_intake(&doctor, &patient_did).await;
+        doctor.submit("/clinician/intake").await;
+        assert!(doctor.text("#account-error").await.contains("refused"));
+        doctor.shot("intake-refused").await;
+
+        // 4. The patient grants the doctor treatment access.
+        patient.open("/patient/permissions").await;
+        patient.fill("grantee", "nobody").await;
+        patient.fill("days", "0").await;
+        patient.submit("/patient/permissions").await;
+        assert!(!patient.text("#days-error").await.is_empty());
+        patient.fill("grantee", &doctor_did).await;
+        patient.fill("days", "30").await;
+        patient.select("purpose", "treatment").await;
+        patient.submit("/patient/permissions").await;
+        assert!(patient.body().await.contains("Dr Ren Testdoctor"));
+        assert!(patient.body().await.contains("active"));
+        patient.shot("granted").await;
+
+        // 5. The doctor adds an intake record.
+        doctor.open("/clinician/intake").await;
+        fill_intake(&doctor, &patient_did).await;
+        doctor.submit("/clinician/intake").await;
+        assert!(doctor.path().await.starts_with("/clinician/patients/"));
+        let chart_path = doctor.path().await;
+        assert_eq!(doctor.h1().await, "Mira Testpatient");
+        let chart = doctor.body().await;
+        assert!(chart.contains("Body weight") && chart.contains("Body height"));
+        assert!(chart.contains("72.5 kg"));
+        doctor.shot("chart").await;
+        doctor.open("/clinician").await;
+        assert!(doctor.text("#patients").await.contains("Mira Testpatient"));
+
+        // 6. The patient sees the record and the doctor's access.
+        patient.open("/patient").await;
+        let records = patient.body().await;
+        assert!(records.contains("Patient") && records.contains("Observation"));
+        patient.shot("records").await;
+        patient.click("main a[href^=\"/patient/records/\"]").await;
+        assert!(patient.text("dl.summary").await.len() > 5);
+        assert!(patient.body().await.contains("Dr Ren Testdoctor"));
+        patient.shot("record").await;
+        patient.open("/patient/access-log").await;
+        let log = patient.text("#access-log").await;
+        assert!(log.contains("Dr Ren Testdoctor") && log.contains("allowed"));
+        patient.shot("access-log").await;
+
+        // 7. The patient revokes.
+        patient.open("/patient/permissions").await;
+        patient
+            .click("form[action=\"/patient/permissions/revoke\"] button")
+            .await;
+        assert!(patient.body().await.contains("revoked"));
+        patient.shot("revoked").await;
+
+        // 8. The doctor's next attempt is a denial, and it is in the access log.
+        doctor.open(&chart_path).await;
+        assert_eq!(doctor.h1().await, "No access");
+        assert!(!doctor.body().await.contains("72.5"));
+        doctor.shot("denied").await;
+        patient.open("/patient/access-log").await;
+        let log = patient.text("#access-log").await;
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Dr Ren Testdoctor") && l.contains("refused")),
+            "{log}"
+        );
+        patient.shot("denial-logged").await;
+
+        // A role's pages are closed to other roles (403), and signed-out visitors go
+        // to sign-in.
+        for (who, path) in [
+            (&patient, "/admin"),
+            (&patient, "/clinician"),
+            (&doctor, "/patient/permissions"),
+            (&doctor, "/admin"),
+            (&admin, "/patient/access-log"),
+        ] {
+            who.open(path).await;
+            assert_eq!(who.h1().await, "Not allowed", "{} on {path}", who.name);
+        }
+        admin.shot("forbidden").await;
+        let _ = admin_secret;
+        for p in [admin, patient, doctor] {
+            p.c.close().await.unwrap();
+        }
+    });
+    http_refusals(&dir, &node);
+    node.stop();
+}
+
+/// How many grants the patient signed in as `s` has (through the API, as they see them).
+async fn grants(h: &common::signin::Http, s: &common::signin::Signed) -> usize {
+    let me: Value =
+        h.c.get(format!("{}/auth/me", h.url))
+            .header("cookie", &s.cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let did = me["account"].as_str().unwrap().to_owned();
+    let v: Value =
+        h.c.get(format!("{}/v1/patients/{did}/grants", h.url))
+            .header("cookie", &s.cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    v["grants"].as_array().unwrap().len()
+}
+
+async fn fill_intake(doctor: &Person, patient_did: &str) {
+    doctor.fill("account", patient_did).await;
+    doctor.fill("given", "Mira").await;
+    doctor.fill("family", "Testpatient").await;
+    doctor.fill("birth_date", "1984-03-09").await;
+    doctor.select("gender", "female").await;
+    doctor.fill("phone", "+1 555 0100").await;
+    doctor.fill("line1", "1 Synthetic Way").await;
+    doctor.fill("city", "Springfield").await;
+    doctor.fill("postal_code", "00000").await;
+    doctor.fill("weight", "72.5").await;
+    doctor.fill("height", "168").await;
+}
+
+/// What a browser would not send: no session, a form without its CSRF token, another
+/// site's form post. Each is refused and changes nothing.
+fn http_refusals(dir: &Path, node: &Node) {
+    let c = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(dir.join("tls/cert.pem")).unwrap())
+                .unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = &node.url;
+    rt().block_on(async {
+        // Signed out: every role's page sends to sign-in, and says where to come back.
+        for p in [
+            "/patient",
+            "/patient/permissions",
+            "/patient/access-log",
+            "/clinician",
+            "/clinician/intake",
+            "/admin",
+            "/account",
+            "/mfa",
+        ] {
+            let r = c.get(format!("{url}{p}")).send().await.unwrap();
+            assert_eq!(r.status(), 303, "{p}");
+            assert_eq!(
+                r.headers()["location"].to_str().unwrap(),
+                format!("/signin?next={p}")
+            );
+        }
+        // A signed-out form post goes to sign-in too and changes nothing.
+        let r = c
+            .post(format!("{url}/patient/permissions"))
+            .form(&[
+                ("grantee", "general"),
+                ("purpose", "treatment"),
+                ("days", "9"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+
+        // Signed in as the patient (over the API, for a cookie): a form without the
+        // CSRF token, or with another one, is refused and grants nothing.
+        let h = common::signin::http(node, dir);
+        let (s, _) = h.login("pat@example.org", STRONG, None).await.unwrap();
+        let before = grants(&h, &s).await;
+        assert_eq!(before, 1, "the one (revoked) grant of the browser session");
+        for csrf in [None, Some("0".repeat(64))] {
+            let mut form = vec![
+                ("grantee", "general".to_owned()),
+                ("purpose", "treatment".to_owned()),
+                ("days", "9".to_owned()),
+            ];
+            if let Some(t) = &csrf {
+                form.push(("csrf", t.clone()));
+            }
+            let r = c
+                .post(format!("{url}/patient/permissions"))
+                .header("cookie", &s.cookie)
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403);
+            assert!(r.text().await.unwrap().contains("expired"));
+        }
+        // The same form with the token works (so the refusals above were the token's).
+        let r = c
+            .post(format!("{url}/patient/permissions"))
+            .header("cookie", &s.cookie)
+            .form(&[
+                ("grantee", "general"),
+                ("purpose", "treatment"),
+                ("days", "9"),
+                ("csrf", s.csrf.as_str()),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        assert_eq!(grants(&h, &s).await, before + 1);
+
+        // Sign-in without the double-submit cookie (another site's form) is refused
+        // before any password is checked.
+        let r = c
+            .post(format!("{url}/signin"))
+            .form(&[
+                ("email", "pat@example.org"),
+                ("password", STRONG),
+                ("pre", "x"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(r.headers().get("set-cookie").is_none());
+
+        // Another patient's record, and a made-up one, look alike: not found.
+        let r = c
+            .get(format!("{url}/patient/records/{}", "ab".repeat(32)))
+            .header("cookie", &s.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+
+        // Pages carry the security headers.
+        let r = c.get(format!("{url}/signin")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let csp = r.headers()["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+        assert_eq!(r.headers()["cache-control"], "no-store");
+    });
+}
