@@ -4,10 +4,10 @@
 //! decided by consent and audited on the ledger), and searches. Prints a table and,
 //! last, one JSON line.
 
-use anyhow::{Context, Result, bail, ensure};
+use crate::synth::{Mix, VITALS, observation, patient};
+use crate::web::{Auth, rand_bytes};
+use anyhow::{Context, Result, ensure};
 use clap::Args;
-use medledger_core::tx::TX_VERSION;
-use medledger_core::{ChainId, Payload, TxBody};
 use medledger_node::client::{Client, http_client, http1_client};
 use medledger_node::datadir;
 use medledger_node::keystore::KeystoreFile;
@@ -34,68 +34,6 @@ pub struct FhirBenchArgs {
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
-}
-
-/// LOINC vital signs the synthetic observations cycle through: code, display, unit.
-const VITALS: [(&str, &str, &str, f64); 5] = [
-    ("29463-7", "Body weight", "kg", 70.0),
-    ("8302-2", "Body height", "cm", 170.0),
-    ("8867-4", "Heart rate", "/min", 70.0),
-    ("9279-1", "Respiratory rate", "/min", 16.0),
-    ("8310-5", "Body temperature", "Cel", 37.0),
-];
-
-/// A small deterministic generator (splitmix64): synthetic data and read order only,
-/// never keys.
-struct Mix(u64);
-
-impl Mix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-/// A made-up name from syllables: clearly synthetic, searchable, never a real person.
-fn synthetic_name(g: &mut Mix) -> String {
-    const S: [&str; 12] = [
-        "ka", "lo", "mi", "ren", "to", "va", "zu", "bel", "dor", "fen", "qui", "sar",
-    ];
-    let mut n: String = (0..3).map(|_| S[g.below(S.len())]).collect();
-    n[..1].make_ascii_uppercase();
-    n
-}
-
-fn patient(i: usize, g: &mut Mix) -> Value {
-    let gender = ["female", "male", "other"][g.below(3)];
-    json!({
-        "resourceType": "Patient",
-        "identifier": [{"system": "urn:medledger:bench", "value": format!("bench-{i}")}],
-        "name": [{"family": synthetic_name(g), "given": [synthetic_name(g)]}],
-        "gender": gender,
-        "birthDate": format!("{}-{:02}-{:02}", 1930 + g.below(90), 1 + g.below(12), 1 + g.below(28)),
-    })
-}
-
-fn observation(patient: &str, k: usize, g: &mut Mix) -> Value {
-    let (code, display, unit, base) = VITALS[k % VITALS.len()];
-    json!({
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
-        "subject": {"reference": format!("Patient/{patient}")},
-        "effectiveDateTime": format!("20{:02}-{:02}-{:02}T10:00:00Z", 10 + g.below(16), 1 + g.below(12), 1 + g.below(28)),
-        "valueQuantity": {"value": base + (g.below(200) as f64 - 100.0) / 10.0, "unit": unit,
-                          "system": "http://unitsofmeasure.org", "code": unit},
-    })
 }
 
 /// The bench's HTTP side: FHIR calls with the clinician's API token.
@@ -351,108 +289,6 @@ async fn access_reports(client: &Client) -> Result<u64> {
         .unwrap_or(0.0) as u64)
 }
 
-/// A small `/auth` client: JSON posts with an optional session cookie and CSRF token.
-struct Auth<'a> {
-    http: &'a reqwest::Client,
-    url: &'a str,
-}
-
-struct Session {
-    cookie: String,
-    csrf: String,
-}
-
-impl Auth<'_> {
-    async fn post(
-        &self,
-        path: &str,
-        body: Value,
-        s: Option<&Session>,
-    ) -> Result<(Value, Option<String>)> {
-        let mut r = self.http.post(format!("{}{path}", self.url)).json(&body);
-        if let Some(s) = s {
-            r = r
-                .header(reqwest::header::COOKIE, &s.cookie)
-                .header("x-csrf-token", &s.csrf);
-        }
-        let resp = r.send().await?;
-        let status = resp.status();
-        let cookie = resp
-            .headers()
-            .get(reqwest::header::SET_COOKIE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(str::to_owned);
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        ensure!(status.is_success(), "POST {path}: {status} {v}");
-        Ok((v, cookie))
-    }
-
-    /// Follows the verification link the node mailed to `email` (outbox folder).
-    async fn verify(&self, dir: &Path, email: &str) -> Result<()> {
-        let token = mail_token(dir, email)?;
-        let r = self
-            .http
-            .get(format!("{}/auth/verify?token={token}", self.url))
-            .send()
-            .await?;
-        ensure!(r.status() == 200, "verify {email}: {}", r.status());
-        Ok(())
-    }
-
-    /// Signs in and, if the role requires it, sets up a second factor.
-    async fn sign_in(&self, email: &str, password: &str) -> Result<Session> {
-        let (v, cookie) = self
-            .post(
-                "/auth/login",
-                json!({"email": email, "password": password}),
-                None,
-            )
-            .await?;
-        let s = Session {
-            cookie: cookie.context("session cookie")?,
-            csrf: v["csrf"].as_str().context("csrf")?.to_owned(),
-        };
-        if v["mfa_setup_required"] == true {
-            let (v, _) = self.post("/auth/mfa/setup", json!({}), Some(&s)).await?;
-            let secret = data_encoding::BASE32_NOPAD
-                .decode(v["secret"].as_str().context("mfa secret")?.as_bytes())?;
-            let code = totp_rs::Builder::new()
-                .with_secret(secret)
-                .build()?
-                .generate(unix_now());
-            self.post(
-                "/auth/mfa/confirm",
-                json!({"code": code.to_string()}),
-                Some(&s),
-            )
-            .await?;
-        }
-        Ok(s)
-    }
-}
-
-fn mail_token(dir: &Path, to: &str) -> Result<String> {
-    let mut mails: Vec<_> = std::fs::read_dir(dir.join("outbox"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    mails.sort();
-    for m in mails.iter().rev() {
-        // Undo quoted-printable soft breaks and escapes, as a mail client would.
-        let text = std::fs::read_to_string(m)?
-            .replace("=\r\n", "")
-            .replace("=3D", "=");
-        if text.contains(&format!("To: {to}")) {
-            let i = text.find("token=").context("link in mail")? + "token=".len();
-            return Ok(text[i..]
-                .chars()
-                .take_while(|c| c.is_ascii_hexdigit())
-                .collect());
-        }
-    }
-    bail!("no mail to {to}")
-}
-
 /// Sets up org `bench` (the consortium admin as its admin, signed in with MFA), a
 /// doctor approved by that admin, and an API token for the doctor.
 async fn clinician_token(
@@ -465,23 +301,7 @@ async fn clinician_token(
     let password = password.trim();
     let admin =
         KeystoreFile::read(&dir.join(datadir::ADMIN_KEYSTORE))?.open(password.as_bytes())?;
-    let chain = ChainId::new(client.status().await?.chain_id)?;
-    let admin = std::sync::Arc::new(admin);
-    let client = client.clone().signed_by(admin.clone());
-    let nonce = client.account_nonce(&admin.account()).await? + 1;
-    let tx = TxBody {
-        version: TX_VERSION,
-        chain_id: chain,
-        signer: admin.account(),
-        nonce,
-        payload: Payload::AddOrg {
-            org: medledger_core::OrgId::new("bench")?,
-            admin: admin.account(),
-        },
-    }
-    .sign(&admin.signing);
-    let r = client.submit(&tx.to_bytes()).await?;
-    ensure!(r.status == "committed", "add_org: {:?}", r.error);
+    crate::web::add_org(client, &std::sync::Arc::new(admin), "bench").await?;
 
     let auth = Auth { http, url };
     let secret = |who: &str| format!("bench {who} {}", hex::encode(rand_bytes()));
@@ -520,17 +340,4 @@ async fn clinician_token(
         .post("/auth/tokens", json!({"ttl_s": 86400}), Some(&doctor))
         .await?;
     v["token"].as_str().map(str::to_owned).context("api token")
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn rand_bytes() -> [u8; 16] {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).expect("system randomness");
-    b
 }

@@ -5,7 +5,10 @@ mod account;
 mod bench;
 mod bench_fhir;
 mod blob;
+mod demo;
 mod fhir;
+mod synth;
+mod web;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -57,6 +60,9 @@ pub enum Command {
     Blob(blob::BlobCommand),
     /// Import FHIR transaction Bundles (files or directories) through a node's FHIR API.
     Import(fhir::ImportArgs),
+    /// Start a node with synthetic organisations, people of every role and records,
+    /// and print how to sign in as each (the data is deleted when it stops).
+    Demo(demo::DemoArgs),
     /// Export a patient's whole record (`Patient/{id}/$everything`) as a FHIR Bundle.
     Export(fhir::ExportArgs),
     /// Query the node's JSON API: `medledger query orgs/general`,
@@ -301,6 +307,17 @@ pub enum BenchCommand {
     Fhir(bench_fhir::FhirBenchArgs),
 }
 
+impl Cli {
+    /// The log filter when `MEDLEDGER_LOG` is unset: the demo prints its sign-in
+    /// table on a quiet terminal; everything else logs the node's progress.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Demo(_) => "warn",
+            _ => "warn,medledger=info",
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init(a) => init(a),
@@ -324,6 +341,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Account(c) => account::run(c),
         Command::Import(a) => runtime()?.block_on(fhir::import(a)),
         Command::Export(a) => runtime()?.block_on(fhir::export(a)),
+        Command::Demo(a) => demo::demo(a),
     }
 }
 

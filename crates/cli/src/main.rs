@@ -11,10 +11,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = medledger::Cli::parse();
+    let default_filter = cli.default_log_filter();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MEDLEDGER_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,medledger=info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -658,3 +658,243 @@ fn http_refusals(dir: &Path, node: &Node) {
         assert_eq!(r.headers()["cache-control"], "no-store");
     });
 }
+
+/// A child process killed (and waited for) when the test ends, also on a panic.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The value of `<input name="{name}" value="...">` in a page.
+fn input_value(html: &str, name: &str) -> String {
+    let at = html
+        .find(&format!("name=\"{name}\" value=\""))
+        .unwrap_or_else(|| panic!("no {name} input"));
+    let rest = &html[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+/// The first link in a page whose target starts with `prefix`.
+fn first_link(html: &str, prefix: &str) -> Option<String> {
+    let at = html.find(&format!("href=\"{prefix}"))? + 6;
+    Some(html[at..at + html[at..].find('"')?].to_owned())
+}
+
+/// Which pages each role has, and one page of another role it must not open.
+fn pages_of(role: &str) -> (Vec<&'static str>, &'static str) {
+    match role {
+        "Patient" => (
+            vec![
+                "/patient",
+                "/patient/permissions",
+                "/patient/access-log",
+                "/account",
+            ],
+            "/admin",
+        ),
+        "Doctor" => (
+            vec![
+                "/clinician",
+                "/clinician/intake",
+                "/clinician/break-glass",
+                "/account",
+            ],
+            "/patient",
+        ),
+        "Nurse" => (
+            vec!["/clinician", "/clinician/intake", "/account"],
+            "/clinician/break-glass",
+        ),
+        "Hospital admin" => (vec!["/admin", "/account"], "/clinician"),
+        _ => (vec!["/account"], "/patient/access-log"),
+    }
+}
+
+#[test]
+fn the_demo_comes_up_and_every_printed_sign_in_works() {
+    let t0 = std::time::Instant::now();
+    let mut child = Killed(
+        Command::new(BIN)
+            .args(["demo", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let (mut url, mut password, mut data, mut accounts) = (None, None, None, Vec::new());
+    let mut line = String::new();
+    while url.is_none() {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "the demo stopped before it was ready");
+        let l = line.trim();
+        if let Some(u) = l.strip_prefix("demo-ready ") {
+            url = Some(u.to_owned());
+        } else if let Some(p) = l.split("every password is: ").nth(1) {
+            password = Some(p.to_owned());
+        } else if let Some(d) = l.strip_prefix("data directory (deleted on stop): ") {
+            data = Some(PathBuf::from(d));
+        } else if l.ends_with(".demo") && l.contains('@') {
+            let (role, email) = l.rsplit_once(' ').unwrap();
+            accounts.push((role.trim().to_owned(), email.to_owned()));
+        }
+    }
+    // Measured, not asserted: the issue's target is 30 s on this machine.
+    eprintln!("demo ready after {:.1} s", t0.elapsed().as_secs_f64());
+    let (url, password, data) = (url.unwrap(), password.unwrap(), data.unwrap());
+    let roles: std::collections::BTreeSet<&str> =
+        accounts.iter().map(|(r, _)| r.as_str()).collect();
+    for r in [
+        "Patient",
+        "Doctor",
+        "Nurse",
+        "Hospital admin",
+        "Insurer",
+        "Researcher",
+        "Auditor",
+    ] {
+        assert!(roles.contains(r), "the demo has a {r}: {accounts:?}");
+    }
+    let c = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(data.join("tls/cert.pem")).unwrap())
+                .unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    rt().block_on(async {
+        for (role, email) in &accounts {
+            // The sign-in page: its double-submit cookie and the demo table's code.
+            let r = c.get(format!("{url}/signin")).send().await.unwrap();
+            let pre_cookie = r.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_owned();
+            let html = r.text().await.unwrap();
+            let row = &html[html
+                .find(&format!(">{email}<"))
+                .expect("listed on the sign-in page")..];
+            let code: String = row
+                .split("<td class=\"mono\">")
+                .nth(2)
+                .unwrap()
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            // Clinicians and admins must use a second factor; the others may.
+            let mfa = matches!(role.as_str(), "Doctor" | "Nurse" | "Hospital admin");
+            assert_eq!(
+                !code.is_empty(),
+                mfa,
+                "{role}: a code where the role needs one"
+            );
+            let r = c
+                .post(format!("{url}/signin"))
+                .header("cookie", &pre_cookie)
+                .form(&[
+                    ("email", email.as_str()),
+                    ("password", password.as_str()),
+                    ("code", code.as_str()),
+                    ("pre", &input_value(&html, "pre")),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 303, "{email} signs in");
+            let session = r.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_owned();
+            let (pages, other) = pages_of(role);
+            assert_eq!(
+                r.headers()["location"],
+                pages[0],
+                "{email} lands on their home"
+            );
+            let get = |p: String| {
+                let (c, session) = (c.clone(), session.clone());
+                let url = url.clone();
+                async move {
+                    let r = c
+                        .get(format!("{url}{p}"))
+                        .header("cookie", session)
+                        .send()
+                        .await
+                        .unwrap();
+                    (r.status().as_u16(), r.text().await.unwrap())
+                }
+            };
+            let mut visited = Vec::new();
+            for p in pages {
+                let (st, html) = get(p.to_owned()).await;
+                assert_eq!(st, 200, "{role} opens {p}");
+                assert!(html.contains("<h1>") && !html.contains("Something went wrong"));
+                visited.push(html);
+            }
+            // Pages reached from those: a record, a chart, a record from the chart.
+            // (Riverside's doctor has no grants: only St Mary's clinicians see patients.)
+            let st_mary = email.ends_with("@st-mary.demo");
+            let deeper = match role.as_str() {
+                "Patient" => first_link(&visited[0], "/patient/records/")
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+                "Doctor" | "Nurse" if st_mary => {
+                    let chart =
+                        first_link(&visited[0], "/clinician/patients/").expect("a patient to open");
+                    let (st, html) = get(chart.clone()).await;
+                    assert_eq!(st, 200, "{role} opens {chart}");
+                    assert!(html.contains("Vital signs"), "synthetic vitals charted");
+                    first_link(&html, "/clinician/records/")
+                        .into_iter()
+                        .collect()
+                }
+                _ => vec![],
+            };
+            if role == "Patient" || st_mary && matches!(role.as_str(), "Doctor" | "Nurse") {
+                assert!(!deeper.is_empty(), "{email} has a record to open");
+            }
+            if email == "dr.omar@riverside.demo" {
+                assert!(
+                    visited[0].contains("No patients"),
+                    "a doctor without grants finds no one"
+                );
+            }
+            for p in deeper {
+                let (st, html) = get(p.clone()).await;
+                assert_eq!(st, 200, "{role} opens {p}");
+                assert!(html.contains("Version history"));
+            }
+            let (st, _) = get(other.to_owned()).await;
+            assert_eq!(st, 403, "{role} may not open {other}");
+            if role == "Patient" && email == "patient2@patients.demo" {
+                let (_, log) = get("/patient/access-log".into()).await;
+                assert!(
+                    log.contains("break-glass"),
+                    "the demo's break-glass is in this patient's log"
+                );
+            }
+            if role == "Patient" && email == "patient1@patients.demo" {
+                let (_, log) = get("/patient/access-log".into()).await;
+                assert!(
+                    log.contains("refused"),
+                    "the demo's refused reads are in this patient's log"
+                );
+            }
+        }
+    });
+    let _ = Command::new("kill").arg(child.0.id().to_string()).status();
+    assert!(child.0.wait().unwrap().success(), "the demo stops cleanly");
+    assert!(!data.exists(), "the demo deletes its data when stopped");
+}

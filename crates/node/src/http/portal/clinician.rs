@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use medledger_core::{AccountId, Role};
+use medledger_core::{EmergencyReason, Payload};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -25,6 +26,10 @@ pub fn routes() -> Router<AppState> {
         .route("/clinician/patients/{id}", get(chart_page))
         .route("/clinician/records/{id}", get(record))
         .route("/clinician/intake", get(intake_page).post(intake))
+        .route(
+            "/clinician/break-glass",
+            get(break_glass_page).post(break_glass),
+        )
 }
 
 const CLINICIAN: &[Role] = &[Role::Doctor, Role::Nurse];
@@ -479,4 +484,78 @@ async fn intake(State(s): State<AppState>, p: Posted) -> Result<Response, Portal
         },
     )
     .into_response())
+}
+
+#[derive(Template)]
+#[template(path = "portal/break_glass.html")]
+struct BreakGlass {
+    shell: Shell,
+    f: Fields,
+    hours: u64,
+    opened: bool,
+}
+
+fn break_glass_view(s: &AppState, v: &Visitor, f: Fields, opened: bool) -> BreakGlass {
+    let hours = s.ledger.genesis().params.break_glass_ms / 3_600_000;
+    BreakGlass {
+        shell: Shell::of("Emergency access", v),
+        f,
+        hours,
+        opened,
+    }
+}
+
+const DOCTOR: &[Role] = &[Role::Doctor];
+
+async fn break_glass_page(State(s): State<AppState>, v: Visitor) -> Result<Response, PortalError> {
+    v.require(DOCTOR)?;
+    Ok(ok(&break_glass_view(&s, &v, Fields::default(), false)))
+}
+
+/// Opens break-glass: a doctor's emergency access to one patient without a grant, with
+/// a coded reason, for the consortium's fixed time. The ledger records it in the
+/// patient's access log (highlighted) and sends the patient a notice.
+async fn break_glass(State(s): State<AppState>, p: Posted) -> Result<Response, PortalError> {
+    let Posted {
+        visitor: v,
+        mut fields,
+    } = p;
+    v.require(DOCTOR)?;
+    let patient = match fields.required("patient", 100).parse::<AccountId>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            fields.fail("patient", "Give the patient's account id (did:key:z6Mk…).");
+            None
+        }
+    };
+    let reason = match serde_json::from_value::<EmergencyReason>(Value::String(
+        fields.get("reason").to_owned(),
+    )) {
+        Ok(r) => Some(r),
+        Err(_) => {
+            fields.fail("reason", "Choose the reason.");
+            None
+        }
+    };
+    if fields.get("confirm") != "yes" {
+        fields.fail("confirm", "Confirm that this is an emergency.");
+    }
+    if let (true, Some(patient), Some(reason)) = (fields.is_ok(), patient, reason) {
+        match s
+            .auth
+            .act(&v.principal(), Payload::BreakGlass { patient, reason })
+            .await
+        {
+            Ok(_) => return Ok(ok(&break_glass_view(&s, &v, Fields::default(), true))),
+            Err(crate::auth::AuthError::Ledger(r)) => fields.fail(
+                "patient",
+                format!("The ledger refused: {}.", r.code().replace('_', " ")),
+            ),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(render(
+        StatusCode::BAD_REQUEST,
+        &break_glass_view(&s, &v, fields, false),
+    ))
 }

@@ -161,7 +161,12 @@ fn links(r: Role) -> Vec<(&'static str, &'static str)> {
             ("/patient/permissions", "Permissions"),
             ("/patient/access-log", "Access log"),
         ],
-        Role::Doctor | Role::Nurse => vec![
+        Role::Doctor => vec![
+            ("/clinician", "Patients"),
+            ("/clinician/intake", "Intake form"),
+            ("/clinician/break-glass", "Emergency access"),
+        ],
+        Role::Nurse => vec![
             ("/clinician", "Patients"),
             ("/clinician/intake", "Intake form"),
         ],
