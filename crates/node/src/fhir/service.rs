@@ -15,6 +15,7 @@ use medledger_fhir::outcome::{Issue, IssueCode, operation_outcome};
 use medledger_fhir::{date, refs, search};
 use medledger_ledger::contracts::query::{self, RecordView};
 use medledger_ledger::contracts::state::VersionState;
+use medledger_ledger::exec::StateRead;
 use medledger_ledger::{Decision, Ledger, contracts};
 use medledger_store::{BlobStore, Reader, ReaderSecret};
 use serde_json::{Map, Value, json};
@@ -263,6 +264,30 @@ fn purpose_of(role: Role) -> Result<Purpose, FhirError> {
                 .into(),
         )),
     }
+}
+
+/// How the FHIR surface decides a read: for the role's purpose, and for a doctor whom
+/// that refuses, for `emergency`, which only their own live break-glass on the
+/// patient allows. The one place that picks the purpose a read is decided and
+/// audited under (the report carries it, so break-glass reads are marked as such).
+fn can_as(
+    st: &impl StateRead,
+    who: &Principal,
+    record: &RecordId,
+    at: u64,
+) -> medledger_ledger::Result<Result<(Decision, Purpose), FhirError>> {
+    let purpose = match purpose_of(who.role) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let d = contracts::can(st, &who.account, record, purpose, at)?;
+    if !d.allowed() && who.role == Role::Doctor {
+        let e = contracts::can(st, &who.account, record, Purpose::Emergency, at)?;
+        if e.allowed() {
+            return Ok(Ok((e, Purpose::Emergency)));
+        }
+    }
+    Ok(Ok((d, purpose)))
 }
 
 pub fn record_id(id: &str) -> Option<RecordId> {
@@ -715,19 +740,27 @@ impl Fhir {
         who: &Principal,
         items: &[(RecordId, &str)],
     ) -> Result<Vec<Result<RecordView, FhirError>>, FhirError> {
-        let purpose = purpose_of(who.role)?;
+        purpose_of(who.role)?;
         let accessor = who.account;
         let at = now_ms();
         let decided = self.lookup(|st| {
             items
                 .iter()
                 .map(|(r, _)| {
-                    let (d, view) = query::access(st, &accessor, r, purpose, at)?;
+                    let (d, purpose) = match can_as(st, who, r, at)? {
+                        Ok(x) => x,
+                        Err(_) => (Decision::DenyRoleNotPermitted, Purpose::Treatment),
+                    };
+                    let view = if d.allowed() {
+                        query::record(st, r)?
+                    } else {
+                        None
+                    };
                     // Whether an erased record is the caller's own (the one case a
                     // refusal may say more than "absent").
                     let own = d == Decision::DenyErased
                         && query::record(st, r)?.is_some_and(|v| v.state.patient == accessor);
-                    Ok((d, view, own))
+                    Ok((d, view, own, purpose))
                 })
                 .collect::<medledger_ledger::Result<Vec<_>>>()
         })?;
@@ -736,15 +769,15 @@ impl Fhir {
                 items
                     .iter()
                     .zip(&decided)
-                    .filter(|(_, (d, _, _))| *d != Decision::DenyNoSuchRecord)
-                    .map(|((r, _), (d, _, _))| (accessor, *r, purpose, at, d)),
+                    .filter(|(_, (d, _, _, _))| *d != Decision::DenyNoSuchRecord)
+                    .map(|((r, _), (d, _, _, p))| (accessor, *r, *p, at, d)),
             )
             .await
             .map_err(|e| FhirError::Unavailable(e.to_string()))?;
         Ok(items
             .iter()
             .zip(decided)
-            .map(|((_, rtype), (d, view, own))| match (d, view) {
+            .map(|((_, rtype), (d, view, own, _))| match (d, view) {
                 (Decision::DenyErased, _) if own => {
                     Err(FhirError::Gone("the resource was erased".into()))
                 }
@@ -1102,8 +1135,9 @@ impl Fhir {
         // Only records the caller may read are candidates: decided (not audited) before
         // any is opened, so one request neither reads nor writes a refusal for every
         // resource of the type on the server. A patient's candidates are their own.
-        let purpose = purpose_of(who.role)?;
+        purpose_of(who.role)?;
         let (accessor, at) = (who.account, now_ms());
+        let caller = who.clone();
         let candidates: Vec<RecordId> = if who.role == Role::Patient {
             let own: HashSet<RecordId> =
                 self.patient_records(accessor).await?.into_iter().collect();
@@ -1130,7 +1164,7 @@ impl Fhir {
                     if out.len() >= limit {
                         break;
                     }
-                    if contracts::can(st, &accessor, &r, purpose, at)?.allowed() {
+                    if can_as(st, &caller, &r, at)?.is_ok_and(|(d, _)| d.allowed()) {
                         out.push(r);
                     }
                 }
@@ -1263,27 +1297,31 @@ impl Fhir {
         pairs: &[(String, String)],
         base: &str,
     ) -> Result<Value, FhirError> {
-        let purpose = purpose_of(who.role)?;
+        purpose_of(who.role)?;
         let q = search::parse_query(rtype, pairs)?;
         let candidates = self.candidates(rtype, &q).await?;
         let (accessor, at) = (who.account, now_ms());
+        let caller = who.clone();
         let decided = self
             .view(move |st| {
-                candidates
-                    .into_iter()
-                    .map(|r| Ok((r, contracts::can(st, &accessor, &r, purpose, at)?)))
-                    .collect::<medledger_ledger::Result<Vec<_>>>()
+                let mut out = Vec::with_capacity(candidates.len());
+                for r in candidates {
+                    if let Ok((d, p)) = can_as(st, &caller, &r, at)? {
+                        out.push((r, (d, p)));
+                    }
+                }
+                Ok(out)
             })
             .await?;
         let (allowed, refused): (Vec<_>, Vec<_>) = decided
             .into_iter()
-            .filter(|(_, d)| !matches!(d, Decision::DenyNoSuchRecord | Decision::DenyErased))
-            .partition(|(_, d)| d.allowed());
+            .filter(|(_, (d, _))| !matches!(d, Decision::DenyNoSuchRecord | Decision::DenyErased))
+            .partition(|(_, (d, _))| d.allowed());
         let readable: Vec<RecordId> = allowed.iter().map(|(r, _)| *r).collect();
         let all = self.matching(rtype, &q, &readable)?;
         let refused_ids: Vec<RecordId> = refused.iter().map(|(r, _)| *r).collect();
-        let refused: HashMap<RecordId, Decision> = refused.into_iter().collect();
-        let mut reports: Vec<(RecordId, Decision)> = self
+        let refused: HashMap<RecordId, (Decision, Purpose)> = refused.into_iter().collect();
+        let mut reports: Vec<(RecordId, (Decision, Purpose))> = self
             .matching(rtype, &q, &refused_ids)?
             .into_iter()
             .take(MAX_REFUSED_REPORTS)
@@ -1300,7 +1338,7 @@ impl Fhir {
             reports.push((next, d));
         }
         self.reporter
-            .report_decisions(reports.iter().map(|(r, d)| (accessor, *r, purpose, at, d)))
+            .report_decisions(reports.iter().map(|(r, (d, p))| (accessor, *r, *p, at, d)))
             .await
             .map_err(|e| FhirError::Unavailable(e.to_string()))?;
         let page: Vec<(RecordId, &str)> = all

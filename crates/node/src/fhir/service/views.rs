@@ -10,7 +10,7 @@
 //!   as author, its block time, and its signature. Provenance resources a client
 //!   sends (Synthea's, for instance) are ordinary records with ordinary ids.
 
-use super::{Fhir, FhirError, Page, internal, purpose_of, record_id, searchset};
+use super::{Fhir, FhirError, Page, can_as, internal, record_id, searchset};
 use crate::access::Viewer;
 use crate::auth::Principal;
 use crate::reporter::now_ms;
@@ -748,14 +748,9 @@ impl Fhir {
         if who.account == *author || who.account == *patient || who.role == Role::Auditor {
             return Ok(true);
         }
-        let Ok(purpose) = purpose_of(who.role) else {
-            return Ok(false);
-        };
-        let (accessor, at) = (who.account, now_ms());
-        let d = self.lookup(|st| {
-            medledger_ledger::contracts::decision::can(st, &accessor, &record, purpose, at)
-        })?;
-        Ok(d.allowed())
+        let at = now_ms();
+        let d = self.lookup(|st| can_as(st, who, &record, at))?;
+        Ok(d.is_ok_and(|(d, _)| d.allowed()))
     }
 }
 

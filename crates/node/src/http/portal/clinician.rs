@@ -546,7 +546,14 @@ async fn break_glass(State(s): State<AppState>, p: Posted) -> Result<Response, P
             .act(&v.principal(), Payload::BreakGlass { patient, reason })
             .await
         {
-            Ok(_) => return Ok(ok(&break_glass_view(&s, &v, Fields::default(), true))),
+            Ok(_) => {
+                // Straight to the patient's chart, now open through break-glass.
+                let rows = super::patient::visible_records(&s, &v, patient).await?;
+                if let Some(r) = rows.iter().find(|r| r.category == "Patient" && !r.erased) {
+                    return Ok(see_other(&format!("/clinician/patients/{}", r.id)));
+                }
+                return Ok(ok(&break_glass_view(&s, &v, Fields::default(), true)));
+            }
             Err(crate::auth::AuthError::Ledger(r)) => fields.fail(
                 "patient",
                 format!("The ledger refused: {}.", r.code().replace('_', " ")),
