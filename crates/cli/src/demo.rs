@@ -36,6 +36,10 @@ pub struct DemoArgs {
     /// Years of records per patient.
     #[arg(long, default_value_t = 3)]
     pub years: u32,
+    /// Allow a non-loopback `--listen`: the sign-in page then shows working demo
+    /// sign-ins (consortium admin included) to anyone who can reach it.
+    #[arg(long)]
+    pub public: bool,
 }
 
 /// Every demo account's password (strong enough for the node's password rule; the
@@ -95,6 +99,10 @@ const PATIENTS: usize = 3;
 const CUSTODIAL_PATIENTS: usize = 4;
 
 pub fn demo(a: DemoArgs) -> Result<()> {
+    anyhow::ensure!(
+        a.listen.ip().is_loopback() || a.public,
+        "the demo's sign-in page shows working sign-ins for every demo account; it listens on loopback only unless you pass --public"
+    );
     let t0 = Instant::now();
     let tmp = tempfile::Builder::new()
         .prefix("medledger-demo-")

@@ -513,11 +513,10 @@ fn the_whole_path_in_a_real_browser() {
         assert!(!doctor.body().await.contains("72.5"));
         doctor.shot("denied").await;
         patient.open("/patient/access-log").await;
-        let log = patient.text("#access-log").await;
+        let newest = patient.text("#access-log tbody tr:first-child").await;
         assert!(
-            log.lines()
-                .any(|l| l.contains("Dr Ren Testdoctor") && l.contains("refused")),
-            "{log}"
+            newest.contains("Dr Ren Testdoctor") && newest.contains("refused"),
+            "the newest entry comes first: {newest}"
         );
         patient.shot("denial-logged").await;
 
@@ -827,6 +826,9 @@ fn pages_of(role: &str) -> (Vec<&'static str>, &'static str) {
 
 #[test]
 fn the_demo_comes_up_and_every_printed_sign_in_works() {
+    // Its sign-in page shows working sign-ins: loopback only unless asked.
+    let (ok, out) = cli_raw(&["demo", "--listen", "0.0.0.0:0"]);
+    assert!(!ok && out.contains("--public"), "{out}");
     let t0 = std::time::Instant::now();
     let mut child = Killed(
         Command::new(BIN)

@@ -22,6 +22,22 @@ pub trait StateRead {
     fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.scan_page(prefix, None, usize::MAX)
     }
+
+    /// Up to `limit` entries whose key starts with `prefix` and sorts before `before`
+    /// (when given), newest key first. The stored state seeks; other states (scratch
+    /// maps, overlays) scan the prefix.
+    fn scan_page_rev(
+        &self,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut all = self.scan(prefix)?;
+        all.retain(|(k, _)| before.is_none_or(|b| k.as_slice() < b));
+        all.reverse();
+        all.truncate(limit);
+        Ok(all)
+    }
 }
 
 impl StateRead for BTreeMap<Vec<u8>, Vec<u8>> {

@@ -227,6 +227,48 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> StateRead for TableState<T>
     }
 }
 
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> TableState<T> {
+    /// [`StateRead::scan_page_rev`] by seeking: from `before` (or the end of the
+    /// prefix) backwards, so the newest page costs what it returns.
+    fn scan_rev(
+        &self,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let upper = before.map(<[u8]>::to_vec).or_else(|| successor(prefix));
+        let range = match &upper {
+            Some(u) => self.0.range::<&[u8]>(prefix..u.as_slice())?,
+            None => self.0.range::<&[u8]>(prefix..)?,
+        };
+        for r in range.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = r?;
+            let k = k.value();
+            if !k.starts_with(prefix) {
+                continue;
+            }
+            out.push((k.to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// The smallest key above every key that starts with `prefix` (none if it is all 0xff).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut s = prefix.to_vec();
+    while let Some(last) = s.pop() {
+        if last < 0xff {
+            s.push(last + 1);
+            return Some(s);
+        }
+    }
+    None
+}
+
 /// Earlier blocks' writes (same apply call) over the stored state.
 struct Layered<'a, S: StateRead> {
     pending: &'a Writes,
@@ -917,6 +959,15 @@ impl StateRead for StateView {
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.0.scan_page(prefix, start_after, limit)
     }
+
+    fn scan_page_rev(
+        &self,
+        prefix: &[u8],
+        before: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.0.scan_rev(prefix, before, limit)
+    }
 }
 
 /// A snapshot image and the requested metadata values read with it.
@@ -934,4 +985,56 @@ struct Dump {
 
 fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod rev_scan_tests {
+    use super::*;
+
+    #[test]
+    fn successor_bounds_a_prefix() {
+        assert_eq!(successor(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(successor(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(successor(&[0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn the_stored_state_scans_backwards_like_a_plain_map() {
+        const T: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("t");
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(dir.path().join("s.redb")).unwrap();
+        let mut map = std::collections::BTreeMap::new();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(T).unwrap();
+            for p in [&b"a/"[..], b"b/", &[0xff, 0xff]] {
+                for i in 0u8..20 {
+                    let k = [p, &[i]].concat();
+                    t.insert(k.as_slice(), &[i][..]).unwrap();
+                    map.insert(k, vec![i]);
+                }
+            }
+        }
+        w.commit().unwrap();
+        let r = db.begin_read().unwrap();
+        let stored = TableState(r.open_table(T).unwrap());
+        for prefix in [&b"a/"[..], b"b/", &[0xff, 0xff], b"c/"] {
+            for before in [
+                None,
+                Some([prefix, &[7]].concat()),
+                Some([prefix, &[0]].concat()),
+            ] {
+                for limit in [0, 1, 5, 100] {
+                    assert_eq!(
+                        stored.scan_rev(prefix, before.as_deref(), limit).unwrap(),
+                        map.scan_page_rev(prefix, before.as_deref(), limit).unwrap(),
+                        "{prefix:?} {before:?} {limit}"
+                    );
+                }
+            }
+        }
+        let newest = stored.scan_rev(b"b/", None, 2).unwrap();
+        assert_eq!(newest[0].0, b"b/\x13".to_vec());
+        assert_eq!(newest[1].0, b"b/\x12".to_vec());
+    }
 }

@@ -275,6 +275,35 @@ pub fn audit(
     Ok(out)
 }
 
+/// The newest audit entries of one patient, record or accessor, newest first, before
+/// sequence number `before` (the oldest one a previous page returned), at most `limit`.
+/// A time range is not an index of one party; use [`audit`] for it.
+pub fn audit_latest(
+    state: &impl StateRead,
+    filter: &AuditFilter,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<AuditEntry>> {
+    let (kind, id): (AuditIndex, &[u8]) = match filter {
+        AuditFilter::Patient(p) => (AuditIndex::Patient, &p.0),
+        AuditFilter::Record(r) => (AuditIndex::Record, &r.0.0),
+        AuditFilter::Accessor(a) => (AuditIndex::Accessor, &a.0),
+        AuditFilter::Time { .. } => return Ok(Vec::new()),
+    };
+    let prefix = key(kind.tag(), &[id]);
+    let before = before.map(|s| audit_index_key(kind, id, s));
+    let mut out = Vec::new();
+    for (k, _) in state.scan_page_rev(&prefix, before.as_deref(), limit)? {
+        let Some(Ok(seq)) = k.get(prefix.len()..).map(<[u8; 8]>::try_from) else {
+            continue;
+        };
+        if let Some(e) = read_obj::<AuditEntry>(state, &audit_key(u64::from_be_bytes(seq)))? {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageView {

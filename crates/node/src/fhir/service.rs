@@ -1297,6 +1297,32 @@ impl Fhir {
         pairs: &[(String, String)],
         base: &str,
     ) -> Result<Value, FhirError> {
+        self.search_as(who, rtype, pairs, base, true).await
+    }
+
+    /// The first `count` resources of `rtype` the caller may read, as a searchset: a
+    /// listing that names nothing (the portal's "your patients"), so it reveals nothing
+    /// about records the caller may not read and does not report each of them as a
+    /// refused probe; every resource it returns is audited as a read.
+    pub async fn readable(
+        &self,
+        who: &Principal,
+        rtype: &str,
+        count: usize,
+        base: &str,
+    ) -> Result<Value, FhirError> {
+        let pairs = [("_count".to_owned(), count.to_string())];
+        self.search_as(who, rtype, &pairs, base, false).await
+    }
+
+    async fn search_as(
+        &self,
+        who: &Principal,
+        rtype: &str,
+        pairs: &[(String, String)],
+        base: &str,
+        report_refused: bool,
+    ) -> Result<Value, FhirError> {
         purpose_of(who.role)?;
         let q = search::parse_query(rtype, pairs)?;
         let candidates = self.candidates(rtype, &q).await?;
@@ -1324,7 +1350,11 @@ impl Fhir {
         let mut reports: Vec<(RecordId, (Decision, Purpose))> = self
             .matching(rtype, &q, &refused_ids)?
             .into_iter()
-            .take(MAX_REFUSED_REPORTS)
+            .take(if report_refused {
+                MAX_REFUSED_REPORTS
+            } else {
+                0
+            })
             .map(|(_, r)| (r, refused[&r].clone()))
             .collect();
         let more = q.offset.saturating_add(q.count) < all.len();

@@ -89,7 +89,7 @@ async fn unrouted(method: axum::http::Method, uri: axum::http::Uri) -> Response 
     if api {
         return ApiError::NotFound("route").into_response();
     }
-    portal::PortalError::NotFound.into_response()
+    portal::secured(portal::PortalError::NotFound.into_response())
 }
 
 /// Whether a path is under the FHIR API (whose errors are OperationOutcomes).

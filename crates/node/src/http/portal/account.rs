@@ -146,8 +146,14 @@ struct Next {
     next: Option<String>,
 }
 
+/// A path on this node to return to after sign-in: only characters a portal path
+/// uses (no whitespace or control characters, which browsers strip and so turn
+/// `/\t/host` into `//host`), starting with one slash.
 fn local_path(p: &str) -> Option<&str> {
-    (p.starts_with('/') && !p.starts_with("//") && !p.contains('\\')).then_some(p)
+    let plain = p
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-_.~?=&%".contains(&b));
+    (plain && p.starts_with('/') && !p.starts_with("//") && p.len() <= 512).then_some(p)
 }
 
 async fn signin_page(
@@ -634,4 +640,32 @@ async fn recovery_complete(State(s): State<AppState>, Public { mut fields }: Pub
         }
     }
     recover_again(fields, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_path;
+
+    #[test]
+    fn sign_in_returns_only_to_local_paths() {
+        assert_eq!(
+            local_path("/patient/records/ab"),
+            Some("/patient/records/ab")
+        );
+        assert_eq!(
+            local_path("/patient/access-log?before=12"),
+            Some("/patient/access-log?before=12")
+        );
+        for bad in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "/a\r\nSet-Cookie:x",
+            "/ /x",
+            "",
+        ] {
+            assert_eq!(local_path(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -62,7 +62,7 @@ async fn page(s: &AppState, v: &Visitor, f: Fields, invited: bool) -> Result<Adm
     let person = |m: &query::Member| Person {
         did: m.account.to_did(),
         short: short(&m.account),
-        name: display_account(s, &m.account),
+        name: display_account(s, v, &m.account),
         role: role_label(m.role),
     };
     Ok(Admin {
@@ -100,8 +100,10 @@ async fn decide(State(s): State<AppState>, p: Posted) -> Result<Response, Portal
     };
     match s.auth.approve(&v.session, &account, approve).await {
         Ok(()) => Ok(see_other("/admin")),
-        // Not pending at this organisation (or not at all): the same answer.
-        Err(AuthError::Ledger(_)) => Err(PortalError::NotFound),
+        Err(AuthError::Ledger(r)) => Err(PortalError::BadRequest(format!(
+            "The ledger refused this decision ({}).",
+            r.code().replace('_', " ")
+        ))),
         Err(e) => Err(e.into()),
     }
 }

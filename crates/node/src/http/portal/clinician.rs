@@ -8,6 +8,8 @@ use super::chart::{self, Line};
 use super::form::{Fields, Posted};
 use super::summary;
 use super::{PortalError, Shell, Visitor, ok, render, see_other};
+use crate::http::caller::Caller;
+use crate::http::contracts::view;
 use crate::state::AppState;
 use askama::Template;
 use axum::Router;
@@ -17,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use medledger_core::{AccountId, Role};
 use medledger_core::{EmergencyReason, Payload};
+use medledger_ledger::contracts::query;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -33,6 +36,9 @@ pub fn routes() -> Router<AppState> {
 }
 
 const CLINICIAN: &[Role] = &[Role::Doctor, Role::Nurse];
+
+/// Patients listed before any search.
+const LISTED: usize = 50;
 
 /// The base the FHIR service writes into `fullUrl`s (not shown on these pages).
 const BASE: &str = "https://localhost/fhir";
@@ -81,10 +87,15 @@ async fn patients(
     }
     let mut found = Vec::new();
     if f.is_ok() {
-        let bundle = s
-            .fhir
-            .search(&v.principal(), "Patient", &pairs, BASE)
-            .await?;
+        let bundle = if searched {
+            s.fhir
+                .search(&v.principal(), "Patient", &pairs, BASE)
+                .await?
+        } else {
+            s.fhir
+                .readable(&v.principal(), "Patient", LISTED, BASE)
+                .await?
+        };
         for e in bundle["entry"].as_array().into_iter().flatten() {
             let r = &e["resource"];
             if r["resourceType"] != "Patient" {
@@ -547,10 +558,22 @@ async fn break_glass(State(s): State<AppState>, p: Posted) -> Result<Response, P
             .await
         {
             Ok(_) => {
-                // Straight to the patient's chart, now open through break-glass.
-                let rows = super::patient::visible_records(&s, &v, patient).await?;
-                if let Some(r) = rows.iter().find(|r| r.category == "Patient" && !r.erased) {
-                    return Ok(see_other(&format!("/clinician/patients/{}", r.id)));
+                // Straight to the patient's chart, now open through break-glass: the
+                // first Patient resource of the account (one ledger walk, no decisions:
+                // the chart decides and audits).
+                let first = view(&s, &Caller::Person(v.principal()), move |st, _| {
+                    for id in query::patient_records(st, &patient, None, usize::MAX)? {
+                        if query::record(st, &id)?.is_some_and(|r| {
+                            r.state.category.as_str() == "Patient" && !r.state.is_erased()
+                        }) {
+                            return Ok(Some(id));
+                        }
+                    }
+                    Ok(None)
+                })
+                .await?;
+                if let Some(id) = first {
+                    return Ok(see_other(&format!("/clinician/patients/{id}")));
                 }
                 return Ok(ok(&break_glass_view(&s, &v, Fields::default(), true)));
             }

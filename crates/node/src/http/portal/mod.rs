@@ -68,7 +68,11 @@ async fn stylesheet() -> Response {
 /// frame them or receive their address as a referrer, and only the node's own
 /// stylesheet and images load.
 async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let mut resp = next.run(req).await;
+    secured(next.run(req).await)
+}
+
+/// A portal response with the headers every page carries.
+pub fn secured(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

@@ -23,7 +23,6 @@ use medledger_core::{
     AccountId, Category, GrantId, Grantee, OrgId, Payload, Purpose, RecordId, Role, Scope,
 };
 use medledger_ledger::contracts::query::{self, AuditFilter};
-use medledger_ledger::contracts::state::AuditEntry;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -171,7 +170,7 @@ pub async fn read_record(
         .map(|h| Version {
             version: h.version,
             when: when(h.time_ms),
-            author: display_account(s, &h.author),
+            author: display_account(s, v, &h.author),
         })
         .collect();
     Ok(RecordPage {
@@ -195,11 +194,16 @@ async fn record(
     Ok(ok(&page))
 }
 
-/// A person's name if this node knows the account, else its short id.
-pub fn display_account(s: &AppState, a: &AccountId) -> String {
+/// How an account is named to the visitor: "You"; staff by name and role when this
+/// node knows them; anyone else (patients above all) by a short id only, so that
+/// typing someone's account id into a form never reveals who they are.
+pub fn display_account(s: &AppState, v: &Visitor, a: &AccountId) -> String {
+    if *a == v.session.account {
+        return "You".to_owned();
+    }
     match s.auth.me(a) {
-        Ok(m) => format!("{} ({})", m.name, super::role_label(m.role)),
-        Err(_) => short(a),
+        Ok(m) if m.role != Role::Patient => format!("{} ({})", m.name, super::role_label(m.role)),
+        _ => short(a),
     }
 }
 
@@ -230,10 +234,10 @@ struct Permissions {
     f: Fields,
 }
 
-fn grantee_text(s: &AppState, g: &Grantee) -> String {
+fn grantee_text(s: &AppState, v: &Visitor, g: &Grantee) -> String {
     match g {
         Grantee::Org(o) => format!("Everyone with a fitting role at {o}"),
-        Grantee::Account(a) => display_account(s, a),
+        Grantee::Account(a) => display_account(s, v, a),
     }
 }
 
@@ -254,7 +258,7 @@ async fn permissions_page(
         .into_iter()
         .map(|g| GrantRow {
             id: g.id.to_string(),
-            grantee: grantee_text(s, &g.state.grantee),
+            grantee: grantee_text(s, v, &g.state.grantee),
             purpose: g.state.purpose.to_string(),
             scope: match &g.state.scope {
                 Scope::All => "All records".into(),
@@ -422,19 +426,57 @@ struct AccessLog {
     shell: Shell,
     rows: Vec<LogRow>,
     chart: Bars,
+    /// Break-glass openings on the patient's records, ever.
     break_glass: usize,
+    /// The `before` of the next older page, if there is one.
+    older: Option<u64>,
+    paged: bool,
 }
 
-const LOG_LIMIT: usize = 1000;
+/// Entries per page of the access log (newest first; "older" pages further back).
+const LOG_PAGE: usize = 200;
 const CHART_DAYS: u64 = 30;
+/// Most entries read for the chart of the last 30 days.
+const CHART_LIMIT: usize = 20_000;
 
-async fn access_log(State(s): State<AppState>, v: Visitor) -> Result<Response, PortalError> {
+#[derive(serde::Deserialize)]
+struct Older {
+    before: Option<u64>,
+}
+
+async fn access_log(
+    State(s): State<AppState>,
+    v: Visitor,
+    q: Result<axum::extract::Query<Older>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, PortalError> {
     v.require(PATIENT)?;
     let me = v.session.account;
-    let entries: Vec<AuditEntry> = view(&s, &caller_of(&v), move |st, viewer: &Viewer| {
-        let mut e = query::audit(st, &AuditFilter::Patient(me), None, LOG_LIMIT)?;
-        e.retain(|e| viewer.sees_audit(e));
-        Ok(e)
+    let before = q.ok().and_then(|axum::extract::Query(q)| q.before);
+    let since = now_ms().saturating_sub(CHART_DAYS * 86_400_000);
+    let (entries, recent, break_glass) = view(&s, &caller_of(&v), move |st, viewer: &Viewer| {
+        let filter = AuditFilter::Patient(me);
+        let mut page = query::audit_latest(st, &filter, before, LOG_PAGE)?;
+        page.retain(|e| viewer.sees_audit(e));
+        // The chart: entries of the last 30 days, newest backwards until older.
+        let mut recent = Vec::new();
+        let mut cursor = None;
+        'chart: loop {
+            let chunk = query::audit_latest(st, &filter, cursor, 1_000)?;
+            let Some(last) = chunk.last().map(|e| e.seq) else {
+                break;
+            };
+            for e in chunk {
+                if e.time_ms < since || recent.len() >= CHART_LIMIT {
+                    break 'chart;
+                }
+                if viewer.sees_audit(&e) {
+                    recent.push((e.time_ms, e.allowed));
+                }
+            }
+            cursor = Some(last);
+        }
+        let bg = query::break_glasses(st, &me)?.len();
+        Ok((page, recent, bg))
     })
     .await?;
     let today = now_ms() / 86_400_000;
@@ -445,24 +487,25 @@ async fn access_log(State(s): State<AppState>, v: Visitor) -> Result<Response, P
             (format!("{m:02}-{dd:02}"), 0, 0)
         })
         .collect();
-    for e in &entries {
-        let age = today.saturating_sub(e.time_ms / 86_400_000);
+    for (t, allowed) in recent {
+        let age = today.saturating_sub(t / 86_400_000);
         if age < CHART_DAYS {
             let slot = &mut days[(CHART_DAYS - 1 - age) as usize];
-            if e.allowed {
+            if allowed {
                 slot.1 += 1;
             } else {
                 slot.2 += 1;
             }
         }
     }
-    let break_glass = entries.iter().filter(|e| e.break_glass).count();
+    let older = (entries.len() == LOG_PAGE)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
     let rows = entries
         .iter()
-        .rev()
         .map(|e| LogRow {
             when: when(e.time_ms),
-            who: display_account(&s, &e.accessor),
+            who: display_account(&s, &v, &e.accessor),
             record: e.record.map(|r| r.to_string()),
             purpose: e.purpose.to_string(),
             allowed: e.allowed,
@@ -475,5 +518,7 @@ async fn access_log(State(s): State<AppState>, v: Visitor) -> Result<Response, P
         rows,
         chart: chart::bars(&days),
         break_glass,
+        older,
+        paged: before.is_some(),
     }))
 }
