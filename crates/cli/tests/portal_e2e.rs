@@ -576,6 +576,8 @@ fn the_whole_path_in_a_real_browser() {
             (&patient, "/admin"),
             (&patient, "/clinician"),
             (&doctor, "/patient/permissions"),
+            (&doctor, "/patient/export"),
+            (&doctor, "/auditor"),
             (&doctor, "/admin"),
             (&admin, "/patient/access-log"),
         ] {
@@ -672,6 +674,9 @@ fn http_refusals(dir: &Path, node: &Node) {
             "/clinician",
             "/clinician/intake",
             "/admin",
+            "/auditor",
+            "/patient/export",
+            "/clinician/break-glass",
             "/account",
             "/mfa",
         ] {
@@ -820,6 +825,7 @@ fn pages_of(role: &str) -> (Vec<&'static str>, &'static str) {
             "/clinician/break-glass",
         ),
         "Hospital admin" => (vec!["/admin", "/account"], "/clinician"),
+        "Auditor" => (vec!["/auditor", "/account"], "/patient"),
         _ => (vec!["/account"], "/patient/access-log"),
     }
 }
@@ -988,6 +994,30 @@ fn the_demo_comes_up_and_every_printed_sign_in_works() {
             }
             let (st, _) = get(other.to_owned()).await;
             assert_eq!(st, 403, "{role} may not open {other}");
+            if role == "Auditor" {
+                // The explorer finds the demo's break-glass across the whole trail, and
+                // refuses a malformed filter next to its field.
+                let (st, html) = get("/auditor?from=2000-01-01&break_glass=on".into()).await;
+                assert_eq!(st, 200);
+                assert!(
+                    html.contains("<tr class=\"break-glass\">"),
+                    "break-glass rows"
+                );
+                assert_eq!(
+                    html.matches("<tr>").count(),
+                    1,
+                    "only the header row is not break-glass"
+                );
+                let (st, html) = get("/auditor?from=2000-01-01&outcome=refused".into()).await;
+                assert_eq!(st, 200);
+                assert!(
+                    html.contains("refused") && !html.contains("tag ok"),
+                    "only refusals"
+                );
+                let (st, html) = get("/auditor?patient=someone".into()).await;
+                assert_eq!(st, 400);
+                assert!(html.contains("id=\"patient-error\""));
+            }
             if role == "Patient" && email == "patient2@patients.demo" {
                 let (_, log) = get("/patient/access-log".into()).await;
                 assert!(
@@ -996,6 +1026,25 @@ fn the_demo_comes_up_and_every_printed_sign_in_works() {
                 );
             }
             if role == "Patient" && email == "patient1@patients.demo" {
+                // Export: the whole record as a FHIR Bundle download.
+                let r = c
+                    .get(format!("{url}/patient/export"))
+                    .header("cookie", &session)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                assert_eq!(r.headers()["content-type"], "application/fhir+json");
+                assert!(
+                    r.headers()["content-disposition"]
+                        .to_str()
+                        .unwrap()
+                        .starts_with("attachment")
+                );
+                let b: Value = r.json().await.unwrap();
+                assert_eq!(b["resourceType"], "Bundle");
+                let n = b["entry"].as_array().unwrap().len();
+                assert!(n > 30, "three years of records exported: {n}");
                 let (_, log) = get("/patient/access-log".into()).await;
                 assert!(
                     log.contains("refused"),

@@ -12,10 +12,12 @@
 //! | [`patient`] | records, permissions, access log |
 //! | [`clinician`] | patient finder, chart, intake form |
 //! | [`admin`] | pending registrations, members, patient invitations |
+//! | [`auditor`] | audit explorer, chain status |
 //! | [`form`] | form fields, their errors and the CSRF-checked form extractor |
 
 mod account;
 mod admin;
+mod auditor;
 mod chart;
 mod clinician;
 mod form;
@@ -48,6 +50,7 @@ pub fn routes(per_client: Arc<crate::http::limits::PerClient>) -> Router<AppStat
         .merge(patient::routes())
         .merge(clinician::routes())
         .merge(admin::routes())
+        .merge(auditor::routes())
         .layer(axum::middleware::from_fn(security_headers))
 }
 
@@ -154,6 +157,7 @@ pub fn home(r: Role) -> &'static str {
         Role::Patient => "/patient",
         Role::Doctor | Role::Nurse => "/clinician",
         Role::HospitalAdmin => "/admin",
+        Role::Auditor => "/auditor",
         _ => "/account",
     }
 }
@@ -175,6 +179,7 @@ fn links(r: Role) -> Vec<(&'static str, &'static str)> {
             ("/clinician/intake", "Intake form"),
         ],
         Role::HospitalAdmin => vec![("/admin", "Registrations and members")],
+        Role::Auditor => vec![("/auditor", "Audit explorer")],
         _ => vec![],
     };
     l.push(("/account", "Account"));

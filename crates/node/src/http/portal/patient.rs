@@ -17,7 +17,7 @@ use askama::Template;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use medledger_core::{
     AccountId, Category, GrantId, Grantee, OrgId, Payload, Purpose, RecordId, Role, Scope,
@@ -31,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/patient/permissions", get(permissions).post(grant))
         .route("/patient/permissions/revoke", post(revoke))
         .route("/patient/access-log", get(access_log))
+        .route("/patient/export", get(export))
 }
 
 const PATIENT: &[Role] = &[Role::Patient];
@@ -521,4 +522,41 @@ async fn access_log(
         older,
         paged: before.is_some(),
     }))
+}
+
+/// "Export my data": the patient's whole record as a FHIR Bundle (`$everything` of
+/// their Patient resource), as a file download. Read through the FHIR service like any
+/// other read, so the export is in their own access log too.
+async fn export(State(s): State<AppState>, v: Visitor) -> Result<Response, PortalError> {
+    v.require(PATIENT)?;
+    let me = v.session.account;
+    let first = view(&s, &caller_of(&v), move |st, _| {
+        for id in query::patient_records(st, &me, None, usize::MAX)? {
+            if query::record(st, &id)?
+                .is_some_and(|r| r.state.category.as_str() == "Patient" && !r.state.is_erased())
+            {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    })
+    .await?
+    .ok_or(PortalError::NotFound)?;
+    let bundle = s
+        .fhir
+        .everything(&v.principal(), &first.to_string(), "https://localhost/fhir")
+        .await?;
+    let body =
+        serde_json::to_vec_pretty(&bundle).map_err(|e| PortalError::Internal(e.to_string()))?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/fhir+json"),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"medledger-export.json\"",
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
