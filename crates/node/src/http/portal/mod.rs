@@ -9,8 +9,8 @@
 //! | module | pages |
 //! | --- | --- |
 //! | [`account`] | landing, sign-in, registration, e-mail verification, second factor, sign-out |
-//! | [`patient`] | records, permissions, access log |
-//! | [`clinician`] | patient finder, chart, intake form |
+//! | [`patient`] | records, permissions, access log, export |
+//! | [`clinician`] | patient finder, chart, intake form, break-glass |
 //! | [`admin`] | pending registrations, members, patient invitations |
 //! | [`auditor`] | audit explorer, chain status |
 //! | [`form`] | form fields, their errors and the CSRF-checked form extractor |
