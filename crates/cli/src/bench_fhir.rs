@@ -5,7 +5,7 @@
 //! last, one JSON line.
 
 use crate::synth::{Mix, VITALS, observation, patient};
-use crate::web::{Auth, rand_bytes};
+use crate::web::{Auth, Fhir, rand_bytes};
 use anyhow::{Context, Result, ensure};
 use clap::Args;
 use medledger_node::client::{Client, http_client, http1_client};
@@ -34,45 +34,6 @@ pub struct FhirBenchArgs {
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
-}
-
-/// The bench's HTTP side: FHIR calls with the clinician's API token.
-#[derive(Clone)]
-struct Fhir {
-    http: reqwest::Client,
-    url: String,
-    token: Arc<str>,
-}
-
-impl Fhir {
-    async fn create(&self, body: &Value) -> Result<String> {
-        let rtype = body["resourceType"].as_str().unwrap_or_default();
-        let r = self
-            .http
-            .post(format!("{}/fhir/{rtype}", self.url))
-            .bearer_auth(&*self.token)
-            .header("content-type", "application/fhir+json")
-            .body(body.to_string())
-            .send()
-            .await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        ensure!(status == 201, "create {rtype}: {status} {v}");
-        v["id"].as_str().map(str::to_owned).context("created id")
-    }
-
-    async fn get(&self, path: &str) -> Result<Value> {
-        let r = self
-            .http
-            .get(format!("{}/fhir/{path}", self.url))
-            .bearer_auth(&*self.token)
-            .send()
-            .await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        ensure!(status == 200, "GET {path}: {status}");
-        Ok(v)
-    }
 }
 
 /// Runs `n` jobs on `clients` concurrent workers; returns each job's output and latency.

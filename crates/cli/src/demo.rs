@@ -10,7 +10,7 @@
 //! the demo accounts with the current code (only a node started by `demo` does this).
 
 use crate::synth::{Mix, synthetic_name};
-use crate::web::{Auth, Session, add_org, mail_token};
+use crate::web::{Auth, Fhir, Session, add_org, mail_token};
 use anyhow::{Context, Result, ensure};
 use clap::Args;
 use medledger_core::{ChainId, Role};
@@ -268,7 +268,7 @@ async fn populate(
     let fhir = |token: String| Fhir {
         http: http1.clone(),
         url: url.to_owned(),
-        token,
+        token: token.into(),
     };
     let ada_fhir = fhir(token(&auth, ada).await?);
 
@@ -368,41 +368,6 @@ async fn token(auth: &Auth<'_>, s: &Session) -> Result<String> {
         .post("/auth/tokens", json!({"ttl_s": 86_400}), Some(s))
         .await?;
     v["token"].as_str().map(str::to_owned).context("api token")
-}
-
-/// The demo's FHIR calls, as one person (their API token).
-struct Fhir {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Fhir {
-    async fn create(&self, body: &Value) -> Result<String> {
-        let rtype = body["resourceType"].as_str().unwrap_or_default();
-        let r = self
-            .http
-            .post(format!("{}/fhir/{rtype}", self.url))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/fhir+json")
-            .body(body.to_string())
-            .send()
-            .await?;
-        let status = r.status();
-        let v: Value = r.json().await?;
-        ensure!(status == 201, "create {rtype}: {status} {v}");
-        v["id"].as_str().map(str::to_owned).context("created id")
-    }
-
-    async fn status(&self, path: &str) -> Result<u16> {
-        let r = self
-            .http
-            .get(format!("{}/fhir/{path}", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        Ok(r.status().as_u16())
-    }
 }
 
 fn person(given: &str, family: &str, g: &mut Mix) -> Value {

@@ -176,3 +176,55 @@ pub async fn add_org(
     ensure!(r.status == "committed", "add_org {org}: {:?}", r.error);
     Ok(())
 }
+
+/// FHIR calls as one person (their API token), for `bench fhir` and `demo`.
+#[derive(Clone)]
+pub struct Fhir {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub token: std::sync::Arc<str>,
+}
+
+impl Fhir {
+    pub async fn create(&self, body: &Value) -> Result<String> {
+        let rtype = body["resourceType"].as_str().unwrap_or_default();
+        let r = self
+            .http
+            .post(format!("{}/fhir/{rtype}", self.url))
+            .bearer_auth(&*self.token)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await?;
+        ensure!(status == 201, "create {rtype}: {status} {v}");
+        v["id"].as_str().map(str::to_owned).context("created id")
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        let r = self
+            .http
+            .get(format!("{}/fhir/{path}", self.url))
+            .bearer_auth(&*self.token)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await?;
+        ensure!(status == 200, "GET {path}: {status}");
+        Ok(v)
+    }
+}
+
+impl Fhir {
+    /// The status of a GET (for reads expected to be refused).
+    pub async fn status(&self, path: &str) -> Result<u16> {
+        let r = self
+            .http
+            .get(format!("{}/fhir/{path}", self.url))
+            .bearer_auth(&*self.token)
+            .send()
+            .await?;
+        Ok(r.status().as_u16())
+    }
+}

@@ -171,14 +171,7 @@ impl FromRequest<AppState> for Public {
 }
 
 fn pre_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == PRE_COOKIE)
-        .map(|(_, v)| v.to_owned())
+    crate::http::caller::cookie(headers, PRE_COOKIE)
 }
 
 /// The double-submit token of a public form: the visitor's cookie if they have one,
