@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::signin::{PW, STRONG, code_at, mail_token};
+use common::signin::{STRONG, code_at, mail_token};
 use common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -284,43 +284,18 @@ fn shots_dir() -> PathBuf {
     d
 }
 
-/// Org `general` on the ledger with the consortium admin as its admin, enrolled for
-/// web sign-in (e-mail verified); the second factor is set up in the browser.
-fn org_and_admin(dir: &Path, node: &Node) {
-    let admin = admin(dir).account().to_did();
-    succeed(
-        Command::new(BIN)
-            .args(["tx", "submit", "--node", &node.url, "--data-dir"])
-            .arg(dir)
-            .args(["--password-file"])
-            .arg(dir.parent().unwrap().join("pw"))
-            .args([
-                "json",
-                &format!(r#"{{"kind":"add_org","org":"general","admin":"{admin}"}}"#),
-            ]),
-    );
-    let ks: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("admin.keystore.json")).unwrap()).unwrap();
-    let h = common::signin::http(node, dir);
-    rt().block_on(async {
-        let (st, v, _) = h
-            .post(
-                "/auth/enroll",
-                json!({"keystore": ks, "keystore_password": PW, "name": "Ada Admin", "email": "admin@hospital.example",
-                       "password": STRONG, "org": "general", "role": "hospital_admin"}),
-                None,
-            )
-            .await;
-        assert_eq!(st, 201, "{v}");
-    });
-}
-
 #[test]
 fn the_whole_path_in_a_real_browser() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = init(tmp.path());
     let node = start(&dir);
-    org_and_admin(&dir, &node);
+    // Org `general` with the consortium admin enrolled for web sign-in; the admin
+    // verifies and sets up the second factor in the browser.
+    rt().block_on(common::signin::enroll_admin(
+        &common::signin::http(&node, &dir),
+        &dir,
+        &node,
+    ));
     let driver = chromedriver();
     let shots = shots_dir();
     let rt = rt();
@@ -740,6 +715,92 @@ fn http_refusals(dir: &Path, node: &Node) {
             .unwrap();
         assert_eq!(r.status(), 303);
         assert_eq!(grants(&h, &s).await, before + 1);
+
+        // Every portal form: signed out, it sends to sign-in; signed in as the patient
+        // but without the CSRF token, 403; the other roles' forms even with the token,
+        // 403. None of it changes anything.
+        let forms = [
+            "/patient/permissions",
+            "/patient/permissions/revoke",
+            "/clinician/intake",
+            "/clinician/break-glass",
+            "/admin/decide",
+            "/admin/invite",
+            "/mfa",
+            "/mfa/start",
+            "/signout",
+            "/signout-all",
+        ];
+        let before = grants(&h, &s).await;
+        for p in forms {
+            let r = c
+                .post(format!("{url}{p}"))
+                .form(&[("email", "x@example.org")])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 303, "signed out: {p}");
+            assert!(
+                r.headers()["location"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("/signin")
+            );
+            let r = c
+                .post(format!("{url}{p}"))
+                .header("cookie", &s.cookie)
+                .form(&[("email", "x@example.org")])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "no CSRF token: {p}");
+        }
+        for p in [
+            "/clinician/intake",
+            "/clinician/break-glass",
+            "/admin/decide",
+            "/admin/invite",
+        ] {
+            let r = c
+                .post(format!("{url}{p}"))
+                .header("cookie", &s.cookie)
+                .form(&[
+                    ("csrf", s.csrf.as_str()),
+                    ("email", "x@example.org"),
+                    (
+                        "patient",
+                        "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK",
+                    ),
+                    ("reason", "other"),
+                    ("confirm", "yes"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "another role's form: {p}");
+        }
+        for p in [
+            format!("/clinician/patients/{}", "ab".repeat(32)),
+            format!("/clinician/records/{}", "ab".repeat(32)),
+            "/auditor".to_owned(),
+            "/admin".to_owned(),
+        ] {
+            let r = c
+                .get(format!("{url}{p}"))
+                .header("cookie", &s.cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 403, "another role's page: {p}");
+        }
+        assert_eq!(grants(&h, &s).await, before, "nothing changed");
+        let r = c
+            .get(format!("{url}/patient"))
+            .header("cookie", &s.cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "the refused sign-outs left the session");
 
         // Sign-in without the double-submit cookie (another site's form) is refused
         // before any password is checked.

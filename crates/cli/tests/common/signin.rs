@@ -176,8 +176,9 @@ pub async fn admin_signed_in(h: &Http, dir: &Path, node: &Node) -> Signed {
     admin_with_codes(h, dir, node).await.0
 }
 
-/// As [`admin_signed_in`], also returning the admin's recovery codes.
-pub async fn admin_with_codes(h: &Http, dir: &Path, node: &Node) -> (Signed, Vec<String>) {
+/// Org `general` on the ledger with the consortium admin as its admin, enrolled for
+/// web sign-in as `admin@hospital.example` (not yet verified); returns the recovery codes.
+pub async fn enroll_admin(h: &Http, dir: &Path, node: &Node) -> Vec<String> {
     let admin = admin(dir).account().to_did();
     succeed(
         std::process::Command::new(BIN)
@@ -201,7 +202,12 @@ pub async fn admin_with_codes(h: &Http, dir: &Path, node: &Node) -> (Signed, Vec
         )
         .await;
     assert_eq!(st, 201, "{v}");
-    let codes: Vec<String> = serde_json::from_value(v["recovery_codes"].clone()).unwrap();
+    serde_json::from_value(v["recovery_codes"].clone()).unwrap()
+}
+
+/// As [`admin_signed_in`], also returning the admin's recovery codes.
+pub async fn admin_with_codes(h: &Http, dir: &Path, node: &Node) -> (Signed, Vec<String>) {
+    let codes = enroll_admin(h, dir, node).await;
     verify(h, dir, "admin@hospital.example").await;
     let (s, v) = h
         .login("admin@hospital.example", STRONG, None)

@@ -15,7 +15,6 @@ use askama::Template;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use medledger_core::{AccountId, RecordId, Role};
@@ -199,11 +198,7 @@ async fn explorer(
             .collect();
     }
     let tip = s.ledger.tip();
-    let status = if f.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let status = f.status();
     Ok(render(
         status,
         &Explorer {

@@ -109,11 +109,7 @@ async fn patients(
             });
         }
     }
-    let status = if f.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let status = f.status();
     Ok(render(
         status,
         &Patients {

@@ -77,6 +77,15 @@ impl Fields {
         self.errors.is_empty()
     }
 
+    /// The status of a page showing this form: 400 while it has errors.
+    pub fn status(&self) -> axum::http::StatusCode {
+        if self.is_ok() {
+            axum::http::StatusCode::OK
+        } else {
+            axum::http::StatusCode::BAD_REQUEST
+        }
+    }
+
     /// The trimmed value, or an error on the field if it is empty or too long.
     pub fn required(&mut self, k: &str, max_chars: usize) -> String {
         let v = self.get(k).trim().to_owned();
