@@ -243,6 +243,7 @@ async fn populate(
     // Staff register, verify and are approved by the admin (the consortium admin may
     // approve for any organisation).
     let mut sessions = Vec::new();
+    let mut staff_ids = Vec::new();
     for (name, email, org, role) in STAFF {
         let (v, _) = auth
             .post(
@@ -261,6 +262,7 @@ async fn populate(
         let s = auth.sign_in(email, PASSWORD).await?;
         accounts.push(account(role, email, &s));
         sessions.push(s);
+        staff_ids.push(v["account"].as_str().context("staff account")?.to_owned());
     }
     let [ada, _ben, omar, _rita, claire, _lee, _ines] = &sessions[..] else {
         anyhow::bail!("staff sessions");
@@ -347,6 +349,40 @@ async fn populate(
             ("patient", own[1].1.as_str()),
             ("reason", "patient_unconscious"),
             ("confirm", "yes"),
+        ],
+        omar,
+    )
+    .await?;
+    // The consortium operator funds the insurer, which offers the first patient a
+    // paid agreement; Dr Lindqvist asks the third patient for access. Both wait for
+    // the patient's answer on their pages.
+    let claire_id = &staff_ids[4];
+    auth.form(
+        "/consortium/mint",
+        &[("to", claire_id.as_str()), ("amount", "10000")],
+        &admin_session,
+    )
+    .await?;
+    auth.form(
+        "/insurer",
+        &[
+            ("patient", own[0].1.as_str()),
+            ("categories", "Observation"),
+            ("days", "365"),
+            ("price", "250"),
+            ("respond_days", "14"),
+            ("terms", "Acme Insurance reads your Observations for one year to settle claims. Nothing is shared with third parties."),
+        ],
+        claire,
+    )
+    .await?;
+    auth.form(
+        "/clinician/requests",
+        &[
+            ("patient", own[2].1.as_str()),
+            ("categories", ""),
+            ("days", "30"),
+            ("text", "You were referred to Riverside cardiology; I need your history before your appointment."),
         ],
         omar,
     )

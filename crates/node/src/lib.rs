@@ -11,6 +11,7 @@ pub mod datadir;
 mod error;
 pub mod fhir;
 pub mod http;
+pub mod notes;
 pub mod reporter;
 mod server;
 pub mod state;

@@ -106,6 +106,13 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         seconds = report.seconds,
         "start-up check passed"
     );
+    let verified = std::sync::Arc::new(crate::state::Verified {
+        at_ms: crate::reporter::now_ms(),
+        height: report.tip.height,
+        txs: report.txs,
+        seconds: report.seconds,
+        signatures: matches!(mode, VerifyMode::Full),
+    });
 
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -186,7 +193,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         medledger_core::AccountId(dd.node.public().0),
         ledger.clone(),
         submitter.clone(),
-        store,
+        store.clone(),
         reporter.clone(),
     )
     .map_err(|e| NodeError::Server(format!("FHIR index: {e}")))?;
@@ -207,6 +214,8 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         reporter,
         auth: std::sync::Arc::new(auth),
         fhir: std::sync::Arc::new(fhir),
+        notes: crate::notes::Notes::new(store, ledger.clone()),
+        verified,
         new_signers: std::sync::Arc::new(crate::auth::secrets::RateLimiter::new(
             NEW_SIGNERS_PER_S,
             NEW_SIGNERS_BURST,

@@ -15,12 +15,27 @@ pub struct AppState {
     pub reporter: crate::reporter::Reporter,
     pub auth: Arc<crate::auth::Auth>,
     pub fhir: Arc<crate::fhir::Fhir>,
+    /// Message bodies and agreement terms, sealed for their two parties.
+    pub notes: crate::notes::Notes,
     /// Admissions of transactions from keys the ledger does not know yet, node-wide.
     pub new_signers: Arc<crate::auth::secrets::RateLimiter>,
     /// Each client address's budget on the expensive unauthenticated routes.
     pub per_client: Arc<crate::http::limits::PerClient>,
     /// Demo accounts shown on the sign-in page (only `medledger demo` has any).
     pub demo: DemoBoard,
+    /// What the start-up check verified, shown on the admin's and auditor's pages.
+    pub verified: Arc<Verified>,
+}
+
+/// The ledger verification this node ran when it started.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub at_ms: u64,
+    pub height: u64,
+    pub txs: u64,
+    pub seconds: f64,
+    /// Whether every transaction signature was checked again (a full check).
+    pub signatures: bool,
 }
 
 /// The demo accounts a node started by `medledger demo` lists on its sign-in page.

@@ -50,6 +50,11 @@ pub fn cli_raw(args: &[&str]) -> (bool, String) {
 }
 
 pub fn init(root: &Path) -> PathBuf {
+    init_with(root, &[])
+}
+
+/// As [`init`], with extra `init` flags (contract parameters).
+pub fn init_with(root: &Path, extra: &[&str]) -> PathBuf {
     let dir = root.join("data");
     let pw = root.join("pw");
     std::fs::write(&pw, "a long enough test password").unwrap();
@@ -57,6 +62,7 @@ pub fn init(root: &Path) -> PathBuf {
         Command::new(BIN)
             .args(["init", "--chain-id", "e2e-chain", "--password-file"])
             .arg(&pw)
+            .args(extra)
             .arg("--data-dir")
             .arg(&dir),
     );

@@ -96,6 +96,7 @@ pub(super) fn report_access<S: StateRead>(
 fn put_message<S: StateRead>(st: &mut Overlay<'_, S>, cx: &Ctx<'_>, m: MessageState) {
     let id = MessageId::from_tx(&cx.hash);
     st.put(inbox_key(&m.to, &id), Vec::new());
+    st.put(outbox_key(&m.from, &id), Vec::new());
     st.put_obj(message_key(&id), &m);
 }
 

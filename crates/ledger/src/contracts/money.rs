@@ -143,6 +143,7 @@ pub(super) fn propose<S: StateRead>(st: &mut Overlay<'_, S>, cx: &Ctx<'_>, p: Pr
         },
     );
     st.put(patient_agreement_key(p.patient, &id), Vec::new());
+    st.put(proposer_agreement_key(&cx.signer, &id), Vec::new());
     st.put(agreement_due_key(p.respond_by_ms, &id), Vec::new());
     Ok(())
 }

@@ -315,6 +315,7 @@ pub(super) fn request_recovery<S: StateRead>(
     let member = existing_account(st, account)?;
     let org = shared_admin_org(st, cx, &member)?;
     let id = GrantId::from_tx(&cx.hash);
+    st.put(org_recovery_key(&org, &id), Vec::new());
     st.put_obj(
         recovery_key(&id),
         &RecoveryState {

@@ -51,6 +51,21 @@ fn role_from(b: u8) -> Option<Role> {
     Role::ALL.get(b as usize).copied()
 }
 
+/// Every organisation with when it was created, in id order.
+pub fn orgs(state: &impl StateRead) -> Result<Vec<(OrgId, OrgState)>> {
+    let prefix = key(b"org", &[]);
+    let mut out = Vec::new();
+    for (k, v) in state.scan(&prefix)? {
+        let Ok(id) = std::str::from_utf8(&k[prefix.len()..]).map(OrgId::new) else {
+            continue;
+        };
+        if let (Ok(id), Some(o)) = (id, crate::exec::decode_opt::<OrgState>(&k, Some(v))?) {
+            out.push((id, o));
+        }
+    }
+    Ok(out)
+}
+
 pub fn org(state: &impl StateRead, id: &OrgId) -> Result<Option<OrgView>> {
     let Some(o) = read_obj::<OrgState>(state, &org_key(id))? else {
         return Ok(None);
@@ -313,9 +328,17 @@ pub struct MessageView {
 }
 
 pub fn inbox(state: &impl StateRead, to: &AccountId) -> Result<Vec<MessageView>> {
-    let prefix = inbox_prefix(to);
+    messages_at(state, &inbox_prefix(to))
+}
+
+/// The messages `from` sent.
+pub fn outbox(state: &impl StateRead, from: &AccountId) -> Result<Vec<MessageView>> {
+    messages_at(state, &outbox_prefix(from))
+}
+
+fn messages_at(state: &impl StateRead, prefix: &[u8]) -> Result<Vec<MessageView>> {
     let mut out = Vec::new();
-    for (k, _) in state.scan(&prefix)? {
+    for (k, _) in state.scan(prefix)? {
         let Some(id) = id_at::<MessageId>(&k, prefix.len()) else {
             continue;
         };
@@ -343,9 +366,17 @@ pub fn agreement(state: &impl StateRead, id: &AgreementId) -> Result<Option<Agre
 }
 
 pub fn agreements(state: &impl StateRead, patient: &AccountId) -> Result<Vec<AgreementView>> {
-    let prefix = patient_agreement_prefix(patient);
+    agreements_at(state, &patient_agreement_prefix(patient))
+}
+
+/// The agreements `proposer` offered.
+pub fn proposed_by(state: &impl StateRead, proposer: &AccountId) -> Result<Vec<AgreementView>> {
+    agreements_at(state, &proposer_agreement_prefix(proposer))
+}
+
+fn agreements_at(state: &impl StateRead, prefix: &[u8]) -> Result<Vec<AgreementView>> {
     let mut out = Vec::new();
-    for (k, _) in state.scan(&prefix)? {
+    for (k, _) in state.scan(prefix)? {
         let Some(id) = id_at::<AgreementId>(&k, prefix.len()) else {
             continue;
         };
@@ -443,4 +474,20 @@ pub fn cid_owner(state: &impl StateRead, cid: &medledger_core::Cid) -> Result<Op
 
 pub fn recovery(state: &impl StateRead, id: &GrantId) -> Result<Option<RecoveryState>> {
     read_obj(state, &recovery_key(id))
+}
+
+/// The recovery requests of an organisation's members, oldest first.
+pub fn recoveries(state: &impl StateRead, org: &OrgId) -> Result<Vec<(GrantId, RecoveryState)>> {
+    let prefix = org_recovery_prefix(org);
+    let mut out = Vec::new();
+    for (k, _) in state.scan(&prefix)? {
+        let Some(id) = id_at::<GrantId>(&k, prefix.len()) else {
+            continue;
+        };
+        if let Some(r) = read_obj::<RecoveryState>(state, &recovery_key(&id))? {
+            out.push((id, r));
+        }
+    }
+    out.sort_by_key(|(_, r)| r.requested_ms);
+    Ok(out)
 }

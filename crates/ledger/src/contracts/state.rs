@@ -87,6 +87,13 @@ pub fn inbox_key(to: &AccountId, id: &MessageId) -> Vec<u8> {
 pub fn inbox_prefix(to: &AccountId) -> Vec<u8> {
     key(b"inbox", &[&to.0])
 }
+/// Messages by sender, so that a sender can follow what they asked.
+pub fn outbox_key(from: &AccountId, id: &MessageId) -> Vec<u8> {
+    key(b"outbox", &[&from.0, &id.0.0])
+}
+pub fn outbox_prefix(from: &AccountId) -> Vec<u8> {
+    key(b"outbox", &[&from.0])
+}
 pub fn agreement_key(id: &AgreementId) -> Vec<u8> {
     key(b"agr", &[&id.0.0])
 }
@@ -95,6 +102,13 @@ pub fn patient_agreement_key(patient: &AccountId, id: &AgreementId) -> Vec<u8> {
 }
 pub fn patient_agreement_prefix(patient: &AccountId) -> Vec<u8> {
     key(b"pagr", &[&patient.0])
+}
+/// Agreements by proposer (an insurer's or researcher's own proposals).
+pub fn proposer_agreement_key(proposer: &AccountId, id: &AgreementId) -> Vec<u8> {
+    key(b"ragr", &[&proposer.0, &id.0.0])
+}
+pub fn proposer_agreement_prefix(proposer: &AccountId) -> Vec<u8> {
+    key(b"ragr", &[&proposer.0])
 }
 /// Open proposals by deadline: `agrdue/<respond_by_ms be><id>`.
 pub fn agreement_due_key(respond_by_ms: u64, id: &AgreementId) -> Vec<u8> {
@@ -148,6 +162,13 @@ pub struct InviteState {
 
 pub fn recovery_key(id: &GrantId) -> Vec<u8> {
     key(b"recov", &[&id.0.0])
+}
+/// Recovery requests by organisation, for its admins' list of what awaits approval.
+pub fn org_recovery_key(org: &OrgId, id: &GrantId) -> Vec<u8> {
+    key(b"orecov", &[org.as_str().as_bytes(), &[0], &id.0.0])
+}
+pub fn org_recovery_prefix(org: &OrgId) -> Vec<u8> {
+    key(b"orecov", &[org.as_str().as_bytes(), &[0]])
 }
 
 /// An organisation-assisted recovery: requested by one admin, approved by another.

@@ -1041,6 +1041,44 @@ impl Auth {
         Ok(())
     }
 
+    /// Changes a signed-in person's password: the current one must open their keys
+    /// (a wrong one counts towards the lockout, so a borrowed session cannot guess it),
+    /// the keys are sealed under the new one, and every session and API token of the
+    /// account ends, this one included.
+    pub async fn change_password(
+        &self,
+        s: &Session,
+        current: &str,
+        new_password: &str,
+    ) -> Result<(), AuthError> {
+        self.attempt()?;
+        let mut u = self.user(&s.account)?.ok_or(AuthError::NoSession)?;
+        let profile = self.profile(&u)?;
+        let email_key = self.key.email_token(&profile.email);
+        self.not_locked(&email_key)?;
+        let Some(keys) = self.open_keystore(&u.keystore, current).await? else {
+            return Err(self.fail(&email_key, AuthError::BadCredentials)?);
+        };
+        secrets::check_password(new_password, &[&profile.name, &profile.email])?;
+        if new_password == current {
+            return Err(AuthError::WeakPassword(
+                "choose a password different from the current one".into(),
+            ));
+        }
+        let pw = new_password.to_owned();
+        u.keystore = tokio::task::spawn_blocking(move || keys.seal(pw.as_bytes()))
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        self.dir.write(vec![
+            Op::Put(USERS, u.account.0.to_vec(), json(&u)),
+            Op::Delete(LOCKOUTS, email_key.to_vec()),
+        ])?;
+        self.logout_all(&u.account)?;
+        tracing::info!(account = %u.account, "password changed");
+        Ok(())
+    }
+
     /// Re-opens the keystore with a one-time recovery code and seals it under a new
     /// password: every record stays readable (the keys are the same keys).
     pub async fn recover(

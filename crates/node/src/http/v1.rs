@@ -338,6 +338,44 @@ pub struct InclusionProofView {
     pub proof: Vec<Digest32>,
 }
 
+/// What an auditor downloads for one audit entry, to check offline with
+/// `medledger proof check`: the entry, the transaction that recorded it, its
+/// inclusion proof and the signed tree head the proof is for. The signature is
+/// checked against the node keys of the checker's own genesis, never keys in the file.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ProofBundle {
+    /// `medledger-proof/v1`.
+    pub format: String,
+    pub chain_id: String,
+    /// The audit entry as the ledger holds it (account and record ids only).
+    pub entry: serde_json::Value,
+    pub inclusion: InclusionProofView,
+    /// The signed tree head (C2SP checkpoint note) of size `inclusion.tree_size`.
+    pub tree_head: String,
+}
+
+pub const PROOF_FORMAT: &str = "medledger-proof/v1";
+
+/// The inclusion proof of `hash` and the signed head of the current tree.
+pub fn proof_of(s: &AppState, hash: &TxHash) -> Result<(InclusionProofView, String), ApiError> {
+    let loc = s
+        .ledger
+        .tx_location(hash)?
+        .ok_or(ApiError::NotFound("transaction"))?;
+    let head = s.ledger.checkpoint(None)?;
+    let size = head.checkpoint.size;
+    let proof = s.ledger.inclusion_proof(loc.leaf_index, size)?;
+    Ok((
+        InclusionProofView {
+            hash: *hash,
+            leaf_index: loc.leaf_index,
+            tree_size: size,
+            proof,
+        },
+        head.to_note(),
+    ))
+}
+
 /// Proof that a transaction is in the ledger's Merkle log.
 #[utoipa::path(get, path = "/v1/proof/inclusion", tag = "ledger",
     params(InclusionQuery),

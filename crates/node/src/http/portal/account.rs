@@ -44,6 +44,7 @@ pub fn routes(per_client: Arc<PerClient>) -> Router<AppState> {
         .route("/mfa", get(mfa_page).post(mfa_confirm))
         .route("/mfa/start", post(mfa_start))
         .route("/account", get(account))
+        .route("/account/password", post(change_password))
         .route("/recover", get(recover_page))
         .route("/recovery", get(recovery_page))
 }
@@ -520,16 +521,56 @@ struct Account {
     me: crate::auth::Me,
     role: &'static str,
     did: String,
+    f: Fields,
 }
 
-async fn account(State(s): State<AppState>, v: Visitor) -> Result<Response, PortalError> {
+fn account_page(s: &AppState, v: &Visitor, f: Fields) -> Result<Account, PortalError> {
     let me = s.auth.me(&v.session.account)?;
-    Ok(ok(&Account {
-        shell: Shell::of("Account", &v),
+    Ok(Account {
+        shell: Shell::of("Account", v),
         role: role_label(me.role),
         did: me.account.to_did(),
         me,
-    }))
+        f,
+    })
+}
+
+async fn account(State(s): State<AppState>, v: Visitor) -> Result<Response, PortalError> {
+    Ok(ok(&account_page(&s, &v, Fields::default())?))
+}
+
+/// Changes the password; every session ends, so the person signs in again with it.
+async fn change_password(State(s): State<AppState>, p: Posted) -> Result<Response, PortalError> {
+    let Posted {
+        visitor: v,
+        mut fields,
+    } = p;
+    let current = fields.get("current_password").to_owned();
+    if current.is_empty() {
+        fields.fail("current_password", "Fill this in.");
+    }
+    let password = new_password(&mut fields);
+    if fields.is_ok() {
+        match s
+            .auth
+            .change_password(&v.session, &current, &password)
+            .await
+        {
+            Ok(()) => return Ok(clear_cookie(password_set())),
+            Err(AuthError::BadCredentials) => {
+                fields.fail("current_password", "This is not your current password.")
+            }
+            Err(AuthError::WeakPassword(m)) => fields.fail("new_password", capitalise(&m)),
+            Err(e @ (AuthError::Locked | AuthError::RateLimited)) => {
+                fields.fail("form", capitalise(&e.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(render(
+        StatusCode::BAD_REQUEST,
+        &account_page(&s, &v, fields)?,
+    ))
 }
 
 #[derive(Template)]

@@ -15,14 +15,62 @@ use askama::Template;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use medledger_core::{AccountId, RecordId, Role};
 use medledger_ledger::contracts::query::{self, AuditFilter};
 use serde::Deserialize;
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/auditor", get(explorer))
+    Router::new()
+        .route("/auditor", get(explorer))
+        .route("/auditor/proof/{seq}", get(proof))
+}
+
+/// One audit entry's proof bundle as a file: the entry, the inclusion proof of the
+/// transaction that recorded it and the signed tree head, checkable offline with
+/// `medledger proof check FILE` against the checker's own genesis.
+async fn proof(
+    State(s): State<AppState>,
+    v: Visitor,
+    axum::extract::Path(seq): axum::extract::Path<String>,
+) -> Result<Response, PortalError> {
+    v.require(AUDITOR)?;
+    let seq: u64 = seq.parse().map_err(|_| PortalError::NotFound)?;
+    let entry =
+        view(
+            &s,
+            &Caller::Person(v.principal()),
+            move |st, viewer: &Viewer| {
+                Ok(query::audit_entry(st, seq)?.filter(|e| viewer.sees_audit(e)))
+            },
+        )
+        .await?
+        .ok_or(PortalError::NotFound)?;
+    let (inclusion, tree_head) = crate::http::v1::proof_of(&s, &entry.tx)?;
+    let bundle = crate::http::v1::ProofBundle {
+        format: crate::http::v1::PROOF_FORMAT.to_owned(),
+        chain_id: s.ledger.genesis().chain_id.to_string(),
+        entry: serde_json::to_value(&entry).map_err(|e| PortalError::Internal(e.to_string()))?,
+        inclusion,
+        tree_head,
+    };
+    let body =
+        serde_json::to_vec_pretty(&bundle).map_err(|e| PortalError::Internal(e.to_string()))?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/json".to_owned(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"medledger-proof-{seq}.json\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 const AUDITOR: &[Role] = &[Role::Auditor];
@@ -59,10 +107,7 @@ struct Explorer {
     shell: Shell,
     f: Fields,
     rows: Vec<Row>,
-    height: u64,
-    head: String,
-    log_size: u64,
-    chain: String,
+    status: super::status::ChainStatus,
     searched: bool,
 }
 
@@ -197,7 +242,6 @@ async fn explorer(
             })
             .collect();
     }
-    let tip = s.ledger.tip();
     let status = f.status();
     Ok(render(
         status,
@@ -205,10 +249,7 @@ async fn explorer(
             shell: Shell::of("Audit explorer", &v),
             f,
             rows,
-            height: tip.height,
-            head: tip.hash.to_string(),
-            log_size: tip.log_size,
-            chain: s.ledger.genesis().chain_id.to_string(),
+            status: super::status::of(&s),
             searched,
         },
     ))

@@ -14,6 +14,8 @@ use crate::state::AppState;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
+use medledger_core::model::MAX_SCOPE_ITEMS;
+use medledger_core::{AccountId, Category, Purpose, Scope};
 use std::collections::{BTreeMap, HashMap};
 
 /// A form's values and the errors found in them.
@@ -24,9 +26,11 @@ pub struct Fields {
 }
 
 /// Fields whose values are never shown again.
-const SECRET: [&str; 6] = [
+const SECRET: [&str; 8] = [
     "password",
+    "current_password",
     "new_password",
+    "new_password2",
     "code",
     "csrf",
     "pre",
@@ -107,6 +111,97 @@ impl Fields {
             self.fail(k, format!("Use at most {max_chars} ordinary characters."));
         }
         Some(v)
+    }
+}
+
+impl Fields {
+    /// Free text (a message): line breaks and tabs allowed, other control characters
+    /// not; at most `max_bytes`.
+    pub fn text(&mut self, k: &str, max_bytes: usize, required: bool) -> String {
+        let v = self.get(k).trim().replace("\r\n", "\n");
+        if v.is_empty() && required {
+            self.fail(k, "Fill this in.");
+        } else if v.len() > max_bytes {
+            self.fail(k, format!("Use at most {max_bytes} characters."));
+        } else if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            self.fail(k, "Use ordinary characters only.");
+        }
+        v
+    }
+
+    /// A person's account id (`did:key:…`).
+    pub fn account(&mut self, k: &str) -> Option<AccountId> {
+        let v = self.required(k, 200);
+        if self.has_err(k) {
+            return None;
+        }
+        match v.parse::<AccountId>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.fail(k, "This account id is not valid (did:key:z6Mk…).");
+                None
+            }
+        }
+    }
+
+    /// Record kinds separated by commas, or empty for all records.
+    pub fn scope(&mut self, k: &str) -> Option<Scope> {
+        let Some(list) = self.optional(k, 600) else {
+            return Some(Scope::All);
+        };
+        let cats: Result<Vec<Category>, _> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(Category::new)
+            .collect();
+        match cats {
+            Ok(c) if !self.has_err(k) && !c.is_empty() && c.len() <= MAX_SCOPE_ITEMS => {
+                Some(Scope::Categories(c))
+            }
+            _ => {
+                self.fail(
+                    k,
+                    "List record kinds separated by commas (like Observation, Condition), or leave empty for all.",
+                );
+                None
+            }
+        }
+    }
+
+    /// A whole number from `lo` to `hi` (`unit` names what it counts in the message).
+    pub fn number(&mut self, k: &str, lo: u64, hi: u64, unit: &str) -> Option<u64> {
+        match self.get(k).trim().parse::<u64>() {
+            Ok(d) if (lo..=hi).contains(&d) => Some(d),
+            _ => {
+                self.fail(k, format!("A whole number of {unit} from {lo} to {hi}."));
+                None
+            }
+        }
+    }
+
+    /// A purpose a grant may name (never `emergency`, which only break-glass opens).
+    pub fn purpose(&mut self, k: &str) -> Option<Purpose> {
+        match self.get(k).parse::<Purpose>() {
+            Ok(p) if p != Purpose::Emergency => Some(p),
+            _ => {
+                self.fail(k, "Choose a purpose.");
+                None
+            }
+        }
+    }
+}
+
+/// How a scope reads on a page.
+pub fn scope_text(scope: &Scope) -> String {
+    match scope {
+        Scope::All => "All records".into(),
+        Scope::Categories(c) => c
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        Scope::Records(r) => format!("{} chosen records", r.len()),
     }
 }
 

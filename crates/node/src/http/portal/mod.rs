@@ -11,19 +11,26 @@
 //! | [`account`] | landing, sign-in, registration, e-mail verification, second factor, sign-out |
 //! | [`patient`] | records, permissions, access log, export |
 //! | [`clinician`] | patient finder, chart, intake form, break-glass |
+//! | [`messages`] | the patient's messages and access requests, the clinician's requests |
+//! | [`agreements`] | paid agreements: the patient's answers and balance, the insurer's proposals and reads |
+//! | [`consortium`] | the consortium operator's organisations, nodes and minting |
 //! | [`admin`] | pending registrations, members, patient invitations |
 //! | [`auditor`] | audit explorer, chain status |
 //! | [`form`] | form fields, their errors and the CSRF-checked form extractor |
 
 mod account;
 mod admin;
+mod agreements;
 mod auditor;
 mod chart;
 mod clinician;
+mod consortium;
 mod form;
+mod messages;
 
 pub use account::DemoAccount;
 mod patient;
+mod status;
 mod summary;
 
 use crate::auth::{AuthError, Session};
@@ -51,6 +58,9 @@ pub fn routes(per_client: Arc<crate::http::limits::PerClient>) -> Router<AppStat
         .merge(clinician::routes())
         .merge(admin::routes())
         .merge(auditor::routes())
+        .merge(messages::routes())
+        .merge(agreements::routes())
+        .merge(consortium::routes())
         .layer(axum::middleware::from_fn(security_headers))
 }
 
@@ -129,7 +139,13 @@ impl Shell {
                 name: v.name.clone(),
                 role: v.session.role,
                 csrf: v.session.csrf.clone(),
-                links: links(v.session.role),
+                links: {
+                    let mut l = links(v.session.role);
+                    if v.operator {
+                        l.insert(l.len() - 1, ("/consortium", "Consortium"));
+                    }
+                    l
+                },
             }),
         }
     }
@@ -158,6 +174,7 @@ pub fn home(r: Role) -> &'static str {
         Role::Doctor | Role::Nurse => "/clinician",
         Role::HospitalAdmin => "/admin",
         Role::Auditor => "/auditor",
+        Role::Insurer => "/insurer",
         _ => "/account",
     }
 }
@@ -168,18 +185,23 @@ fn links(r: Role) -> Vec<(&'static str, &'static str)> {
             ("/patient", "My records"),
             ("/patient/permissions", "Permissions"),
             ("/patient/access-log", "Access log"),
+            ("/patient/messages", "Messages"),
+            ("/patient/agreements", "Agreements"),
         ],
         Role::Doctor => vec![
             ("/clinician", "Patients"),
             ("/clinician/intake", "Intake form"),
+            ("/clinician/requests", "Access requests"),
             ("/clinician/break-glass", "Emergency access"),
         ],
         Role::Nurse => vec![
             ("/clinician", "Patients"),
             ("/clinician/intake", "Intake form"),
+            ("/clinician/requests", "Access requests"),
         ],
         Role::HospitalAdmin => vec![("/admin", "Registrations and members")],
         Role::Auditor => vec![("/auditor", "Audit explorer")],
+        Role::Insurer => vec![("/insurer", "Agreements")],
         _ => vec![],
     };
     l.push(("/account", "Account"));
@@ -212,6 +234,8 @@ pub struct Visitor {
     pub token: String,
     pub session: Session,
     pub name: String,
+    /// Holds the consortium admin account (the consortium operator's page).
+    pub operator: bool,
 }
 
 impl Visitor {
@@ -241,11 +265,28 @@ impl Visitor {
             .me(&session.account)
             .map(|m| m.name)
             .unwrap_or_default();
+        let operator = s
+            .ledger
+            .account(&session.account)
+            .map_err(|e| PortalError::Internal(e.to_string()))?
+            .is_some_and(|a| a.consortium_admin);
         Ok(Visitor {
             token,
             session,
             name,
+            operator,
         })
+    }
+
+    /// 403 unless the visitor holds the consortium admin account.
+    pub fn require_operator(&self) -> Result<(), PortalError> {
+        if self.operator {
+            Ok(())
+        } else {
+            Err(PortalError::Forbidden(
+                "This page belongs to the consortium operator.".into(),
+            ))
+        }
     }
 
     /// 403 unless the visitor has one of `roles`.

@@ -5,7 +5,7 @@
 //! any other read; ledger facts through the same queries and [`Viewer`] rules as `/v1`.
 
 use super::chart::{self, Bars};
-use super::form::{Fields, Posted};
+use super::form::{Fields, Posted, scope_text};
 use super::summary;
 use super::{PortalError, Shell, Visitor, ok, render, see_other, when};
 use crate::access::Viewer;
@@ -19,15 +19,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use medledger_core::{
-    AccountId, Category, GrantId, Grantee, OrgId, Payload, Purpose, RecordId, Role, Scope,
-};
+use medledger_core::{AccountId, ErasureTarget, GrantId, Grantee, OrgId, Payload, RecordId, Role};
 use medledger_ledger::contracts::query::{self, AuditFilter};
+use medledger_ledger::contracts::state::ErasureStatus;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/patient", get(records))
         .route("/patient/records/{id}", get(record))
+        .route("/patient/records/{id}/erase", post(erase))
         .route("/patient/permissions", get(permissions).post(grant))
         .route("/patient/permissions/revoke", post(revoke))
         .route("/patient/access-log", get(access_log))
@@ -134,6 +134,32 @@ pub struct RecordPage {
     pub history: Vec<Version>,
     pub back: (String, &'static str),
     pub erased: bool,
+    pub id: String,
+    /// Where an erasure request stands (empty if there is none).
+    pub erasure: String,
+    /// Whether this page offers to ask for erasure (the patient's own, not asked yet).
+    pub can_erase: bool,
+    pub f: Fields,
+}
+
+/// How a record's erasure state reads to its patient.
+fn erasure_text(e: &ErasureStatus) -> String {
+    match e {
+        ErasureStatus::None => String::new(),
+        ErasureStatus::Retained {
+            requested_ms,
+            until_ms,
+            period_ms,
+        } => format!(
+            "You asked to erase this record on {}. The law requires records of this kind to be kept for {} years, so it stays until {} and is erased then.",
+            when(*requested_ms),
+            period_ms / (365 * 86_400_000),
+            when(*until_ms)
+        ),
+        ErasureStatus::Erased { erased_ms, .. } => {
+            format!("This record was erased on {}.", when(*erased_ms))
+        }
+    }
 }
 
 /// A record as the visitor may read it: the ledger entry if they may see it, the
@@ -182,6 +208,10 @@ pub async fn read_record(
         history,
         back,
         erased: r.state.is_erased(),
+        id: id.to_owned(),
+        erasure: erasure_text(&r.state.erasure),
+        can_erase: false,
+        f: Fields::default(),
     })
 }
 
@@ -191,8 +221,74 @@ async fn record(
     Path(id): Path<String>,
 ) -> Result<Response, PortalError> {
     v.require(PATIENT)?;
-    let page = read_record(&s, &v, &id, ("/patient".into(), "My records")).await?;
-    Ok(ok(&page))
+    Ok(ok(&own_record(&s, &v, &id, Fields::default()).await?))
+}
+
+async fn own_record(
+    s: &AppState,
+    v: &Visitor,
+    id: &str,
+    f: Fields,
+) -> Result<RecordPage, PortalError> {
+    let mut page = read_record(s, v, id, ("/patient".into(), "My records")).await?;
+    page.can_erase = page.erasure.is_empty();
+    page.f = f;
+    Ok(page)
+}
+
+/// Asks for a record's erasure. The ledger decides: erased now, or held until the
+/// end of its kind's legal retention period (the record page then says until when).
+async fn erase(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    p: Posted,
+) -> Result<Response, PortalError> {
+    let Posted {
+        visitor: v,
+        mut fields,
+    } = p;
+    v.require(PATIENT)?;
+    let record: RecordId = id.parse().map_err(|_| PortalError::NotFound)?;
+    let me = v.session.account;
+    // Only the patient's own records; any other looks like a missing one.
+    view(&s, &caller_of(&v), move |st, _| {
+        Ok(query::record(st, &record)?.filter(|r| r.state.patient == me))
+    })
+    .await?
+    .ok_or(PortalError::NotFound)?;
+    if fields.get("confirm") != "yes" {
+        fields.fail(
+            "confirm",
+            "Tick this box to confirm that you want this record erased.",
+        );
+        let page = own_record(&s, &v, &id, fields).await?;
+        return Ok(render(StatusCode::BAD_REQUEST, &page));
+    }
+    let payload = Payload::RequestErasure {
+        target: ErasureTarget::Record(record),
+    };
+    match s.auth.act(&v.principal(), payload).await {
+        Ok(_) => {}
+        Err(crate::auth::AuthError::Ledger(r)) => {
+            fields.fail(
+                "confirm",
+                format!("The ledger refused this ({}).", r.code().replace('_', " ")),
+            );
+            let page = own_record(&s, &v, &id, fields).await?;
+            return Ok(render(StatusCode::CONFLICT, &page));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // Held records stay readable (the page says until when); erased ones are gone.
+    let held = view(&s, &caller_of(&v), move |st, _| {
+        Ok(query::record(st, &record)?.is_some_and(|r| !r.state.is_erased()))
+    })
+    .await?;
+    Ok(see_other(&if held {
+        format!("/patient/records/{id}")
+    } else {
+        "/patient".to_owned()
+    }))
 }
 
 /// How an account is named to the visitor: "You"; staff by name and role when this
@@ -261,15 +357,7 @@ async fn permissions_page(
             id: g.id.to_string(),
             grantee: grantee_text(s, v, &g.state.grantee),
             purpose: g.state.purpose.to_string(),
-            scope: match &g.state.scope {
-                Scope::All => "All records".into(),
-                Scope::Categories(c) => c
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                Scope::Records(r) => format!("{} chosen records", r.len()),
-            },
+            scope: scope_text(&g.state.scope),
             until: when(g.state.expiry_ms),
             live: g.state.live_at(at),
             revoked: g.state.revoked_ms.is_some(),
@@ -322,46 +410,9 @@ async fn grant(State(s): State<AppState>, p: Posted) -> Result<Response, PortalE
             }
         }
     };
-    let purpose = match fields.get("purpose").parse::<Purpose>() {
-        Ok(p) if p != Purpose::Emergency => Some(p),
-        _ => {
-            fields.fail("purpose", "Choose a purpose.");
-            None
-        }
-    };
-    let scope = match fields.optional("categories", 600) {
-        None => Some(Scope::All),
-        Some(list) => {
-            let cats: Result<Vec<Category>, _> = list
-                .split(',')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(Category::new)
-                .collect();
-            match cats {
-                Ok(c) if !c.is_empty() && c.len() <= medledger_core::model::MAX_SCOPE_ITEMS => {
-                    Some(Scope::Categories(c))
-                }
-                _ => {
-                    fields.fail(
-                        "categories",
-                        "List record kinds separated by commas (like Observation, Condition), or leave empty for all.",
-                    );
-                    None
-                }
-            }
-        }
-    };
-    let days = match fields.get("days").trim().parse::<u64>() {
-        Ok(d) if (1..=MAX_GRANT_DAYS).contains(&d) => Some(d),
-        _ => {
-            fields.fail(
-                "days",
-                format!("A whole number of days from 1 to {MAX_GRANT_DAYS}."),
-            );
-            None
-        }
-    };
+    let purpose = fields.purpose("purpose");
+    let scope = fields.scope("categories");
+    let days = fields.number("days", 1, MAX_GRANT_DAYS, "days");
     if let (true, Some(grantee), Some(purpose), Some(scope), Some(days)) =
         (fields.is_ok(), grantee, purpose, scope, days)
     {

@@ -1,0 +1,58 @@
+//! The node's and chain's status as the admin's and auditor's pages show it: chain
+//! id, height, head, log size, the start-up verification, and the consensus cluster
+//! (this node's role, the leader and every member).
+
+use super::when;
+use crate::state::AppState;
+
+pub struct ChainStatus {
+    pub chain: String,
+    pub height: u64,
+    pub head: String,
+    pub log_size: u64,
+    /// The start-up verification, in words.
+    pub verified: String,
+    /// This node's consensus role (leader, follower, …).
+    pub role: String,
+    /// Members of the consensus cluster: (id, address, is leader, is this node).
+    pub peers: Vec<(u64, String, bool, bool)>,
+}
+
+pub fn of(s: &AppState) -> ChainStatus {
+    let tip = s.ledger.tip();
+    let v = &s.verified;
+    let m = s.raft.metrics().borrow().clone();
+    let peers = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| {
+            (
+                *id,
+                n.addr.clone(),
+                m.current_leader == Some(*id),
+                *id == m.id,
+            )
+        })
+        .collect();
+    ChainStatus {
+        chain: s.ledger.genesis().chain_id.to_string(),
+        height: tip.height,
+        head: tip.hash.to_string(),
+        log_size: tip.log_size,
+        verified: format!(
+            "Verified up to height {} ({} transactions{}) in {:.1} s when this node started, {}.",
+            v.height,
+            v.txs,
+            if v.signatures {
+                ", every signature checked again"
+            } else {
+                ""
+            },
+            v.seconds,
+            when(v.at_ms)
+        ),
+        role: format!("{:?}", m.state).to_lowercase(),
+        peers,
+    }
+}
