@@ -652,6 +652,11 @@ fn http_refusals(dir: &Path, node: &Node) {
             "/auditor",
             "/patient/export",
             "/clinician/break-glass",
+            "/clinician/requests",
+            "/patient/messages",
+            "/patient/agreements",
+            "/insurer",
+            "/consortium",
             "/account",
             "/mfa",
         ] {
@@ -719,13 +724,25 @@ fn http_refusals(dir: &Path, node: &Node) {
         // Every portal form: signed out, it sends to sign-in; signed in as the patient
         // but without the CSRF token, 403; the other roles' forms even with the token,
         // 403. None of it changes anything.
+        let erase = format!("/patient/records/{}/erase", "ab".repeat(32));
         let forms = [
             "/patient/permissions",
             "/patient/permissions/revoke",
+            "/patient/messages/respond",
+            "/patient/agreements/respond",
+            erase.as_str(),
             "/clinician/intake",
             "/clinician/break-glass",
+            "/clinician/requests",
+            "/insurer",
             "/admin/decide",
             "/admin/invite",
+            "/admin/roles",
+            "/admin/recovery",
+            "/admin/recovery/approve",
+            "/consortium/orgs",
+            "/consortium/mint",
+            "/account/password",
             "/mfa",
             "/mfa/start",
             "/signout",
@@ -758,8 +775,15 @@ fn http_refusals(dir: &Path, node: &Node) {
         for p in [
             "/clinician/intake",
             "/clinician/break-glass",
+            "/clinician/requests",
+            "/insurer",
             "/admin/decide",
             "/admin/invite",
+            "/admin/roles",
+            "/admin/recovery",
+            "/admin/recovery/approve",
+            "/consortium/orgs",
+            "/consortium/mint",
         ] {
             let r = c
                 .post(format!("{url}{p}"))
@@ -782,8 +806,13 @@ fn http_refusals(dir: &Path, node: &Node) {
         for p in [
             format!("/clinician/patients/{}", "ab".repeat(32)),
             format!("/clinician/records/{}", "ab".repeat(32)),
+            format!("/insurer/agreements/{}", "ab".repeat(32)),
+            format!("/insurer/records/{}", "ab".repeat(32)),
+            "/auditor/proof/1".to_owned(),
             "/auditor".to_owned(),
             "/admin".to_owned(),
+            "/insurer".to_owned(),
+            "/consortium".to_owned(),
         ] {
             let r = c
                 .get(format!("{url}{p}"))
@@ -845,15 +874,6 @@ impl Drop for Killed {
     }
 }
 
-/// The value of `<input name="{name}" value="...">` in a page.
-fn input_value(html: &str, name: &str) -> String {
-    let at = html
-        .find(&format!("name=\"{name}\" value=\""))
-        .unwrap_or_else(|| panic!("no {name} input"));
-    let rest = &html[at + name.len() + 15..];
-    rest[..rest.find('"').unwrap()].to_owned()
-}
-
 /// The first link in a page whose target starts with `prefix`.
 fn first_link(html: &str, prefix: &str) -> Option<String> {
     let at = html.find(&format!("href=\"{prefix}"))? + 6;
@@ -868,6 +888,8 @@ fn pages_of(role: &str) -> (Vec<&'static str>, &'static str) {
                 "/patient",
                 "/patient/permissions",
                 "/patient/access-log",
+                "/patient/messages",
+                "/patient/agreements",
                 "/account",
             ],
             "/admin",
@@ -876,19 +898,47 @@ fn pages_of(role: &str) -> (Vec<&'static str>, &'static str) {
             vec![
                 "/clinician",
                 "/clinician/intake",
+                "/clinician/requests",
                 "/clinician/break-glass",
                 "/account",
             ],
             "/patient",
         ),
         "Nurse" => (
-            vec!["/clinician", "/clinician/intake", "/account"],
+            vec![
+                "/clinician",
+                "/clinician/intake",
+                "/clinician/requests",
+                "/account",
+            ],
             "/clinician/break-glass",
         ),
         "Hospital admin" => (vec!["/admin", "/account"], "/clinician"),
         "Auditor" => (vec!["/auditor", "/account"], "/patient"),
+        "Insurer" => (vec!["/insurer", "/account"], "/patient/agreements"),
         _ => (vec!["/account"], "/patient/access-log"),
     }
+}
+
+/// The session cookie (`name=value`) the browser holds for the node.
+async fn browser_session(c: &Client) -> String {
+    let k = c
+        .get_named_cookie("__Host-medledger_session")
+        .await
+        .expect("signed in: a session cookie");
+    format!("{}={}", k.name(), k.value())
+}
+
+/// Whether the page fits a 390 px wide screen: nothing wider than the viewport.
+async fn fits_narrow_screen(c: &Client) -> (i64, i64) {
+    let v = c
+        .execute(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    (v[0].as_i64().unwrap(), v[1].as_i64().unwrap())
 }
 
 #[test]
@@ -948,18 +998,25 @@ fn the_demo_comes_up_and_every_printed_sign_in_works() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    let driver = chromedriver();
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
     rt().block_on(async {
+        // Every account signs in in a real browser at phone width (390 px), as a
+        // newcomer would from the printed list; every page of its role then passes
+        // axe-core and fits the screen.
+        let person = Person {
+            c: browser(&driver).await,
+            base: url.clone(),
+            shots,
+            name: "demo",
+        };
+        person.c.set_window_size(390, 844).await.unwrap();
         for (role, email) in &accounts {
-            // The sign-in page: its double-submit cookie and the demo table's code.
-            let r = c.get(format!("{url}/signin")).send().await.unwrap();
-            let pre_cookie = r.headers()["set-cookie"]
-                .to_str()
-                .unwrap()
-                .split(';')
-                .next()
-                .unwrap()
-                .to_owned();
-            let html = r.text().await.unwrap();
+            // The sign-in page lists the demo accounts with a one-time code that works.
+            person.open("/signin").await;
+            let html = person.c.source().await.unwrap();
             let row = &html[html
                 .find(&format!(">{email}<"))
                 .expect("listed on the sign-in page")..];
@@ -977,32 +1034,26 @@ fn the_demo_comes_up_and_every_printed_sign_in_works() {
                 mfa,
                 "{role}: a code where the role needs one"
             );
-            let r = c
-                .post(format!("{url}/signin"))
-                .header("cookie", &pre_cookie)
-                .form(&[
-                    ("email", email.as_str()),
-                    ("password", password.as_str()),
-                    ("code", code.as_str()),
-                    ("pre", &input_value(&html, "pre")),
-                ])
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 303, "{email} signs in");
-            let session = r.headers()["set-cookie"]
-                .to_str()
-                .unwrap()
-                .split(';')
-                .next()
-                .unwrap()
-                .to_owned();
+            person.fill("email", email).await;
+            person.fill("password", &password).await;
+            if mfa {
+                person.fill("code", &code).await;
+            }
+            person.submit("/signin").await;
             let (pages, other) = pages_of(role);
             assert_eq!(
-                r.headers()["location"],
+                person.path().await,
                 pages[0],
-                "{email} lands on their home"
+                "{email} signs in and lands on their home"
             );
+            let session = browser_session(&person.c).await;
+            for p in &pages {
+                person.open(p).await;
+                person.axe().await;
+                let (wide, view) = fits_narrow_screen(&person.c).await;
+                assert!(wide <= view, "{p} is {wide} px wide on a {view} px screen");
+            }
+            person.shot(&role.to_lowercase().replace(' ', "-")).await;
             let get = |p: String| {
                 let (c, session) = (c.clone(), session.clone());
                 let url = url.clone();
@@ -1048,6 +1099,13 @@ fn the_demo_comes_up_and_every_printed_sign_in_works() {
                 // demo's break-glass.
                 assert_eq!(visited[0].matches("href=\"/clinician/patients/").count(), 1);
             }
+            let mut deeper_pages = deeper.clone();
+            if let Some(chart) = first_link(&visited[0], "/clinician/patients/") {
+                deeper_pages.push(chart);
+            }
+            if role == "Auditor" {
+                deeper_pages.push("/auditor?from=2000-01-01&break_glass=on".into());
+            }
             for p in deeper {
                 let (st, html) = get(p.clone()).await;
                 assert_eq!(st, 200, "{role} opens {p}");
@@ -1071,8 +1129,9 @@ fn the_demo_comes_up_and_every_printed_sign_in_works() {
                 );
                 let (st, html) = get("/auditor?from=2000-01-01&outcome=refused".into()).await;
                 assert_eq!(st, 200);
+                let table = &html[html.find("id=\"audit\"").unwrap()..];
                 assert!(
-                    html.contains("refused") && !html.contains("tag ok"),
+                    table.contains("refused") && !table.contains("tag ok"),
                     "only refusals"
                 );
                 let (st, html) = get("/auditor?patient=someone".into()).await;
@@ -1111,8 +1170,54 @@ fn the_demo_comes_up_and_every_printed_sign_in_works() {
                     log.contains("refused"),
                     "the demo's refused reads are in this patient's log"
                 );
+                // The insurer's offer waits for an answer.
+                let (_, offers) = get("/patient/agreements".into()).await;
+                assert!(
+                    offers.contains("Offer from") && offers.contains("250 units"),
+                    "the demo's agreement offer"
+                );
             }
+            if email == "patient3@patients.demo" {
+                let (_, inbox) = get("/patient/messages".into()).await;
+                assert!(
+                    inbox.contains("Access request from") && inbox.contains("Omar Lindqvist"),
+                    "the demo's access request"
+                );
+            }
+            if role == "Insurer" {
+                let (_, page) = get("/insurer".into()).await;
+                assert!(page.contains("9750"), "funded, with one offer in escrow");
+            }
+            if role == "Hospital admin" {
+                // The consortium operator's page: only for the consortium admin account.
+                let (st, html) = get("/consortium".into()).await;
+                let operator = email == "admin@st-mary.demo";
+                assert_eq!(st, if operator { 200 } else { 403 }, "{email}");
+                if operator {
+                    assert!(html.contains("acme-insurance") && html.contains("id=\"nodes\""));
+                    person.open("/consortium").await;
+                    person.axe().await;
+                    let (wide, view) = fits_narrow_screen(&person.c).await;
+                    assert!(wide <= view, "/consortium is {wide} px wide");
+                }
+            }
+            // Deeper pages in the browser too: a record, a chart, an explorer query.
+            for p in deeper_pages {
+                person.open(&p).await;
+                person.axe().await;
+                let (wide, view) = fits_narrow_screen(&person.c).await;
+                assert!(wide <= view, "{p} is {wide} px wide on a {view} px screen");
+            }
+            person.open("/account").await;
+            person.submit("/signout").await;
+            assert_eq!(person.path().await, "/signin");
         }
+        let checked = AXE_PAGES.lock().unwrap().clone();
+        eprintln!(
+            "axe-core checked {} demo pages at 390 px: {checked:?}",
+            checked.len()
+        );
+        person.c.close().await.unwrap();
     });
     let _ = Command::new("kill").arg(child.0.id().to_string()).status();
     assert!(child.0.wait().unwrap().success(), "the demo stops cleanly");
