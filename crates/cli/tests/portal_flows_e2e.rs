@@ -160,8 +160,9 @@ fn hidden_after(html: &str, after: &str, name: &str) -> String {
     v[..v.find('"').unwrap()].to_owned()
 }
 
-/// A patient's own record (a Condition) written through FHIR with an API token.
-async fn own_condition(w: &Web, s: &Signed) -> String {
+/// A patient's own records written through FHIR with an API token: their Patient
+/// resource and a Condition; the ids of both.
+async fn own_condition(w: &Web, s: &Signed) -> (String, String) {
     let (st, v, _) =
         w.h.post("/auth/tokens", json!({"ttl_s": 3600}), Some(s))
             .await;
@@ -187,9 +188,10 @@ async fn own_condition(w: &Web, s: &Signed) -> String {
         }
     };
     let pid = post(json!({"resourceType": "Patient", "name": [{"family": "Synthetic", "given": ["Pat"]}], "gender": "unknown"})).await;
-    post(json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{pid}")},
+    let condition = post(json!({"resourceType": "Condition", "subject": {"reference": format!("Patient/{pid}")},
         "code": {"text": "Synthetic condition"}, "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]}}))
-    .await
+    .await;
+    (pid, condition)
 }
 
 #[test]
@@ -220,7 +222,7 @@ fn access_requests_agreements_and_erasure() {
         .await;
         let (pat, pat_id) = patient(&w, &dir, &admin, "one@patients.example").await;
         let (other, other_id) = patient(&w, &dir, &admin, "two@patients.example").await;
-        let record = own_condition(&w, &pat).await;
+        let (_, record) = own_condition(&w, &pat).await;
 
         // --- Access request: the doctor asks, the patient approves. ---
         // Malformed input: each error next to its field, what was typed kept.
@@ -1039,6 +1041,207 @@ fn password_roles_recovery_proofs_and_the_consortium() {
         assert_eq!(st, 303);
         let (_, html) = w.page("/consortium", Some(&admin)).await;
         assert!(html.contains("northside"));
+    });
+    node.stop();
+}
+
+/// A small, valid-looking PDF (synthetic; its first bytes are what the node checks).
+fn pdf() -> Vec<u8> {
+    let mut b = b"%PDF-1.4\n% synthetic test document\n".to_vec();
+    b.extend(std::iter::repeat_n(b'x', 3000));
+    b.extend_from_slice(b"\n%%EOF\n");
+    b
+}
+
+impl Web {
+    /// Uploads `file` as `who` for the patient whose Patient resource is `pid`.
+    async fn upload(
+        &self,
+        pid: &str,
+        who: Option<&Signed>,
+        csrf: bool,
+        title: &str,
+        file: Vec<u8>,
+    ) -> (u16, String, String) {
+        let mut form = reqwest::multipart::Form::new();
+        if let (Some(s), true) = (who, csrf) {
+            form = form.text("csrf", s.csrf.clone());
+        }
+        form = form
+            .text("title", title.to_owned())
+            .text("kind", "discharge")
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(file).file_name("letter.pdf"),
+            );
+        let mut r = self
+            .c
+            .post(format!("{}/clinician/patients/{pid}/documents", self.url))
+            .multipart(form);
+        if let Some(s) = who {
+            r = r.header(COOKIE, &s.cookie);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        let to = r
+            .headers()
+            .get(LOCATION)
+            .map(|l| l.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, r.text().await.unwrap(), to)
+    }
+
+    async fn records(&self, did: &str, who: &Signed) -> usize {
+        self.v1(&format!("/v1/patients/{did}/records"), who).await["records"]
+            .as_array()
+            .unwrap()
+            .len()
+    }
+}
+
+#[test]
+fn documents_are_uploaded_sealed_and_downloaded_only_by_who_may_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init(tmp.path());
+    let node = start(&dir);
+    let w = Web::new(&node, &dir);
+    rt().block_on(async {
+        let admin = signin::admin_signed_in(&w.h, &dir, &node).await;
+        let (doctor, doctor_id) = signin::staff_signed_in(
+            &w.h,
+            &dir,
+            &admin,
+            "Dr Doc",
+            "doc@hospital.example",
+            "doctor",
+        )
+        .await;
+        let (stranger, _) = signin::staff_signed_in(
+            &w.h,
+            &dir,
+            &admin,
+            "Dr Stranger",
+            "stranger@hospital.example",
+            "doctor",
+        )
+        .await;
+        let (pat, pat_id) = patient(&w, &dir, &admin, "doc@patients.example").await;
+        let (other, _) = patient(&w, &dir, &admin, "notme@patients.example").await;
+        let (pid, _) = own_condition(&w, &pat).await;
+        // The patient grants Dr Doc treatment access (the portal form).
+        let (st, _, _) = w
+            .form(
+                "/patient/permissions",
+                Some(&pat),
+                true,
+                &[
+                    ("grantee", &doctor_id.to_string()),
+                    ("purpose", "treatment"),
+                    ("days", "30"),
+                ],
+            )
+            .await;
+        assert_eq!(st, 303);
+        let before = w.records(&pat_id, &pat).await;
+
+        // Refusals first, none of which stores anything.
+        let (st, _, to) = w.upload(&pid, None, false, "Letter", pdf()).await;
+        assert_eq!((st, to.starts_with("/signin")), (303, true), "signed out");
+        let (st, _, _) = w.upload(&pid, Some(&doctor), false, "Letter", pdf()).await;
+        assert_eq!(st, 403, "no CSRF token");
+        let (st, _, _) = w.upload(&pid, Some(&pat), true, "Letter", pdf()).await;
+        assert_eq!(st, 403, "patients do not upload here");
+        let (st, html, _) = w.upload(&pid, Some(&stranger), true, "Letter", pdf()).await;
+        assert_eq!(st, 400, "a doctor without a grant");
+        assert!(html.contains("id=\"file-error\"") && html.contains("may not add"));
+        let (st, html, _) = w
+            .upload(
+                &pid,
+                Some(&doctor),
+                true,
+                "Letter",
+                b"<html><script>alert(1)</script>".to_vec(),
+            )
+            .await;
+        assert_eq!(st, 400, "not a PDF or image, whatever its name says");
+        assert!(html.contains("PDF, PNG or JPEG"));
+        assert!(html.contains("value=\"Letter\""), "the title is kept");
+        let (st, html, _) = w.upload(&pid, Some(&doctor), true, "", pdf()).await;
+        assert_eq!(st, 400);
+        assert!(html.contains("id=\"title-error\""));
+        let mut huge = pdf();
+        huge.resize(9 * 1024 * 1024, b'x');
+        let (st, _, _) = w.upload(&pid, Some(&doctor), true, "Huge", huge).await;
+        assert!(
+            st == 400 || st == 413,
+            "an oversized upload is refused: {st}"
+        );
+        assert_eq!(w.records(&pat_id, &pat).await, before, "nothing stored");
+
+        // The doctor uploads; the document is a record of the patient.
+        let (st, _, to) = w
+            .upload(&pid, Some(&doctor), true, "Discharge letter", pdf())
+            .await;
+        assert_eq!(st, 303);
+        assert!(to.starts_with("/clinician/records/"), "{to}");
+        let doc = to.trim_start_matches("/clinician/records/").to_owned();
+        assert_eq!(w.records(&pat_id, &pat).await, before + 1);
+        let (st, html) = w.page(&to, Some(&doctor)).await;
+        assert_eq!(st, 200);
+        assert!(html.contains("Discharge letter") && html.contains("application/pdf"));
+        assert!(html.contains(&format!("/clinician/records/{doc}/file")));
+        // The ledger holds no trace of the content or its title.
+        let on_ledger = w.v1(&format!("/v1/records/{doc}"), &pat).await.to_string();
+        assert!(!on_ledger.contains("Discharge") && !on_ledger.contains("PDF"));
+
+        // The patient downloads exactly the bytes uploaded.
+        let (st, html) = w.page(&format!("/patient/records/{doc}"), Some(&pat)).await;
+        assert_eq!(st, 200);
+        let href = format!("/patient/records/{doc}/file");
+        assert!(html.contains(&href));
+        let r =
+            w.c.get(format!("{}{href}", w.url))
+                .header(COOKIE, &pat.cookie)
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/pdf");
+        assert_eq!(
+            r.headers()["content-disposition"],
+            "attachment; filename=\"document.pdf\"",
+            "a neutral name"
+        );
+        assert_eq!(r.bytes().await.unwrap().to_vec(), pdf());
+        // Another patient and a doctor without a grant: as if it did not exist.
+        let (st, _) = w.page(&href, Some(&other)).await;
+        assert_eq!(st, 404);
+        let (st, _) = w
+            .page(&format!("/clinician/records/{doc}/file"), Some(&stranger))
+            .await;
+        assert_eq!(st, 404);
+        let (st, _) = w
+            .page(&format!("/clinician/records/{doc}/file"), Some(&pat))
+            .await;
+        assert_eq!(st, 403, "another role's path");
+        let (st, _) = w
+            .page(
+                &format!("/patient/records/{}/file", "ab".repeat(32)),
+                Some(&pat),
+            )
+            .await;
+        assert_eq!(st, 404);
+        // The stranger's refused download is in the patient's access log.
+        let mut logged = false;
+        for _ in 0..100 {
+            let (_, log) = w.page("/patient/access-log", Some(&pat)).await;
+            if log.contains("Dr Stranger") && log.contains("refused") {
+                logged = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(logged, "the refused download is audited");
     });
     node.stop();
 }

@@ -14,6 +14,7 @@
 //! | [`messages`] | the patient's messages and access requests, the clinician's requests |
 //! | [`agreements`] | paid agreements: the patient's answers and balance, the insurer's proposals and reads |
 //! | [`consortium`] | the consortium operator's organisations, nodes and minting |
+//! | [`documents`] | document upload (DocumentReference) and file downloads |
 //! | [`admin`] | pending registrations, members, patient invitations |
 //! | [`auditor`] | audit explorer, chain status |
 //! | [`form`] | form fields, their errors and the CSRF-checked form extractor |
@@ -25,6 +26,7 @@ mod auditor;
 mod chart;
 mod clinician;
 mod consortium;
+mod documents;
 mod form;
 mod messages;
 
@@ -61,6 +63,7 @@ pub fn routes(per_client: Arc<crate::http::limits::PerClient>) -> Router<AppStat
         .merge(messages::routes())
         .merge(agreements::routes())
         .merge(consortium::routes())
+        .merge(documents::routes())
         .layer(axum::middleware::from_fn(security_headers))
 }
 

@@ -139,6 +139,8 @@ pub struct RecordPage {
     pub erasure: String,
     /// Whether this page offers to ask for erasure (the patient's own, not asked yet).
     pub can_erase: bool,
+    /// Where to download the document's file, for a DocumentReference that has one.
+    pub file: Option<String>,
     pub f: Fields,
 }
 
@@ -206,12 +208,15 @@ pub async fn read_record(
         category,
         lines: summary::lines(&stored.resource),
         history,
-        back,
         erased: r.state.is_erased(),
         id: id.to_owned(),
         erasure: erasure_text(&r.state.erasure),
         can_erase: false,
+        file: (stored.resource["resourceType"] == "DocumentReference"
+            && super::documents::attachment(&stored.resource).is_some())
+        .then(|| format!("{}/records/{id}/file", back.0)),
         f: Fields::default(),
+        back,
     })
 }
 
