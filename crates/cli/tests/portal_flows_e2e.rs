@@ -388,10 +388,51 @@ fn access_requests_agreements_and_erasure() {
             )
             .await;
         assert_eq!(st, 409, "{html}");
-        assert!(html.contains("refused"));
+        assert!(html.contains("answered already"));
         assert_eq!(w.grants(&pat_id, &pat).await.len(), 1);
         let (_, sent) = w.page("/clinician/requests", Some(&doctor)).await;
         assert!(sent.contains("approved"));
+        // A message that is not an access request cannot be approved into a grant:
+        // the notice the ledger sends when a doctor opens break-glass.
+        let (st, _, _) = w
+            .form(
+                "/clinician/break-glass",
+                Some(&doctor),
+                true,
+                &[
+                    ("patient", &pat_id),
+                    ("reason", "other"),
+                    ("confirm", "yes"),
+                ],
+            )
+            .await;
+        assert_eq!(st, 303);
+        let notice = w
+            .inbox(&pat_id, &pat)
+            .await
+            .into_iter()
+            .find(|m| !m["break_glass"].is_null())
+            .expect("a break-glass notice");
+        let nid = notice["id"].as_str().unwrap().to_owned();
+        let (_, html) = w.page("/patient/messages", Some(&pat)).await;
+        assert!(html.contains("Emergency access to your records"));
+        let (st, html, _) = w
+            .form(
+                "/patient/messages/respond",
+                Some(&pat),
+                true,
+                &[("message", &nid), ("decision", "approve")],
+            )
+            .await;
+        assert_eq!(st, 400, "{html}");
+        assert!(html.contains("Only an access request"));
+        assert_eq!(w.grants(&pat_id, &pat).await.len(), 1, "nothing granted");
+        let notice = w.inbox(&pat_id, &pat).await;
+        assert!(
+            notice
+                .iter()
+                .any(|m| m["id"] == nid.as_str() && m["status"]["status"] == "pending")
+        );
 
         // --- Paid agreement: funded by the operator, proposed, answered. ---
         // Only the consortium operator mints; the doctor is refused and nothing moves.

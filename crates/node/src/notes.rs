@@ -35,6 +35,18 @@ pub enum Note {
     Terms { text: String },
 }
 
+/// What is sealed: the note with the two parties it is between, so that a note can be
+/// shown only under the message (or agreement) it was written for. A message names a
+/// CID its sender chooses; without this, a sender could point their message at
+/// someone else's note to the same recipient and have it shown as theirs.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sealed {
+    from: AccountId,
+    to: AccountId,
+    note: Note,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NoteError {
     /// Not sealed for this reader, missing, or not a note: the same answer for all.
@@ -82,7 +94,12 @@ impl Notes {
                 public: key.0,
             },
         ];
-        let bytes = serde_json::to_vec(note).expect("a note serializes");
+        let sealed = Sealed {
+            from: from.account,
+            to: *to,
+            note: note.clone(),
+        };
+        let bytes = serde_json::to_vec(&sealed).expect("a note serializes");
         let receipt = self
             .store
             .put(&bytes[..], &readers)
@@ -91,8 +108,15 @@ impl Notes {
         Ok(receipt.cid)
     }
 
-    /// Opens `cid` with the reader's own key.
-    pub async fn open(&self, reader: &Principal, cid: &Cid) -> Result<Note, NoteError> {
+    /// Opens `cid` with the reader's own key, as a note from `from` to `to`: a note
+    /// sealed between other parties is not found.
+    pub async fn open(
+        &self,
+        reader: &Principal,
+        cid: &Cid,
+        from: &AccountId,
+        to: &AccountId,
+    ) -> Result<Note, NoteError> {
         let me = ReaderSecret {
             account: reader.account,
             secret: reader.keys.encryption_secret,
@@ -108,6 +132,9 @@ impl Notes {
             ) => return Err(NoteError::NotFound),
             Err(e) => return Err(NoteError::Unavailable(e.to_string())),
         }
-        serde_json::from_slice(&out).map_err(|_| NoteError::NotFound)
+        match serde_json::from_slice::<Sealed>(&out) {
+            Ok(s) if &s.from == from && &s.to == to => Ok(s.note),
+            _ => Err(NoteError::NotFound),
+        }
     }
 }

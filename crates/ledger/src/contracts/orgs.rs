@@ -22,6 +22,30 @@ fn require_admin_of<S: StateRead>(st: &Overlay<'_, S>, cx: &Ctx<'_>, org: &OrgId
     )
 }
 
+/// Who may give `role` in `org` to `account`: an admin of `org` (or the consortium
+/// admin), never to themselves; and an auditor, who oversees the whole consortium,
+/// only by the consortium admin. Applies to assigning a role and to approving a
+/// registration that asks for one, so neither is a way around the other.
+fn require_may_give<S: StateRead>(
+    st: &Overlay<'_, S>,
+    cx: &Ctx<'_>,
+    org: &OrgId,
+    account: &AccountId,
+    role: Role,
+) -> R {
+    require_admin_of(st, cx, org)?;
+    let me = signer_state(st, cx)?;
+    if me.consortium_admin {
+        return Ok(());
+    }
+    ensure(account != &cx.signer, || {
+        RejectReason::unauthorized("an admin cannot give themselves a role")
+    })?;
+    ensure(role != Role::Auditor, || {
+        RejectReason::unauthorized("only the consortium admin makes auditors")
+    })
+}
+
 /// Gives `account` `role` in `org` and indexes the membership; the caller stores `a`.
 fn add_membership<S: StateRead>(
     st: &mut Overlay<'_, S>,
@@ -103,7 +127,7 @@ pub(super) fn assign_role<S: StateRead>(
     role: Role,
 ) -> R {
     require_org(st, org)?;
-    require_admin_of(st, cx, org)?;
+    require_may_give(st, cx, org, account, role)?;
     let mut a = existing_account(st, account)?;
     ensure(!a.node, || {
         RejectReason::invalid("a node key cannot hold roles")
@@ -176,6 +200,7 @@ pub(super) fn decide<S: StateRead>(
         .ok_or_else(|| RejectReason::not_found("pending registration"))?;
     require_admin_of(st, cx, &m.org)?;
     if approve {
+        require_may_give(st, cx, &m.org, account, m.role)?;
         let fee = cx.params.registration_fee;
         if fee > 0 {
             let balance = super::balance(st, account)?;

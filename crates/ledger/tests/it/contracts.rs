@@ -1024,6 +1024,68 @@ fn roles_registration_and_fees() {
 }
 
 #[test]
+fn only_the_consortium_admin_makes_auditors_and_no_admin_gives_themselves_a_role() {
+    let mut w = standard(0, vec![]);
+    let (nurse, orgadmin) = (w.id("nurse"), w.id("orgadmin"));
+    // An auditor oversees the whole consortium: an org admin cannot make one, by
+    // assigning the role or by approving a registration that asks for it.
+    w.rejected(
+        "orgadmin",
+        Payload::AssignRole {
+            org: org(),
+            account: nurse,
+            role: Role::Auditor,
+        },
+        "unauthorized",
+    );
+    w.ok(
+        "hopeful",
+        Payload::Register {
+            org: org(),
+            role: Role::Auditor,
+            encryption_key: Digest32([2; 32]),
+        },
+    );
+    let hopeful = w.id("hopeful");
+    w.rejected(
+        "orgadmin",
+        Payload::ApproveRegistration { account: hopeful },
+        "unauthorized",
+    );
+    // Nor can an admin give themselves another role (here: auditor or doctor).
+    for role in [Role::Auditor, Role::Doctor] {
+        w.rejected(
+            "orgadmin",
+            Payload::AssignRole {
+                org: org(),
+                account: orgadmin,
+                role,
+            },
+            "unauthorized",
+        );
+    }
+    // The org admin still gives other roles to others; the consortium admin makes
+    // auditors.
+    w.ok(
+        "orgadmin",
+        Payload::AssignRole {
+            org: org(),
+            account: nurse,
+            role: Role::Doctor,
+        },
+    );
+    w.ok("admin", Payload::ApproveRegistration { account: hopeful });
+    let st = w.ledger.state().unwrap();
+    assert!(
+        query::account(&st, &hopeful)
+            .unwrap()
+            .unwrap()
+            .state
+            .has_role_in(&org(), Role::Auditor)
+    );
+}
+
+#[test]
 fn audit_reports_are_indexed_by_patient_record_accessor_and_time() {
     let mut w = standard(0, vec![]);
     let patient = w.id("patient");

@@ -293,7 +293,13 @@ pub fn standard(fee: u64, retention: Vec<RetentionRule>) -> World {
                 },
             );
         }
-        w.ok("orgadmin", Payload::ApproveRegistration { account: id });
+        // Auditors oversee the whole consortium: only its admin makes them.
+        let approver = if role == Role::Auditor {
+            "admin"
+        } else {
+            "orgadmin"
+        };
+        w.ok(approver, Payload::ApproveRegistration { account: id });
     }
     w.ok(
         "pending",

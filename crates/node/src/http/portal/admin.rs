@@ -131,8 +131,10 @@ async fn page(s: &AppState, v: &Visitor, f: Fields, invited: bool) -> Result<Adm
             .map(person)
             .collect(),
         recoveries,
+        // Auditors oversee the whole consortium: only its admin makes them.
         roles: ASSIGNABLE
             .iter()
+            .filter(|r| **r != Role::Auditor || v.operator)
             .map(|r| (r.to_string(), role_label(*r)))
             .collect(),
         status: super::status::of(s),

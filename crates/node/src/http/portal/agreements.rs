@@ -41,6 +41,8 @@ const MAX_RESPOND_DAYS: u64 = 90;
 /// Largest price in one proposal (units).
 const MAX_PRICE: u64 = 1_000_000_000;
 const DAY_MS: u64 = 86_400_000;
+/// Most agreements listed on a page (newest first).
+const LISTED: usize = 200;
 
 /// An agreement as a page shows it.
 struct Shown {
@@ -69,11 +71,16 @@ async fn shown(
     other: impl Fn(&AgreementView) -> AccountId,
 ) -> Result<Vec<Shown>, PortalError> {
     list.sort_by_key(|a| std::cmp::Reverse(a.state.proposed_ms));
+    list.truncate(LISTED);
     let me = v.principal();
     let now = now_ms();
     let mut out = Vec::with_capacity(list.len());
     for a in list {
-        let terms = match s.notes.open(&me, &a.state.terms).await {
+        let terms = match s
+            .notes
+            .open(&me, &a.state.terms, &a.state.proposer, &a.state.patient)
+            .await
+        {
             Ok(Note::Terms { text }) => text,
             Ok(_) | Err(NoteError::NotFound) => "(The terms cannot be opened.)".to_owned(),
             Err(e) => return Err(PortalError::Internal(e.to_string())),
@@ -231,7 +238,7 @@ async fn propose(State(s): State<AppState>, p: Posted) -> Result<Response, Porta
     let patient = fields.account("patient");
     let scope = fields.scope("categories");
     let days = fields.number("days", 1, MAX_AGREEMENT_DAYS, "days");
-    let price = fields.number("price", 0, MAX_PRICE, "units");
+    let price = fields.number("price", 1, MAX_PRICE, "units");
     let respond_days = fields.number("respond_days", 1, MAX_RESPOND_DAYS, "days");
     let text = fields.text("terms", MAX_NOTE_TEXT, true);
     if let (true, Some(patient), Some(scope), Some(days), Some(price), Some(respond_days)) =

@@ -79,6 +79,54 @@ fn scope_of(categories: &[String]) -> Option<Scope> {
         .map(Scope::Categories)
 }
 
+/// What approving an access request would grant: only a request from someone who is
+/// a doctor or nurse now, for treatment, for a scope and length a grant can have.
+fn grantable(
+    s: &AppState,
+    from: &medledger_core::AccountId,
+    purpose: Purpose,
+    categories: &[String],
+    days: u64,
+) -> Result<Option<(Scope, u64)>, PortalError> {
+    let clinician = s
+        .ledger
+        .account(from)
+        .map_err(|e| PortalError::Internal(e.to_string()))?
+        .is_some_and(|a| a.has_role(Role::Doctor) || a.has_role(Role::Nurse));
+    if !clinician || purpose != Purpose::Treatment || !(1..=MAX_REQUEST_DAYS).contains(&days) {
+        return Ok(None);
+    }
+    Ok(scope_of(categories).map(|scope| (scope, days)))
+}
+
+/// Messages whose approval is being carried out now: a second approval of the same
+/// request (a double click, a second tab) waits for none of it and is refused, so a
+/// request never yields two grants.
+static APPROVING: std::sync::Mutex<Vec<MessageId>> = std::sync::Mutex::new(Vec::new());
+
+/// Holds a message in [`APPROVING`] until dropped.
+struct Approving(MessageId);
+
+impl Approving {
+    fn claim(id: MessageId) -> Option<Approving> {
+        let mut a = APPROVING.lock().unwrap_or_else(|p| p.into_inner());
+        if a.contains(&id) {
+            return None;
+        }
+        a.push(id);
+        Some(Approving(id))
+    }
+}
+
+impl Drop for Approving {
+    fn drop(&mut self) {
+        APPROVING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|m| *m != self.0);
+    }
+}
+
 /// The messages at `list` (newest first), each opened with the visitor's own key.
 async fn shown(
     s: &AppState,
@@ -98,22 +146,26 @@ async fn shown(
                 None,
             ),
             None => (String::new(), None),
-            Some(cid) => match s.notes.open(&me, cid).await {
+            Some(cid) => match s.notes.open(&me, cid, &m.state.from, &m.state.to).await {
                 Ok(Note::Text { text }) | Ok(Note::Terms { text }) => (text, None),
                 Ok(Note::AccessRequest {
                     text,
                     purpose,
                     categories,
                     days,
-                }) => (
-                    text,
-                    Some(Asked {
-                        purpose: purpose.to_string(),
-                        scope: scope_of(&categories)
-                            .map_or_else(|| "(not readable)".into(), |s| scope_text(&s)),
-                        days,
-                    }),
-                ),
+                }) => match grantable(s, &m.state.from, purpose, &categories, days)? {
+                    Some((scope, _)) => (
+                        text,
+                        Some(Asked {
+                            purpose: purpose.to_string(),
+                            scope: scope_text(&scope),
+                            days,
+                        }),
+                    ),
+                    // Not from a clinician, or not something a grant can say: shown
+                    // as a plain message, with nothing to approve.
+                    None => (text, None),
+                },
                 Err(NoteError::NotFound) => ("(This message cannot be opened.)".to_owned(), None),
                 Err(e) => return Err(PortalError::Internal(e.to_string())),
             },
@@ -158,9 +210,9 @@ async fn inbox(State(s): State<AppState>, v: Visitor) -> Result<Response, Portal
     Ok(ok(&inbox_page(&s, &v, Fields::default()).await?))
 }
 
-/// Approve or deny a message. Approving an access request first grants what it asked
-/// (to the account that asked, from now for its days), then answers it, so an
-/// answered request always has its grant.
+/// Approve or deny a message. Only an access request from a clinician can be
+/// approved: that first grants what it asked (to the account that asked, from now for
+/// its days), then answers it on the ledger.
 async fn respond(State(s): State<AppState>, p: Posted) -> Result<Response, PortalError> {
     let Posted {
         visitor: v,
@@ -177,49 +229,86 @@ async fn respond(State(s): State<AppState>, p: Posted) -> Result<Response, Porta
         _ => return Err(PortalError::BadRequest("Approve or deny.".into())),
     };
     let me = v.session.account;
-    // Someone else's message looks like a missing one.
-    let m = view(&s, &Caller::Person(v.principal()), move |st, _| {
-        Ok(query::message(st, &id)?.filter(|m| m.to == me))
-    })
-    .await?
-    .ok_or(PortalError::NotFound)?;
-    if approve
-        && m.status == MessageStatus::Pending
-        && let Some(cid) = &m.content
-        && let Ok(Note::AccessRequest {
-            purpose,
-            categories,
-            days,
-            ..
-        }) = s.notes.open(&v.principal(), cid).await
-    {
-        let now = now_ms();
-        let grant = match scope_of(&categories) {
-            Some(scope)
-                if purpose != Purpose::Emergency && (1..=MAX_REQUEST_DAYS).contains(&days) =>
-            {
-                Payload::GrantConsent {
-                    grantee: Grantee::Account(m.from),
-                    scope,
-                    purpose,
-                    start_ms: now,
-                    expiry_ms: now + days * 86_400_000,
-                }
-            }
-            _ => {
-                fields.fail(
-                    "form",
-                    "This request asks for something that cannot be granted; deny it instead.",
-                );
-                return Ok(render(
-                    StatusCode::BAD_REQUEST,
-                    &inbox_page(&s, &v, fields).await?,
-                ));
-            }
-        };
-        if let Err(e) = s.auth.act(&v.principal(), grant).await {
-            return refused(&s, &v, fields, e).await;
+    let load = || {
+        let caller = Caller::Person(v.principal());
+        let s = s.clone();
+        async move {
+            // Someone else's message looks like a missing one.
+            view(&s, &caller, move |st, _| {
+                Ok(query::message(st, &id)?.filter(|m| m.to == me))
+            })
+            .await?
+            .ok_or(PortalError::NotFound)
         }
+    };
+    load().await?;
+    if !approve {
+        return match s
+            .auth
+            .act(
+                &v.principal(),
+                Payload::RespondMessage {
+                    message: id,
+                    approve,
+                },
+            )
+            .await
+        {
+            Ok(_) => Ok(see_other("/patient/messages")),
+            Err(e) => refused(&s, &v, fields, e).await,
+        };
+    }
+    // Approving: one at a time per message, then decided on the committed state.
+    let Some(_held) = Approving::claim(id) else {
+        fields.fail("form", "This request is being answered already.");
+        return Ok(render(
+            StatusCode::CONFLICT,
+            &inbox_page(&s, &v, fields).await?,
+        ));
+    };
+    let m = load().await?;
+    if m.status != MessageStatus::Pending {
+        fields.fail("form", "This request was answered already.");
+        return Ok(render(
+            StatusCode::CONFLICT,
+            &inbox_page(&s, &v, fields).await?,
+        ));
+    }
+    let asked = match &m.content {
+        Some(cid) => match s.notes.open(&v.principal(), cid, &m.from, &m.to).await {
+            Ok(Note::AccessRequest {
+                purpose,
+                categories,
+                days,
+                ..
+            }) => grantable(&s, &m.from, purpose, &categories, days)?.map(|g| (g, purpose)),
+            Ok(_) | Err(NoteError::NotFound) => None,
+            Err(e) => return Err(PortalError::Internal(e.to_string())),
+        },
+        None => None,
+    };
+    let Some(((scope, days), purpose)) = asked else {
+        fields.fail(
+            "form",
+            "Only an access request from a doctor or nurse can be approved; deny this one instead.",
+        );
+        return Ok(render(
+            StatusCode::BAD_REQUEST,
+            &inbox_page(&s, &v, fields).await?,
+        ));
+    };
+    let now = now_ms();
+    let grant = Payload::GrantConsent {
+        grantee: Grantee::Account(m.from),
+        scope,
+        purpose,
+        start_ms: now,
+        expiry_ms: now + days * 86_400_000,
+    };
+    // The grant first, then the answer: an answered request always has its grant, and
+    // while this message is held no second approval can add another.
+    if let Err(e) = s.auth.act(&v.principal(), grant).await {
+        return refused(&s, &v, fields, e).await;
     }
     match s
         .auth

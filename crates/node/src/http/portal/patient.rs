@@ -152,12 +152,19 @@ fn erasure_text(e: &ErasureStatus) -> String {
             requested_ms,
             until_ms,
             period_ms,
-        } => format!(
-            "You asked to erase this record on {}. The law requires records of this kind to be kept for {} years, so it stays until {} and is erased then.",
-            when(*requested_ms),
-            period_ms / (365 * 86_400_000),
-            when(*until_ms)
-        ),
+        } => {
+            let days = period_ms / 86_400_000;
+            let period = if days >= 365 && days % 365 == 0 {
+                format!("{} years", days / 365)
+            } else {
+                format!("{days} days")
+            };
+            format!(
+                "You asked to erase this record on {}. The law requires records of this kind to be kept for {period}, so it stays until {} and is erased then.",
+                when(*requested_ms),
+                when(*until_ms)
+            )
+        }
         ErasureStatus::Erased { erased_ms, .. } => {
             format!("This record was erased on {}.", when(*erased_ms))
         }
