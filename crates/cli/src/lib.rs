@@ -7,10 +7,11 @@ mod bench_fhir;
 mod blob;
 mod demo;
 mod fhir;
+mod proof_check;
 mod synth;
 mod web;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use medledger_core::tx::TX_VERSION;
 use medledger_core::{AccountId, ChainId, Digest32, Payload, TxBody, TxHash};
@@ -340,7 +341,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Proof(ProofCommand::Inclusion { hash, size, node }) => {
             runtime()?.block_on(proof_inclusion(&hash, size, &node))
         }
-        Command::Proof(ProofCommand::Check { file, dir }) => proof_check(&file, &dir.data_dir),
+        Command::Proof(ProofCommand::Check { file, dir }) => {
+            proof_check::check(&file, &dir.data_dir)
+        }
         Command::Proof(ProofCommand::Consistency { old, new, node }) => {
             runtime()?.block_on(proof_consistency(old, new, &node))
         }
@@ -555,62 +558,6 @@ async fn proof_inclusion(hash: &str, size: Option<u64>, node: &NodeArgs) -> Resu
     println!(
         "inclusion proof OK: {hash} is leaf {} of the tree of size {} with root {}",
         p.leaf_index, head.size, head.root
-    );
-    Ok(())
-}
-
-fn proof_check(file: &Path, data_dir: &Path) -> Result<()> {
-    use medledger_node::http::v1::{PROOF_FORMAT, ProofBundle};
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let b: ProofBundle = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not a medledger proof bundle", file.display()))?;
-    ensure!(
-        b.format == PROOF_FORMAT,
-        "unknown proof format {:?} (expected {PROOF_FORMAT})",
-        b.format
-    );
-    let genesis = datadir::read_genesis(data_dir)
-        .context("the genesis file holds the node keys that heads are checked against")?;
-    ensure!(
-        b.chain_id == genesis.chain_id.to_string(),
-        "the proof is for chain {}, this data directory is chain {}",
-        b.chain_id,
-        genesis.chain_id
-    );
-    let signed = SignedCheckpoint::parse(&b.tree_head).context("tree head")?;
-    let head = genesis
-        .nodes
-        .iter()
-        .find_map(|n| signed.verify(&n.key).ok())
-        .context("the tree head is NOT signed by any node in this chain's genesis")?;
-    let p = &b.inclusion;
-    ensure!(
-        head.size == p.tree_size,
-        "the proof is for a tree of size {}, the signed head has size {}",
-        p.tree_size,
-        head.size
-    );
-    let entry_tx = b
-        .entry
-        .get("tx")
-        .and_then(|t| t.as_str())
-        .unwrap_or_default();
-    ensure!(
-        entry_tx == p.hash.to_string(),
-        "the entry names transaction {entry_tx:?}, the proof is for {}",
-        p.hash
-    );
-    verify_inclusion(&head.root, head.size, &p.hash.0.0, p.leaf_index, &p.proof)
-        .context("inclusion proof does NOT verify")?;
-    println!(
-        "proof OK: transaction {} (audit entry {}) is leaf {} of the tree of size {} with root {}, signed by a genesis node",
-        p.hash,
-        b.entry
-            .get("seq")
-            .map_or_else(|| "?".to_owned(), |s| s.to_string()),
-        p.leaf_index,
-        head.size,
-        head.root
     );
     Ok(())
 }

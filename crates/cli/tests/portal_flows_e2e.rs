@@ -222,6 +222,15 @@ fn access_requests_agreements_and_erasure() {
         .await;
         let (pat, pat_id) = patient(&w, &dir, &admin, "one@patients.example").await;
         let (other, other_id) = patient(&w, &dir, &admin, "two@patients.example").await;
+        let (auditor, _) = signin::staff_signed_in(
+            &w.h,
+            &dir,
+            &admin,
+            "Audit Desk",
+            "audit@hospital.example",
+            "auditor",
+        )
+        .await;
         let (_, record) = own_condition(&w, &pat).await;
 
         // --- Access request: the doctor asks, the patient approves. ---
@@ -584,6 +593,12 @@ fn access_requests_agreements_and_erasure() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert!(logged, "the insurer's read is in the patient's access log");
+        // The auditor's proof of that read (a node's access report) checks offline.
+        let text = checked_proof(&w, &dir, &auditor, &format!("accessor={insurer_id}")).await;
+        assert!(
+            text.contains("report_access transaction") && text.contains("time_ms"),
+            "{text}"
+        );
         // Another patient's agreement page for the insurer: absent.
         let (st, _) = w
             .page(
@@ -1003,7 +1018,11 @@ fn password_roles_recovery_proofs_and_the_consortium() {
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{text}");
-        assert!(text.contains("proof OK"), "{text}");
+        assert!(
+            text.contains("proof OK") && text.contains("states this entry's accessor"),
+            "{text}"
+        );
+        eprintln!("{text}");
         // A tampered bundle is refused, naming what is wrong.
         let mut bad = bundle.clone();
         let p0 = bad["inclusion"]["proof"][0].as_str().map(str::to_owned);
@@ -1022,6 +1041,22 @@ fn password_roles_recovery_proofs_and_the_consortium() {
         }
         let mut wrong_tx = bundle.clone();
         wrong_tx["entry"]["tx"] = json!("ab".repeat(32));
+        let mut forged = bundle.clone();
+        forged["entry"]["allowed"] = json!(!bundle["entry"]["allowed"].as_bool().unwrap());
+        let mut other_accessor = bundle.clone();
+        other_accessor["entry"]["accessor"] = json!(pat_id);
+        let mut bad_tx = bundle.clone();
+        let mut raw = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            bundle["tx"].as_str().unwrap(),
+        )
+        .unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        bad_tx["tx"] = json!(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            raw
+        ));
         let mut unsigned = bundle.clone();
         unsigned["tree_head"] = json!(bundle["tree_head"].as_str().unwrap().replace("— ", "— x"));
         for (b, says) in [
@@ -1084,6 +1119,29 @@ fn password_roles_recovery_proofs_and_the_consortium() {
         assert!(html.contains("northside"));
     });
     node.stop();
+}
+
+/// Downloads the proof of the first entry the auditor's explorer lists for `query` and
+/// checks it offline; the checker's report.
+async fn checked_proof(w: &Web, dir: &Path, auditor: &Signed, query: &str) -> String {
+    let (st, html) = w.page(&format!("/auditor?{query}"), Some(auditor)).await;
+    assert_eq!(st, 200);
+    let at = html.find("href=\"/auditor/proof/").expect("a proof link") + 6;
+    let link = &html[at..at + html[at..].find('"').unwrap()];
+    let r =
+        w.c.get(format!("{}{link}", w.url))
+            .header(COOKIE, &auditor.cookie)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200);
+    let file = dir.parent().unwrap().join("checked-proof.json");
+    std::fs::write(&file, r.bytes().await.unwrap()).unwrap();
+    let out = medledger(&["proof", "check", file.to_str().unwrap()], dir);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    text
 }
 
 /// A small, valid-looking PDF (synthetic; its first bytes are what the node checks).

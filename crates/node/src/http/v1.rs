@@ -339,9 +339,11 @@ pub struct InclusionProofView {
 }
 
 /// What an auditor downloads for one audit entry, to check offline with
-/// `medledger proof check`: the entry, the transaction that recorded it, its
-/// inclusion proof and the signed tree head the proof is for. The signature is
-/// checked against the node keys of the checker's own genesis, never keys in the file.
+/// `medledger proof check`: the entry, the signed transaction that recorded it, its
+/// inclusion proof and the signed tree head the proof is for. The checker recomputes
+/// the transaction's hash, checks its signature and that its payload states the
+/// entry, and checks the head against the node keys of its own genesis, never keys
+/// in the file.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct ProofBundle {
     /// `medledger-proof/v1`.
@@ -349,6 +351,8 @@ pub struct ProofBundle {
     pub chain_id: String,
     /// The audit entry as the ledger holds it (account and record ids only).
     pub entry: serde_json::Value,
+    /// Base64 of the canonical (borsh) signed transaction that recorded the entry.
+    pub tx: String,
     pub inclusion: InclusionProofView,
     /// The signed tree head (C2SP checkpoint note) of size `inclusion.tree_size`.
     pub tree_head: String,
@@ -356,16 +360,18 @@ pub struct ProofBundle {
 
 pub const PROOF_FORMAT: &str = "medledger-proof/v1";
 
-/// The inclusion proof of `hash` and the signed head of the current tree.
-pub fn proof_of(s: &AppState, hash: &TxHash) -> Result<(InclusionProofView, String), ApiError> {
-    let loc = s
-        .ledger
-        .tx_location(hash)?
-        .ok_or(ApiError::NotFound("transaction"))?;
+/// The signed transaction `hash` (base64), its inclusion proof and the signed head of
+/// the current tree.
+pub fn proof_of(
+    s: &AppState,
+    hash: &TxHash,
+) -> Result<(String, InclusionProofView, String), ApiError> {
+    let (loc, tx) = s.ledger.tx(hash)?;
     let head = s.ledger.checkpoint(None)?;
     let size = head.checkpoint.size;
     let proof = s.ledger.inclusion_proof(loc.leaf_index, size)?;
     Ok((
+        B64.encode(tx.to_bytes()),
         InclusionProofView {
             hash: *hash,
             leaf_index: loc.leaf_index,

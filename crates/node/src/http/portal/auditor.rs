@@ -47,11 +47,12 @@ async fn proof(
         )
         .await?
         .ok_or(PortalError::NotFound)?;
-    let (inclusion, tree_head) = crate::http::v1::proof_of(&s, &entry.tx)?;
+    let (tx, inclusion, tree_head) = crate::http::v1::proof_of(&s, &entry.tx)?;
     let bundle = crate::http::v1::ProofBundle {
         format: crate::http::v1::PROOF_FORMAT.to_owned(),
         chain_id: s.ledger.genesis().chain_id.to_string(),
         entry: serde_json::to_value(&entry).map_err(|e| PortalError::Internal(e.to_string()))?,
+        tx,
         inclusion,
         tree_head,
     };
