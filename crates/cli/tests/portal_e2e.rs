@@ -725,12 +725,15 @@ fn http_refusals(dir: &Path, node: &Node) {
         // but without the CSRF token, 403; the other roles' forms even with the token,
         // 403. None of it changes anything.
         let erase = format!("/patient/records/{}/erase", "ab".repeat(32));
+        let claim = format!("/clinician/patients/{}/claim", "ab".repeat(32));
         let forms = [
             "/patient/permissions",
             "/patient/permissions/revoke",
             "/patient/messages/respond",
             "/patient/agreements/respond",
             erase.as_str(),
+            claim.as_str(),
+            "/clinician",
             "/clinician/intake",
             "/clinician/break-glass",
             "/clinician/requests",
@@ -773,6 +776,7 @@ fn http_refusals(dir: &Path, node: &Node) {
             assert_eq!(r.status(), 403, "no CSRF token: {p}");
         }
         for p in [
+            "/clinician",
             "/clinician/intake",
             "/clinician/break-glass",
             "/clinician/requests",

@@ -1243,6 +1243,35 @@ fn documents_are_uploaded_sealed_and_downloaded_only_by_who_may_read() {
         assert_eq!(st, 303);
         let before = w.records(&pat_id, &pat).await;
 
+        // Finding the patient: a posted search (names never go into a URL), only
+        // among the patients who granted the searcher.
+        let (st, html, _) = w
+            .form("/clinician", Some(&doctor), true, &[("name", "Synth")])
+            .await;
+        assert_eq!(st, 200);
+        assert!(
+            html.contains(&format!("/clinician/patients/{pid}")),
+            "found"
+        );
+        let (_, html, _) = w
+            .form("/clinician", Some(&stranger), true, &[("name", "Synth")])
+            .await;
+        assert!(!html.contains(&pid), "not among the stranger's patients");
+        let (st, _, _) = w
+            .form("/clinician", Some(&doctor), false, &[("name", "Synth")])
+            .await;
+        assert_eq!(st, 403, "a search needs the CSRF token too");
+        let (st, html, _) = w
+            .form(
+                "/clinician",
+                Some(&doctor),
+                true,
+                &[("name", &"x".repeat(500))],
+            )
+            .await;
+        assert_eq!(st, 400);
+        assert!(html.contains("id=\"name-error\""));
+
         // Refusals first, none of which stores anything.
         let (st, _, to) = w.upload(&pid, None, false, "Letter", pdf()).await;
         assert_eq!((st, to.starts_with("/signin")), (303, true), "signed out");
@@ -1341,6 +1370,219 @@ fn documents_are_uploaded_sealed_and_downloaded_only_by_who_may_read() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert!(logged, "the refused download is audited");
+    });
+    node.stop();
+}
+
+impl Web {
+    /// A public form's page: its double-submit cookie and `pre` token.
+    async fn public_page(&self, path: &str) -> (u16, String, String, String) {
+        let r = self
+            .c
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned())
+            .unwrap_or_default();
+        let html = r.text().await.unwrap();
+        let pre = hidden_after(&html, "<form", "pre");
+        (status, html, cookie, pre)
+    }
+
+    async fn public_form(
+        &self,
+        path: &str,
+        cookie: &str,
+        fields: &[(&str, &str)],
+    ) -> (u16, String) {
+        let r = self
+            .c
+            .post(format!("{}{path}", self.url))
+            .header(COOKIE, cookie)
+            .form(fields)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+#[test]
+fn an_account_a_clinic_created_is_claimed_once_by_the_person_it_was_sent_to() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init(tmp.path());
+    let node = start(&dir);
+    let w = Web::new(&node, &dir);
+    rt().block_on(async {
+        let admin = signin::admin_signed_in(&w.h, &dir, &node).await;
+        let (doctor, _) = signin::staff_signed_in(
+            &w.h,
+            &dir,
+            &admin,
+            "Dr Desk",
+            "desk@hospital.example",
+            "doctor",
+        )
+        .await;
+        let (pat, _) = patient(&w, &dir, &admin, "own@patients.example").await;
+        // A patient registered at the desk: the intake form without an account id.
+        let (st, html, chart) = w
+            .form(
+                "/clinician/intake",
+                Some(&doctor),
+                true,
+                &[
+                    ("given", "Custo"),
+                    ("family", "Dial"),
+                    ("birth_date", "1970-01-01"),
+                    ("gender", "other"),
+                    ("weight", "70"),
+                    ("height", "170"),
+                ],
+            )
+            .await;
+        assert_eq!(st, 303, "{html}");
+        let pid = chart.trim_start_matches("/clinician/patients/").to_owned();
+        let (st, html) = w.page(&chart, Some(&doctor)).await;
+        assert_eq!(st, 200);
+        assert!(
+            html.contains("Send the claim link"),
+            "a desk patient can be invited"
+        );
+        let claim = format!("/clinician/patients/{pid}/claim");
+
+        // Who may not send the link: a patient (another role), no CSRF token, a made-up
+        // patient; a bad address is refused. No mail goes out.
+        let mails = std::fs::read_dir(dir.join("outbox")).unwrap().count();
+        let (st, _, _) = w
+            .form(
+                &claim,
+                Some(&pat),
+                true,
+                &[("claim_email", "x@example.org")],
+            )
+            .await;
+        assert_eq!(st, 403);
+        let (st, _, _) = w
+            .form(
+                &claim,
+                Some(&doctor),
+                false,
+                &[("claim_email", "x@example.org")],
+            )
+            .await;
+        assert_eq!(st, 403);
+        let (st, _, _) = w
+            .form(
+                &format!("/clinician/patients/{}/claim", "ab".repeat(32)),
+                Some(&doctor),
+                true,
+                &[("claim_email", "x@example.org")],
+            )
+            .await;
+        assert_eq!(st, 404);
+        let (st, _, _) = w
+            .form(
+                &claim,
+                Some(&doctor),
+                true,
+                &[("claim_email", "not an address")],
+            )
+            .await;
+        assert_eq!(st, 400);
+        assert_eq!(
+            std::fs::read_dir(dir.join("outbox")).unwrap().count(),
+            mails
+        );
+        // A good address: the link is mailed.
+        let (st, _, _) = w
+            .form(
+                &claim,
+                Some(&doctor),
+                true,
+                &[("claim_email", "custo@patients.example")],
+            )
+            .await;
+        assert_eq!(st, 303);
+        let token = mail_token(&dir, "custo@patients.example", "token");
+
+        // The claim page: a bad link says so; a good one opens the form.
+        let (st, html, _, _) = w.public_page("/claim?token=abcdef").await;
+        assert_eq!(st, 400);
+        assert!(html.contains("invalid"));
+        let (st, _, cookie, pre) = w.public_page(&format!("/claim?token={token}")).await;
+        assert_eq!(st, 200);
+        let form = |pw: &'static str| {
+            vec![
+                ("pre", pre.clone()),
+                ("token", token.clone()),
+                ("name", "Custo Dial".to_owned()),
+                ("email", "custo@patients.example".to_owned()),
+                ("password", pw.to_owned()),
+                ("password2", pw.to_owned()),
+            ]
+        };
+        let pairs = |v: &Vec<(&'static str, String)>| -> Vec<(&'static str, String)> { v.clone() };
+        // Another site's post (no double-submit cookie) is refused before anything.
+        let f = pairs(&form(STRONG));
+        let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (st, _) = w.public_form("/claim", "", &f).await;
+        assert_eq!(st, 403);
+        let f = pairs(&form("short"));
+        let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (st, html) = w.public_form("/claim", &cookie, &f).await;
+        assert_eq!(st, 400);
+        assert!(html.contains("id=\"password-error\""));
+        assert!(
+            html.contains("value=\"Custo Dial\""),
+            "what was typed is kept"
+        );
+        let f = pairs(&form(STRONG));
+        let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (st, html) = w.public_form("/claim", &cookie, &f).await;
+        assert_eq!(st, 200, "{html}");
+        assert!(html.contains("Registered"));
+        assert!(
+            html.matches("<li").count() >= 10,
+            "recovery codes shown once"
+        );
+        // The link works once.
+        let (st, html) = w.public_form("/claim", &cookie, &f).await;
+        assert_eq!(st, 400);
+        assert!(html.contains("invalid"));
+
+        // The person verifies and signs in: the desk's records are theirs.
+        signin::verify(&w.h, &dir, "custo@patients.example").await;
+        let (me, _) =
+            w.h.login("custo@patients.example", STRONG, None)
+                .await
+                .unwrap();
+        let (st, html) = w.page("/patient", Some(&me)).await;
+        assert_eq!(st, 200);
+        assert!(
+            html.contains("Observation") && html.contains(&pid),
+            "{html}"
+        );
+        let (st, html) = w.page(&format!("/patient/records/{pid}"), Some(&me)).await;
+        assert_eq!(st, 200);
+        assert!(html.contains("Custo"));
+        // The node no longer holds the keys: nothing more to claim.
+        let (_, html) = w.page(&chart, Some(&doctor)).await;
+        assert!(!html.contains("Send the claim link"));
+        let (st, _, _) = w
+            .form(
+                &claim,
+                Some(&doctor),
+                true,
+                &[("claim_email", "again@patients.example")],
+            )
+            .await;
+        assert_eq!(st, 404);
     });
     node.stop();
 }

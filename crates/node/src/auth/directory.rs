@@ -16,6 +16,8 @@ pub(super) const INVITES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("
 pub(super) const VERIFY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("verify");
 pub(super) const API_TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("api_tokens");
 pub(super) const RESETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("resets");
+/// Links to claim an account a clinic created (custodial), by token hash.
+pub(super) const CLAIMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("claims");
 /// Failed sign-in attempts by email token (the keyed hash `EMAILS` uses), for known
 /// and unknown addresses alike, so lockout cannot tell which addresses have accounts.
 pub(super) const LOCKOUTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("lockouts");
@@ -106,7 +108,9 @@ impl Directory {
         let db = Database::create(path).map_err(storage)?;
         let mut w = db.begin_write().map_err(storage)?;
         w.set_two_phase_commit(true);
-        for t in [USERS, EMAILS, INVITES, VERIFY, API_TOKENS, RESETS, LOCKOUTS] {
+        for t in [
+            USERS, EMAILS, INVITES, VERIFY, API_TOKENS, RESETS, LOCKOUTS, CLAIMS,
+        ] {
             w.open_table(t).map_err(storage)?;
         }
         w.commit().map_err(storage)?;

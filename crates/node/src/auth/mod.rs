@@ -1041,6 +1041,118 @@ impl Auth {
         Ok(())
     }
 
+    /// A clinician or admin sends the person behind an account their organisation
+    /// created at the desk (its keys in the node's custody) a single-use link to claim
+    /// it: to sign in themselves and hold their own keys from then on.
+    pub async fn invite_claim(
+        &self,
+        s: &Session,
+        account: &AccountId,
+        email: &str,
+    ) -> Result<(), AuthError> {
+        if !valid_email(email) {
+            return Err(AuthError::Invalid("email address".into()));
+        }
+        if !matches!(s.role, Role::Doctor | Role::Nurse | Role::HospitalAdmin) {
+            return Err(AuthError::Forbidden(
+                "only clinicians and admins invite patients".into(),
+            ));
+        }
+        let state = self
+            .ledger
+            .account(account)
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        if !state.is_some_and(|a| a.has_role_in(&s.org, Role::Patient)) {
+            return Err(AuthError::Forbidden(format!("not a patient of {}", s.org)));
+        }
+        if self.user(account)?.is_some() {
+            return Err(AuthError::Forbidden("this account has an owner".into()));
+        }
+        let token = secrets::new_token()?;
+        self.dir.write(vec![Op::Put(
+            CLAIMS,
+            token_hash(&token).to_vec(),
+            json(&Expiring {
+                account: *account,
+                expires_ms: now() + self.invite_ms,
+                keys: None,
+            }),
+        )])?;
+        self.mailer
+            .send(
+                email,
+                "Your health record at medledger",
+                &format!(
+                    "Your care team keeps your health record on medledger. Claim it to see it, decide who may read it and see every access.\nClaim it here (single use, valid 72 hours):\n{}\n",
+                    self.link("/claim", &token)
+                ),
+            )
+            .await
+    }
+
+    /// The account a claim link is for, while the link is valid.
+    pub fn claim_account(&self, token: &str) -> Result<AccountId, AuthError> {
+        let c: Expiring = self
+            .dir
+            .get(CLAIMS, &token_hash(token))?
+            .ok_or(AuthError::BadLink)?;
+        if now() >= c.expires_ms {
+            return Err(AuthError::BadLink);
+        }
+        Ok(c.account)
+    }
+
+    /// Claims a custodial account with its keys (from the custodian): the person
+    /// becomes its owner, with a password, recovery codes and a verification mail,
+    /// exactly like a registered patient. The link is used up.
+    pub async fn claim(
+        &self,
+        token: &str,
+        keys: AccountKeys,
+        name: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<Registered, AuthError> {
+        let account = self.claim_account(token)?;
+        if keys.account() != account || self.user(&account)?.is_some() {
+            return Err(AuthError::BadLink);
+        }
+        if !valid_name(name) || !valid_email(email) {
+            return Err(AuthError::Invalid("name or email address".into()));
+        }
+        secrets::check_password(password, &[name, email])?;
+        let org = self
+            .ledger
+            .account(&account)
+            .map_err(|e| AuthError::Internal(e.to_string()))?
+            .and_then(|a| {
+                a.roles
+                    .iter()
+                    .find(|m| m.role == Role::Patient)
+                    .map(|m| m.org.clone())
+            })
+            .ok_or(AuthError::BadLink)?;
+        let (keys, sealed) = self.seal_all(keys, password.to_owned()).await?;
+        let codes = self
+            .create_user(
+                &keys,
+                sealed,
+                name,
+                email,
+                &org,
+                Role::Patient,
+                vec![Op::Delete(CLAIMS, token_hash(token).to_vec())],
+            )
+            .await?;
+        tracing::info!(account = %account, "custodial account claimed");
+        Ok(Registered {
+            account,
+            role: Role::Patient,
+            org,
+            recovery_codes: codes,
+        })
+    }
+
     /// Changes a signed-in person's password: the current one must open their keys
     /// (a wrong one counts towards the lockout, so a borrowed session cannot guess it),
     /// the keys are sealed under the new one, and every session and API token of the

@@ -65,6 +65,8 @@ enum Job {
     Entries(Vec<IndexEntry>),
     Remove(Vec<RecordId>),
     Custody(AccountId, Vec<u8>),
+    /// The patient claimed their keys: the node's copy goes.
+    Release(AccountId),
     Directory(String, AccountId),
 }
 
@@ -136,6 +138,11 @@ impl Index {
         self.submit(Job::Custody(*account, sealed)).await
     }
 
+    /// Forgets a patient's keys once they hold them themselves.
+    pub async fn release_custody(&self, account: &AccountId) -> Result<(), FhirError> {
+        self.submit(Job::Release(*account)).await
+    }
+
     async fn submit(&self, job: Job) -> Result<(), FhirError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.writer
@@ -183,6 +190,12 @@ impl Inner {
                     w.open_table(CUSTODY)
                         .map_err(storage)?
                         .insert(&account.0[..], &sealed[..])
+                        .map_err(storage)?;
+                }
+                Job::Release(account) => {
+                    w.open_table(CUSTODY)
+                        .map_err(storage)?
+                        .remove(&account.0[..])
                         .map_err(storage)?;
                 }
                 Job::Directory(org, account) => {
@@ -346,6 +359,19 @@ impl Index {
             Some(v) => self.inner.open_sealed(v.value(), &account.0).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Whether `account` is an organisation's directory subject (never claimable).
+    pub fn is_directory(&self, account: &AccountId) -> Result<bool, FhirError> {
+        let r = self.inner.db.begin_read().map_err(storage)?;
+        let t = r.open_table(DIRECTORY).map_err(storage)?;
+        for e in t.iter().map_err(storage)? {
+            let (_, v) = e.map_err(storage)?;
+            if v.value() == &account.0[..] {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub fn directory(&self, org: &str) -> Result<Option<AccountId>, FhirError> {

@@ -547,6 +547,26 @@ impl Fhir {
         Ok(account)
     }
 
+    /// The keys of a patient account the node holds in custody (created at the desk,
+    /// not claimed yet); never an organisation's directory subject, which no person
+    /// may claim.
+    pub fn custody_keys(&self, account: &AccountId) -> Result<Option<AccountKeys>, FhirError> {
+        if self.index.is_directory(account)? {
+            return Ok(None);
+        }
+        match self.index.custody(account)? {
+            Some(b) => AccountKeys::from_secret_bytes(&b)
+                .map(Some)
+                .ok_or_else(|| internal("custody keys do not decode")),
+            None => Ok(None),
+        }
+    }
+
+    /// Drops the node's copy of a claimed account's keys.
+    pub async fn release_custody(&self, account: &AccountId) -> Result<(), FhirError> {
+        self.index.release_custody(account).await
+    }
+
     /// The organisation's directory subject (created on first use).
     async fn directory_subject(&self, who: &Principal) -> Result<AccountId, FhirError> {
         if let Some(a) = self.index.directory(who.org.as_str())? {

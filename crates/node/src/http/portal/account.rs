@@ -242,7 +242,7 @@ async fn signin(State(s): State<AppState>, Public { mut fields }: Public) -> Res
     )
 }
 
-fn capitalise(s: &str) -> String {
+pub(super) fn capitalise(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
         Some(f) => f.to_uppercase().chain(c).collect::<String>() + ".",
@@ -272,10 +272,10 @@ struct Register {
 
 #[derive(Template)]
 #[template(path = "portal/registered.html")]
-struct Registered {
-    shell: Shell,
-    codes: Vec<String>,
-    staff: bool,
+pub(super) struct Registered {
+    pub shell: Shell,
+    pub codes: Vec<String>,
+    pub staff: bool,
 }
 
 /// Roles that register themselves (patients come through an invitation).

@@ -13,19 +13,18 @@ use crate::http::contracts::view;
 use crate::state::AppState;
 use askama::Template;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use medledger_core::{AccountId, Role};
 use medledger_core::{EmergencyReason, Payload};
 use medledger_ledger::contracts::query;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/clinician", get(patients))
+        .route("/clinician", get(patients).post(search))
         .route("/clinician/patients/{id}", get(chart_page))
         .route("/clinician/records/{id}", get(record))
         .route("/clinician/intake", get(intake_page).post(intake))
@@ -59,30 +58,34 @@ struct Patients {
     searched: bool,
 }
 
-#[derive(Deserialize)]
-struct Find {
-    name: Option<String>,
-    identifier: Option<String>,
+async fn patients(State(s): State<AppState>, v: Visitor) -> Result<Response, PortalError> {
+    v.require(CLINICIAN)?;
+    find(&s, &v, Fields::default(), false).await
 }
 
-async fn patients(
-    State(s): State<AppState>,
-    v: Visitor,
-    q: Result<Query<Find>, axum::extract::rejection::QueryRejection>,
+/// A search by name or identifier is posted, never put in the address: names in a URL
+/// end up in browser history, proxy logs and referrers.
+async fn search(State(s): State<AppState>, p: Posted) -> Result<Response, PortalError> {
+    p.visitor.require(CLINICIAN)?;
+    find(&s, &p.visitor, p.fields, true).await
+}
+
+async fn find(
+    s: &AppState,
+    v: &Visitor,
+    form: Fields,
+    posted: bool,
 ) -> Result<Response, PortalError> {
-    v.require(CLINICIAN)?;
     let mut f = Fields::default();
-    let q = q.ok().map(|Query(q)| q);
     let mut pairs = vec![("_count".to_owned(), "50".to_owned())];
     let mut searched = false;
-    if let Some(q) = q {
-        if let Some(n) = f_opt(&mut f, "name", q.name) {
-            pairs.push(("name".into(), n));
-            searched = true;
-        }
-        if let Some(i) = f_opt(&mut f, "identifier", q.identifier) {
-            pairs.push(("identifier".into(), i));
-            searched = true;
+    if posted {
+        for k in ["name", "identifier"] {
+            let typed = form.get(k).to_owned();
+            if let Some(x) = f_opt(&mut f, k, (!typed.is_empty()).then_some(typed)) {
+                pairs.push((k.to_owned(), x));
+                searched = true;
+            }
         }
     }
     let mut found = Vec::new();
@@ -113,7 +116,7 @@ async fn patients(
     Ok(render(
         status,
         &Patients {
-            shell: Shell::of("Patients", &v),
+            shell: Shell::of("Patients", v),
             f,
             found,
             searched,
@@ -149,6 +152,15 @@ struct ChartPage {
     id: String,
     groups: Vec<Group>,
     trends: Vec<Trend>,
+    /// The patient's account was created at the desk and can be claimed.
+    claimable: bool,
+    claim_sent: bool,
+    f: Fields,
+}
+
+#[derive(serde::Deserialize)]
+struct ChartQuery {
+    claim: Option<String>,
 }
 
 #[derive(Template)]
@@ -188,8 +200,10 @@ async fn chart_page(
     State(s): State<AppState>,
     v: Visitor,
     Path(id): Path<String>,
+    q: Result<axum::extract::Query<ChartQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, PortalError> {
     v.require(CLINICIAN)?;
+    let claim_sent = q.ok().and_then(|q| q.0.claim).as_deref() == Some("sent");
     let bundle = match s.fhir.everything(&v.principal(), &id, BASE).await {
         Ok(b) => b,
         Err(crate::fhir::FhirError::NotFound(_) | crate::fhir::FhirError::Gone(_)) => {
@@ -257,6 +271,21 @@ async fn chart_page(
         })
         .collect();
     let name = summary::name(&patient);
+    // Readable here means the chart was allowed: whether its account is still in the
+    // node's custody decides if the patient can be invited to claim it.
+    let claimable = match id.parse::<medledger_core::RecordId>() {
+        Ok(rid) => {
+            let owner = view(&s, &Caller::Person(v.principal()), move |st, _| {
+                Ok(query::record(st, &rid)?.map(|r| r.state.patient))
+            })
+            .await?;
+            match owner {
+                Some(p) => s.fhir.custody_keys(&p)?.is_some(),
+                None => false,
+            }
+        }
+        Err(_) => false,
+    };
     Ok(ok(&ChartPage {
         shell: Shell::of(&name, &v),
         patient: summary::lines(&patient),
@@ -264,6 +293,9 @@ async fn chart_page(
         id,
         groups,
         trends,
+        claimable,
+        claim_sent,
+        f: Fields::default(),
     }))
 }
 

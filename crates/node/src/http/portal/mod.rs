@@ -15,6 +15,7 @@
 //! | [`agreements`] | paid agreements: the patient's answers and balance, the insurer's proposals and reads |
 //! | [`consortium`] | the consortium operator's organisations, nodes and minting |
 //! | [`documents`] | document upload (DocumentReference) and file downloads |
+//! | [`claim`] | claiming an account a clinic created (the invitation and the claim page) |
 //! | [`admin`] | pending registrations, members, patient invitations |
 //! | [`auditor`] | audit explorer, chain status |
 //! | [`form`] | form fields, their errors and the CSRF-checked form extractor |
@@ -24,6 +25,7 @@ mod admin;
 mod agreements;
 mod auditor;
 mod chart;
+mod claim;
 mod clinician;
 mod consortium;
 mod documents;
@@ -55,7 +57,8 @@ pub const MAX_FORM_BYTES: usize = 64 * 1024;
 pub fn routes(per_client: Arc<crate::http::limits::PerClient>) -> Router<AppState> {
     Router::new()
         .route("/assets/portal.css", get(stylesheet))
-        .merge(account::routes(per_client))
+        .merge(account::routes(per_client.clone()))
+        .merge(claim::routes(per_client))
         .merge(patient::routes())
         .merge(clinician::routes())
         .merge(admin::routes())
