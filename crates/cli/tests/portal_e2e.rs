@@ -457,6 +457,31 @@ fn the_whole_path_in_a_real_browser() {
         assert!(chart.contains("Body weight") && chart.contains("Body height"));
         assert!(chart.contains("72.5 kg"));
         doctor.shot("chart").await;
+        // The doctor uploads a document from the chart: a real browser's multipart
+        // post (CSRF field first, then the file).
+        let pdf = tmp.path().join("synthetic-letter.pdf");
+        std::fs::write(&pdf, b"%PDF-1.4\n% synthetic\n%%EOF\n").unwrap();
+        doctor.click("a[href$=\"/documents\"]").await;
+        assert_eq!(doctor.h1().await, "Upload a document");
+        doctor.shot("upload").await;
+        doctor.fill("title", "Synthetic discharge letter").await;
+        doctor
+            .c
+            .find(Locator::Css("#file"))
+            .await
+            .unwrap()
+            .send_keys(pdf.to_str().unwrap())
+            .await
+            .unwrap();
+        doctor
+            .click("form[enctype=\"multipart/form-data\"] button[type=submit]")
+            .await;
+        assert!(doctor.path().await.starts_with("/clinician/records/"));
+        let doc = doctor.body().await;
+        assert!(
+            doc.contains("Synthetic discharge letter") && doc.contains("Download the document")
+        );
+        doctor.shot("document").await;
         doctor.open("/clinician").await;
         assert!(doctor.text("#patients").await.contains("Mira Testpatient"));
 
@@ -571,6 +596,7 @@ fn the_whole_path_in_a_real_browser() {
             "/recover",
             "/recovery?token=x",
             "/verify?token=x",
+            "/claim?token=x",
             "/no-such-page",
         ] {
             admin.open(p).await;
