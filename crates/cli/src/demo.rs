@@ -300,11 +300,11 @@ async fn populate(
         let pid = me.create(&person(&given, &family, &mut g)).await?;
         me.create(&consent(&pid, "urn:medledger:org", "st-mary", "TREAT"))
             .await?;
-        own.push((pid, did, me));
+        own.push((pid, did, me, s));
     }
     // Patients registered at the desk (their accounts stay in the node's custody
     // until they claim them).
-    let mut all: Vec<String> = own.iter().map(|(p, _, _)| p.clone()).collect();
+    let mut all: Vec<String> = own.iter().map(|(p, _, _, _)| p.clone()).collect();
     for _ in 0..CUSTODIAL_PATIENTS {
         let (given, family) = (synthetic_name(&mut g), synthetic_name(&mut g));
         all.push(ada_fhir.create(&person(&given, &family, &mut g)).await?);
@@ -374,6 +374,36 @@ async fn populate(
             ("terms", "Acme Insurance reads your Observations for one year to settle claims. Nothing is shared with third parties."),
         ],
         claire,
+    )
+    .await?;
+    // The second patient has accepted an offer: the insurer reads what it allows.
+    auth.form(
+        "/insurer",
+        &[
+            ("patient", own[1].1.as_str()),
+            ("categories", "Observation"),
+            ("days", "365"),
+            ("price", "150"),
+            ("respond_days", "14"),
+            (
+                "terms",
+                "Acme Insurance reads your Observations for one year to settle claims.",
+            ),
+        ],
+        claire,
+    )
+    .await?;
+    let offers = auth
+        .get(&format!("/v1/patients/{}/agreements", own[1].1), &own[1].3)
+        .await?;
+    let offer = offers["agreements"][0]["id"]
+        .as_str()
+        .context("the second patient's offer")?
+        .to_owned();
+    auth.form(
+        "/patient/agreements/respond",
+        &[("agreement", offer.as_str()), ("decision", "accept")],
+        &own[1].3,
     )
     .await?;
     auth.form(

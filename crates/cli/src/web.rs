@@ -49,6 +49,20 @@ impl Auth<'_> {
         Ok((v, cookie))
     }
 
+    /// A JSON GET as `s` (their session cookie).
+    pub async fn get(&self, path: &str, s: &Session) -> Result<Value> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .header(reqwest::header::COOKIE, &s.cookie)
+            .send()
+            .await?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        ensure!(status.is_success(), "GET {path}: {status} {v}");
+        Ok(v)
+    }
+
     /// Posts a portal form as `s` (its CSRF token in the `csrf` field, as the page
     /// sends it); the portal answers a done form with a page or a redirect.
     pub async fn form(&self, path: &str, fields: &[(&str, &str)], s: &Session) -> Result<()> {

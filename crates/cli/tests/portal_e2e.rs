@@ -1136,6 +1136,19 @@ fn the_demo_comes_up_and_every_printed_sign_in_works() {
             if role == "Auditor" {
                 deeper_pages.push("/auditor?from=2000-01-01&break_glass=on".into());
             }
+            if role == "Insurer" {
+                // The accepted agreement's records, and one of them.
+                let allowed = first_link(&visited[0], "/insurer/agreements/")
+                    .expect("the demo's accepted agreement");
+                let (st, html) = get(allowed.clone()).await;
+                assert_eq!(st, 200, "{html}");
+                let rec = first_link(&html, "/insurer/records/").expect("a record it allows");
+                let (st, html) = get(rec.clone()).await;
+                assert_eq!(st, 200);
+                assert!(html.contains("Version history"));
+                deeper_pages.push(allowed);
+                deeper_pages.push(rec);
+            }
             for p in deeper {
                 let (st, html) = get(p.clone()).await;
                 assert_eq!(st, 200, "{role} opens {p}");
@@ -1169,6 +1182,11 @@ fn the_demo_comes_up_and_every_printed_sign_in_works() {
                 assert!(html.contains("id=\"patient-error\""));
             }
             if role == "Patient" && email == "patient2@patients.demo" {
+                let (_, offers) = get("/patient/agreements".into()).await;
+                assert!(
+                    offers.contains("accepted") && offers.contains("<strong>150</strong>"),
+                    "the accepted offer paid the patient"
+                );
                 let (_, log) = get("/patient/access-log".into()).await;
                 assert!(
                     log.contains("break-glass"),
@@ -1216,7 +1234,7 @@ fn the_demo_comes_up_and_every_printed_sign_in_works() {
             }
             if role == "Insurer" {
                 let (_, page) = get("/insurer".into()).await;
-                assert!(page.contains("9750"), "funded, with one offer in escrow");
+                assert!(page.contains("9600"), "funded, 250 in escrow and 150 paid");
             }
             if role == "Hospital admin" {
                 // The consortium operator's page: only for the consortium admin account.

@@ -156,11 +156,7 @@ async fn decide(State(s): State<AppState>, p: Posted) -> Result<Response, Portal
         .get("account")
         .parse()
         .map_err(|_| PortalError::NotFound)?;
-    let approve = match p.fields.get("decision") {
-        "approve" => true,
-        "reject" => false,
-        _ => return Err(PortalError::BadRequest("Choose approve or reject.".into())),
-    };
+    let approve = p.fields.choice("decision", "approve", "reject")?;
     match s.auth.approve(&v.session, &account, approve).await {
         Ok(()) => Ok(see_other("/admin")),
         Err(AuthError::Ledger(r)) => Err(PortalError::BadRequest(format!(
@@ -202,11 +198,7 @@ async fn roles(State(s): State<AppState>, p: Posted) -> Result<Response, PortalE
         mut fields,
     } = p;
     v.require(ADMIN)?;
-    let assign = match fields.get("action") {
-        "assign" => true,
-        "revoke" => false,
-        _ => return Err(PortalError::BadRequest("Assign or revoke.".into())),
-    };
+    let assign = fields.choice("action", "assign", "revoke")?;
     let account = fields.account("account");
     let role = match fields.get("role").parse::<Role>() {
         Ok(r) if ASSIGNABLE.contains(&r) => Some(r),
@@ -230,10 +222,7 @@ async fn roles(State(s): State<AppState>, p: Posted) -> Result<Response, PortalE
             };
             match s.auth.act(&v.principal(), payload).await {
                 Ok(_) => return Ok(see_other("/admin")),
-                Err(AuthError::Ledger(r)) => fields.fail(
-                    "account",
-                    format!("The ledger refused this ({}).", r.code().replace('_', " ")),
-                ),
+                Err(AuthError::Ledger(r)) => fields.fail("account", super::ledger_refused(&r)),
                 Err(e) => return Err(e.into()),
             }
         }

@@ -158,11 +158,7 @@ async fn respond(State(s): State<AppState>, p: Posted) -> Result<Response, Porta
         .get("agreement")
         .parse()
         .map_err(|_| PortalError::NotFound)?;
-    let accept = match fields.get("decision") {
-        "accept" => true,
-        "reject" => false,
-        _ => return Err(PortalError::BadRequest("Accept or reject.".into())),
-    };
+    let accept = fields.choice("decision", "accept", "reject")?;
     let me = v.session.account;
     // Another patient's agreement looks like a missing one.
     view(&s, &Caller::Person(v.principal()), move |st, _| {
@@ -183,10 +179,7 @@ async fn respond(State(s): State<AppState>, p: Posted) -> Result<Response, Porta
     {
         Ok(_) => Ok(see_other("/patient/agreements")),
         Err(AuthError::Ledger(r)) => {
-            fields.fail(
-                "form",
-                format!("The ledger refused this ({}).", r.code().replace('_', " ")),
-            );
+            fields.fail("form", super::ledger_refused(&r));
             Ok(render(
                 StatusCode::CONFLICT,
                 &patient_view(&s, &v, fields).await?,

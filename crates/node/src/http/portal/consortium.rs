@@ -125,10 +125,7 @@ async fn add_org(State(s): State<AppState>, p: Posted) -> Result<Response, Porta
             .await
         {
             Ok(_) => return Ok(see_other("/consortium")),
-            Err(AuthError::Ledger(r)) => fields.fail(
-                "org",
-                format!("The ledger refused this ({}).", r.code().replace('_', " ")),
-            ),
+            Err(AuthError::Ledger(r)) => fields.fail("org", super::ledger_refused(&r)),
             Err(e) => return Err(e.into()),
         }
     }
@@ -153,10 +150,7 @@ async fn mint(State(s): State<AppState>, p: Posted) -> Result<Response, PortalEr
             .await
         {
             Ok(_) => return Ok(see_other("/consortium")),
-            Err(AuthError::Ledger(r)) => fields.fail(
-                "to",
-                format!("The ledger refused this ({}).", r.code().replace('_', " ")),
-            ),
+            Err(AuthError::Ledger(r)) => fields.fail("to", super::ledger_refused(&r)),
             Err(e) => return Err(e.into()),
         }
     }

@@ -180,6 +180,16 @@ impl Fields {
         }
     }
 
+    /// A two-way choice a button posts (`k` is `yes` or `no`); anything else is a
+    /// malformed post, not a form error (the page offers only the two buttons).
+    pub fn choice(&self, k: &str, yes: &str, no: &str) -> Result<bool, PortalError> {
+        match self.get(k) {
+            v if v == yes => Ok(true),
+            v if v == no => Ok(false),
+            _ => Err(PortalError::BadRequest(format!("Choose {yes} or {no}."))),
+        }
+    }
+
     /// A purpose a grant may name (never `emergency`, which only break-glass opens).
     pub fn purpose(&mut self, k: &str) -> Option<Purpose> {
         match self.get(k).parse::<Purpose>() {

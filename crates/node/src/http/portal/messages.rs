@@ -223,11 +223,7 @@ async fn respond(State(s): State<AppState>, p: Posted) -> Result<Response, Porta
         .get("message")
         .parse()
         .map_err(|_| PortalError::NotFound)?;
-    let approve = match fields.get("decision") {
-        "approve" => true,
-        "deny" => false,
-        _ => return Err(PortalError::BadRequest("Approve or deny.".into())),
-    };
+    let approve = fields.choice("decision", "approve", "deny")?;
     let me = v.session.account;
     let load = || {
         let caller = Caller::Person(v.principal());
@@ -334,10 +330,7 @@ async fn refused(
 ) -> Result<Response, PortalError> {
     match e {
         AuthError::Ledger(r) => {
-            fields.fail(
-                "form",
-                format!("The ledger refused this ({}).", r.code().replace('_', " ")),
-            );
+            fields.fail("form", super::ledger_refused(&r));
             Ok(render(
                 StatusCode::CONFLICT,
                 &inbox_page(s, v, fields).await?,

@@ -214,6 +214,12 @@ fn links(r: Role) -> Vec<(&'static str, &'static str)> {
     l
 }
 
+/// What a form says when the ledger refused what it asked: the reason's code in
+/// words (codes carry no personal data).
+pub fn ledger_refused(r: &medledger_core::RejectReason) -> String {
+    format!("The ledger refused this ({}).", r.code().replace('_', " "))
+}
+
 /// Renders a page (a template failure is a 500 page, never a panic).
 pub fn render(status: StatusCode, t: &impl Template) -> Response {
     match t.render() {

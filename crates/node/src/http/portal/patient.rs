@@ -282,10 +282,7 @@ async fn erase(
     match s.auth.act(&v.principal(), payload).await {
         Ok(_) => {}
         Err(crate::auth::AuthError::Ledger(r)) => {
-            fields.fail(
-                "confirm",
-                format!("The ledger refused this ({}).", r.code().replace('_', " ")),
-            );
+            fields.fail("confirm", super::ledger_refused(&r));
             let page = own_record(&s, &v, &id, fields).await?;
             return Ok(render(StatusCode::CONFLICT, &page));
         }
