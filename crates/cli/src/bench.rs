@@ -1,11 +1,17 @@
 //! `medledger bench ledger`: starts a node (or targets one), submits pre-signed
 //! transactions from concurrent clients over the HTTPS API, and reports committed
-//! tx/s, commit latency percentiles and `verify` throughput.
+//! tx/s, commit latency percentiles, a single client's sequential commit latency and
+//! `verify` throughput. Two workloads: `anchor` (the cheapest kind) and `records`, the
+//! original design's `addHealthcareRecord`: doctors add records (CID, content hash,
+//! category) for patients who granted them treatment access.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use medledger_core::tx::TX_VERSION;
-use medledger_core::{AccountId, ChainId, Digest32, Payload, TxBody};
+use medledger_core::{
+    AccountId, Category, ChainId, Cid, Digest32, Grantee, OrgId, Payload, Purpose, Role, Scope,
+    TxBody,
+};
 use medledger_ledger::{VerifyMode, verify_ledger};
 use medledger_node::client::Client;
 use medledger_node::datadir;
@@ -15,8 +21,35 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// What the bench's transactions do.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Anchor a digest: the cheapest kind.
+    Anchor,
+    /// Doctors add records for patients who granted them treatment access (the
+    /// original design's `addHealthcareRecord`).
+    Records,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Anchor => "anchor",
+            Workload::Records => "records",
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct LedgerBenchArgs {
+    #[arg(long, value_enum, default_value_t = Workload::Anchor)]
+    pub workload: Workload,
+    /// Patients (records workload); each grants one doctor (a client) treatment access.
+    #[arg(long, default_value_t = 1_000)]
+    pub patients: usize,
+    /// Commits of a single client, one at a time, after the concurrent run.
+    #[arg(long, default_value_t = 300)]
+    pub seq: usize,
     /// Transactions to submit in total.
     #[arg(long, default_value_t = 50_000)]
     pub txs: usize,
@@ -128,13 +161,23 @@ pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
     let r = result?;
     let verify_tps = verify.as_ref().map(|v| v.txs_per_second);
     println!(
-        "medledger bench ledger ({} txs, {} clients, {} per request)",
-        a.txs, a.clients, a.per_request
+        "medledger bench ledger --workload {} ({} txs, {} clients, {} per request{})",
+        a.workload.name(),
+        a.txs,
+        a.clients,
+        a.per_request,
+        if a.workload == Workload::Records {
+            format!(", {} patients", a.patients)
+        } else {
+            String::new()
+        }
     );
     println!("{:<28}{:>14}", "metric", "value");
     println!("{:<28}{:>14.0}", "committed tx/s", r.tps);
     println!("{:<28}{:>14.1}", "commit latency p50 (ms)", r.p50);
     println!("{:<28}{:>14.1}", "commit latency p99 (ms)", r.p99);
+    println!("{:<28}{:>14.1}", "sequential commit p50 (ms)", r.seq_p50);
+    println!("{:<28}{:>14.1}", "sequential commit p99 (ms)", r.seq_p99);
     println!("{:<28}{:>14}", "committed", r.committed);
     println!("{:<28}{:>14}", "rejected", r.rejected);
     match &verify {
@@ -147,9 +190,11 @@ pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
-            "bench": "ledger", "txs": a.txs, "clients": a.clients, "per_request": a.per_request,
+            "bench": "ledger", "workload": a.workload.name(), "txs": a.txs, "clients": a.clients,
+            "per_request": a.per_request, "patients": (a.workload == Workload::Records).then_some(a.patients),
             "committed": r.committed, "rejected": r.rejected,
             "committed_tx_per_s": r.tps, "p50_ms": r.p50, "p99_ms": r.p99,
+            "seq_p50_ms": r.seq_p50, "seq_p99_ms": r.seq_p99,
             "verify_tx_per_s": verify_tps,
         })
     );
@@ -163,6 +208,8 @@ struct Figures {
     tps: f64,
     p50: f64,
     p99: f64,
+    seq_p50: f64,
+    seq_p99: f64,
     committed: usize,
     rejected: usize,
 }
@@ -211,32 +258,73 @@ async fn run(a: &LedgerBenchArgs, url: &str, dir: &std::path::Path) -> Result<Fi
         }
     }
 
+    // The records workload: an organisation whose doctors are the clients, patients
+    // who each grant one doctor treatment access (set up before the measurement).
+    let patients_of: Vec<Vec<AccountId>> = match a.workload {
+        Workload::Anchor => vec![Vec::new(); a.clients],
+        Workload::Records => {
+            records_setup(
+                &client,
+                &chain,
+                &admin,
+                &mut admin_nonce,
+                &users,
+                a.patients,
+            )
+            .await?
+        }
+    };
+
     // Pre-sign everything so the measurement covers submission and commit only.
     let per_client = a.txs / a.clients;
     let bar = indicatif::ProgressBar::new((per_client * a.clients) as u64);
+    let category = Category::new("Observation")?;
+    let payload = |id: &AccountId, i: usize, n: u64| {
+        let mut d = [0u8; 32];
+        d[..8].copy_from_slice(&n.to_le_bytes());
+        d[8..16].copy_from_slice(&id.0[..8]);
+        match a.workload {
+            Workload::Anchor => Payload::Anchor {
+                digest: Digest32(d),
+            },
+            Workload::Records => {
+                let patients = &patients_of[i];
+                let mut h = d;
+                h[31] = 0xc4;
+                Payload::AddRecord {
+                    patient: patients[(n as usize) % patients.len()],
+                    category: category.clone(),
+                    cid: Cid(Digest32(d)),
+                    content_hash: Digest32(h),
+                    size: 4096,
+                }
+            }
+        }
+    };
+    let sign = |u: &AccountKeys, nonce: u64, payload: Payload| {
+        TxBody {
+            version: TX_VERSION,
+            chain_id: chain.clone(),
+            signer: u.account(),
+            nonce,
+            payload,
+        }
+        .sign(&u.signing)
+        .to_bytes()
+    };
     let signed: Vec<Vec<Vec<u8>>> = users
         .iter()
-        .map(|u| {
+        .enumerate()
+        .map(|(i, u)| {
             let id: AccountId = u.account();
             (1..=per_client as u64)
-                .map(|n| {
-                    let mut d = [0u8; 32];
-                    d[..8].copy_from_slice(&n.to_le_bytes());
-                    d[8..16].copy_from_slice(&id.0[..8]);
-                    TxBody {
-                        version: TX_VERSION,
-                        chain_id: chain.clone(),
-                        signer: id,
-                        nonce: n,
-                        payload: Payload::Anchor {
-                            digest: Digest32(d),
-                        },
-                    }
-                    .sign(&u.signing)
-                    .to_bytes()
-                })
+                .map(|n| sign(u, n, payload(&id, i, n)))
                 .collect()
         })
+        .collect();
+    // The sequential client's transactions: the first client's, after its others.
+    let seq_txs: Vec<Vec<u8>> = (per_client as u64 + 1..=(per_client + a.seq) as u64)
+        .map(|n| sign(&users[0], n, payload(&users[0].account(), 0, n)))
         .collect();
 
     let started = Instant::now();
@@ -276,11 +364,124 @@ async fn run(a: &LedgerBenchArgs, url: &str, dir: &std::path::Path) -> Result<Fi
     let secs = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     lat.sort_by(|a, b| a.total_cmp(b));
+
+    // One client alone, one transaction at a time: the commit latency a single
+    // caller sees when nothing else is queued.
+    let mut seq = Vec::with_capacity(seq_txs.len());
+    for tx in &seq_txs {
+        let t0 = Instant::now();
+        let r = client.submit(tx).await?;
+        seq.push(t0.elapsed().as_secs_f64() * 1000.0);
+        if r.status == "committed" {
+            committed += 1;
+        } else {
+            rejected += 1;
+        }
+    }
+    seq.sort_by(|a, b| a.total_cmp(b));
     Ok(Figures {
-        tps: committed as f64 / secs,
+        tps: (committed - seq.len().min(committed)) as f64 / secs,
         p50: percentile(&lat, 0.50),
         p99: percentile(&lat, 0.99),
+        seq_p50: percentile(&seq, 0.50),
+        seq_p99: percentile(&seq, 0.99),
         committed,
         rejected,
     })
+}
+
+/// Submits set-up transactions in large requests; every one must commit.
+async fn all_committed(client: &Client, txs: &[Vec<u8>], what: &str) -> Result<()> {
+    for chunk in txs.chunks(5_000) {
+        for r in client.submit_many(chunk).await? {
+            if r.status != "committed" {
+                bail!("bench set-up ({what}): {:?}", r.error);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Org `bench` (the admin its admin), the clients as its doctors, and `patients`
+/// patients each granting one doctor treatment access for a day; the patients of
+/// each doctor.
+async fn records_setup(
+    client: &Client,
+    chain: &ChainId,
+    admin: &AccountKeys,
+    admin_nonce: &mut u64,
+    doctors: &[AccountKeys],
+    patients: usize,
+) -> Result<Vec<Vec<AccountId>>> {
+    if patients < doctors.len() {
+        bail!("--patients must be at least --clients (each doctor needs a patient)");
+    }
+    let org = OrgId::new("bench")?;
+    let mut by_admin = |payload: Payload| {
+        *admin_nonce += 1;
+        TxBody {
+            version: TX_VERSION,
+            chain_id: chain.clone(),
+            signer: admin.account(),
+            nonce: *admin_nonce,
+            payload,
+        }
+        .sign(&admin.signing)
+        .to_bytes()
+    };
+    let people: Vec<AccountKeys> = (0..patients)
+        .map(|_| AccountKeys::generate())
+        .collect::<Result<_, _>>()?;
+    let mut setup = vec![by_admin(Payload::AddOrg {
+        org: org.clone(),
+        admin: admin.account(),
+    })];
+    for d in doctors {
+        setup.push(by_admin(Payload::AssignRole {
+            org: org.clone(),
+            account: d.account(),
+            role: Role::Doctor,
+        }));
+    }
+    for p in &people {
+        setup.push(by_admin(Payload::RegisterAccount {
+            account: p.account(),
+            encryption_key: p.encryption_public(),
+        }));
+        setup.push(by_admin(Payload::AssignRole {
+            org: org.clone(),
+            account: p.account(),
+            role: Role::Patient,
+        }));
+    }
+    all_committed(client, &setup, "organisation, doctors, patients").await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let mut of = vec![Vec::new(); doctors.len()];
+    let grants: Vec<Vec<u8>> = people
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            let d = &doctors[j % doctors.len()];
+            of[j % doctors.len()].push(p.account());
+            TxBody {
+                version: TX_VERSION,
+                chain_id: chain.clone(),
+                signer: p.account(),
+                nonce: 1,
+                payload: Payload::GrantConsent {
+                    grantee: Grantee::Account(d.account()),
+                    scope: Scope::All,
+                    purpose: Purpose::Treatment,
+                    start_ms: now.saturating_sub(60_000),
+                    expiry_ms: now + 86_400_000,
+                },
+            }
+            .sign(&p.signing)
+            .to_bytes()
+        })
+        .collect();
+    all_committed(client, &grants, "grants").await?;
+    Ok(of)
 }

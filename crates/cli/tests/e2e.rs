@@ -367,3 +367,51 @@ fn keystore_opened_with_wrong_password_fails_and_foreign_signature_is_refused() 
         assert_eq!(c.account_nonce(&admin.account()).await.unwrap(), 0);
     });
 }
+
+/// `bench ledger --workload records` (the original design's addHealthcareRecord):
+/// it sets up doctors, patients and grants, every record commits, and it prints the
+/// figures as a table and a JSON line. Timings are printed, never asserted.
+#[test]
+fn bench_ledger_records_workload_commits_every_record() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "ledger",
+            "--workload",
+            "records",
+            "--txs",
+            "400",
+            "--clients",
+            "4",
+            "--patients",
+            "12",
+            "--seq",
+            "10",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("sequential commit p50 (ms)"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(json["workload"], "records");
+    assert_eq!(
+        json["committed"], 410,
+        "the concurrent and the sequential records"
+    );
+    assert_eq!(json["rejected"], 0);
+    for k in [
+        "committed_tx_per_s",
+        "p50_ms",
+        "p99_ms",
+        "seq_p50_ms",
+        "seq_p99_ms",
+        "verify_tx_per_s",
+    ] {
+        assert!(json[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {json}");
+    }
+}
