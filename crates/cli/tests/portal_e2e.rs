@@ -683,6 +683,10 @@ fn http_refusals(dir: &Path, node: &Node) {
             "/patient/agreements",
             "/insurer",
             "/consortium",
+            "/auditor/proof/1",
+            "/clinician/patients/x/documents",
+            "/patient/records/x/file",
+            "/insurer/agreements/x",
             "/account",
             "/mfa",
         ] {
@@ -843,6 +847,10 @@ fn http_refusals(dir: &Path, node: &Node) {
             "/admin".to_owned(),
             "/insurer".to_owned(),
             "/consortium".to_owned(),
+            "/clinician/requests".to_owned(),
+            format!("/clinician/patients/{}/documents", "ab".repeat(32)),
+            format!("/clinician/records/{}/file", "ab".repeat(32)),
+            format!("/insurer/records/{}/file", "ab".repeat(32)),
         ] {
             let r = c
                 .get(format!("{url}{p}"))

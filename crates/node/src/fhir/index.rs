@@ -361,6 +361,12 @@ impl Index {
         }
     }
 
+    pub fn has_custody(&self, account: &AccountId) -> Result<bool, FhirError> {
+        let r = self.inner.db.begin_read().map_err(storage)?;
+        let t = r.open_table(CUSTODY).map_err(storage)?;
+        Ok(t.get(&account.0[..]).map_err(storage)?.is_some())
+    }
+
     /// Whether `account` is an organisation's directory subject (never claimable).
     pub fn is_directory(&self, account: &AccountId) -> Result<bool, FhirError> {
         let r = self.inner.db.begin_read().map_err(storage)?;

@@ -562,6 +562,12 @@ impl Fhir {
         }
     }
 
+    /// Whether the node holds this account's keys for a person who can claim them
+    /// (what [`Fhir::custody_keys`] would return, without opening them).
+    pub fn in_custody(&self, account: &AccountId) -> Result<bool, FhirError> {
+        Ok(!self.index.is_directory(account)? && self.index.has_custody(account)?)
+    }
+
     /// Drops the node's copy of a claimed account's keys.
     pub async fn release_custody(&self, account: &AccountId) -> Result<(), FhirError> {
         self.index.release_custody(account).await

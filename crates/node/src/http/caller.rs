@@ -167,17 +167,22 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// A signed-in person, if the ledger still gives them the role they signed in with.
 pub(crate) fn person(s: &AppState, p: Principal) -> Result<Caller, ApiError> {
-    let live = s
-        .ledger
-        .account(&p.account)
-        .map_err(ApiError::from)?
-        .is_some_and(|a| a.has_role_in(&p.org, p.role));
-    if !live {
-        return Err(ApiError::Unauthenticated(
-            "the role this sign-in was made for has ended; sign in again".into(),
-        ));
-    }
+    live_account(s, &p)?;
     Ok(Caller::Person(p))
+}
+
+/// The ledger account behind a sign-in, while it still holds the role the sign-in
+/// was made for (the liveness rule of every surface).
+pub(crate) fn live_account(
+    s: &AppState,
+    p: &Principal,
+) -> Result<medledger_ledger::contracts::state::AccountState, ApiError> {
+    match s.ledger.account(&p.account).map_err(ApiError::from)? {
+        Some(a) if a.has_role_in(&p.org, p.role) => Ok(a),
+        _ => Err(ApiError::Unauthenticated(
+            "the role this sign-in was made for has ended; sign in again".into(),
+        )),
+    }
 }
 
 fn signed(params: &str, method: &str, path_and_query: &str) -> Result<AccountId, ApiError> {

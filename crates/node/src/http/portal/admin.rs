@@ -32,15 +32,10 @@ pub fn routes() -> Router<AppState> {
         .route("/admin/recovery/approve", post(approve_recovery))
 }
 
-/// Roles an admin may give here (patients join through invitations).
-const ASSIGNABLE: [Role; 6] = [
-    Role::Doctor,
-    Role::Nurse,
-    Role::HospitalAdmin,
-    Role::Researcher,
-    Role::Insurer,
-    Role::Auditor,
-];
+/// Roles an admin may give here: all but patient (patients join through invitations).
+fn assignable(r: Role) -> bool {
+    r != Role::Patient
+}
 
 struct Recovery {
     id: String,
@@ -132,9 +127,9 @@ async fn page(s: &AppState, v: &Visitor, f: Fields, invited: bool) -> Result<Adm
             .collect(),
         recoveries,
         // Auditors oversee the whole consortium: only its admin makes them.
-        roles: ASSIGNABLE
+        roles: Role::ALL
             .iter()
-            .filter(|r| **r != Role::Auditor || v.operator)
+            .filter(|r| assignable(**r) && (**r != Role::Auditor || v.operator))
             .map(|r| (r.to_string(), role_label(*r)))
             .collect(),
         status: super::status::of(s),
@@ -201,7 +196,7 @@ async fn roles(State(s): State<AppState>, p: Posted) -> Result<Response, PortalE
     let assign = fields.choice("action", "assign", "revoke")?;
     let account = fields.account("account");
     let role = match fields.get("role").parse::<Role>() {
-        Ok(r) if ASSIGNABLE.contains(&r) => Some(r),
+        Ok(r) if assignable(r) => Some(r),
         _ => {
             fields.fail("role", "Choose a role.");
             None

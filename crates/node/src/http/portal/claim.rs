@@ -64,7 +64,7 @@ async fn invite(
     })
     .await?
     .ok_or(PortalError::NotFound)?;
-    if s.fhir.custody_keys(&patient)?.is_none() {
+    if !s.fhir.in_custody(&patient)? {
         return Err(PortalError::NotFound);
     }
     let email = fields.required("claim_email", 254);

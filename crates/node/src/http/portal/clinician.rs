@@ -280,7 +280,7 @@ async fn chart_page(
             })
             .await?;
             match owner {
-                Some(p) => s.fhir.custody_keys(&p)?.is_some(),
+                Some(p) => s.fhir.in_custody(&p)?,
                 None => false,
             }
         }

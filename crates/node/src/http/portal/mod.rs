@@ -268,20 +268,16 @@ impl Visitor {
                 Err(e) => return Err(PortalError::from(ApiError::from(e))),
             };
         // The same liveness rule as every other surface: no session outlives its role.
-        if caller::person(s, crate::auth::Principal::from(&session)).is_err() {
+        let Ok(account) = caller::live_account(s, &crate::auth::Principal::from(&session)) else {
             s.auth.logout(&token);
             return Err(PortalError::SignIn(next));
-        }
+        };
         let name = s
             .auth
             .me(&session.account)
             .map(|m| m.name)
             .unwrap_or_default();
-        let operator = s
-            .ledger
-            .account(&session.account)
-            .map_err(|e| PortalError::Internal(e.to_string()))?
-            .is_some_and(|a| a.consortium_admin);
+        let operator = account.consortium_admin;
         Ok(Visitor {
             token,
             session,
