@@ -11,6 +11,7 @@ use medledger_node::keystore::KeystoreFile;
 use medledger_store::{BlobStore, Reader, ReaderSecret, StoreConfig};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskCx, Poll};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -270,10 +271,10 @@ pub async fn run(cmd: BlobCommand) -> Result<()> {
 #[derive(Args, Debug)]
 pub struct StoreBenchArgs {
     /// Small (4 KiB) records to put.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 20000)]
     pub small: usize,
     /// Concurrent small puts.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     pub concurrency: usize,
     /// Size of the large record, MiB.
     #[arg(long, default_value_t = 256)]
@@ -350,14 +351,18 @@ pub async fn bench(a: StoreBenchArgs) -> Result<()> {
     let small = vec![7u8; 4096];
     let started = Instant::now();
     let mut done = 0;
+    // Each put on a task of its own, as concurrent requests to a node are: sealing and
+    // key wrapping then use every core while the store group-commits their writes.
+    let small = Arc::new(small);
+    let mut puts = tokio::task::JoinSet::new();
     while done < a.small {
-        let batch = a.concurrency.min(a.small - done);
-        let puts = (0..batch).map(|_| store.put(&small[..], &readers));
-        for r in futures::future::join_all(puts).await {
-            r?;
+        while puts.len() < a.concurrency && done + puts.len() < a.small {
+            let (store, small, readers) = (store.clone(), small.clone(), readers);
+            puts.spawn(async move { store.put(&small[..], &readers).await });
         }
-        done += batch;
-        pb.inc(batch as u64);
+        puts.join_next().await.expect("puts in flight")??;
+        done += 1;
+        pb.inc(1);
     }
     pb.finish_and_clear();
     let small_s = started.elapsed().as_secs_f64();

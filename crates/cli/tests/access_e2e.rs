@@ -245,11 +245,14 @@ fn hostile_callers_learn_nothing_and_change_nothing() {
         let oid = obs["id"].as_str().unwrap().to_owned();
         let (_, reg) = h.get_as_admin(&dir, &format!("/v1/records/{oid}")).await;
         let cid: medledger_core::Cid = reg["history"][0]["cid"].as_str().unwrap().parse().unwrap();
-        let blob = dir.join("blobs").join(medledger_store::BlobStore::blob_location(&cid).as_ref());
-        let mut bytes = std::fs::read(&blob).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x01;
-        std::fs::write(&blob, &bytes).unwrap();
+        let at = medledger_store::find_stored(&dir.join("blobs"), &cid).unwrap().unwrap();
+        {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(&at.path).unwrap();
+            let mut last = [0u8; 1];
+            file.read_exact_at(&mut last, at.offset + at.len - 1).unwrap();
+            file.write_all_at(&[last[0] ^ 0x01], at.offset + at.len - 1).unwrap();
+        }
         let (st, oo) = f.get(&format!("/Observation/{oid}")).await;
         assert_eq!(st, 500, "{oo}");
         assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("integrity"), "{oo}");

@@ -419,13 +419,18 @@ fn ledger_erasure_shreds_the_blob_on_the_node() {
     let receipt: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     let cid = receipt["cid"].as_str().unwrap().to_owned();
     let c: medledger_core::Cid = cid.parse().unwrap();
-    let blob = dir
-        .join("blobs")
-        .join(medledger_store::BlobStore::blob_location(&c).as_ref());
-    let envs = dir
-        .join("blobs")
-        .join(medledger_store::BlobStore::envelope_location(&c).as_ref());
-    assert!(blob.exists() && envs.exists());
+    let store_root = dir.join("blobs");
+    let blob = || {
+        medledger_store::find_stored(&store_root, &c)
+            .unwrap()
+            .is_some()
+    };
+    let envs = || {
+        medledger_store::find_envelopes(&store_root, &c)
+            .unwrap()
+            .is_some()
+    };
+    assert!(blob() && envs());
 
     rt.block_on(async {
         for k in [&patient, &other] {
@@ -472,14 +477,14 @@ fn ledger_erasure_shreds_the_blob_on_the_node() {
         let (code, body) = self_custody(&h, &url, &patient, json!({"kind": "request_erasure", "target": {"type": "record", "record": record}})).await;
         assert_eq!(code, 200, "{body}");
         for _ in 0..100 {
-            if !blob.exists() && !envs.exists() {
+            if !blob() && !envs() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    assert!(!blob.exists(), "ciphertext still on disk after erasure");
-    assert!(!envs.exists(), "key envelopes still on disk after erasure");
+    assert!(!blob(), "ciphertext still on disk after erasure");
+    assert!(!envs(), "key envelopes still on disk after erasure");
     let back = root.path().join("back.txt");
     let (ok, out) = cli_raw(&[
         "blob",

@@ -2,14 +2,15 @@
 //! content-addressed blobs (CIDv1, raw, sha2-256, as IPFS computes them) kept through
 //! `object_store` (local filesystem by default). Each record version has a fresh data
 //! key; the key is wrapped with HPKE for every reader. Reads verify the CID before
-//! decrypting. Erasure deletes the ciphertext and every envelope (crypto-shredding).
+//! decrypting. Erasure deletes the ciphertext and every envelope, and locally overwrites their bytes.
 
-mod durable;
 pub mod envelope;
 mod error;
 pub mod format;
+mod local;
 mod store;
 
 pub use envelope::{Reader, ReaderSecret};
 pub use error::{Result, StoreError};
+pub use local::{StoredAt, find_envelopes, find_stored};
 pub use store::{BlobStore, EnvelopeSet, PutReceipt, S3Config, StoreConfig};

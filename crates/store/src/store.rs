@@ -1,16 +1,20 @@
 //! [`BlobStore`]: encrypted blobs and their key envelopes over any `object_store`
 //! backend, streamed in and out with memory bounded by a few chunks.
 //!
-//! Layout (each sharded by the CID's next-to-last two characters, as IPFS's flatfs
-//! does): `blobs/<shard>/<cid>` (the sealed blob), `env/<shard>/<cid>` (the blob's HPKE envelopes,
-//! one per reader, as a JSON [`EnvelopeSet`]), `erased/<shard>/<cid>` (an empty tombstone so reads can say
-//! "erased"), `tmp/` (uploads in progress; renamed to their CID when complete).
+//! On the local filesystem (the default), blobs that fit one chunk (most records) and
+//! every envelope set live in pack files with a catalog (see `local`); larger blobs are
+//! files `blobs/<shard>/<cid>` (sharded by the CID's next-to-last two characters, as
+//! IPFS's flatfs does). On an object store every blob is an object `blobs/<shard>/<cid>`,
+//! with `env/<shard>/<cid>` (its HPKE envelopes, one per reader, as a JSON
+//! [`EnvelopeSet`]) and `erased/<shard>/<cid>` (an empty tombstone so reads can say
+//! "erased"). `tmp/` holds uploads in progress, renamed to their CID when complete.
 
 use crate::envelope::{self, Envelope, Reader, ReaderSecret};
 use crate::error::{Result, StoreError};
 use crate::format::{
     ChunkSealer, DEFAULT_CHUNK, Header, MAX_CHUNK, NONCE_PREFIX_LEN, StreamOpener,
 };
+use crate::local::Local;
 use futures::StreamExt;
 use medledger_core::{AccountId, Cid, Digest32};
 use object_store::path::Path;
@@ -124,11 +128,9 @@ pub struct PutReceipt {
 #[derive(Clone, Debug)]
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
-    /// The root directory when `inner` is the local filesystem: small reads then take
-    /// envelopes and blob in one blocking read instead of four object-store hand-offs.
-    local: Option<Arc<std::path::PathBuf>>,
-    /// Flushes the local filesystem after every mutation (see `durable`).
-    durable: Option<Arc<crate::durable::SyncBarrier>>,
+    /// Packs and catalog when `inner` is the local filesystem: small blobs and all
+    /// envelope sets live there, group-committed.
+    local: Option<Arc<Local>>,
     chunk_size: u32,
     /// Serialises read-modify-write of envelope sets (grants and revocations).
     envelopes: Arc<tokio::sync::Mutex<()>>,
@@ -181,6 +183,10 @@ fn open_whole(cid: &Cid, key: [u8; 32], blob: &[u8]) -> Result<Vec<u8>> {
     Ok(plain)
 }
 
+pub(crate) fn blob_location(cid: &Cid) -> Path {
+    blob_path(cid)
+}
+
 fn blob_path(cid: &Cid) -> Path {
     let c = cid.to_string();
     Path::from(format!("blobs/{}/{c}", shard(&c)))
@@ -198,6 +204,37 @@ fn erased_path(cid: &Cid) -> Path {
     Path::from(format!("erased/{}/{c}", shard(&c)))
 }
 
+fn seal_envelopes(key: &[u8; 32], cid: &Cid, readers: &[Reader]) -> Result<EnvelopeSet> {
+    Ok(EnvelopeSet {
+        version: envelope::ENVELOPE_VERSION,
+        envelopes: readers
+            .iter()
+            .map(|r| envelope::wrap(key, cid, r))
+            .collect::<Result<_>>()?,
+    })
+}
+
+fn encode_set(set: &EnvelopeSet) -> Result<Vec<u8>> {
+    serde_json::to_vec(set).map_err(|e| StoreError::Format(e.to_string()))
+}
+
+fn decode_set(cid: &Cid, bytes: &[u8]) -> Result<EnvelopeSet> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt {
+        cid: *cid,
+        detail: "key envelopes are malformed".into(),
+    })
+}
+
+fn receipt(cid: Cid, stored: u64, plain: u64) -> PutReceipt {
+    tracing::debug!(%cid, stored, "blob stored");
+    PutReceipt {
+        cid,
+        content_hash: cid.0,
+        stored_bytes: stored,
+        plain_bytes: plain,
+    }
+}
+
 /// Reads until `buf` holds `n` bytes or the source ends.
 async fn read_up_to<R: AsyncRead + Unpin>(src: &mut R, buf: &mut Vec<u8>, n: usize) -> Result<()> {
     buf.clear();
@@ -212,7 +249,6 @@ impl BlobStore {
         BlobStore {
             inner,
             local: None,
-            durable: None,
             chunk_size: DEFAULT_CHUNK,
             envelopes: Arc::new(tokio::sync::Mutex::new(())),
         }
@@ -225,8 +261,7 @@ impl BlobStore {
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(path)?
                     .with_automatic_cleanup(true);
                 Ok(BlobStore {
-                    local: Some(Arc::new(path.clone())),
-                    durable: Some(Arc::new(crate::durable::SyncBarrier::start(path)?)),
+                    local: Some(Arc::new(Local::open(path)?)),
                     ..BlobStore::new(Arc::new(fs))
                 })
             }
@@ -291,10 +326,17 @@ impl BlobStore {
             blob.extend_from_slice(&buf);
             let cid = Cid::of(&blob);
             let stored = blob.len() as u64;
-            self.inner
-                .put(&blob_path(&cid), PutPayload::from(blob))
-                .await?;
-            return self.finish_put(cid, &key, readers, stored, plain).await;
+            let set = seal_envelopes(&key, &cid, readers)?;
+            match &self.local {
+                Some(local) => local.put(cid, Some(blob), encode_set(&set)?).await?,
+                None => {
+                    self.inner
+                        .put(&blob_path(&cid), PutPayload::from(blob))
+                        .await?;
+                    self.write_envelopes(&cid, &set).await?;
+                }
+            }
+            return Ok(receipt(cid, stored, plain));
         }
         let tmp = Path::from(format!("tmp/{}", hex::encode(random::<16>()?)));
         let upload = self.inner.put_multipart(&tmp).await?;
@@ -310,38 +352,24 @@ impl BlobStore {
                     let _ = self.inner.delete(&tmp).await;
                     return Err(e.into());
                 }
-                self.finish_put(cid, &key, readers, stored, plain).await
+                let set = seal_envelopes(&key, &cid, readers)?;
+                match &self.local {
+                    Some(local) => {
+                        let root = local.root().to_owned();
+                        tokio::task::spawn_blocking(move || crate::local::flush_file(&root, &cid))
+                            .await
+                            .map_err(|e| StoreError::Io(std::io::Error::other(e)))??;
+                        local.put(cid, None, encode_set(&set)?).await?;
+                    }
+                    None => self.write_envelopes(&cid, &set).await?,
+                }
+                Ok(receipt(cid, stored, plain))
             }
             Err(e) => {
                 let _ = w.abort().await;
                 Err(e)
             }
         }
-    }
-
-    async fn finish_put(
-        &self,
-        cid: Cid,
-        key: &[u8; 32],
-        readers: &[Reader],
-        stored: u64,
-        plain: u64,
-    ) -> Result<PutReceipt> {
-        let set = EnvelopeSet {
-            version: envelope::ENVELOPE_VERSION,
-            envelopes: readers
-                .iter()
-                .map(|r| envelope::wrap(key, &cid, r))
-                .collect::<Result<_>>()?,
-        };
-        self.write_envelopes(&cid, &set).await?;
-        tracing::debug!(%cid, stored, "blob stored");
-        Ok(PutReceipt {
-            cid,
-            content_hash: cid.0,
-            stored_bytes: stored,
-            plain_bytes: plain,
-        })
     }
 
     async fn seal_into<R: AsyncRead + Unpin>(
@@ -407,50 +435,70 @@ impl BlobStore {
         }
     }
 
+    /// Replaces the blob's envelope set (object stores acknowledge writes durably; the
+    /// local catalog flushes before it answers).
     async fn write_envelopes(&self, cid: &Cid, set: &EnvelopeSet) -> Result<()> {
-        let bytes = serde_json::to_vec(set).map_err(|e| StoreError::Format(e.to_string()))?;
-        self.inner
-            .put(&env_path(cid), PutPayload::from(bytes))
-            .await?;
-        // A new blob is written before its envelopes, so this covers both.
-        self.flush().await
-    }
-
-    /// Waits until this store's earlier writes are durable (local filesystem; object
-    /// stores acknowledge writes durably themselves).
-    async fn flush(&self) -> Result<()> {
-        match &self.durable {
-            Some(d) => d.sync().await,
-            None => Ok(()),
-        }
-    }
-
-    /// The blob's envelopes (none if it has no envelope object).
-    async fn read_envelopes(&self, cid: &Cid) -> Result<EnvelopeSet> {
-        match self.inner.get(&env_path(cid)).await {
-            Ok(g) => {
-                let bytes = g.bytes().await?;
-                serde_json::from_slice(&bytes).map_err(|_| StoreError::Corrupt {
-                    cid: *cid,
-                    detail: "key envelopes are malformed".into(),
-                })
+        let bytes = encode_set(set)?;
+        match &self.local {
+            Some(local) => local.set_envelopes(*cid, bytes).await,
+            None => {
+                self.inner
+                    .put(&env_path(cid), PutPayload::from(bytes))
+                    .await?;
+                Ok(())
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(EnvelopeSet::default()),
-            Err(e) => Err(e.into()),
         }
+    }
+
+    /// The blob's envelopes (none if it has no envelope set).
+    async fn read_envelopes(&self, cid: &Cid) -> Result<EnvelopeSet> {
+        let bytes = match &self.local {
+            Some(local) => match local.entries(*cid, false).await?.envelopes {
+                Some(b) => b,
+                None => return Ok(EnvelopeSet::default()),
+            },
+            None => match self.inner.get(&env_path(cid)).await {
+                Ok(g) => g.bytes().await?.to_vec(),
+                Err(object_store::Error::NotFound { .. }) => return Ok(EnvelopeSet::default()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        decode_set(cid, &bytes)
     }
 
     /// Why a blob cannot be read: erased, or simply absent.
     async fn missing(&self, cid: &Cid) -> StoreError {
-        match self.inner.head(&erased_path(cid)).await {
-            Ok(_) => StoreError::Erased(*cid),
-            Err(_) => StoreError::NotFound(*cid),
+        let erased = match &self.local {
+            Some(local) => match local.entries(*cid, false).await {
+                Ok(e) => e.erased,
+                Err(e) => return e,
+            },
+            None => self.inner.head(&erased_path(cid)).await.is_ok(),
+        };
+        if erased {
+            StoreError::Erased(*cid)
+        } else {
+            StoreError::NotFound(*cid)
+        }
+    }
+
+    /// A packed blob's bytes (`None` when the local store keeps it as a file, or the
+    /// store is not local).
+    async fn packed(&self, cid: &Cid) -> Result<Option<Vec<u8>>> {
+        match &self.local {
+            Some(local) => Ok(local.entries(*cid, true).await?.blob),
+            None => Ok(None),
         }
     }
 
     /// The stored bytes of a blob as a stream of pieces. A local file is read in
     /// large pieces on a blocking thread (the generic stream reads 8 KiB at a time).
     async fn pieces(&self, cid: &Cid) -> Result<tokio::sync::mpsc::Receiver<Result<bytes::Bytes>>> {
+        if let Some(blob) = self.packed(cid).await? {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let _ = tx.send(Ok(blob.into())).await;
+            return Ok(rx);
+        }
         let got = match self.inner.get(&blob_path(cid)).await {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => return Err(self.missing(cid).await),
@@ -513,14 +561,13 @@ impl BlobStore {
 
     async fn envelope(&self, cid: &Cid, reader: &AccountId) -> Result<Envelope> {
         let set = self.read_envelopes(cid).await?;
+        if set.envelopes.is_empty() {
+            // Every stored blob has at least one envelope.
+            return Err(self.missing(cid).await);
+        }
         match set.envelopes.into_iter().find(|e| &e.reader == reader) {
             Some(e) => Ok(e),
-            None => {
-                if self.inner.head(&blob_path(cid)).await.is_err() {
-                    return Err(self.missing(cid).await);
-                }
-                Err(StoreError::NoAccess(*cid))
-            }
+            None => Err(StoreError::NoAccess(*cid)),
         }
     }
 
@@ -541,7 +588,7 @@ impl BlobStore {
         who: &ReaderSecret,
         dst: &mut W,
     ) -> Result<u64> {
-        let plain = match self.get_small_local(cid, who).await? {
+        let plain = match self.get_packed(cid, who).await? {
             Some(plain) => plain,
             None => {
                 let key = self.data_key(cid, who).await?;
@@ -603,34 +650,20 @@ impl BlobStore {
         Ok(written)
     }
 
-    /// A small blob of the local store, read with its envelopes in one blocking call,
-    /// checked against its CID and opened in memory. `None` whenever the general path
-    /// must decide (not local, large, missing, no envelope for `who`): it gives the
-    /// precise error.
-    async fn get_small_local(&self, cid: &Cid, who: &ReaderSecret) -> Result<Option<Vec<u8>>> {
-        let Some(root) = self.local.clone() else {
+    /// A packed blob, read with its envelopes in one catalog lookup, checked against
+    /// its CID and opened in memory. `None` when the blob is not packed: the general
+    /// path then reads it (or says precisely why not).
+    async fn get_packed(&self, cid: &Cid, who: &ReaderSecret) -> Result<Option<Vec<u8>>> {
+        let Some(local) = &self.local else {
             return Ok(None);
         };
-        let (env, blob) = (env_path(cid), blob_path(cid));
-        let read = tokio::task::spawn_blocking(move || {
-            let file = |p: &Path| root.join(p.as_ref());
-            let blob = file(&blob);
-            if std::fs::metadata(&blob).ok()?.len() > SMALL_BLOB {
-                return None;
-            }
-            Some((std::fs::read(file(&env)).ok()?, std::fs::read(blob).ok()?))
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        let Some((env, blob)) = read else {
+        let got = local.entries(*cid, true).await?;
+        let (Some(blob), Some(env)) = (got.blob, got.envelopes) else {
             return Ok(None);
         };
-        let set: EnvelopeSet = serde_json::from_slice(&env).map_err(|_| StoreError::Corrupt {
-            cid: *cid,
-            detail: "key envelopes are malformed".into(),
-        })?;
+        let set = decode_set(cid, &env)?;
         let Some(e) = set.envelopes.iter().find(|e| e.reader == who.account) else {
-            return Ok(None);
+            return Err(StoreError::NoAccess(*cid));
         };
         open_whole(cid, envelope::unwrap(e, cid, who)?, &blob).map(Some)
     }
@@ -693,9 +726,16 @@ impl BlobStore {
         Ok(receipt)
     }
 
-    /// Crypto-shredding: deletes the ciphertext and every envelope, and leaves a
-    /// tombstone so later reads say "erased". Idempotent.
+    /// Erasure: deletes the ciphertext and every envelope (locally their bytes are
+    /// overwritten, see `local`), and leaves a tombstone so later reads say "erased".
+    /// Idempotent.
     pub async fn erase(&self, cid: &Cid) -> Result<()> {
+        if let Some(local) = &self.local {
+            let _guard = self.envelopes.lock().await;
+            local.erase(*cid).await?;
+            tracing::info!(%cid, "blob erased");
+            return Ok(());
+        }
         {
             let _guard = self.envelopes.lock().await;
             match self.inner.delete(&env_path(cid)).await {
@@ -710,7 +750,6 @@ impl BlobStore {
         self.inner
             .put(&erased_path(cid), PutPayload::from_static(b""))
             .await?;
-        self.flush().await?;
         tracing::info!(%cid, "blob erased");
         Ok(())
     }
@@ -720,12 +759,43 @@ impl BlobStore {
         &self.inner
     }
 
+    /// Where an object store keeps a blob (and the local store a large one).
     pub fn blob_location(cid: &Cid) -> Path {
         blob_path(cid)
     }
 
+    /// Where an object store keeps a blob's envelope set.
     pub fn envelope_location(cid: &Cid) -> Path {
         env_path(cid)
+    }
+
+    /// Stores already-sealed bytes under their CID with the given envelope set, as a
+    /// restore does (and a dishonest writer could: reads must still refuse what does
+    /// not open). An erased CID is refused: it never comes back.
+    pub async fn put_sealed(&self, sealed: Vec<u8>, set: &EnvelopeSet) -> Result<Cid> {
+        let cid = Cid::of(&sealed);
+        match &self.local {
+            Some(local) => local.put(cid, Some(sealed), encode_set(set)?).await?,
+            None => {
+                if self.inner.head(&erased_path(&cid)).await.is_ok() {
+                    return Err(StoreError::Erased(cid));
+                }
+                self.inner
+                    .put(&blob_path(&cid), PutPayload::from(sealed))
+                    .await?;
+                self.write_envelopes(&cid, set).await?;
+            }
+        }
+        Ok(cid)
+    }
+
+    /// The blob's envelope set as stored.
+    pub async fn envelope_set(&self, cid: &Cid) -> Result<EnvelopeSet> {
+        let set = self.read_envelopes(cid).await?;
+        if set.envelopes.is_empty() {
+            return Err(self.missing(cid).await);
+        }
+        Ok(set)
     }
 }
 

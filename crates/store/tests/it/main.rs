@@ -8,7 +8,6 @@ mod s3;
 use medledger_core::{AccountId, Cid};
 use medledger_store::format::{HEADER_LEN, TAG_LEN};
 use medledger_store::{BlobStore, ReaderSecret, StoreConfig, StoreError};
-use object_store::{ObjectStoreExt, PutPayload};
 use std::path::{Path, PathBuf};
 
 struct Fx {
@@ -59,11 +58,40 @@ async fn read(store: &BlobStore, cid: &Cid, who: &ReaderSecret) -> Result<Vec<u8
     store.get(cid, who, &mut out).await.map(|_| out)
 }
 
+fn root(f: &Fx) -> PathBuf {
+    f.dir.path().join("blobs")
+}
+
+/// The file of a blob kept as a file of its own (more than one chunk).
 fn blob_file(f: &Fx, cid: &Cid) -> PathBuf {
-    f.dir
-        .path()
-        .join("blobs")
-        .join(BlobStore::blob_location(cid).as_ref())
+    let at = medledger_store::find_stored(&root(f), cid)
+        .unwrap()
+        .unwrap();
+    assert_eq!(at.offset, 0, "a multi-chunk blob is a file of its own");
+    at.path
+}
+
+/// A blob's stored bytes, wherever they lie.
+fn stored_bytes(f: &Fx, cid: &Cid) -> Vec<u8> {
+    let at = medledger_store::find_stored(&root(f), cid)
+        .unwrap()
+        .unwrap();
+    let all = std::fs::read(&at.path).unwrap();
+    all[at.offset as usize..(at.offset + at.len) as usize].to_vec()
+}
+
+/// Overwrites a blob's stored bytes in place (same length).
+fn overwrite_stored(f: &Fx, cid: &Cid, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let at = medledger_store::find_stored(&root(f), cid)
+        .unwrap()
+        .unwrap();
+    assert_eq!(bytes.len() as u64, at.len);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&at.path)
+        .unwrap();
+    file.write_all_at(bytes, at.offset).unwrap();
 }
 
 fn all_files(dir: &Path) -> Vec<PathBuf> {
@@ -106,8 +134,11 @@ fn round_trips_at_chunk_boundaries() {
             );
             // The stored bytes are not the plaintext.
             if len >= 17 {
-                let stored = std::fs::read(blob_file(&f, &r.cid)).unwrap();
+                let stored = stored_bytes(&f, &r.cid);
                 assert!(!contains(&stored, &data[..17]));
+                for file in all_files(f.dir.path()) {
+                    assert!(!contains(&std::fs::read(&file).unwrap(), &data[..17]));
+                }
             }
         }
     });
@@ -134,7 +165,8 @@ fn cids_match_an_independent_implementation() {
                 .put(&content(len, 9)[..], &[person(1).reader()])
                 .await
                 .unwrap();
-            let path = blob_file(&f, &r.cid);
+            let path = f.dir.path().join("exported");
+            std::fs::write(&path, stored_bytes(&f, &r.cid)).unwrap();
             let out = std::process::Command::new("python3")
                 .args([
                     "-c",
@@ -196,25 +228,9 @@ fn tampering_is_detected_before_any_plaintext() {
         swapped.copy_within(b..b + rec, a);
         swapped[b..b + rec].copy_from_slice(&first);
         let truncated = good[..HEADER_LEN + 2 * rec].to_vec();
-        let os = f.store.object_store();
-        let env = os
-            .get(&BlobStore::envelope_location(&r.cid))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let env = f.store.envelope_set(&r.cid).await.unwrap();
         for (name, bytes) in [("swapped", swapped), ("truncated", truncated)] {
-            let cid = Cid::of(&bytes);
-            os.put(&BlobStore::blob_location(&cid), PutPayload::from(bytes))
-                .await
-                .unwrap();
-            os.put(
-                &BlobStore::envelope_location(&cid),
-                PutPayload::from(env.clone()),
-            )
-            .await
-            .unwrap();
+            let cid = f.store.put_sealed(bytes, &env).await.unwrap();
             // The envelope is bound to the original CID, so even the key is refused...
             let e = read(&f.store, &cid, &alice).await.unwrap_err();
             assert!(matches!(e, StoreError::EnvelopeOpen(_)), "{name}: {e}");
@@ -388,24 +404,54 @@ fn erasure_leaves_no_ciphertext_or_envelope_on_disk() {
             .put(&content(3000, 2)[..], &[patient.reader(), doctor.reader()])
             .await
             .unwrap();
-        let stored = std::fs::read(blob_file(&f, &gone.cid)).unwrap();
-        let samples: Vec<Vec<u8>> = vec![
-            stored[HEADER_LEN..HEADER_LEN + 64].to_vec(),
-            stored[stored.len() - 64..].to_vec(),
-        ];
+        // A blob of one chunk lives in a pack; erasure must zero it there.
+        let packed = f
+            .store
+            .put(&content(700, 3)[..], &[patient.reader(), doctor.reader()])
+            .await
+            .unwrap();
+        let mut samples: Vec<Vec<u8>> = Vec::new();
         let mut env_samples = Vec::new();
-        let p = f
-            .dir
-            .path()
-            .join("blobs")
-            .join(BlobStore::envelope_location(&gone.cid).as_ref());
-        let set: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-        for env in set["envelopes"].as_array().unwrap() {
-            env_samples.push(env["ct"].as_str().unwrap().as_bytes().to_vec());
-            env_samples.push(env["enc"].as_str().unwrap().as_bytes().to_vec());
+        for cid in [&gone.cid, &packed.cid] {
+            let stored = stored_bytes(&f, cid);
+            samples.push(stored[HEADER_LEN..HEADER_LEN + 64].to_vec());
+            samples.push(stored[stored.len() - 64..].to_vec());
+            let set = serde_json::to_value(f.store.envelope_set(cid).await.unwrap()).unwrap();
+            for env in set["envelopes"].as_array().unwrap() {
+                env_samples.push(env["ct"].as_str().unwrap().as_bytes().to_vec());
+                env_samples.push(env["enc"].as_str().unwrap().as_bytes().to_vec());
+            }
         }
-        assert_eq!(env_samples.len(), 4);
-        f.store.erase(&gone.cid).await.unwrap();
+        assert_eq!(env_samples.len(), 8);
+        let (old_bytes, old_set) = (
+            stored_bytes(&f, &packed.cid),
+            f.store.envelope_set(&packed.cid).await.unwrap(),
+        );
+        // A revoked reader's envelope is overwritten too, not just superseded.
+        let kept_set =
+            serde_json::to_value(f.store.envelope_set(&keep.cid).await.unwrap()).unwrap();
+        f.store
+            .add_reader(&keep.cid, &patient, &doctor.reader())
+            .await
+            .unwrap();
+        let granted = serde_json::to_value(f.store.envelope_set(&keep.cid).await.unwrap()).unwrap();
+        let doctors = granted["envelopes"][1]["ct"]
+            .as_str()
+            .unwrap()
+            .as_bytes()
+            .to_vec();
+        f.store
+            .remove_reader(&keep.cid, &doctor.account)
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(f.store.envelope_set(&keep.cid).await.unwrap()).unwrap(),
+            kept_set
+        );
+        env_samples.push(doctors);
+        for e in [&gone.cid, &packed.cid] {
+            f.store.erase(e).await.unwrap();
+        }
         for file in all_files(f.dir.path()) {
             let bytes = std::fs::read(&file).unwrap();
             for s in samples.iter().chain(&env_samples) {
@@ -416,13 +462,28 @@ fn erasure_leaves_no_ciphertext_or_envelope_on_disk() {
                 );
             }
         }
-        for who in [&patient, &doctor] {
-            let e = read(&f.store, &gone.cid, who).await.unwrap_err();
-            assert!(matches!(e, StoreError::Erased(_)), "{e}");
-            assert!(e.to_string().contains("erased"));
+        for cid in [&gone.cid, &packed.cid] {
+            for who in [&patient, &doctor] {
+                let e = read(&f.store, cid, who).await.unwrap_err();
+                assert!(matches!(e, StoreError::Erased(_)), "{e}");
+                assert!(e.to_string().contains("erased"));
+            }
+            assert!(matches!(
+                f.store.verify(cid).await,
+                Err(StoreError::Erased(_))
+            ));
+            assert!(
+                medledger_store::find_stored(&root(&f), cid)
+                    .unwrap()
+                    .is_none()
+            );
         }
+        // An erased CID never comes back, even as the very same sealed bytes and
+        // envelopes (a restore of an old backup, say).
+        let e = f.store.put_sealed(old_bytes, &old_set).await.unwrap_err();
+        assert!(matches!(e, StoreError::Erased(_)), "{e}");
         assert!(matches!(
-            f.store.verify(&gone.cid).await,
+            read(&f.store, &packed.cid, &patient).await,
             Err(StoreError::Erased(_))
         ));
         // Erasing is idempotent and leaves other blobs alone.
@@ -532,5 +593,50 @@ fn multi_gibibyte_stream_round_trips() {
         let got: [u8; 32] = sink.0.finalize().into();
         assert_eq!(got, want);
         f.store.erase(&r.cid).await.unwrap();
+    });
+}
+
+#[test]
+fn packed_blobs_survive_reopening_and_tampering_in_a_pack_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = person(6);
+    let path = dir.path().join("blobs");
+    let open = || BlobStore::open(&StoreConfig::Local { path: path.clone() }).unwrap();
+    let readers = [alice.reader()];
+    let (cids, datas): (Vec<Cid>, Vec<Vec<u8>>) = rt().block_on(async {
+        let store = open();
+        // Concurrent puts share group commits; each still gets its own answer.
+        let datas: Vec<Vec<u8>> = (0..64).map(|i| content(4096, i)).collect();
+        let puts = datas.iter().map(|d| store.put(&d[..], &readers));
+        let cids = futures::future::join_all(puts)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().cid)
+            .collect();
+        (cids, datas)
+    });
+    let store = open();
+    let f = Fx { dir, store };
+    rt().block_on(async {
+        for (cid, data) in cids.iter().zip(&datas) {
+            assert_eq!(&read(&f.store, cid, &alice).await.unwrap(), data);
+        }
+        // A flipped byte inside a pack: refused as corrupt, nothing served.
+        let good = stored_bytes(&f, &cids[7]);
+        let mut bad = good.clone();
+        bad[good.len() / 2] ^= 0x01;
+        overwrite_stored(&f, &cids[7], &bad);
+        let mut out = Vec::new();
+        let e = f.store.get(&cids[7], &alice, &mut out).await.unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert!(out.is_empty());
+        assert!(matches!(
+            f.store.verify(&cids[7]).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        // Its neighbours are untouched.
+        assert_eq!(read(&f.store, &cids[8], &alice).await.unwrap(), datas[8]);
+        overwrite_stored(&f, &cids[7], &good);
+        assert_eq!(read(&f.store, &cids[7], &alice).await.unwrap(), datas[7]);
     });
 }
