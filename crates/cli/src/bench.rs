@@ -17,7 +17,7 @@ use medledger_node::client::Client;
 use medledger_node::datadir;
 use medledger_node::keystore::{AccountKeys, KeystoreFile};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,18 @@ pub(crate) fn spawn_node() -> Result<Spawned> {
     if !st.success() {
         bail!("init failed");
     }
+    let (child, url) = serve_node(&data)?;
+    Ok(Spawned {
+        child,
+        url,
+        _dir: dir,
+        dir: data,
+    })
+}
+
+/// Starts `serve` on an initialised data directory and waits until it is ready.
+pub(crate) fn serve_node(data: &Path) -> Result<(Child, String)> {
+    let exe = std::env::current_exe()?;
     let mut child = Command::new(&exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
@@ -106,12 +118,13 @@ pub(crate) fn spawn_node() -> Result<Spawned> {
         let _ = child.kill();
         bail!("node did not start: {line}");
     }
-    Ok(Spawned {
-        child,
-        url,
-        _dir: dir,
-        dir: data,
-    })
+    Ok((child, url))
+}
+
+/// Stops a node the way an operator does (SIGTERM), so it shuts down cleanly.
+pub(crate) fn stop_node(child: &mut Child) {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
 }
 
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -140,9 +153,8 @@ pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
     let mut spawned = spawned;
     let verify = match (&result, spawned.as_mut()) {
         (Ok(_), Some(s)) => {
-            // SIGTERM-equivalent: stop the node so verify can open the store.
-            let _ = Command::new("kill").arg(s.child.id().to_string()).status();
-            let _ = s.child.wait();
+            // Stop the node so verify can open the store.
+            stop_node(&mut s.child);
             let genesis = datadir::read_genesis(&s.dir)?;
             let r = verify_ledger(
                 &s.dir.join(datadir::LEDGER_DB),
@@ -150,7 +162,12 @@ pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
                 VerifyMode::Full,
                 &|_, _| {},
             )?;
-            Some(r)
+            // A restart checks only what came after the node's verified mark.
+            let started = Instant::now();
+            let (mut child, _) = serve_node(&s.dir)?;
+            let restart_s = started.elapsed().as_secs_f64();
+            stop_node(&mut child);
+            Some((r, restart_s))
         }
         (_, Some(s)) => {
             let _ = s.child.kill();
@@ -159,7 +176,8 @@ pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
         _ => None,
     };
     let r = result?;
-    let verify_tps = verify.as_ref().map(|v| v.txs_per_second);
+    let verify_tps = verify.as_ref().map(|(v, _)| v.txs_per_second);
+    let restart_s = verify.as_ref().map(|(_, s)| *s);
     println!(
         "medledger bench ledger --workload {} ({} txs, {} clients, {} per request{})",
         a.workload.name(),
@@ -181,10 +199,13 @@ pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
     println!("{:<28}{:>14}", "committed", r.committed);
     println!("{:<28}{:>14}", "rejected", r.rejected);
     match &verify {
-        Some(v) => println!(
-            "{:<28}{:>14.0}   ({} txs in {:.2}s)",
-            "verify tx/s", v.txs_per_second, v.txs, v.seconds
-        ),
+        Some((v, restart)) => {
+            println!(
+                "{:<28}{:>14.0}   ({} txs in {:.2}s)",
+                "verify tx/s", v.txs_per_second, v.txs, v.seconds
+            );
+            println!("{:<28}{:>14.2}", "restart to ready (s)", restart);
+        }
         None => println!("{:<28}{:>14}", "verify tx/s", "skipped"),
     }
     println!(
@@ -195,7 +216,7 @@ pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
             "committed": r.committed, "rejected": r.rejected,
             "committed_tx_per_s": r.tps, "p50_ms": r.p50, "p99_ms": r.p99,
             "seq_p50_ms": r.seq_p50, "seq_p99_ms": r.seq_p99,
-            "verify_tx_per_s": verify_tps,
+            "verify_tx_per_s": verify_tps, "restart_s": restart_s,
         })
     );
     if r.rejected > 0 {

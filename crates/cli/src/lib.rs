@@ -121,7 +121,11 @@ fn parse_retention(s: &str) -> std::result::Result<medledger_core::RetentionRule
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum CheckArg {
+    /// What came after this node's verified mark (everything, the first time).
+    Since,
+    /// Everything from genesis, every signature.
     Full,
+    /// Everything from genesis but transaction signatures.
     Quick,
 }
 
@@ -143,7 +147,8 @@ pub struct ServeArgs {
     /// Initialise the data directory first if it is empty (development quick start).
     #[arg(long)]
     pub init: bool,
-    #[arg(long, value_enum, default_value = "full")]
+    /// How much of the stored ledger to check before serving.
+    #[arg(long, value_enum, default_value = "since")]
     pub startup_check: CheckArg,
     /// Mount the node-to-node Raft endpoints (multi-node clusters).
     #[arg(long)]
@@ -427,6 +432,7 @@ fn serve(a: ServeArgs) -> Result<()> {
         config.store = Some(a.store.config(&config.data_dir)?);
     }
     config.startup_check = match a.startup_check {
+        CheckArg::Since => StartupCheck::SinceVerified,
         CheckArg::Full => StartupCheck::Full,
         CheckArg::Quick => StartupCheck::Quick,
     };

@@ -256,6 +256,13 @@ fn sigkill_during_load_loses_nothing_acknowledged() {
         let node2 = start(&dir);
         rt.block_on(async {
             let c = client(&node2, &dir).await;
+            // Start-up checked only the blocks after the mark the killed node left
+            // (recorded when it started), not the whole ledger again.
+            let st = c.status().await.unwrap();
+            let s = &st.startup;
+            assert!(s.from_height > 0 && s.signatures, "round {round}: {s:?}");
+            assert_eq!(s.from_height + s.blocks, s.height, "round {round}: {s:?}");
+            assert!(s.height <= st.tip.height);
             for (u, sent) in users.iter().zip(&sent) {
                 let nonce = c.account_nonce(&u.account()).await.unwrap();
                 for (n, h) in sent {
@@ -280,27 +287,60 @@ fn sigkill_during_load_loses_nothing_acknowledged() {
     );
 }
 
+/// The prefix of a borsh-encoded verified mark for `height` and block `hash`.
+fn mark_prefix(chain: &str, height: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut p = (chain.len() as u32).to_le_bytes().to_vec();
+    p.extend_from_slice(chain.as_bytes());
+    p.extend_from_slice(&height.to_le_bytes());
+    p.extend_from_slice(hash);
+    p
+}
+
 #[test]
 fn tampered_store_is_named_by_verify_and_node_refuses_to_serve() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = init(tmp.path());
     let admin = admin(&dir);
     let mut target = Vec::new();
-    {
+    let mut target_hash = String::new();
+    let tip = {
         let node = start(&dir);
-        rt().block_on(async {
+        let tip = rt().block_on(async {
             let c = client(&node, &dir).await;
+            // A fresh node checked everything from genesis.
+            let s = c.status().await.unwrap().startup;
+            assert_eq!((s.from_height, s.signatures), (0, true), "{s:?}");
             for i in 1..=6u64 {
                 let tx = sign(&admin, "e2e-chain", i, anchor(i));
                 if i == 4 {
                     target = tx.clone();
                 }
-                assert_eq!(c.submit(&tx).await.unwrap().status, "committed");
+                let r = c.submit(&tx).await.unwrap();
+                assert_eq!(r.status, "committed");
+                if i == 4 {
+                    target_hash = r.hash.unwrap().to_string();
+                }
             }
+            c.status().await.unwrap().tip
+        });
+        node.stop();
+        tip
+    };
+    assert!(medledger(&["verify"], &dir).status.success());
+    // The stopped node left a mark at its tip: the next start checks nothing again.
+    {
+        let node = start(&dir);
+        rt().block_on(async {
+            let c = client(&node, &dir).await;
+            let s = c.status().await.unwrap().startup;
+            assert_eq!(
+                (s.from_height, s.blocks, s.height),
+                (tip.height, 0, tip.height),
+                "{s:?}"
+            );
         });
         node.stop();
     }
-    assert!(medledger(&["verify"], &dir).status.success());
     let path = dir.join("ledger.redb");
     let mut bytes = std::fs::read(&path).unwrap();
     let sig = &target[target.len() - 64..];
@@ -321,21 +361,61 @@ fn tampered_store_is_named_by_verify_and_node_refuses_to_serve() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("block 4"), "verify must name block 4: {err}");
 
-    let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("refusing to serve") && err.contains("block 4"),
-        "{err}"
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).is_empty(),
-        "it must not have started listening"
-    );
+    let refused = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.contains("refusing to serve") && err.contains("block 4"),
+            "{err}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).is_empty(),
+            "it must not have started listening"
+        );
+    };
+    refused(&["--startup-check", "full"]);
+
+    // The default start checks only what came after the mark, so it serves; but a
+    // read of the altered block refuses it, naming it, and serves nothing from it.
+    {
+        let node = start(&dir);
+        rt().block_on(async {
+            let c = client(&node, &dir).await;
+            let s = c.status().await.unwrap().startup;
+            assert_eq!((s.from_height, s.blocks), (tip.height, 0), "{s:?}");
+            for path in [format!("/v1/tx/{target_hash}"), "/v1/blocks/4".to_owned()] {
+                let (code, body) = c.get_raw(&path, &[]).await.unwrap();
+                assert_eq!(code, 500, "{path}: {body}");
+                assert!(body.to_string().contains("block 4"), "{path}: {body}");
+            }
+            let (code, _) = c.get_raw("/v1/blocks/5", &[]).await.unwrap();
+            assert_eq!(code, 200, "other blocks still read");
+        });
+        node.stop();
+    }
+
+    // A mark that is not the node's own (here: one byte of it altered) is not
+    // trusted: start-up verifies everything and finds block 4.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let prefix = mark_prefix("e2e-chain", tip.height, &tip.hash.0.0);
+    let hits: Vec<usize> = bytes
+        .windows(prefix.len())
+        .enumerate()
+        .filter(|(_, w)| *w == &prefix[..])
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!hits.is_empty(), "the mark is stored");
+    for p in hits {
+        bytes[p + prefix.len() + 3] ^= 0x01; // inside the Merkle log size
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    refused(&[]);
 }
 
 #[test]

@@ -8,6 +8,7 @@ pub mod contracts;
 mod error;
 pub mod exec;
 pub mod store;
+pub mod verified;
 pub mod verify;
 
 pub use contracts::state::AccountState;
@@ -15,4 +16,5 @@ pub use contracts::{BlockCtx, Decision};
 pub use error::{LedgerError, Result};
 pub use exec::{Overlay, StateRead};
 pub use store::{ApplyDurability, BatchOutcome, Ledger, StateView, Tip, TxLocation, TxOutcome};
+pub use verified::{MarkSource, VerifiedMark};
 pub use verify::{VerifyMode, VerifyReport, verify_ledger};

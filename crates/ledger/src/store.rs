@@ -172,7 +172,7 @@ pub fn key_name(genesis: &Genesis, node_id: u64) -> String {
     format!("medledger/{}/node-{node_id}", genesis.chain_id)
 }
 
-struct TableNodes<'a, T: ReadableTable<u64, &'static [u8]>>(&'a T);
+pub(crate) struct TableNodes<'a, T: ReadableTable<u64, &'static [u8]>>(pub(crate) &'a T);
 
 impl<T: ReadableTable<u64, &'static [u8]>> NodeStore for TableNodes<'_, T> {
     fn get_node(&self, index: u64) -> medledger_merkle::Result<Option<Digest32>> {
@@ -722,14 +722,116 @@ impl Ledger {
         Ok(())
     }
 
+    /// A stored block, checked as it is read: a genesis node's signature over its
+    /// header, its height, its transactions against the header's root, and every
+    /// transaction's signature. Start-up no longer replays blocks a verified mark
+    /// covers, so reads are where tampering with them shows (besides `verify`).
     pub fn block(&self, height: u64) -> Result<SignedBlock> {
+        let block = self.checked_block(height)?;
+        let pairs: Vec<(&SignedTx, TxHash)> =
+            block.txs.iter().map(|t| (t, t.body.hash())).collect();
+        if let Some(i) = verify_signatures(&pairs).iter().position(|ok| !ok) {
+            return Err(LedgerError::Corrupt {
+                height,
+                reason: format!("transaction {i}: signature does not verify"),
+            });
+        }
+        Ok(block)
+    }
+
+    /// A stored block whose header signature, height and transaction root check
+    /// (transaction signatures are the caller's to check).
+    fn checked_block(&self, height: u64) -> Result<SignedBlock> {
         let rtx = self.inner.db.begin_read()?;
         let t = rtx.open_table(BLOCKS)?;
         let v = t.get(height)?.ok_or(LedgerError::NoSuchBlock(height))?;
-        SignedBlock::decode(v.value()).map_err(|e| LedgerError::Corrupt {
-            height,
-            reason: e.to_string(),
-        })
+        let corrupt = |reason: String| LedgerError::Corrupt { height, reason };
+        let block = SignedBlock::decode(v.value()).map_err(|e| corrupt(e.to_string()))?;
+        let h = &block.header;
+        if h.height != height {
+            return Err(corrupt(format!("header says height {}", h.height)));
+        }
+        if !self.inner.genesis.is_node_key(&block.signer)
+            || !block.signer.verify(&h.hash().0.0, &block.signature.0)
+        {
+            return Err(corrupt("block signature does not verify".into()));
+        }
+        let hashes: Vec<TxHash> = block.txs.iter().map(|t| t.body.hash()).collect();
+        let root = medledger_merkle::log::root_of(hashes.iter().map(|h| &h.0.0[..]));
+        if root != h.tx_root || block.txs.len() != h.tx_count as usize {
+            return Err(corrupt("transactions do not match the block's root".into()));
+        }
+        Ok(block)
+    }
+
+    /// Signs and durably stores a [`VerifiedMark`] for the current tip. The commit is
+    /// two-phase, so every block the mark covers is durable with it.
+    pub fn record_verified(
+        &self,
+        source: crate::verified::MarkSource,
+        signatures: bool,
+    ) -> Result<crate::verified::VerifiedMark> {
+        let mut wtx = self.inner.db.begin_write()?;
+        wtx.set_two_phase_commit(true);
+        let mark = {
+            let mut meta = wtx.open_table(META)?;
+            let tip = meta
+                .get(META_TIP)?
+                .map(|v| Tip::try_from_slice(v.value()))
+                .transpose()
+                .map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))?
+                .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
+            let state_digest = if tip.height == 0 {
+                Digest32::default()
+            } else {
+                let blocks = wtx.open_table(BLOCKS)?;
+                let raw = blocks
+                    .get(tip.height)?
+                    .ok_or(LedgerError::NoSuchBlock(tip.height))?;
+                SignedBlock::decode(raw.value())
+                    .map_err(|e| LedgerError::Corrupt {
+                        height: tip.height,
+                        reason: e.to_string(),
+                    })?
+                    .header
+                    .state_digest
+            };
+            let frontier = Frontier::load(&TableNodes(&wtx.open_table(MERKLE)?), tip.log_size)?;
+            let mark = crate::verified::VerifiedMark {
+                chain_id: self.inner.genesis.chain_id.as_str().to_owned(),
+                height: tip.height,
+                block_hash: tip.hash,
+                log_size: tip.log_size,
+                log_root: frontier.root(),
+                state_digest,
+                signatures,
+                source,
+                at_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+            };
+            meta.insert(
+                crate::verified::META_VERIFIED,
+                &crate::verified::encode(mark.clone(), &self.inner.signer)[..],
+            )?;
+            mark
+        };
+        wtx.commit()?;
+        Ok(mark)
+    }
+
+    /// The stored verified mark: `None` if there is none, an error if there is one
+    /// that is not this node's or not for this chain.
+    pub fn verified_mark(&self) -> Result<Option<crate::verified::VerifiedMark>> {
+        self.meta(crate::verified::META_VERIFIED)?
+            .map(|b| {
+                crate::verified::decode(
+                    &b,
+                    &self.inner.signer.public(),
+                    self.inner.genesis.chain_id.as_str(),
+                )
+            })
+            .transpose()
     }
 
     /// A committed transaction and where it is.
@@ -744,7 +846,7 @@ impl Ledger {
         let Some(loc) = self.tx_location(hash)? else {
             return Ok(None);
         };
-        let block = self.block(loc.height)?;
+        let block = self.checked_block(loc.height)?;
         let first = block.header.log_size - block.header.tx_count as u64;
         let tx = block
             .txs
@@ -754,6 +856,12 @@ impl Ledger {
                 height: loc.height,
                 reason: "tx index".into(),
             })?;
+        if tx.body.hash() != *hash || tx.verify_signature(hash).is_err() {
+            return Err(LedgerError::Corrupt {
+                height: loc.height,
+                reason: "the transaction read does not verify".into(),
+            });
+        }
         Ok(Some((loc, tx, block.header.time_ms)))
     }
 
@@ -791,7 +899,7 @@ impl Ledger {
             let t = rtx.open_table(SIZES)?;
             t.get(size)?.ok_or(LedgerError::NoSuchHead(size))?.value()
         };
-        let block = self.block(height)?;
+        let block = self.checked_block(height)?;
         let cp = Checkpoint {
             origin: self.inner.origin.clone(),
             size: block.header.log_size,

@@ -38,6 +38,8 @@ pub struct VerifyReport {
     pub log_root: Digest32,
     pub seconds: f64,
     pub txs_per_second: f64,
+    /// The verified mark the check started after (0: everything from genesis).
+    pub from_height: u64,
 }
 
 fn corrupt(height: u64, reason: impl Into<String>) -> LedgerError {
@@ -398,6 +400,7 @@ pub(crate) fn verify_db(
         },
         tip,
         seconds,
+        from_height: 0,
     })
 }
 
@@ -409,5 +412,180 @@ impl crate::Ledger {
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<VerifyReport> {
         verify_db(self.db(), self.genesis(), mode, progress, Instant::now())
+    }
+}
+
+impl crate::Ledger {
+    /// The start-up check after a verified mark (see [`crate::verified`]): the mark's
+    /// block and Merkle log are the stored ones, and every later block passes every
+    /// check but the state replay. The report counts only the blocks checked here;
+    /// `from_height` is the mark's height.
+    pub fn verify_since(
+        &self,
+        mark: &crate::verified::VerifiedMark,
+        mode: VerifyMode,
+    ) -> Result<VerifyReport> {
+        let started = Instant::now();
+        let genesis = self.genesis();
+        let rtx = self.db().begin_read()?;
+        let meta = rtx.open_table(META)?;
+        let tip = meta
+            .get("tip")?
+            .map(|v| Tip::try_from_slice(v.value()))
+            .transpose()
+            .map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))?
+            .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
+        let blocks_t = rtx.open_table(BLOCKS)?;
+        let index_t = rtx.open_table(TX_INDEX)?;
+        let sizes_t = rtx.open_table(SIZES)?;
+        let merkle_t = rtx.open_table(MERKLE)?;
+        if tip.height < mark.height {
+            return Err(corrupt(
+                tip.height,
+                format!(
+                    "the ledger ends before block {}, which this node verified",
+                    mark.height
+                ),
+            ));
+        }
+        if let Some(last) = blocks_t.last()?
+            && last.0.value() != tip.height
+        {
+            return Err(corrupt(
+                last.0.value(),
+                format!("block beyond the recorded tip {}", tip.height),
+            ));
+        }
+        let mut prev = if mark.height == 0 {
+            Tip {
+                height: 0,
+                hash: genesis.hash(),
+                time_ms: genesis.created_ms,
+                log_size: 0,
+            }
+        } else {
+            let raw = blocks_t
+                .get(mark.height)?
+                .ok_or_else(|| corrupt(mark.height, "block is missing"))?;
+            let d = decode_block(Some(raw.value().to_vec()), mark.height, genesis)?;
+            let h = &d.block.header;
+            if h.hash() != mark.block_hash || h.log_size != mark.log_size {
+                return Err(corrupt(
+                    mark.height,
+                    "it is not the block this node verified",
+                ));
+            }
+            Tip {
+                height: mark.height,
+                hash: h.hash(),
+                time_ms: h.time_ms,
+                log_size: h.log_size,
+            }
+        };
+        let mut frontier = Frontier::load(&crate::store::TableNodes(&merkle_t), mark.log_size)?;
+        if frontier.root() != mark.log_root {
+            return Err(corrupt(
+                mark.height,
+                "the stored Merkle log no longer has the root this node verified",
+            ));
+        }
+        let mut from = mark.height + 1;
+        while from <= tip.height {
+            let to = (from + CHUNK - 1).min(tip.height);
+            let mut raws = Vec::with_capacity((to + 1 - from) as usize);
+            for h in from..=to {
+                raws.push((h, blocks_t.get(h)?.map(|v| v.value().to_vec())));
+            }
+            let decoded: Vec<Result<Decoded>> = raws
+                .into_par_iter()
+                .map(|(h, raw)| decode_block(raw, h, genesis))
+                .collect();
+            let bad_signature = if mode == VerifyMode::Full {
+                check_signatures(&decoded)
+            } else {
+                None
+            };
+            for d in decoded {
+                let Decoded { height, block, txs } = d?;
+                if let Some((bad, i)) = bad_signature
+                    && bad == height
+                {
+                    return Err(corrupt(
+                        height,
+                        format!("transaction {i}: {}", RejectReason::BadSignature),
+                    ));
+                }
+                let h = &block.header;
+                if h.height != height {
+                    return Err(corrupt(height, format!("header says height {}", h.height)));
+                }
+                if h.prev_hash != prev.hash {
+                    return Err(corrupt(height, "previous-block hash does not match"));
+                }
+                if h.chain_id != genesis.chain_id {
+                    return Err(corrupt(height, "chain id does not match genesis"));
+                }
+                if h.time_ms < prev.time_ms {
+                    return Err(corrupt(height, "block time goes backwards"));
+                }
+                let hashes: Vec<TxHash> = txs.iter().map(|(_, h)| *h).collect();
+                let tx_root = medledger_merkle::log::root_of(hashes.iter().map(|h| &h.0.0[..]));
+                if tx_root != h.tx_root || hashes.len() != h.tx_count as usize {
+                    return Err(corrupt(
+                        height,
+                        "transaction root does not match its contents",
+                    ));
+                }
+                for hash in &hashes {
+                    frontier.push(&hash.0.0, |_, _| {});
+                }
+                if frontier.root() != h.log_root || frontier.size() != h.log_size {
+                    return Err(corrupt(
+                        height,
+                        "ledger Merkle root does not match its contents",
+                    ));
+                }
+                let first_leaf = h.log_size - h.tx_count as u64;
+                for (i, hash) in hashes.iter().enumerate() {
+                    let got = index_t.get(&hash.0.0[..])?.map(|v| v.value());
+                    if got != Some((height, first_leaf + i as u64)) {
+                        return Err(corrupt(
+                            height,
+                            format!("tx index entry for transaction {i} is wrong"),
+                        ));
+                    }
+                }
+                if sizes_t.get(h.log_size)?.map(|v| v.value()) != Some(height) {
+                    return Err(corrupt(height, "tree-size index is wrong"));
+                }
+                prev = Tip {
+                    height,
+                    hash: h.hash(),
+                    time_ms: h.time_ms,
+                    log_size: h.log_size,
+                };
+            }
+            from = to + 1;
+        }
+        if prev != tip {
+            return Err(LedgerError::CorruptMeta(
+                "recorded tip does not match the last block".into(),
+            ));
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let txs = tip.log_size - mark.log_size;
+        Ok(VerifyReport {
+            blocks: tip.height - mark.height,
+            txs,
+            log_root: frontier.root(),
+            txs_per_second: if seconds > 0.0 {
+                txs as f64 / seconds
+            } else {
+                0.0
+            },
+            tip,
+            seconds,
+            from_height: mark.height,
+        })
     }
 }

@@ -10,11 +10,44 @@ use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StartupCheck {
-    /// Re-verify everything, including every transaction signature.
+    /// Only what came after the node's verified mark ([`medledger_ledger::verified`]),
+    /// fully; everything from genesis when there is no mark or it does not check.
     #[default]
+    SinceVerified,
+    /// Re-verify everything, including every transaction signature.
     Full,
     /// Everything but per-transaction signatures.
     Quick,
+}
+
+/// How often a running node advances its verified mark to the blocks it applied.
+const MARK_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The start-up check: after the verified mark when there is a good one, else from
+/// genesis (then a mark is recorded, so the next start is short).
+fn startup_check(
+    ledger: &Ledger,
+    check: StartupCheck,
+) -> medledger_ledger::Result<(medledger_ledger::VerifyReport, bool)> {
+    use medledger_ledger::MarkSource;
+    if check == StartupCheck::SinceVerified {
+        match ledger.verified_mark() {
+            Ok(Some(mark)) => {
+                let report = ledger.verify_since(&mark, VerifyMode::Full)?;
+                return Ok((report, mark.signatures));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "verifying everything"),
+        }
+    }
+    let mode = match check {
+        StartupCheck::Quick => VerifyMode::SkipTxSignatures,
+        _ => VerifyMode::Full,
+    };
+    let report = ledger.verify(mode, &|_, _| {})?;
+    let signatures = mode == VerifyMode::Full;
+    ledger.record_verified(MarkSource::Replayed, signatures)?;
+    Ok((report, signatures))
 }
 
 /// Self-registrations by unknown keys admitted per second, node-wide, and in a burst.
@@ -91,16 +124,14 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
             .map_err(|e| NodeError::Server(e.to_string()))?
             .map_err(NodeError::StartupCheck)?
     };
-    let mode = match config.startup_check {
-        StartupCheck::Full => VerifyMode::Full,
-        StartupCheck::Quick => VerifyMode::SkipTxSignatures,
-    };
     let l = ledger.clone();
-    let report = tokio::task::spawn_blocking(move || l.verify(mode, &|_, _| {}))
+    let check = config.startup_check;
+    let (report, signatures) = tokio::task::spawn_blocking(move || startup_check(&l, check))
         .await
         .map_err(|e| NodeError::Server(e.to_string()))?
         .map_err(NodeError::StartupCheck)?;
     tracing::info!(
+        from_height = report.from_height,
         blocks = report.blocks,
         txs = report.txs,
         seconds = report.seconds,
@@ -108,11 +139,30 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
     );
     let verified = std::sync::Arc::new(crate::state::Verified {
         at_ms: crate::reporter::now_ms(),
+        from_height: report.from_height,
         height: report.tip.height,
+        blocks: report.blocks,
         txs: report.txs,
         seconds: report.seconds,
-        signatures: matches!(mode, VerifyMode::Full),
+        signatures,
     });
+    {
+        // Blocks this node applies go through its own contracts: it advances its mark
+        // over them, so that a restart (even after a crash) checks little.
+        let l = ledger.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(MARK_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let l = l.clone();
+                let r = tokio::task::spawn_blocking(move || advance_mark(&l, signatures)).await;
+                if !matches!(r, Ok(Ok(()))) {
+                    tracing::warn!("could not advance the verified mark");
+                }
+            }
+        });
+    }
 
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
@@ -166,6 +216,16 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         .await
     {
         tracing::warn!(error = %e, "serving before the Raft log was fully re-applied");
+    }
+    // The re-applied entries went through this node's contracts: the mark moves past
+    // them (and makes them durable in the ledger file), so a crash before the next
+    // periodic advance does not leave them to be checked again.
+    {
+        let l = ledger.clone();
+        let r = tokio::task::spawn_blocking(move || advance_mark(&l, signatures)).await;
+        if !matches!(r, Ok(Ok(()))) {
+            tracing::warn!("could not advance the verified mark after the Raft log replay");
+        }
     }
     let batcher = Batcher::start(raft.clone(), config.batcher.clone());
     let submitter = crate::submitter::Submitter::new(ledger.clone(), batcher.clone());
@@ -274,11 +334,23 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
             .map_err(|e| NodeError::Server(e.to_string()))
     };
     let _ = raft.shutdown().await;
-    let flushed = tokio::task::spawn_blocking(move || ledger.flush()).await;
+    let flushed = tokio::task::spawn_blocking(move || advance_mark(&ledger, signatures)).await;
     if !matches!(flushed, Ok(Ok(()))) {
         tracing::warn!("ledger flush at shutdown failed; the Raft log will be re-applied at start");
     }
     result
+}
+
+/// Advances the verified mark to the tip, if it moved (a durable commit, so it also
+/// flushes the ledger).
+fn advance_mark(ledger: &Ledger, signatures: bool) -> medledger_ledger::Result<()> {
+    let at = ledger.verified_mark().ok().flatten().map(|m| m.height);
+    if at == Some(ledger.tip().height) {
+        return ledger.flush();
+    }
+    ledger
+        .record_verified(medledger_ledger::MarkSource::Applied, signatures)
+        .map(|_| ())
 }
 
 async fn shutdown_signal() {

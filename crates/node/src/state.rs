@@ -31,7 +31,11 @@ pub struct AppState {
 #[derive(Debug, Clone)]
 pub struct Verified {
     pub at_ms: u64,
+    /// The verified mark the check started after (0: from genesis).
+    pub from_height: u64,
     pub height: u64,
+    /// Blocks and transactions checked at start-up.
+    pub blocks: u64,
     pub txs: u64,
     pub seconds: f64,
     /// Whether every transaction signature was checked again (a full check).

@@ -282,3 +282,89 @@ fn remembered_verification_covers_only_that_exact_signature() {
     assert_eq!(code(&out, 0), "accepted");
     verify_ledger_open(&f);
 }
+
+/// The verified mark: start-up's check from it passes on a sound ledger, names a
+/// tampered block after it, leaves one before it to `verify` and to reads (which
+/// refuse it), and a mark signed by another key is not accepted.
+#[test]
+fn verified_mark_bounds_the_startup_check_and_tampering_is_still_named() {
+    let f = fixture();
+    let mut marked = Vec::new();
+    for i in 1..=3u64 {
+        let t = tx(&f.admin, "test-chain", i, anchor(i as u8));
+        marked.push(t.clone());
+        apply(&f.ledger, &[t]);
+    }
+    let mark = f
+        .ledger
+        .record_verified(medledger_ledger::MarkSource::Replayed, true)
+        .unwrap();
+    assert_eq!((mark.height, mark.log_size), (3, 3));
+    assert_eq!(f.ledger.verified_mark().unwrap(), Some(mark.clone()));
+    let mut after = Vec::new();
+    for i in 4..=6u64 {
+        let t = tx(&f.admin, "test-chain", i, anchor(i as u8));
+        after.push(t.clone());
+        apply(&f.ledger, &[t]);
+    }
+    let r = f.ledger.verify_since(&mark, VerifyMode::Full).unwrap();
+    assert_eq!((r.from_height, r.blocks, r.txs, r.tip.height), (3, 3, 3, 6));
+
+    let Fixture {
+        _dir,
+        path,
+        ledger,
+        genesis,
+        ..
+    } = f;
+    drop(ledger);
+    let flip = |t: &[u8]| {
+        let mut bytes = std::fs::read(&path).unwrap();
+        let sig = &t[t.len() - 64..];
+        let hits: Vec<usize> = bytes
+            .windows(64)
+            .enumerate()
+            .filter(|(_, w)| *w == sig)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(!hits.is_empty());
+        for pos in hits {
+            bytes[pos + 10] ^= 0x01;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+    };
+    let reopen = |key: NodeSigner| Ledger::open(&path, genesis.clone(), key, 1).unwrap();
+
+    // A block covered by the mark: start-up's check does not replay it, but `verify`
+    // names it and reading it refuses it.
+    flip(&marked[1]);
+    let fresh = NodeSigner::new(generate_signing_key().unwrap());
+    let l = reopen(fresh.clone());
+    // The stored mark was signed by the fixture's node key, not this one.
+    assert!(matches!(
+        l.verified_mark(),
+        Err(LedgerError::CorruptMeta(_))
+    ));
+    let m = l
+        .record_verified(medledger_ledger::MarkSource::Applied, true)
+        .unwrap();
+    assert_eq!(l.verify_since(&m, VerifyMode::Full).unwrap().blocks, 0);
+    match l.verify(VerifyMode::Full, &|_, _| {}) {
+        Err(LedgerError::Corrupt { height, .. }) => assert_eq!(height, 2),
+        other => panic!("verify must name block 2: {other:?}"),
+    }
+    assert!(matches!(
+        l.block(2),
+        Err(LedgerError::Corrupt { height: 2, .. })
+    ));
+    assert!(l.block(3).is_ok());
+
+    // A block after the mark: start-up's check names it.
+    drop(l);
+    flip(&after[1]);
+    let l = reopen(fresh);
+    match l.verify_since(&mark, VerifyMode::Full) {
+        Err(LedgerError::Corrupt { height, .. }) => assert_eq!(height, 5),
+        other => panic!("the check after the mark must name block 5: {other:?}"),
+    }
+}

@@ -95,6 +95,16 @@ impl From<LedgerError> for ApiError {
             LedgerError::NoSuchTx => ApiError::NotFound("transaction"),
             LedgerError::NoSuchHead(_) => ApiError::NotFound("tree head at that size"),
             LedgerError::Merkle(m) => ApiError::BadRequest(m.to_string()),
+            // Named, not hidden: an auditor reading a block that fails its check must
+            // learn which one (the message holds a height and a reason, nothing else).
+            e @ LedgerError::Corrupt { .. } => {
+                tracing::error!(error = %e, "a ledger read failed its integrity check");
+                ApiError::Refused {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    code: "ledger_corrupt",
+                    message: e.to_string(),
+                }
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -41,16 +41,23 @@ pub fn of(s: &AppState) -> ChainStatus {
         head: tip.hash.to_string(),
         log_size: tip.log_size,
         verified: format!(
-            "Verified up to height {} ({} transactions{}) in {:.1} s when this node started, {}.",
+            "Verified up to height {} when this node started, {}: {} in {:.1} s{}.",
             v.height,
-            v.txs,
+            when(v.at_ms),
+            if v.from_height == 0 {
+                format!("everything from genesis ({} transactions)", v.txs)
+            } else {
+                format!(
+                    "the {} blocks ({} transactions) after height {}, which this node had verified before",
+                    v.blocks, v.txs, v.from_height
+                )
+            },
+            v.seconds,
             if v.signatures {
-                ", every signature checked again"
+                ", every signature checked"
             } else {
                 ""
             },
-            v.seconds,
-            when(v.at_ms)
         ),
         role: format!("{:?}", m.state).to_lowercase(),
         peers,
