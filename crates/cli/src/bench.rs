@@ -100,7 +100,7 @@ pub(crate) fn serve_node(data: &Path) -> Result<(Child, String)> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(&exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
+        .arg(data)
         // The bench prints its own figures; the node says only what went wrong.
         .env("MEDLEDGER_LOG", "warn")
         .stdout(Stdio::piped())
