@@ -44,6 +44,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Recompute every hash, signature, Merkle root and state digest (node stopped).
     Verify(DataDirArg),
+    /// Rebuild the FHIR search index from the ledger and the record store (node
+    /// stopped); custody keys and directory subjects are kept.
+    Reindex(ReindexArgs),
     /// Build, sign locally, submit and look up transactions.
     #[command(subcommand)]
     Tx(TxCommand),
@@ -338,6 +341,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => init(a),
         Command::Serve(a) => serve(a),
         Command::Verify(d) => verify(&d.data_dir),
+        Command::Reindex(a) => reindex(a),
         Command::Tx(TxCommand::Submit(a)) => runtime()?.block_on(submit(a)),
         Command::Tx(TxCommand::Status { hash, node, who }) => {
             runtime()?.block_on(status(&hash, &node, &who))
@@ -439,6 +443,38 @@ fn serve(a: ServeArgs) -> Result<()> {
     runtime()?.block_on(medledger_node::serve(config, |url| {
         println!("medledger listening on {url}");
     }))?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ReindexArgs {
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    #[command(flatten)]
+    pub store: blob::StoreArg,
+}
+
+fn reindex(a: ReindexArgs) -> Result<()> {
+    let dir = &a.dir.data_dir;
+    datadir::read_genesis(dir)?;
+    let store = a.store.config(dir)?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} blocks {per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = |done: u64, total: u64| {
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let result = runtime()?.block_on(medledger_node::fhir::reindex(dir, &store, &progress));
+    bar.finish_and_clear();
+    let r = result.context("reindex FAILED")?;
+    println!(
+        "FHIR index rebuilt: {} blocks, {} records, {} indexed, {} not indexable on this node ({:.2}s)",
+        r.to, r.records, r.indexed, r.passed_over, r.seconds
+    );
+    println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
 

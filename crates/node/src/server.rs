@@ -257,6 +257,20 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         reporter.clone(),
     )
     .map_err(|e| NodeError::Server(format!("FHIR index: {e}")))?;
+    // A crash between a commit and its index write leaves a record no search finds:
+    // index what the ledger holds beyond the index's watermark before serving.
+    let caught = fhir
+        .catch_up(ledger.tip().height)
+        .await
+        .map_err(|e| NodeError::Server(format!("FHIR index catch-up: {e}")))?;
+    tracing::info!(
+        from = caught.from,
+        to = caught.to,
+        records = caught.records,
+        indexed = caught.indexed,
+        seconds = caught.seconds,
+        "FHIR index caught up with the ledger"
+    );
     let auth = crate::auth::Auth::open(
         &dd.dir,
         ledger.clone(),
@@ -286,6 +300,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         )),
         demo: config.demo.clone(),
     };
+    tokio::spawn(crate::fhir::follow(state.fhir.clone(), ledger.clone()));
     let per_client = state.per_client.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(60));

@@ -39,6 +39,9 @@ pub struct Doc {
     /// The keyed tokens this record is indexed under (hex), to remove them on update.
     pub tokens: Vec<String>,
     pub dates: Vec<(String, i64, i64)>,
+    /// The CID of the version indexed, to tell an up-to-date entry from a stale one.
+    #[serde(default)]
+    pub cid: Option<String>,
 }
 
 impl Doc {
@@ -50,14 +53,22 @@ impl Doc {
     }
 }
 
-/// One record to (re-)index: id, type, keyed tokens, date ranges, deleted.
-pub type IndexEntry = (
-    RecordId,
-    String,
-    Vec<[u8; 32]>,
-    Vec<(String, i64, i64)>,
-    bool,
-);
+/// One record version to (re-)index.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    pub record: RecordId,
+    pub rtype: String,
+    /// Keyed search tokens ([`Index::token`]).
+    pub tokens: Vec<[u8; 32]>,
+    pub dates: Vec<(String, i64, i64)>,
+    pub deleted: bool,
+    /// The version's CID.
+    pub cid: medledger_core::Cid,
+}
+
+/// `META` key: every record change committed at or below this ledger height is in
+/// the index (see `catchup`).
+const INDEXED_HEIGHT: &str = "indexed_height";
 
 /// A write waiting for the index writer: records to index or forget, a custody
 /// key, an organisation's directory subject. All index writes go through it.
@@ -68,6 +79,11 @@ enum Job {
     /// The patient claimed their keys: the node's copy goes.
     Release(AccountId),
     Directory(String, AccountId),
+    /// Everything up to this ledger height is indexed.
+    Watermark(u64),
+    /// Drops every search entry and the watermark (custody and directory stay): the
+    /// start of a rebuild.
+    ResetSearch,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
@@ -143,6 +159,27 @@ impl Index {
         self.submit(Job::Release(*account)).await
     }
 
+    /// Records that every record change up to `height` is indexed; written after
+    /// (in the same order as) the entries queued before it.
+    pub async fn set_indexed_height(&self, height: u64) -> Result<(), FhirError> {
+        self.submit(Job::Watermark(height)).await
+    }
+
+    /// The height up to which every record change is indexed (0: none yet).
+    pub fn indexed_height(&self) -> Result<u64, FhirError> {
+        let r = self.inner.db.begin_read().map_err(storage)?;
+        let meta = r.open_table(META).map_err(storage)?;
+        Ok(meta
+            .get(INDEXED_HEIGHT)
+            .map_err(storage)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Empties the search tables (a rebuild from the ledger follows).
+    pub async fn reset_search(&self) -> Result<(), FhirError> {
+        self.submit(Job::ResetSearch).await
+    }
+
     async fn submit(&self, job: Job) -> Result<(), FhirError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.writer
@@ -204,6 +241,23 @@ impl Inner {
                         .insert(org.as_str(), &account.0[..])
                         .map_err(storage)?;
                 }
+                Job::Watermark(h) => {
+                    let mut meta = w.open_table(META).map_err(storage)?;
+                    let now = meta
+                        .get(INDEXED_HEIGHT)
+                        .map_err(storage)?
+                        .map_or(0, |v| v.value());
+                    meta.insert(INDEXED_HEIGHT, now.max(h)).map_err(storage)?;
+                }
+                Job::ResetSearch => {
+                    for t in [TYPES, TOKENS, DOCS] {
+                        w.delete_table(t).map_err(storage)?;
+                        w.open_table(t).map_err(storage)?;
+                    }
+                    let mut meta = w.open_table(META).map_err(storage)?;
+                    meta.remove(INDEXED_HEIGHT).map_err(storage)?;
+                    meta.remove("seq").map_err(storage)?;
+                }
             }
         }
         w.commit().map_err(storage)
@@ -252,7 +306,15 @@ impl Inner {
                 .map_err(storage)?
                 .map(|v| v.value())
                 .unwrap_or(0);
-            for (record, rtype, toks, dates, deleted) in entries {
+            for IndexEntry {
+                record,
+                rtype,
+                tokens: toks,
+                dates,
+                deleted,
+                cid,
+            } in entries
+            {
                 let old: Option<Doc> = match docs.get(&record.0.0[..]).map_err(storage)? {
                     Some(v) => Some(
                         serde_json::from_slice(&self.open_sealed(v.value(), &record.0.0)?)
@@ -290,6 +352,7 @@ impl Inner {
                     deleted,
                     tokens: toks.iter().map(hex::encode).collect(),
                     dates,
+                    cid: Some(cid.to_string()),
                 };
                 let sealed = self.seal(&serde_json::to_vec(&doc).map_err(storage)?, &record.0.0)?;
                 docs.insert(&record.0.0[..], &sealed[..]).map_err(storage)?;

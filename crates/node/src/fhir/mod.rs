@@ -14,7 +14,9 @@
 //! Location, …) belong to the organisation's *directory subject*, an account created
 //! the same way that grants its organisation treatment and operations access.
 
+mod catchup;
 pub mod index;
 mod service;
 
+pub use catchup::{CatchUpReport, follow, reindex};
 pub use service::{Fhir, FhirError, Stored, searchset};

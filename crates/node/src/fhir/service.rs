@@ -1,5 +1,6 @@
 //! Create, read, update, delete, history, search and Bundles over the ledger.
 
+use super::catchup::{CatchUp, CatchUpReport};
 use super::index::{Doc, Index, IndexEntry};
 use crate::auth::Principal;
 use crate::keystore::AccountKeys;
@@ -351,13 +352,92 @@ struct Planned {
 
 impl Prepared {
     fn entry(&self, record: RecordId) -> IndexEntry {
-        (
+        IndexEntry {
             record,
-            self.rtype.clone(),
-            self.tokens.clone(),
-            self.dates.clone(),
-            self.deleted,
-        )
+            rtype: self.rtype.clone(),
+            tokens: self.tokens.clone(),
+            dates: self.dates.clone(),
+            deleted: self.deleted,
+            cid: self.cid,
+        }
+    }
+}
+
+/// Opens one version's blob with the custodian key, after checking that the ledger
+/// registered this CID to exactly this record version: the custodian envelope opens
+/// any blob, so the binding (not the envelope) is what ties content to the record it
+/// is read as.
+pub(super) async fn fetch_version(
+    ledger: &Ledger,
+    store: &BlobStore,
+    custodian: &ReaderSecret,
+    record: &RecordId,
+    v: &VersionState,
+) -> Result<Value, FhirError> {
+    let cid = v.cid;
+    let owner = ledger
+        .state()
+        .and_then(|st| query::cid_owner(&st, &cid))
+        .map_err(internal)?;
+    if !owner.is_some_and(|o| o.record == *record && o.version == v.version) {
+        return Err(FhirError::Corrupt(format!(
+            "blob {cid} is not registered to this record version"
+        )));
+    }
+    let mut out = Vec::new();
+    store.get(&cid, custodian, &mut out).await.map_err(|e| {
+        use medledger_store::StoreError as S;
+        match e {
+            S::Corrupt { .. } | S::Format(_) | S::Decrypt { .. } | S::EnvelopeOpen(_) => {
+                FhirError::Corrupt(format!("record store: {e}"))
+            }
+            S::NotFound(_) | S::Erased(_) | S::NoAccess(_) => {
+                FhirError::Corrupt(format!("record store: {e}"))
+            }
+            e => FhirError::Unavailable(format!("record store: {e}")),
+        }
+    })?;
+    serde_json::from_slice(&out).map_err(|e| FhirError::Corrupt(format!("content: {e}")))
+}
+
+/// The node's custodian key pair, derived from its FHIR key: every resource written
+/// through this node is also sealed for it, so the node can index and serve it.
+pub(super) fn custodian(key: [u8; 32], node: AccountId) -> ReaderSecret {
+    ReaderSecret {
+        account: node,
+        secret: medledger_core::hash::tagged(b"medledger/fhir-custodian/v1\0", &[&key]).0,
+    }
+}
+
+/// What the index keeps of one version of a resource.
+pub(super) struct Terms {
+    pub tokens: Vec<[u8; 32]>,
+    pub dates: Vec<(String, i64, i64)>,
+    /// A deletion's tombstone (no tokens, no dates).
+    pub deleted: bool,
+}
+
+pub(super) fn index_terms(index: &Index, rtype: &str, content: &Value) -> Terms {
+    if is_tombstone(content) {
+        return Terms {
+            tokens: Vec::new(),
+            dates: Vec::new(),
+            deleted: true,
+        };
+    }
+    let extracted = search::extract(rtype, content);
+    Terms {
+        tokens: extracted
+            .tokens
+            .iter()
+            .map(|(p, v)| index.token(rtype, p, v))
+            .collect(),
+        dates: extracted
+            .dates
+            .iter()
+            .map(|(p, r)| ((*p).to_owned(), r.lo, r.hi))
+            .collect(),
+        deleted: false,
     }
 }
 
@@ -385,21 +465,34 @@ impl Fhir {
         reporter: Reporter,
     ) -> Result<Self, FhirError> {
         let index = Index::open(&data_dir.join("fhir.redb"), key)?;
-        let secret = medledger_core::hash::tagged(b"medledger/fhir-custodian/v1\0", &[&key]).0;
-        let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(secret));
+        let custodian = custodian(key, node);
         Ok(Fhir {
             ledger,
             submitter,
             store,
             reporter,
             index,
-            custodian: ReaderSecret {
-                account: node,
-                secret,
-            },
-            custodian_public: public.to_bytes(),
+            custodian_public: custodian.public(),
+            custodian,
             directory_lock: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Brings the index up to ledger height `to` (see `catchup`).
+    pub async fn catch_up(&self, to: u64) -> Result<CatchUpReport, FhirError> {
+        CatchUp {
+            ledger: &self.ledger,
+            store: &self.store,
+            index: &self.index,
+            custodian: &self.custodian,
+        }
+        .run(to, &|_, _| {})
+        .await
+    }
+
+    /// The height up to which every record change is indexed.
+    pub fn indexed_height(&self) -> Result<u64, FhirError> {
+        self.index.indexed_height()
     }
 
     // ---- signing and submission -------------------------------------------------
@@ -664,12 +757,11 @@ impl Fhir {
         patient_key: Option<[u8; 32]>,
         content: &Value,
     ) -> Result<Prepared, FhirError> {
-        let deleted = is_tombstone(content);
-        let extracted = if deleted {
-            search::Extracted::default()
-        } else {
-            search::extract(rtype, content)
-        };
+        let Terms {
+            tokens,
+            dates,
+            deleted,
+        } = index_terms(&self.index, rtype, content);
         let bytes = serde_json::to_vec(content).map_err(internal)?;
         let mut readers = vec![Reader {
             account: self.custodian.account,
@@ -698,48 +790,15 @@ impl Fhir {
             cid: receipt.cid,
             content_hash: receipt.content_hash,
             size: receipt.stored_bytes,
-            tokens: extracted
-                .tokens
-                .iter()
-                .map(|(p, v)| self.index.token(rtype, p, v))
-                .collect(),
-            dates: extracted
-                .dates
-                .iter()
-                .map(|(p, r)| ((*p).to_owned(), r.lo, r.hi))
-                .collect(),
+            tokens,
+            dates,
             deleted,
         })
     }
 
-    /// Opens one version's blob, after checking that the ledger registered this CID to
-    /// exactly this record version: the custodian envelope opens any blob, so the
-    /// binding (not the envelope) is what ties content to the record it is read as.
+    /// [`fetch_version`] with this node's custodian key.
     async fn fetch(&self, record: &RecordId, v: &VersionState) -> Result<Value, FhirError> {
-        let cid = v.cid;
-        let owner = self.lookup(|st| query::cid_owner(st, &cid))?;
-        if !owner.is_some_and(|o| o.record == *record && o.version == v.version) {
-            return Err(FhirError::Corrupt(format!(
-                "blob {cid} is not registered to this record version"
-            )));
-        }
-        let mut out = Vec::new();
-        self.store
-            .get(&cid, &self.custodian, &mut out)
-            .await
-            .map_err(|e| {
-                use medledger_store::StoreError as S;
-                match e {
-                    S::Corrupt { .. } | S::Format(_) | S::Decrypt { .. } | S::EnvelopeOpen(_) => {
-                        FhirError::Corrupt(format!("record store: {e}"))
-                    }
-                    S::NotFound(_) | S::Erased(_) | S::NoAccess(_) => {
-                        FhirError::Corrupt(format!("record store: {e}"))
-                    }
-                    e => FhirError::Unavailable(format!("record store: {e}")),
-                }
-            })?;
-        serde_json::from_slice(&out).map_err(|e| FhirError::Corrupt(format!("content: {e}")))
+        fetch_version(&self.ledger, &self.store, &self.custodian, record, v).await
     }
 
     // ---- access ------------------------------------------------------------------
