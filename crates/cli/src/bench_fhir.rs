@@ -43,6 +43,43 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<T>> + Send,
 {
+    Ok(drive_timed(n, clients, bar, job)
+        .await?
+        .into_iter()
+        .map(|(v, ms, _)| (v, ms))
+        .collect())
+}
+
+/// Jobs done per second over the last `k` completions of `done`, or since `start`
+/// when `start` is given (the first leg of a run).
+fn rate(mut done: Vec<Instant>, k: usize, start: Option<Instant>) -> f64 {
+    done.sort();
+    let n = done.len();
+    if n == 0 || k == 0 {
+        return 0.0;
+    }
+    let (k, from) = match start {
+        Some(s) => (n, s),
+        None => {
+            let k = k.min(n - 1);
+            (k, done[n - 1 - k])
+        }
+    };
+    k as f64 / done[n - 1].duration_since(from).as_secs_f64().max(1e-9)
+}
+
+/// [`drive`], also returning when each job completed.
+async fn drive_timed<T, F, Fut>(
+    n: usize,
+    clients: usize,
+    bar: &str,
+    job: F,
+) -> Result<Vec<(T, f64, Instant)>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<T>> + Send,
+{
     let pb = indicatif::ProgressBar::new(n as u64).with_message(bar.to_owned());
     pb.set_style(
         indicatif::ProgressStyle::with_template("{msg:>12} {wide_bar} {pos}/{len} {per_sec}")
@@ -62,7 +99,8 @@ where
                 }
                 let t0 = Instant::now();
                 let v = job(i).await?;
-                out.push((i, v, t0.elapsed().as_secs_f64() * 1000.0));
+                let done = Instant::now();
+                out.push((i, v, done.duration_since(t0).as_secs_f64() * 1000.0, done));
                 pb.inc(1);
             }
         }));
@@ -72,11 +110,29 @@ where
         all.extend(t.await??);
     }
     pb.finish_and_clear();
-    all.sort_by_key(|(i, _, _)| *i);
-    Ok(all.into_iter().map(|(_, v, ms)| (v, ms)).collect())
+    all.sort_by_key(|(i, _, _, _)| *i);
+    Ok(all.into_iter().map(|(_, v, ms, at)| (v, ms, at)).collect())
+}
+
+/// Read and search latency of a sample taken at one point of the run.
+#[derive(Default, serde::Serialize)]
+struct Probe {
+    resources: usize,
+    read_p50_ms: f64,
+    read_p99_ms: f64,
+    search_p50_ms: f64,
+    search_p99_ms: f64,
 }
 
 struct Figures {
+    /// Observation creates/s in the first and last tenth of their run.
+    obs_first_tenth: f64,
+    obs_last_tenth: f64,
+    /// Reads and searches after the first tenth of the Observations, and at the end.
+    early: Probe,
+    late: Probe,
+    /// Data directory bytes by part, after every create.
+    disk: Vec<(&'static str, u64)>,
     patients_per_s: f64,
     observations_per_s: f64,
     creates_per_s: f64,
@@ -98,10 +154,15 @@ pub fn fhir(a: FhirBenchArgs) -> Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(run(&a, &node.url, &node.dir));
-    let _ = node.child.kill();
-    let _ = node.child.wait();
+    crate::bench::stop_node(&mut node.child);
     let f = result?;
+    // The node's start-up on the data set the run left.
+    let started = Instant::now();
+    let (mut again, _) = crate::bench::serve_node(&node.dir)?;
+    let restart_s = started.elapsed().as_secs_f64();
+    crate::bench::stop_node(&mut again);
     let creates = a.patients * (1 + a.observations);
+    let disk_total: u64 = f.disk.iter().map(|(_, b)| b).sum();
     println!(
         "medledger bench fhir ({} patients x {} observations = {creates} creates, {} reads, {} searches, {} clients)",
         a.patients, a.observations, a.reads, a.searches, a.clients
@@ -121,6 +182,30 @@ pub fn fhir(a: FhirBenchArgs) -> Result<()> {
     for (label, value, decimals) in rows {
         println!("{label:<34}{value:>12.decimals$}");
     }
+    let more = [
+        ("Observation creates/s, first tenth", f.obs_first_tenth, 0),
+        ("Observation creates/s, last tenth", f.obs_last_tenth, 0),
+        ("read p99 (ms), early / late", f.early.read_p99_ms, 1),
+        ("", f.late.read_p99_ms, 1),
+        ("search p99 (ms), early / late", f.early.search_p99_ms, 1),
+        ("", f.late.search_p99_ms, 1),
+        (
+            "bytes on disk per resource",
+            disk_total as f64 / creates as f64,
+            0,
+        ),
+        ("restart to ready (s)", restart_s, 2),
+    ];
+    for (label, value, decimals) in more {
+        println!("{label:<34}{value:>12.decimals$}");
+    }
+    for (part, bytes) in &f.disk {
+        println!(
+            "{:<34}{:>12.0}",
+            format!("  {part} bytes per resource"),
+            *bytes as f64 / creates as f64
+        );
+    }
     println!(
         "{}",
         json!({
@@ -131,6 +216,12 @@ pub fn fhir(a: FhirBenchArgs) -> Result<()> {
             "reads_per_s": f.reads_per_s, "read_p50_ms": f.read_p50, "read_p99_ms": f.read_p99,
             "audit_lag_s": f.audit_lag_s,
             "search_p50_ms": f.search_p50, "search_p99_ms": f.search_p99,
+            "observation_creates_per_s_first_tenth": f.obs_first_tenth,
+            "observation_creates_per_s_last_tenth": f.obs_last_tenth,
+            "early": f.early, "late": f.late,
+            "disk_bytes": f.disk.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "bytes_per_resource": disk_total as f64 / creates as f64,
+            "restart_s": restart_s,
         })
     );
     Ok(())
@@ -160,24 +251,58 @@ async fn run(a: &FhirBenchArgs, url: &str, dir: &Path) -> Result<Figures> {
     .map(|(id, _)| id)
     .collect();
     let patient_secs = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
-    let (f, ids, per) = (fhir.clone(), Arc::new(patients.clone()), a.observations);
-    let observations: Vec<String> = drive(a.patients * per, a.clients, "Observation", move |i| {
-        let (f, ids) = (f.clone(), ids.clone());
-        async move {
-            let body = observation(&ids[i / per], i % per, &mut Mix(!(i as u64)));
-            f.create(&body).await
+    // Observations in two legs: the first tenth, a probe of read and search latency on
+    // what exists then, the rest. The probe's time is not counted as create time.
+    let per = a.observations;
+    let total = a.patients * per;
+    let tenth = (total / 10).max(1).min(total);
+    let mut observations: Vec<String> = Vec::with_capacity(total);
+    let mut done_at = Vec::with_capacity(total);
+    let mut obs_secs = 0.0;
+    let mut early = Probe::default();
+    let first_start = Instant::now();
+    for (from, to) in [(0, tenth), (tenth, total)] {
+        if from >= to {
+            continue;
         }
-    })
-    .await?
-    .into_iter()
-    .map(|(id, _)| id)
-    .collect();
-    let obs_secs = t1.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let (f, ids) = (fhir.clone(), Arc::new(patients.clone()));
+        let leg = drive_timed(to - from, a.clients, "Observation", move |j| {
+            let (f, ids) = (f.clone(), ids.clone());
+            let i = from + j;
+            async move {
+                let body = observation(&ids[i / per], i % per, &mut Mix(!(i as u64)));
+                f.create(&body).await
+            }
+        })
+        .await?;
+        obs_secs += t1.elapsed().as_secs_f64();
+        for (id, _, at) in leg {
+            observations.push(id);
+            done_at.push(at);
+        }
+        if to == tenth {
+            early = probe(
+                &fhir,
+                &patients,
+                &observations,
+                per,
+                a.clients,
+                a.patients + observations.len(),
+            )
+            .await?;
+        }
+    }
+    // The first leg is the first tenth; the last tenth is the last `tenth` completions
+    // of the second leg (the probe's pause lies between the legs).
+    let obs_first_tenth = rate(done_at[..tenth].to_vec(), tenth, Some(first_start));
+    let obs_last_tenth = rate(done_at[tenth..].to_vec(), tenth, None);
+    let disk = disk_usage(dir)?;
 
     // Audited reads of random observations.
     let reports_before = access_reports(&client).await?;
     let t2 = Instant::now();
+    let observations_for_probe = observations.clone();
     let (f, ids) = (fhir.clone(), Arc::new(observations));
     let reads = drive(a.reads, a.clients, "read", move |i| {
         let (f, ids) = (f.clone(), ids.clone());
@@ -198,6 +323,7 @@ async fn run(a: &FhirBenchArgs, url: &str, dir: &Path) -> Result<Figures> {
     let audit_lag_s = t2.elapsed().as_secs_f64() - read_secs;
 
     // Searches: one patient's observations of one code.
+    let patients_for_probe = patients.clone();
     let (f, ids) = (fhir.clone(), Arc::new(patients));
     let searches = drive(a.searches, a.clients, "search", move |i| {
         let (f, ids) = (f.clone(), ids.clone());
@@ -222,12 +348,26 @@ async fn run(a: &FhirBenchArgs, url: &str, dir: &Path) -> Result<Figures> {
     })
     .await?;
 
+    let late = probe(
+        &fhir,
+        &patients_for_probe,
+        &observations_for_probe,
+        per,
+        a.clients,
+        a.patients + observations_for_probe.len(),
+    )
+    .await?;
     let mut read_lat: Vec<f64> = reads.iter().map(|(_, ms)| *ms).collect();
     let mut search_lat: Vec<f64> = searches.iter().map(|(_, ms)| *ms).collect();
     read_lat.sort_by(f64::total_cmp);
     search_lat.sort_by(f64::total_cmp);
     let creates = a.patients * (1 + a.observations);
     Ok(Figures {
+        obs_first_tenth,
+        obs_last_tenth,
+        early,
+        late,
+        disk,
         patients_per_s: a.patients as f64 / patient_secs,
         observations_per_s: (a.patients * a.observations) as f64 / obs_secs,
         creates_per_s: creates as f64 / (patient_secs + obs_secs),
@@ -238,6 +378,90 @@ async fn run(a: &FhirBenchArgs, url: &str, dir: &Path) -> Result<Figures> {
         search_p50: crate::bench::percentile(&search_lat, 0.50),
         search_p99: crate::bench::percentile(&search_lat, 0.99),
     })
+}
+
+/// Reads and searches this many times at one point of the run, for latency.
+const PROBE_READS: usize = 2_000;
+const PROBE_SEARCHES: usize = 300;
+
+/// Read and search latency over the resources that exist now (patients whose
+/// observations are all created).
+async fn probe(
+    fhir: &Fhir,
+    patients: &[String],
+    observations: &[String],
+    per: usize,
+    clients: usize,
+    resources: usize,
+) -> Result<Probe> {
+    let complete = (observations.len() / per).min(patients.len()).max(1);
+    let (f, ids) = (fhir.clone(), Arc::new(observations.to_vec()));
+    let mut reads: Vec<f64> = drive(PROBE_READS, clients, "probe read", move |i| {
+        let (f, ids) = (f.clone(), ids.clone());
+        async move {
+            let id = &ids[Mix(i as u64 ^ 0xa11).below(ids.len())];
+            f.get(&format!("Observation/{id}")).await.map(|_| ())
+        }
+    })
+    .await?
+    .into_iter()
+    .map(|(_, ms)| ms)
+    .collect();
+    let (f, ids) = (fhir.clone(), Arc::new(patients[..complete].to_vec()));
+    let mut searches: Vec<f64> = drive(PROBE_SEARCHES, clients, "probe search", move |i| {
+        let (f, ids) = (f.clone(), ids.clone());
+        async move {
+            let mut g = Mix(i as u64 ^ 0xbee);
+            let p = &ids[g.below(ids.len())];
+            let k = g.below(per.min(VITALS.len()));
+            f.get(&format!(
+                "Observation?patient={p}&code=http://loinc.org|{}",
+                VITALS[k].0
+            ))
+            .await
+            .map(|_| ())
+        }
+    })
+    .await?
+    .into_iter()
+    .map(|(_, ms)| ms)
+    .collect();
+    reads.sort_by(f64::total_cmp);
+    searches.sort_by(f64::total_cmp);
+    Ok(Probe {
+        resources,
+        read_p50_ms: crate::bench::percentile(&reads, 0.50),
+        read_p99_ms: crate::bench::percentile(&reads, 0.99),
+        search_p50_ms: crate::bench::percentile(&searches, 0.50),
+        search_p99_ms: crate::bench::percentile(&searches, 0.99),
+    })
+}
+
+/// Bytes the data directory holds, by part.
+fn disk_usage(dir: &Path) -> Result<Vec<(&'static str, u64)>> {
+    fn size(p: &Path) -> u64 {
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.is_dir() => std::fs::read_dir(p)
+                .map(|d| d.flatten().map(|e| size(&e.path())).sum())
+                .unwrap_or(0),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        }
+    }
+    let parts = [
+        ("ledger", datadir::LEDGER_DB),
+        ("raft log", datadir::RAFT_DB),
+        ("record store", datadir::BLOBS_DIR),
+        ("FHIR index", "fhir.redb"),
+        ("audit queue", datadir::AUDIT_QUEUE_DB),
+    ];
+    let mut out: Vec<(&'static str, u64)> = parts
+        .iter()
+        .map(|(k, f)| (*k, size(&dir.join(f))))
+        .collect();
+    let known: u64 = out.iter().map(|(_, b)| b).sum();
+    out.push(("other", size(dir).saturating_sub(known)));
+    Ok(out)
 }
 
 /// Committed access reports so far, from the node's metrics.

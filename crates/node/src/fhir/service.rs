@@ -583,6 +583,21 @@ impl Fhir {
         purposes: &[Purpose],
     ) -> Result<AccountId, FhirError> {
         let keys = AccountKeys::generate().map_err(internal)?;
+        self.new_subject_then(who, purposes, &keys, None)
+            .await
+            .map(|_| keys.account())
+    }
+
+    /// [`Fhir::new_subject`] with `keys`, and `then` (a transaction of `who`'s, such
+    /// as the subject's first record) pipelined behind the registration and grants, so
+    /// that all of it can commit in one round. Returns `then`'s hash.
+    async fn new_subject_then(
+        &self,
+        who: &Principal,
+        purposes: &[Purpose],
+        keys: &AccountKeys,
+        then: Option<Payload>,
+    ) -> Result<Option<TxHash>, FhirError> {
         let account = keys.account();
         self.index
             .put_custody(&account, &keys.secret_bytes())
@@ -602,7 +617,7 @@ impl Fhir {
         let mut waits = Vec::new();
         waits.push(
             self.enqueue(
-                &keys,
+                keys,
                 Payload::RegisterInvited {
                     secret,
                     encryption_key: keys.encryption_public(),
@@ -614,7 +629,7 @@ impl Fhir {
         for p in purposes {
             waits.push(
                 self.enqueue(
-                    &keys,
+                    keys,
                     Payload::GrantConsent {
                         grantee: Grantee::Org(who.org.clone()),
                         scope: Scope::All,
@@ -627,6 +642,12 @@ impl Fhir {
                 .1,
             );
         }
+        // The author's next transaction is numbered after the invite (one account's
+        // transactions are queued in call order), and applied after the grants.
+        let then = match then {
+            Some(payload) => Some(self.enqueue(&who.keys, payload).await?),
+            None => None,
+        };
         let first = self.outcome(&who.account, invite.await);
         let mut rest = Ok(());
         for w in waits {
@@ -635,9 +656,13 @@ impl Fhir {
                 rest = r;
             }
         }
+        let last = match then {
+            Some((hash, wait)) => self.outcome(&who.account, wait.await).map(|_| Some(hash)),
+            None => Ok(None),
+        };
         first?;
         rest?;
-        Ok(account)
+        last
     }
 
     /// The keys of a patient account the node holds in custody (created at the desk,
@@ -991,6 +1016,9 @@ impl Fhir {
         writable(rtype)?;
         medledger_fhir::validate(&body, Some(rtype), false).map_err(FhirError::Invalid)?;
         strip_server_fields(&mut body);
+        if rtype == "Patient" && existing.is_none() && who.role != Role::Patient {
+            return self.create_custodial_patient(who, body).await;
+        }
         let (patient, key) = match (rtype == "Patient", existing) {
             (true, Some(p)) => (p, None),
             (true, None) => self.patient_for_new(who).await?,
@@ -1009,6 +1037,45 @@ impl Fhir {
             .await
             .inspect_err(|_| self.discard(&[p.cid]))?;
         self.stored(RecordId::from_tx(&hash), rtype, body).await
+    }
+
+    /// A Patient resource for a new custodial account: the resource is sealed for the
+    /// account's key before the account exists, and its record is pipelined behind the
+    /// invite, the registration and the intake grant, so the whole creation commits in
+    /// one round instead of one for the account and another for the record.
+    async fn create_custodial_patient(
+        &self,
+        who: &Principal,
+        body: Value,
+    ) -> Result<Stored, FhirError> {
+        let keys = AccountKeys::generate().map_err(internal)?;
+        let patient = keys.account();
+        let p = self
+            .seal(
+                who,
+                "Patient",
+                patient,
+                Some(keys.encryption_public().0),
+                &body,
+            )
+            .await?;
+        let payload = Payload::AddRecord {
+            patient,
+            category: Category::new("Patient").map_err(internal)?,
+            cid: p.cid,
+            content_hash: p.content_hash,
+            size: p.size,
+        };
+        let hash = self
+            .new_subject_then(who, &[Purpose::Treatment], &keys, Some(payload))
+            .await
+            .inspect_err(|_| self.discard(&[p.cid]))?
+            .ok_or_else(|| internal("the record's transaction was not queued"))?;
+        let record = RecordId::from_tx(&hash);
+        // After the commit; a crash before this line is repaired by the index's
+        // catch-up at the next start.
+        self.index.put(vec![p.entry(record)]).await?;
+        self.stored(record, "Patient", body).await
     }
 
     /// The account a new Patient resource belongs to: the caller, if they are a
