@@ -109,6 +109,8 @@ struct Inner {
     origin: String,
     tip: Mutex<TipState>,
     verified: Mutex<VerifiedCache>,
+    /// A snapshot was imported since open: blocks this node did not apply.
+    imported: std::sync::atomic::AtomicBool,
 }
 
 /// Signatures this node has already verified at admission, keyed by tx hash and
@@ -485,6 +487,7 @@ impl Ledger {
                 signer,
                 tip: Mutex::new(TipState { tip, frontier }),
                 verified: Mutex::new(VerifiedCache::default()),
+                imported: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -776,6 +779,17 @@ impl Ledger {
         source: crate::verified::MarkSource,
         signatures: bool,
     ) -> Result<crate::verified::VerifiedMark> {
+        if source == crate::verified::MarkSource::Applied
+            && self
+                .inner
+                .imported
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(LedgerError::CorruptMeta(
+                "a snapshot was imported since the last check: not marking its blocks as applied here"
+                    .into(),
+            ));
+        }
         let mut wtx = self.inner.db.begin_write()?;
         wtx.set_two_phase_commit(true);
         let mark = {
@@ -786,6 +800,7 @@ impl Ledger {
                 .transpose()
                 .map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))?
                 .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
+            let frontier = Frontier::load(&TableNodes(&wtx.open_table(MERKLE)?), tip.log_size)?;
             let state_digest = if tip.height == 0 {
                 Digest32::default()
             } else {
@@ -793,15 +808,21 @@ impl Ledger {
                 let raw = blocks
                     .get(tip.height)?
                     .ok_or(LedgerError::NoSuchBlock(tip.height))?;
-                SignedBlock::decode(raw.value())
+                let header = SignedBlock::decode(raw.value())
                     .map_err(|e| LedgerError::Corrupt {
                         height: tip.height,
                         reason: e.to_string(),
                     })?
-                    .header
-                    .state_digest
+                    .header;
+                // The mark names what the block says, and the stored log must agree.
+                if header.hash() != tip.hash || header.log_root != frontier.root() {
+                    return Err(LedgerError::Corrupt {
+                        height: tip.height,
+                        reason: "the tip block does not match the stored tip and Merkle log".into(),
+                    });
+                }
+                header.state_digest
             };
-            let frontier = Frontier::load(&TableNodes(&wtx.open_table(MERKLE)?), tip.log_size)?;
             let mark = crate::verified::VerifiedMark {
                 chain_id: self.inner.genesis.chain_id.as_str().to_owned(),
                 height: tip.height,
@@ -1031,11 +1052,21 @@ impl Ledger {
             }
             let mut t = wtx.open_table(META)?;
             t.retain(|_, _| false)?;
-            for (k, v) in &dump.meta {
+            // Another node's verified mark is not this node's: the imported blocks
+            // were never checked here, so the next start checks everything.
+            for (k, v) in dump
+                .meta
+                .iter()
+                .filter(|(k, _)| k != crate::verified::META_VERIFIED)
+            {
                 t.insert(k.as_str(), &v[..])?;
             }
         }
         wtx.commit()?;
+        // Nor may the running node mark them as applied by itself.
+        self.inner
+            .imported
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let tip = self.meta_tip()?;
         let rtx = self.inner.db.begin_read()?;
         let frontier = Frontier::load(&TableNodes(&rtx.open_table(MERKLE)?), tip.log_size)?;

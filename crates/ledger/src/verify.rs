@@ -134,6 +134,63 @@ fn check_signatures(decoded: &[Result<Decoded>]) -> Option<(u64, usize)> {
         .map(|((_, _, height, i), _)| (*height, *i))
 }
 
+/// What a block must be, given the one before it, before its contents are looked at:
+/// its transactions' signatures (the chunk's verdict), its height, its chaining, its
+/// chain and its time.
+fn check_link(
+    height: u64,
+    bad_signature: Option<(u64, usize)>,
+    h: &medledger_core::BlockHeader,
+    prev: &Tip,
+    genesis: &Genesis,
+) -> Result<()> {
+    if let Some((bad, i)) = bad_signature
+        && bad == height
+    {
+        return Err(corrupt(
+            height,
+            format!("transaction {i}: {}", RejectReason::BadSignature),
+        ));
+    }
+    if h.height != height {
+        return Err(corrupt(height, format!("header says height {}", h.height)));
+    }
+    if h.prev_hash != prev.hash {
+        return Err(corrupt(height, "previous-block hash does not match"));
+    }
+    if h.chain_id != genesis.chain_id {
+        return Err(corrupt(height, "chain id does not match genesis"));
+    }
+    if h.time_ms < prev.time_ms {
+        return Err(corrupt(height, "block time goes backwards"));
+    }
+    Ok(())
+}
+
+/// The stored transaction index entries and tree-size entry of a block.
+fn check_indexes(
+    height: u64,
+    h: &medledger_core::BlockHeader,
+    hashes: &[TxHash],
+    index_t: &impl ReadableTable<&'static [u8], (u64, u64)>,
+    sizes_t: &impl ReadableTable<u64, u64>,
+) -> Result<()> {
+    let first_leaf = h.log_size - h.tx_count as u64;
+    for (i, hash) in hashes.iter().enumerate() {
+        let got = index_t.get(&hash.0.0[..])?.map(|v| v.value());
+        if got != Some((height, first_leaf + i as u64)) {
+            return Err(corrupt(
+                height,
+                format!("tx index entry for transaction {i} is wrong"),
+            ));
+        }
+    }
+    if sizes_t.get(h.log_size)?.map(|v| v.value()) != Some(height) {
+        return Err(corrupt(height, "tree-size index is wrong"));
+    }
+    Ok(())
+}
+
 /// Verifies the ledger file at `path` against `genesis`. `progress(done, total)` is
 /// called with transaction counts as blocks are checked.
 pub fn verify_ledger(
@@ -234,24 +291,8 @@ pub(crate) fn verify_db(
             || -> Result<()> {
                 for d in decoded {
                     let Decoded { height, block, txs } = d?;
-                    if let Some((bad, i)) = bad_signature
-                        && bad == height
-                    {
-                        return Err(corrupt(
-                            height,
-                            format!("transaction {i}: {}", RejectReason::BadSignature),
-                        ));
-                    }
                     let h = &block.header;
-                    if h.height != height {
-                        return Err(corrupt(height, format!("header says height {}", h.height)));
-                    }
-                    if h.prev_hash != prev.hash {
-                        return Err(corrupt(height, "previous-block hash does not match"));
-                    }
-                    if h.chain_id != genesis.chain_id {
-                        return Err(corrupt(height, "chain id does not match genesis"));
-                    }
+                    check_link(height, bad_signature, h, &prev, genesis)?;
 
                     let base = &state;
                     let mut overlay = Overlay::new(base);
@@ -279,9 +320,6 @@ pub(crate) fn verify_db(
                         &mut frontier,
                         &mut new_nodes,
                     );
-                    if h.time_ms < prev.time_ms {
-                        return Err(corrupt(height, "block time goes backwards"));
-                    }
                     for (what, ok) in [
                         (
                             "transaction root",
@@ -301,19 +339,7 @@ pub(crate) fn verify_db(
                             ));
                         }
                     }
-                    let first_leaf = h.log_size - h.tx_count as u64;
-                    for (i, hash) in hashes.iter().enumerate() {
-                        let got = index_t.get(&hash.0.0[..])?.map(|v| v.value());
-                        if got != Some((height, first_leaf + i as u64)) {
-                            return Err(corrupt(
-                                height,
-                                format!("tx index entry for transaction {i} is wrong"),
-                            ));
-                        }
-                    }
-                    if sizes_t.get(h.log_size)?.map(|v| v.value()) != Some(height) {
-                        return Err(corrupt(height, "tree-size index is wrong"));
-                    }
+                    check_indexes(height, h, &hashes, &index_t, &sizes_t)?;
                     for k in writes.keys() {
                         last_writer.insert(k.clone(), height);
                     }
@@ -469,7 +495,10 @@ impl crate::Ledger {
                 .ok_or_else(|| corrupt(mark.height, "block is missing"))?;
             let d = decode_block(Some(raw.value().to_vec()), mark.height, genesis)?;
             let h = &d.block.header;
-            if h.hash() != mark.block_hash || h.log_size != mark.log_size {
+            if h.hash() != mark.block_hash
+                || h.log_size != mark.log_size
+                || h.log_root != mark.log_root
+            {
                 return Err(corrupt(
                     mark.height,
                     "it is not the block this node verified",
@@ -507,27 +536,8 @@ impl crate::Ledger {
             };
             for d in decoded {
                 let Decoded { height, block, txs } = d?;
-                if let Some((bad, i)) = bad_signature
-                    && bad == height
-                {
-                    return Err(corrupt(
-                        height,
-                        format!("transaction {i}: {}", RejectReason::BadSignature),
-                    ));
-                }
                 let h = &block.header;
-                if h.height != height {
-                    return Err(corrupt(height, format!("header says height {}", h.height)));
-                }
-                if h.prev_hash != prev.hash {
-                    return Err(corrupt(height, "previous-block hash does not match"));
-                }
-                if h.chain_id != genesis.chain_id {
-                    return Err(corrupt(height, "chain id does not match genesis"));
-                }
-                if h.time_ms < prev.time_ms {
-                    return Err(corrupt(height, "block time goes backwards"));
-                }
+                check_link(height, bad_signature, h, &prev, genesis)?;
                 let hashes: Vec<TxHash> = txs.iter().map(|(_, h)| *h).collect();
                 let tx_root = medledger_merkle::log::root_of(hashes.iter().map(|h| &h.0.0[..]));
                 if tx_root != h.tx_root || hashes.len() != h.tx_count as usize {
@@ -545,19 +555,7 @@ impl crate::Ledger {
                         "ledger Merkle root does not match its contents",
                     ));
                 }
-                let first_leaf = h.log_size - h.tx_count as u64;
-                for (i, hash) in hashes.iter().enumerate() {
-                    let got = index_t.get(&hash.0.0[..])?.map(|v| v.value());
-                    if got != Some((height, first_leaf + i as u64)) {
-                        return Err(corrupt(
-                            height,
-                            format!("tx index entry for transaction {i} is wrong"),
-                        ));
-                    }
-                }
-                if sizes_t.get(h.log_size)?.map(|v| v.value()) != Some(height) {
-                    return Err(corrupt(height, "tree-size index is wrong"));
-                }
+                check_indexes(height, h, &hashes, &index_t, &sizes_t)?;
                 prev = Tip {
                     height,
                     hash: h.hash(),

@@ -363,9 +363,15 @@ fn advance_mark(ledger: &Ledger, signatures: bool) -> medledger_ledger::Result<(
     if at == Some(ledger.tip().height) {
         return ledger.flush();
     }
-    ledger
-        .record_verified(medledger_ledger::MarkSource::Applied, signatures)
-        .map(|_| ())
+    match ledger.record_verified(medledger_ledger::MarkSource::Applied, signatures) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // E.g. after a snapshot import: the next start checks everything; the
+            // blocks still have to be durable.
+            tracing::warn!(error = %e, "verified mark not advanced");
+            ledger.flush()
+        }
+    }
 }
 
 async fn shutdown_signal() {

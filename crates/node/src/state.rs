@@ -28,17 +28,19 @@ pub struct AppState {
 }
 
 /// The ledger verification this node ran when it started.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Verified {
+    /// When the check ran (ms since the epoch).
     pub at_ms: u64,
-    /// The verified mark the check started after (0: from genesis).
+    /// The verified mark the check started after (0: everything from genesis).
     pub from_height: u64,
+    /// The height it verified up to.
     pub height: u64,
     /// Blocks and transactions checked at start-up.
     pub blocks: u64,
     pub txs: u64,
     pub seconds: f64,
-    /// Whether every transaction signature was checked again (a full check).
+    /// Whether every transaction signature up to `height` has been checked.
     pub signatures: bool,
 }
 

@@ -38,6 +38,12 @@ const ERASED: TableDefinition<[u8; 32], ()> = TableDefinition::new("erased");
 /// Regions dropped from the catalog whose zeroing may not have reached the disk yet:
 /// (pack, offset) → entry length.
 const TO_ZERO: TableDefinition<(u32, u64), u32> = TableDefinition::new("to_zero");
+/// Large blobs erased from the catalog whose files may not be zeroed and gone yet.
+const FILES_TO_ERASE: TableDefinition<[u8; 32], ()> = TableDefinition::new("files_to_erase");
+/// How far each pack's entries were committed: bytes past this end were appended
+/// by a batch whose catalog commit never happened (a crash, a failed commit), and
+/// are zeroed at the next open.
+const PACK_ENDS: TableDefinition<u32, u64> = TableDefinition::new("pack_ends");
 
 const MAGIC: [u8; 4] = *b"MLPK";
 /// magic, kind, 3 reserved bytes, payload length (u32 LE), CID digest.
@@ -47,6 +53,8 @@ const KIND_ENVELOPES: u8 = 2;
 /// A pack is closed and a new one started past this size, so that a later
 /// compaction rewrites bounded files.
 const PACK_LIMIT: u64 = 256 << 20;
+/// Times a read looks the catalog up again when an entry moved under it.
+const READ_ATTEMPTS: usize = 8;
 /// The catalog is a few dozen bytes a record; its page cache need not be large.
 const CATALOG_CACHE: usize = 32 << 20;
 
@@ -140,8 +148,17 @@ impl Local {
             db,
             packs: RwLock::new(HashMap::new()),
         });
+        if root.join("env").is_dir() {
+            // The layout before packs kept envelopes as files; reading it as empty would
+            // lose every record and leave wrapped keys behind on erasure.
+            return Err(StoreError::Config(format!(
+                "{} holds a record store of the earlier layout (env/ files); this version does not read it",
+                root.display()
+            )));
+        }
         shared.init_tables()?;
         shared.finish_zeroing()?;
+        shared.zero_uncommitted_tails()?;
         // Every start writes to a new pack, so a write torn by a crash is never followed
         // by good entries in the same file.
         let next = std::fs::read_dir(root.join("packs"))?
@@ -161,6 +178,7 @@ impl Local {
             pack: None,
             next,
             zeroed: Vec::new(),
+            erased_files: Vec::new(),
         };
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -227,7 +245,60 @@ impl Shared {
         w.open_table(ENVELOPES).map_err(catalog_err)?;
         w.open_table(ERASED).map_err(catalog_err)?;
         w.open_table(TO_ZERO).map_err(catalog_err)?;
+        w.open_table(FILES_TO_ERASE).map_err(catalog_err)?;
+        w.open_table(PACK_ENDS).map_err(catalog_err)?;
         w.commit().map_err(catalog_err)
+    }
+
+    /// Zeroes what batches appended but never committed (their entries hold sealed
+    /// records and wrapped keys that nothing references), in every pack no live
+    /// process is appending to: a writer holds its pack's lock while it owns it.
+    fn zero_uncommitted_tails(&self) -> Result<()> {
+        let ends: HashMap<u32, u64> = {
+            let r = self.db.begin_read().map_err(catalog_err)?;
+            let t = r.open_table(PACK_ENDS).map_err(catalog_err)?;
+            t.iter()
+                .map_err(catalog_err)?
+                .map(|e| e.map(|(k, v)| (k.value(), v.value())))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(catalog_err)?
+        };
+        for entry in std::fs::read_dir(self.root.join("packs"))? {
+            let path = entry?.path();
+            let Some(n) = path
+                .file_name()
+                .and_then(|f| f.to_str())
+                .and_then(|f| f.strip_suffix(".pack"))
+                .and_then(|f| f.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)?;
+            if f.try_lock().is_err() {
+                continue;
+            }
+            let end = ends.get(&n).copied().unwrap_or(0);
+            let len = f.metadata()?.len();
+            if len > end {
+                let zeros = vec![0u8; 1 << 20];
+                let mut at = end;
+                while at < len {
+                    let k = (len - at).min(zeros.len() as u64) as usize;
+                    f.write_all_at(&zeros[..k], at)?;
+                    at += k as u64;
+                }
+                f.sync_data()?;
+                tracing::warn!(
+                    pack = n,
+                    bytes = len - end,
+                    "zeroed entries a crash left uncommitted"
+                );
+            }
+        }
+        Ok(())
     }
 
     fn pack(&self, n: u32) -> Result<Arc<File>> {
@@ -259,8 +330,8 @@ impl Shared {
 
     fn entries(&self, cid: &Cid, want_blob: bool) -> Result<Entries> {
         // An entry zeroed between the catalog read and the file read (erasure or a new
-        // envelope set) is looked up again once: the second look sees the change.
-        for _ in 0..2 {
+        // envelope set) is looked up again: the next look sees the change.
+        for _ in 0..READ_ATTEMPTS {
             let r = self.db.begin_read().map_err(catalog_err)?;
             let key = cid.0.0;
             let blobs = r.open_table(BLOBS).map_err(catalog_err)?;
@@ -294,6 +365,24 @@ impl Shared {
                 },
                 None => None,
             };
+            // Zeroing follows the commit that drops an entry, so bytes read while the
+            // catalog still names the same places are whole; if it moved, read again.
+            let r = self.db.begin_read().map_err(catalog_err)?;
+            let now_blob = r
+                .open_table(BLOBS)
+                .map_err(catalog_err)?
+                .get(key)
+                .map_err(catalog_err)?
+                .map(|g| g.value());
+            let now_env = r
+                .open_table(ENVELOPES)
+                .map_err(catalog_err)?
+                .get(key)
+                .map_err(catalog_err)?
+                .map(|g| g.value());
+            if now_blob != blob_loc || now_env != env_loc {
+                continue;
+            }
             return Ok(Entries {
                 blob,
                 envelopes,
@@ -317,15 +406,31 @@ impl Shared {
                 .collect::<std::result::Result<_, _>>()
                 .map_err(catalog_err)?
         };
-        if regions.is_empty() {
+        let files: Vec<[u8; 32]> = {
+            let r = self.db.begin_read().map_err(catalog_err)?;
+            let t = r.open_table(FILES_TO_ERASE).map_err(catalog_err)?;
+            t.iter()
+                .map_err(catalog_err)?
+                .map(|e| e.map(|(k, _)| k.value()))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(catalog_err)?
+        };
+        if regions.is_empty() && files.is_empty() {
             return Ok(());
         }
         self.zero(&regions)?;
+        for cid in &files {
+            zero_and_remove(&blob_file(&self.root, &Cid(medledger_core::Digest32(*cid))))?;
+        }
         let w = self.db.begin_write().map_err(catalog_err)?;
         {
             let mut t = w.open_table(TO_ZERO).map_err(catalog_err)?;
             for (n, off, _) in &regions {
                 t.remove((*n, *off)).map_err(catalog_err)?;
+            }
+            let mut t = w.open_table(FILES_TO_ERASE).map_err(catalog_err)?;
+            for cid in &files {
+                t.remove(cid).map_err(catalog_err)?;
             }
         }
         w.commit().map_err(catalog_err)
@@ -360,6 +465,9 @@ struct Writer {
     next: u32,
     /// Regions zeroed by the last batch, dropped from `TO_ZERO` by the next commit.
     zeroed: Vec<(u32, u64)>,
+    /// Large blobs whose files the last batch zeroed and removed, dropped from
+    /// `FILES_TO_ERASE` by the next commit.
+    erased_files: Vec<[u8; 32]>,
 }
 
 /// What one job of a batch appended.
@@ -410,7 +518,12 @@ impl Writer {
                 .create_new(true)
                 .open(pack_path(&self.shared.root, n))
             {
-                Ok(f) => break (n, Arc::new(f)),
+                Ok(f) => {
+                    // Held while this process appends to it (released with the file),
+                    // so no other process's open zeroes its uncommitted tail.
+                    f.lock()?;
+                    break (n, Arc::new(f));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -473,8 +586,19 @@ impl Writer {
             if let Some((_, _, len)) = &mut self.pack {
                 *len = base + buf.len() as u64;
             }
+            return self.settle(batch, &appended).inspect_err(|_| {
+                // Nothing references what this batch appended: zero it now, before
+                // a later commit moves the pack's committed end past it.
+                let _ = file
+                    .write_all_at(&vec![0u8; buf.len()], base)
+                    .and_then(|_| file.sync_data());
+            });
         }
+        self.settle(batch, &appended)
+    }
 
+    /// A batch's catalog commit, then the zeroing of what it dropped.
+    fn settle(&mut self, batch: &[Job], appended: &[Appended]) -> Result<Vec<Result<()>>> {
         let mut results = Vec::with_capacity(batch.len());
         let mut to_zero: Vec<Loc> = Vec::new();
         let mut files_to_erase: Vec<Cid> = Vec::new();
@@ -484,10 +608,20 @@ impl Writer {
             let mut envs = w.open_table(ENVELOPES).map_err(catalog_err)?;
             let mut erased = w.open_table(ERASED).map_err(catalog_err)?;
             let mut pending = w.open_table(TO_ZERO).map_err(catalog_err)?;
+            let mut pending_files = w.open_table(FILES_TO_ERASE).map_err(catalog_err)?;
             for key in self.zeroed.drain(..) {
                 pending.remove(key).map_err(catalog_err)?;
             }
-            for (job, got) in batch.iter().zip(&appended) {
+            for key in self.erased_files.drain(..) {
+                pending_files.remove(key).map_err(catalog_err)?;
+            }
+            if let Some((n, _, end)) = &self.pack {
+                w.open_table(PACK_ENDS)
+                    .map_err(catalog_err)?
+                    .insert(*n, *end)
+                    .map_err(catalog_err)?;
+            }
+            for (job, got) in batch.iter().zip(appended) {
                 let r = match &job.op {
                     Op::Put { cid, .. } => {
                         let key = cid.0.0;
@@ -533,6 +667,7 @@ impl Writer {
                         let env = envs.remove(key).map_err(catalog_err)?.map(|g| g.value());
                         if blob.is_none() {
                             files_to_erase.push(*cid);
+                            pending_files.insert(key, ()).map_err(catalog_err)?;
                         }
                         to_zero.extend(blob.into_iter().chain(env));
                         erased.insert(key, ()).map_err(catalog_err)?;
@@ -552,9 +687,10 @@ impl Writer {
         // The catalog no longer points at these; now the bytes themselves go.
         self.shared.zero(&to_zero)?;
         self.zeroed = to_zero.iter().map(|&(n, off, _)| (n, off)).collect();
-        for cid in files_to_erase {
-            zero_and_remove(&blob_file(&self.shared.root, &cid))?;
+        for cid in &files_to_erase {
+            zero_and_remove(&blob_file(&self.shared.root, cid))?;
         }
+        self.erased_files = files_to_erase.iter().map(|c| c.0.0).collect();
         Ok(results)
     }
 }

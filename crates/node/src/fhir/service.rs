@@ -388,12 +388,15 @@ pub(super) async fn fetch_version(
     store.get(&cid, custodian, &mut out).await.map_err(|e| {
         use medledger_store::StoreError as S;
         match e {
-            S::Corrupt { .. } | S::Format(_) | S::Decrypt { .. } | S::EnvelopeOpen(_) => {
-                FhirError::Corrupt(format!("record store: {e}"))
-            }
-            S::NotFound(_) | S::Erased(_) | S::NoAccess(_) => {
-                FhirError::Corrupt(format!("record store: {e}"))
-            }
+            // The ledger registered this version: a blob that is missing, erased,
+            // unopenable or altered is damage, not a passing failure.
+            S::Corrupt { .. }
+            | S::Format(_)
+            | S::Decrypt { .. }
+            | S::EnvelopeOpen(_)
+            | S::NotFound(_)
+            | S::Erased(_)
+            | S::NoAccess(_) => FhirError::Corrupt(format!("record store: {e}")),
             e => FhirError::Unavailable(format!("record store: {e}")),
         }
     })?;
@@ -1069,7 +1072,13 @@ impl Fhir {
         let hash = self
             .new_subject_then(who, &[Purpose::Treatment], &keys, Some(payload))
             .await
-            .inspect_err(|_| self.discard(&[p.cid]))?
+            .inspect_err(|e| {
+                // Only a refusal is final; a record whose outcome is unknown may still
+                // commit, and its blob must then be there.
+                if matches!(e, FhirError::Ledger(_)) {
+                    self.discard(&[p.cid]);
+                }
+            })?
             .ok_or_else(|| internal("the record's transaction was not queued"))?;
         let record = RecordId::from_tx(&hash);
         // After the commit; a crash before this line is repaired by the index's

@@ -522,22 +522,8 @@ pub struct StatusView {
     pub genesis_hash: medledger_core::BlockHash,
     pub tip: medledger_ledger::Tip,
     pub leader: Option<u64>,
-    pub startup: StartupView,
-}
-
-/// What the node checked when it started.
-#[derive(Serialize, Deserialize, Debug, ToSchema)]
-pub struct StartupView {
-    /// The verified mark the check started after (0: everything from genesis).
-    pub from_height: u64,
-    /// The height it verified up to.
-    pub height: u64,
-    /// Blocks and transactions checked.
-    pub blocks: u64,
-    pub txs: u64,
-    pub seconds: f64,
-    /// Whether every transaction signature up to `height` has been checked.
-    pub signatures: bool,
+    /// What the node checked when it started.
+    pub startup: crate::state::Verified,
 }
 
 /// Chain id, node key, genesis hash, tip and the current leader.
@@ -551,14 +537,7 @@ async fn status(State(s): State<AppState>) -> Json<StatusView> {
         genesis_hash: s.ledger.genesis().hash(),
         tip: s.ledger.tip(),
         leader,
-        startup: StartupView {
-            from_height: s.verified.from_height,
-            height: s.verified.height,
-            blocks: s.verified.blocks,
-            txs: s.verified.txs,
-            seconds: s.verified.seconds,
-            signatures: s.verified.signatures,
-        },
+        startup: (*s.verified).clone(),
     })
 }
 

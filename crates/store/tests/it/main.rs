@@ -640,3 +640,53 @@ fn packed_blobs_survive_reopening_and_tampering_in_a_pack_is_caught() {
         assert_eq!(read(&f.store, &cids[7], &alice).await.unwrap(), datas[7]);
     });
 }
+
+/// What a crash leaves between a pack append and its catalog commit (sealed bytes and
+/// wrapped keys nothing references) is zeroed at the next open; and a store of the
+/// earlier layout is refused, not read as empty.
+#[test]
+fn uncommitted_pack_tails_are_zeroed_at_open_and_the_old_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blobs");
+    let alice = person(3);
+    let kept = rt().block_on(async {
+        let store = BlobStore::open(&StoreConfig::Local { path: path.clone() }).unwrap();
+        store
+            .put(&content(2000, 4)[..], &[alice.reader()])
+            .await
+            .unwrap()
+            .cid
+    });
+    // The store is closed; append what an interrupted batch would have left.
+    let pack = std::fs::read_dir(path.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let committed = std::fs::metadata(&pack).unwrap().len();
+    let orphan = content(3000, 9);
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&pack)
+            .unwrap();
+        f.write_all(&orphan).unwrap();
+    }
+    let store = BlobStore::open(&StoreConfig::Local { path: path.clone() }).unwrap();
+    let bytes = std::fs::read(&pack).unwrap();
+    assert_eq!(bytes.len() as u64, committed + orphan.len() as u64);
+    assert!(
+        bytes[committed as usize..].iter().all(|b| *b == 0),
+        "the tail is zeroed"
+    );
+    assert!(!contains(&bytes, &orphan[..64]));
+    rt().block_on(async {
+        assert_eq!(read(&store, &kept, &alice).await.unwrap(), content(2000, 4));
+    });
+    drop(store);
+
+    std::fs::create_dir_all(path.join("env")).unwrap();
+    let e = BlobStore::open(&StoreConfig::Local { path }).unwrap_err();
+    assert!(e.to_string().contains("earlier layout"), "{e}");
+}
