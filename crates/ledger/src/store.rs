@@ -730,7 +730,7 @@ impl Ledger {
     /// transaction's signature. Start-up no longer replays blocks a verified mark
     /// covers, so reads are where tampering with them shows (besides `verify`).
     pub fn block(&self, height: u64) -> Result<SignedBlock> {
-        let block = self.checked_block(height)?;
+        let block = self.block_for_scan(height)?;
         let pairs: Vec<(&SignedTx, TxHash)> =
             block.txs.iter().map(|t| (t, t.body.hash())).collect();
         if let Some(i) = verify_signatures(&pairs).iter().position(|ok| !ok) {
@@ -746,10 +746,6 @@ impl Ledger {
     /// callers that scan many blocks for what they contain (transaction signatures
     /// are not checked again: [`Ledger::block`] does).
     pub fn block_for_scan(&self, height: u64) -> Result<SignedBlock> {
-        self.checked_block(height)
-    }
-
-    fn checked_block(&self, height: u64) -> Result<SignedBlock> {
         let rtx = self.inner.db.begin_read()?;
         let t = rtx.open_table(BLOCKS)?;
         let v = t.get(height)?.ok_or(LedgerError::NoSuchBlock(height))?;
@@ -872,7 +868,7 @@ impl Ledger {
         let Some(loc) = self.tx_location(hash)? else {
             return Ok(None);
         };
-        let block = self.checked_block(loc.height)?;
+        let block = self.block_for_scan(loc.height)?;
         let first = block.header.log_size - block.header.tx_count as u64;
         let tx = block
             .txs
@@ -925,7 +921,7 @@ impl Ledger {
             let t = rtx.open_table(SIZES)?;
             t.get(size)?.ok_or(LedgerError::NoSuchHead(size))?.value()
         };
-        let block = self.checked_block(height)?;
+        let block = self.block_for_scan(height)?;
         let cp = Checkpoint {
             origin: self.inner.origin.clone(),
             size: block.header.log_size,

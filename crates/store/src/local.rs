@@ -328,16 +328,29 @@ impl Shared {
         Ok(Some(buf))
     }
 
+    /// Where the catalog says a blob's bytes and its envelope set lie now.
+    fn locations(
+        &self,
+        r: &redb::ReadTransaction,
+        key: [u8; 32],
+    ) -> Result<(Option<Loc>, Option<Loc>)> {
+        let at = |t: TableDefinition<[u8; 32], Loc>| -> Result<Option<Loc>> {
+            Ok(r.open_table(t)
+                .map_err(catalog_err)?
+                .get(key)
+                .map_err(catalog_err)?
+                .map(|g| g.value()))
+        };
+        Ok((at(BLOBS)?, at(ENVELOPES)?))
+    }
+
     fn entries(&self, cid: &Cid, want_blob: bool) -> Result<Entries> {
         // An entry zeroed between the catalog read and the file read (erasure or a new
         // envelope set) is looked up again: the next look sees the change.
+        let key = cid.0.0;
         for _ in 0..READ_ATTEMPTS {
             let r = self.db.begin_read().map_err(catalog_err)?;
-            let key = cid.0.0;
-            let blobs = r.open_table(BLOBS).map_err(catalog_err)?;
-            let envs = r.open_table(ENVELOPES).map_err(catalog_err)?;
-            let blob_loc = blobs.get(key).map_err(catalog_err)?.map(|g| g.value());
-            let env_loc = envs.get(key).map_err(catalog_err)?.map(|g| g.value());
+            let (blob_loc, env_loc) = self.locations(&r, key)?;
             if blob_loc.is_none() && env_loc.is_none() {
                 let erased = r
                     .open_table(ERASED)
@@ -367,20 +380,8 @@ impl Shared {
             };
             // Zeroing follows the commit that drops an entry, so bytes read while the
             // catalog still names the same places are whole; if it moved, read again.
-            let r = self.db.begin_read().map_err(catalog_err)?;
-            let now_blob = r
-                .open_table(BLOBS)
-                .map_err(catalog_err)?
-                .get(key)
-                .map_err(catalog_err)?
-                .map(|g| g.value());
-            let now_env = r
-                .open_table(ENVELOPES)
-                .map_err(catalog_err)?
-                .get(key)
-                .map_err(catalog_err)?
-                .map(|g| g.value());
-            if now_blob != blob_loc || now_env != env_loc {
+            let again = self.db.begin_read().map_err(catalog_err)?;
+            if self.locations(&again, key)? != (blob_loc, env_loc) {
                 continue;
             }
             return Ok(Entries {

@@ -658,6 +658,15 @@ impl BlobStore {
             return Ok(None);
         };
         let got = local.entries(*cid, true).await?;
+        if got.envelopes.is_none() {
+            // Every stored blob has envelopes: answer the miss from this read rather
+            // than looking the catalog up again.
+            return Err(if got.erased {
+                StoreError::Erased(*cid)
+            } else {
+                StoreError::NotFound(*cid)
+            });
+        }
         let (Some(blob), Some(env)) = (got.blob, got.envelopes) else {
             return Ok(None);
         };

@@ -222,6 +222,25 @@ fn reopen_keeps_everything_and_detects_wrong_genesis() {
     assert_eq!(report.tip, tip);
 }
 
+/// Flips one bit of a stored transaction's signature in the ledger file. redb is
+/// copy-on-write, so stale copies of a page may hold the same bytes; every copy is
+/// flipped so the live one is hit.
+fn flip_signature(path: &std::path::Path, tx: &[u8]) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let sig = &tx[tx.len() - 64..];
+    let hits: Vec<usize> = bytes
+        .windows(64)
+        .enumerate()
+        .filter(|(_, w)| *w == sig)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!hits.is_empty(), "signature is stored verbatim");
+    for pos in hits {
+        bytes[pos + 10] ^= 0x01;
+    }
+    std::fs::write(path, &bytes).unwrap();
+}
+
 #[test]
 fn flipped_byte_in_a_block_is_named() {
     let f = fixture();
@@ -241,22 +260,7 @@ fn flipped_byte_in_a_block_is_named() {
         ..
     } = f;
     drop(ledger);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let marker = marker_tx.unwrap();
-    let sig = &marker[marker.len() - 64..];
-    // redb is copy-on-write, so stale copies of a page may hold the same bytes; flip
-    // every copy so the live one is hit.
-    let hits: Vec<usize> = bytes
-        .windows(64)
-        .enumerate()
-        .filter(|(_, w)| *w == sig)
-        .map(|(i, _)| i)
-        .collect();
-    assert!(!hits.is_empty(), "signature is stored verbatim");
-    for pos in hits {
-        bytes[pos + 10] ^= 0x01;
-    }
-    std::fs::write(&path, &bytes).unwrap();
+    flip_signature(&path, &marker_tx.unwrap());
     match verify_ledger(&path, &genesis, VerifyMode::Full, &|_, _| {}) {
         Err(LedgerError::Corrupt { height, reason }) => {
             assert_eq!(height, 3, "{reason}");
@@ -318,21 +322,7 @@ fn verified_mark_bounds_the_startup_check_and_tampering_is_still_named() {
         ..
     } = f;
     drop(ledger);
-    let flip = |t: &[u8]| {
-        let mut bytes = std::fs::read(&path).unwrap();
-        let sig = &t[t.len() - 64..];
-        let hits: Vec<usize> = bytes
-            .windows(64)
-            .enumerate()
-            .filter(|(_, w)| *w == sig)
-            .map(|(i, _)| i)
-            .collect();
-        assert!(!hits.is_empty());
-        for pos in hits {
-            bytes[pos + 10] ^= 0x01;
-        }
-        std::fs::write(&path, &bytes).unwrap();
-    };
+    let flip = |t: &[u8]| flip_signature(&path, t);
     let reopen = |key: NodeSigner| Ledger::open(&path, genesis.clone(), key, 1).unwrap();
 
     // A block covered by the mark: start-up's check does not replay it, but `verify`
