@@ -5,7 +5,7 @@
 //! original design's `addHealthcareRecord`: doctors add records (CID, content hash,
 //! category) for patients who granted them treatment access.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use medledger_core::tx::TX_VERSION;
 use medledger_core::{
@@ -70,13 +70,26 @@ pub struct LedgerBenchArgs {
 pub(crate) struct Spawned {
     pub(crate) child: Child,
     pub(crate) url: String,
-    _dir: tempfile::TempDir,
+    /// The temporary directory holding `dir`, removed on drop; `None` when the
+    /// caller asked to keep the data directory.
+    _dir: Option<tempfile::TempDir>,
     pub(crate) dir: PathBuf,
 }
 
-pub(crate) fn spawn_node() -> Result<Spawned> {
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
+/// Initialises a data directory and serves it: in a temporary directory, or at
+/// `keep` (which must not exist yet) when the caller wants the data set afterwards.
+pub(crate) fn spawn_node(keep: Option<&Path>) -> Result<Spawned> {
+    let (dir, data) = match keep {
+        Some(k) => {
+            ensure!(!k.exists(), "{} already exists", k.display());
+            (None, k.to_path_buf())
+        }
+        None => {
+            let t = tempfile::tempdir()?;
+            let data = t.path().join("data");
+            (Some(t), data)
+        }
+    };
     let exe = std::env::current_exe()?;
     let st = Command::new(&exe)
         .args(["init", "--data-dir"])
@@ -137,7 +150,7 @@ pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub fn ledger(a: LedgerBenchArgs) -> Result<()> {
     let spawned = if a.node.is_none() {
-        Some(spawn_node()?)
+        Some(spawn_node(None)?)
     } else {
         None
     };

@@ -34,6 +34,10 @@ pub struct FhirBenchArgs {
     /// Concurrent HTTP clients.
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
+    /// Keep the node's data directory here (must not exist yet), to profile a
+    /// restart on the data set or look at it afterwards.
+    #[arg(long)]
+    pub keep: Option<std::path::PathBuf>,
 }
 
 /// Runs `n` jobs on `clients` concurrent workers; returns each job's output and latency.
@@ -149,7 +153,7 @@ pub fn fhir(a: FhirBenchArgs) -> Result<()> {
         a.patients > 0 && a.observations > 0,
         "--patients and --observations must be at least 1"
     );
-    let mut node = crate::bench::spawn_node()?;
+    let mut node = crate::bench::spawn_node(a.keep.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -28,16 +28,24 @@ fn sm_read_err(e: impl std::error::Error + 'static) -> SErr {
     StorageIOError::read_state_machine(&e).into()
 }
 
-type CurrentSnapshot = Option<(SnapshotMeta<NodeId, Node>, Vec<u8>)>;
+/// Whether a snapshot point has been taken in this process (see [`StateMachine`]'s
+/// snapshot notes); the image itself is never kept.
+type SnapshotTaken = bool;
 
 /// How long applied blocks may stay only in the Raft log before the ledger file is
 /// flushed. Bounds replay work after a crash; correctness does not depend on it.
 const FLUSH_EVERY: Duration = Duration::from_secs(5);
 
+/// Snapshots: the ledger is itself the durable image of everything applied, so a
+/// snapshot is a *point* (the applied log id and membership, made durable so openraft
+/// may purge the log behind it) and its bytes are exported from the ledger only when
+/// a lagging follower needs them. Building the image eagerly made every start linear
+/// in the ledger's size (openraft builds a snapshot at start when the log has been
+/// purged) and kept a copy of the whole ledger in memory.
 #[derive(Clone)]
 pub struct StateMachine {
     ledger: Ledger,
-    snapshot: Arc<Mutex<CurrentSnapshot>>,
+    snapshot_taken: Arc<Mutex<SnapshotTaken>>,
     last_flush: Arc<Mutex<Instant>>,
 }
 
@@ -45,7 +53,7 @@ impl StateMachine {
     pub fn new(ledger: Ledger) -> Self {
         StateMachine {
             ledger,
-            snapshot: Arc::new(Mutex::new(None)),
+            snapshot_taken: Arc::new(Mutex::new(false)),
             last_flush: Arc::new(Mutex::new(Instant::now())),
         }
     }
@@ -62,47 +70,15 @@ impl StateMachine {
     }
 
     fn read_applied(&self) -> Result<Applied, SErr> {
-        let applied = match self.ledger.meta(META_APPLIED).map_err(sm_read_err)? {
-            Some(b) => serde_json::from_slice(&b).map_err(sm_read_err)?,
-            None => None,
-        };
-        let membership = match self.ledger.meta(META_MEMBERSHIP).map_err(sm_read_err)? {
-            Some(b) => serde_json::from_slice(&b).map_err(sm_read_err)?,
-            None => StoredMembership::default(),
-        };
-        Ok((applied, membership))
+        let metas = self
+            .ledger
+            .metas(&[META_APPLIED, META_MEMBERSHIP])
+            .map_err(sm_read_err)?;
+        decode_applied(&metas)
     }
 
-    fn lock_snapshot(&self) -> std::sync::MutexGuard<'_, CurrentSnapshot> {
-        self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
-        let ledger = self.ledger.clone();
-        // A snapshot lets openraft purge the log, so what it covers must be on disk.
-        let l = ledger.clone();
-        tokio::task::spawn_blocking(move || l.flush())
-            .await
-            .map_err(sm_err)?
-            .map_err(sm_err)?;
-        // The export is one redb read transaction, so the applied log id read with it
-        // matches the image even while later blocks are being applied.
-        let (data, meta) =
-            tokio::task::spawn_blocking(move || ledger.export(&[META_APPLIED, META_MEMBERSHIP]))
-                .await
-                .map_err(sm_read_err)?
-                .map_err(sm_read_err)?;
-        let applied: Option<LogId<NodeId>> = match &meta[0] {
-            Some(b) => serde_json::from_slice(b).map_err(sm_read_err)?,
-            None => None,
-        };
-        let membership: StoredMembership<NodeId, Node> = match &meta[1] {
-            Some(b) => serde_json::from_slice(b).map_err(sm_read_err)?,
-            None => StoredMembership::default(),
-        };
-        let meta = SnapshotMeta {
+    fn snapshot_meta(&self, (applied, membership): Applied) -> SnapshotMeta<NodeId, Node> {
+        SnapshotMeta {
             last_log_id: applied,
             last_membership: membership,
             snapshot_id: format!(
@@ -110,11 +86,47 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 applied.map(|l| l.index).unwrap_or(0),
                 self.ledger.tip().height
             ),
-        };
-        *self.lock_snapshot() = Some((meta.clone(), data.clone()));
+        }
+    }
+
+    fn lock_taken(&self) -> std::sync::MutexGuard<'_, SnapshotTaken> {
+        self.snapshot_taken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The applied log id and membership from their stored values, both read in one
+/// ledger transaction so they describe the same point.
+fn decode_applied(metas: &[Option<Vec<u8>>]) -> Result<Applied, SErr> {
+    let applied = match &metas[0] {
+        Some(b) => serde_json::from_slice(b).map_err(sm_read_err)?,
+        None => None,
+    };
+    let membership = match &metas[1] {
+        Some(b) => serde_json::from_slice(b).map_err(sm_read_err)?,
+        None => StoredMembership::default(),
+    };
+    Ok((applied, membership))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// Takes a snapshot point: what is applied now, made durable. openraft keeps only
+    /// the returned meta (to purge the log behind it); the bytes handed back are empty
+    /// and the image is exported by [`RaftStateMachine::get_current_snapshot`].
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let applied = self.read_applied()?;
+        // Flushing after the read makes the state it names durable: the log behind
+        // this point may be purged as soon as openraft has the meta.
+        let l = self.ledger.clone();
+        tokio::task::spawn_blocking(move || l.flush())
+            .await
+            .map_err(sm_err)?
+            .map_err(sm_err)?;
+        *self.lock_taken() = true;
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
+            meta: self.snapshot_meta(applied),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -208,11 +220,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), SErr> {
-        let data = snapshot.into_inner();
+        let image = snapshot.into_inner();
         let ledger = self.ledger.clone();
         let applied = serde_json::to_vec(&meta.last_log_id).map_err(sm_err)?;
         let members = serde_json::to_vec(&meta.last_membership).map_err(sm_err)?;
-        let image = data.clone();
         tokio::task::spawn_blocking(move || {
             ledger.import(&image)?;
             ledger.put_meta(META_APPLIED, &applied)?;
@@ -221,14 +232,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(sm_err)?
         .map_err(sm_err)?;
-        *self.lock_snapshot() = Some((meta.clone(), data));
+        *self.lock_taken() = true;
         Ok(())
     }
 
+    /// The image a lagging follower installs, exported now in one ledger read
+    /// transaction, with the applied log id and membership read in that same
+    /// transaction: it may be newer than the last snapshot point, never older, and
+    /// its meta always matches its bytes. `None` until a point has been taken in this
+    /// process, which keeps openraft's start-up query from exporting the ledger
+    /// (openraft then takes a point itself when the log has been purged).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        Ok(self.lock_snapshot().as_ref().map(|(meta, data)| Snapshot {
-            meta: meta.clone(),
-            snapshot: Box::new(Cursor::new(data.clone())),
+        if !*self.lock_taken() {
+            return Ok(None);
+        }
+        let ledger = self.ledger.clone();
+        let (data, metas) =
+            tokio::task::spawn_blocking(move || ledger.export(&[META_APPLIED, META_MEMBERSHIP]))
+                .await
+                .map_err(sm_read_err)?
+                .map_err(sm_read_err)?;
+        let meta = self.snapshot_meta(decode_applied(&metas)?);
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }

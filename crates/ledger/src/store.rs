@@ -712,9 +712,16 @@ impl Ledger {
 
     /// Reads a metadata value stored by [`Ledger::apply`] or [`Ledger::put_meta`].
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.metas(&[key])?.pop().flatten())
+    }
+
+    /// Several metadata values read in one transaction, so they describe one point.
+    pub fn metas(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
         let rtx = self.inner.db.begin_read()?;
         let t = rtx.open_table(META)?;
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        keys.iter()
+            .map(|k| Ok(t.get(*k)?.map(|v| v.value().to_vec())))
+            .collect()
     }
 
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
