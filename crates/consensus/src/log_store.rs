@@ -33,7 +33,7 @@ impl LogStore {
     pub fn open(path: &Path) -> crate::Result<Self> {
         let db = Database::create(path)?;
         let mut w = db.begin_write()?;
-        w.set_two_phase_commit(true);
+        w.set_quick_repair(true);
         w.open_table(LOG)?;
         w.open_table(META)?;
         w.commit()?;
@@ -68,7 +68,7 @@ impl LogStore {
         tokio::task::spawn_blocking(move || {
             let mut w = db.begin_write().map_err(write_err)?;
             if matches!(durability, Durability::Immediate) {
-                w.set_two_phase_commit(true);
+                w.set_quick_repair(true);
             }
             w.set_durability(durability).map_err(write_err)?;
             f(&w)?;

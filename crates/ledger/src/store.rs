@@ -423,7 +423,7 @@ impl Ledger {
         let db = Database::create(path)?;
         let genesis_hash = genesis.hash();
         let mut wtx = db.begin_write()?;
-        wtx.set_two_phase_commit(true);
+        wtx.set_quick_repair(true);
         let tip = {
             let mut meta = wtx.open_table(META)?;
             for t in [BLOCKS, MERKLE] {
@@ -651,7 +651,7 @@ impl Ledger {
     ) -> Result<()> {
         let mut wtx = self.inner.db.begin_write()?;
         match durability {
-            ApplyDurability::Durable => wtx.set_two_phase_commit(true),
+            ApplyDurability::Durable => wtx.set_quick_repair(true),
             ApplyDurability::Deferred => wtx.set_durability(Durability::None)?,
         }
         {
@@ -705,7 +705,7 @@ impl Ledger {
     /// Makes every earlier deferred write durable (one two-phase fsync).
     pub fn flush(&self) -> Result<()> {
         let mut wtx = self.inner.db.begin_write()?;
-        wtx.set_two_phase_commit(true);
+        wtx.set_quick_repair(true);
         wtx.commit()?;
         Ok(())
     }
@@ -726,7 +726,7 @@ impl Ledger {
 
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<()> {
         let mut wtx = self.inner.db.begin_write()?;
-        wtx.set_two_phase_commit(true);
+        wtx.set_quick_repair(true);
         wtx.open_table(META)?.insert(key, value)?;
         wtx.commit()?;
         Ok(())
@@ -794,7 +794,7 @@ impl Ledger {
             ));
         }
         let mut wtx = self.inner.db.begin_write()?;
-        wtx.set_two_phase_commit(true);
+        wtx.set_quick_repair(true);
         let mark = {
             let mut meta = wtx.open_table(META)?;
             let tip = meta
@@ -1026,7 +1026,7 @@ impl Ledger {
         }
         let mut guard = self.lock_tip();
         let mut wtx = self.inner.db.begin_write()?;
-        wtx.set_two_phase_commit(true);
+        wtx.set_quick_repair(true);
         {
             let mut t = wtx.open_table(BLOCKS)?;
             t.retain(|_, _| false)?;

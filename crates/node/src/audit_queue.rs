@@ -55,9 +55,26 @@ struct Append {
 #[derive(Clone)]
 pub struct AuditQueue {
     db: Arc<Database>,
-    appends: mpsc::Sender<Append>,
+    appends: Arc<Appends>,
     /// Woken after every commit of new reports.
     pub ready: Arc<Notify>,
+}
+
+/// The sending side of the group-commit thread, shared by every clone of the queue.
+/// The last clone's drop closes the channel and joins the thread, which holds the
+/// database: redb then closes the file cleanly instead of repairing it at next open.
+struct Appends {
+    tx: Option<mpsc::Sender<Append>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Appends {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for AuditQueue {
@@ -79,13 +96,16 @@ impl AuditQueue {
         let ready = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<Append>(MAX_GROUP);
         let (d, r) = (db.clone(), ready.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("audit-queue".into())
             .spawn(move || writer(d, rx, r))
             .map_err(storage)?;
         Ok(AuditQueue {
             db,
-            appends: tx,
+            appends: Arc::new(Appends {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
             ready,
         })
     }
@@ -97,6 +117,9 @@ impl AuditQueue {
         }
         let (done, wait) = oneshot::channel();
         self.appends
+            .tx
+            .as_ref()
+            .ok_or(QueueError::Stopped)?
             .send(Append { reports, done })
             .await
             .map_err(|_| QueueError::Stopped)?;
@@ -214,9 +237,9 @@ fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Append>, ready: Arc<Notify>)
         let start = seq;
         let result = (|| -> Result<u64> {
             let mut w = db.begin_write().map_err(storage)?;
-            // Reports carry caller-chosen ids: two-phase commit, as for every redb
+            // Reports carry caller-chosen ids: two-phase commit (quick repair implies it), as for every redb
             // file that stores untrusted input.
-            w.set_two_phase_commit(true);
+            w.set_quick_repair(true);
             let mut s = start;
             {
                 let mut t = w.open_table(PENDING).map_err(storage)?;

@@ -107,7 +107,7 @@ impl Directory {
     pub fn open(path: &Path) -> Result<Self, AuthError> {
         let db = Database::create(path).map_err(storage)?;
         let mut w = db.begin_write().map_err(storage)?;
-        w.set_two_phase_commit(true);
+        w.set_quick_repair(true);
         for t in [
             USERS, EMAILS, INVITES, VERIFY, API_TOKENS, RESETS, LOCKOUTS, CLAIMS,
         ] {
@@ -146,7 +146,7 @@ impl Directory {
     /// Applies puts and deletes in one durable transaction.
     pub fn write(&self, ops: Vec<Op>) -> Result<(), AuthError> {
         let mut w = self.db.begin_write().map_err(storage)?;
-        w.set_two_phase_commit(true);
+        w.set_quick_repair(true);
         for op in ops {
             match op {
                 Op::Put(table, k, v) => {
@@ -187,7 +187,7 @@ impl Directory {
         lock_ms: u64,
     ) -> Result<(), AuthError> {
         let mut w = self.db.begin_write().map_err(storage)?;
-        w.set_two_phase_commit(true);
+        w.set_quick_repair(true);
         {
             let mut t = w.open_table(LOCKOUTS).map_err(storage)?;
             let mut l: Lockout = match t.get(key).map_err(storage)? {

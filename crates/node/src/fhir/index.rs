@@ -92,7 +92,21 @@ pub struct Index {
     inner: Arc<Inner>,
     /// To the writer thread, which commits every waiting write in one transaction
     /// (group commit: one fsync for many concurrent creates instead of one each).
-    writer: std::sync::mpsc::Sender<(Job, Reply)>,
+    /// `None` only while dropping.
+    writer: Option<std::sync::mpsc::Sender<(Job, Reply)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Closing the channel ends the writer thread, which holds the database; joining it
+/// lets redb close the file cleanly before the process exits. A file left open is
+/// repaired at the next open (a walk of every page: seconds per GB).
+impl Drop for Index {
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 struct Inner {
@@ -108,7 +122,8 @@ fn storage(e: impl std::fmt::Display) -> FhirError {
 impl Index {
     pub fn open(path: &Path, key: [u8; 32]) -> Result<Self, FhirError> {
         let db = Database::create(path).map_err(storage)?;
-        let w = db.begin_write().map_err(storage)?;
+        let mut w = db.begin_write().map_err(storage)?;
+        w.set_quick_repair(true);
         {
             w.open_table(META).map_err(storage)?;
             for t in [TYPES, TOKENS, DOCS, CUSTODY] {
@@ -130,11 +145,15 @@ impl Index {
         });
         let (writer, jobs) = std::sync::mpsc::channel();
         let w = inner.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("fhir-index-writer".into())
             .spawn(move || w.write_loop(jobs))
             .map_err(storage)?;
-        Ok(Index { inner, writer })
+        Ok(Index {
+            inner,
+            writer: Some(writer),
+            thread: Some(thread),
+        })
     }
 
     /// Indexes (or re-indexes, on update/delete) the records; returns once committed.
@@ -183,6 +202,8 @@ impl Index {
     async fn submit(&self, job: Job) -> Result<(), FhirError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.writer
+            .as_ref()
+            .ok_or_else(|| storage("index writer stopped"))?
             .send((job, tx))
             .map_err(|_| storage("index writer stopped"))?;
         rx.await
@@ -218,7 +239,10 @@ impl Inner {
     }
 
     fn write(&self, jobs: Vec<Job>) -> Result<(), FhirError> {
-        let w = self.db.begin_write().map_err(storage)?;
+        let mut w = self.db.begin_write().map_err(storage)?;
+        // Each commit also saves the allocator state (and is two-phase), so opening
+        // after a crash loads it instead of walking every page of a multi-GB file.
+        w.set_quick_repair(true);
         for job in jobs {
             match job {
                 Job::Entries(entries) => self.put_entries(&w, entries)?,
