@@ -247,11 +247,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         }
         let ledger = self.ledger.clone();
-        let (data, metas) =
-            tokio::task::spawn_blocking(move || ledger.export(&[META_APPLIED, META_MEMBERSHIP]))
-                .await
-                .map_err(sm_read_err)?
-                .map_err(sm_read_err)?;
+        // Durable first: openraft may take this meta as its snapshot point (and purge
+        // behind it) if it ever asks at start while a point exists.
+        let (data, metas) = tokio::task::spawn_blocking(move || {
+            ledger.flush()?;
+            ledger.export(&[META_APPLIED, META_MEMBERSHIP])
+        })
+        .await
+        .map_err(sm_read_err)?
+        .map_err(sm_read_err)?;
         let meta = self.snapshot_meta(decode_applied(&metas)?);
         Ok(Some(Snapshot {
             meta,

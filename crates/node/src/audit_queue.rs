@@ -87,7 +87,8 @@ impl AuditQueue {
     /// Opens (creating) the queue at `path` and starts its group-commit thread.
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path).map_err(storage)?;
-        let w = db.begin_write().map_err(storage)?;
+        let mut w = db.begin_write().map_err(storage)?;
+        w.set_quick_repair(true);
         w.open_table(PENDING).map_err(storage)?;
         w.open_table(REFUSED).map_err(storage)?;
         w.open_table(META).map_err(storage)?;
@@ -148,7 +149,8 @@ impl AuditQueue {
 
     /// Notes the batch about to be submitted (durably, before submission).
     pub fn set_inflight(&self, f: Option<&Inflight>) -> Result<()> {
-        let w = self.db.begin_write().map_err(storage)?;
+        let mut w = self.db.begin_write().map_err(storage)?;
+        w.set_quick_repair(true);
         {
             let mut m = w.open_table(META).map_err(storage)?;
             match f {
@@ -175,7 +177,8 @@ impl AuditQueue {
 
     /// Deletes reports the ledger committed, and the inflight note, in one write.
     pub fn committed(&self, seqs: &[u64]) -> Result<()> {
-        let w = self.db.begin_write().map_err(storage)?;
+        let mut w = self.db.begin_write().map_err(storage)?;
+        w.set_quick_repair(true);
         {
             let mut t = w.open_table(PENDING).map_err(storage)?;
             for s in seqs {
@@ -191,7 +194,8 @@ impl AuditQueue {
 
     /// Moves a report the ledger refused on its own out of the way, keeping it.
     pub fn refuse(&self, seq: u64) -> Result<()> {
-        let w = self.db.begin_write().map_err(storage)?;
+        let mut w = self.db.begin_write().map_err(storage)?;
+        w.set_quick_repair(true);
         {
             let mut t = w.open_table(PENDING).map_err(storage)?;
             let v = t.remove(seq).map_err(storage)?.map(|v| v.value().to_vec());
@@ -237,8 +241,8 @@ fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Append>, ready: Arc<Notify>)
         let start = seq;
         let result = (|| -> Result<u64> {
             let mut w = db.begin_write().map_err(storage)?;
-            // Reports carry caller-chosen ids: two-phase commit (quick repair implies it), as for every redb
-            // file that stores untrusted input.
+            // Reports carry caller-chosen ids: two-phase commit (quick repair implies
+            // it), as for every redb file that stores untrusted input.
             w.set_quick_repair(true);
             let mut s = start;
             {
@@ -269,5 +273,38 @@ fn writer(db: Arc<Database>, mut rx: mpsc::Receiver<Append>, ready: Arc<Notify>)
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dropping the last handle joins the writer thread, which holds the database, so
+    /// the file is closed when the drop returns: reopening at once succeeds (an open
+    /// file would refuse with "already open", and a process exiting then would leave
+    /// it to be repaired).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn dropping_the_queue_closes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.redb");
+        for i in 0..20 {
+            let q = AuditQueue::open(&path).unwrap_or_else(|e| panic!("open {i}: {e}"));
+            q.append(vec![AccessReport {
+                accessor: medledger_core::AccountId([1; 32]),
+                record: medledger_core::RecordId::from_tx(&TxHash(medledger_core::Digest32(
+                    [2; 32],
+                ))),
+                purpose: medledger_core::Purpose::Treatment,
+                time_ms: i,
+                allowed: true,
+                reason: "ok".into(),
+            }])
+            .await
+            .unwrap();
+            let _clone = q.clone();
+            drop(q);
+        }
+        assert_eq!(AuditQueue::open(&path).unwrap().pending().unwrap(), 20);
     }
 }

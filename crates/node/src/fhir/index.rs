@@ -491,3 +491,29 @@ fn record_of(v: &[u8]) -> Result<RecordId, FhirError> {
         .map(|b| RecordId(medledger_core::Digest32(b)))
         .map_err(|_| storage("record id"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dropping the index joins its writer thread, which holds the database, so the
+    /// file is closed when the drop returns: reopening at once succeeds (a file still
+    /// open refuses with "already open"; a process exiting then leaves it unclosed).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn dropping_the_index_closes_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fhir.redb");
+        for h in 1..=20 {
+            let index = Index::open(&path, [7; 32]).unwrap_or_else(|e| panic!("open {h}: {e}"));
+            index.set_indexed_height(h).await.unwrap();
+            drop(index);
+        }
+        assert_eq!(
+            Index::open(&path, [7; 32])
+                .unwrap()
+                .indexed_height()
+                .unwrap(),
+            20
+        );
+    }
+}
