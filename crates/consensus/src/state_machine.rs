@@ -12,6 +12,7 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use std::io::Cursor;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,10 +29,6 @@ fn sm_read_err(e: impl std::error::Error + 'static) -> SErr {
     StorageIOError::read_state_machine(&e).into()
 }
 
-/// Whether a snapshot point has been taken in this process (see [`StateMachine`]'s
-/// snapshot notes); the image itself is never kept.
-type SnapshotTaken = bool;
-
 /// How long applied blocks may stay only in the Raft log before the ledger file is
 /// flushed. Bounds replay work after a crash; correctness does not depend on it.
 const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -45,7 +42,9 @@ const FLUSH_EVERY: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct StateMachine {
     ledger: Ledger,
-    snapshot_taken: Arc<Mutex<SnapshotTaken>>,
+    /// Whether a snapshot point has been taken in this process; the image itself is
+    /// never kept.
+    snapshot_taken: Arc<AtomicBool>,
     last_flush: Arc<Mutex<Instant>>,
 }
 
@@ -53,7 +52,7 @@ impl StateMachine {
     pub fn new(ledger: Ledger) -> Self {
         StateMachine {
             ledger,
-            snapshot_taken: Arc::new(Mutex::new(false)),
+            snapshot_taken: Arc::new(AtomicBool::new(false)),
             last_flush: Arc::new(Mutex::new(Instant::now())),
         }
     }
@@ -88,12 +87,6 @@ impl StateMachine {
             ),
         }
     }
-
-    fn lock_taken(&self) -> std::sync::MutexGuard<'_, SnapshotTaken> {
-        self.snapshot_taken
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// The applied log id and membership from their stored values, both read in one
@@ -123,7 +116,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             .await
             .map_err(sm_err)?
             .map_err(sm_err)?;
-        *self.lock_taken() = true;
+        self.snapshot_taken.store(true, Ordering::Release);
         Ok(Snapshot {
             meta: self.snapshot_meta(applied),
             snapshot: Box::new(Cursor::new(Vec::new())),
@@ -232,7 +225,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(sm_err)?
         .map_err(sm_err)?;
-        *self.lock_taken() = true;
+        self.snapshot_taken.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -243,7 +236,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     /// process, which keeps openraft's start-up query from exporting the ledger
     /// (openraft then takes a point itself when the log has been purged).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
-        if !*self.lock_taken() {
+        if !self.snapshot_taken.load(Ordering::Acquire) {
             return Ok(None);
         }
         let ledger = self.ledger.clone();
