@@ -2,6 +2,7 @@
 //! client libraries; `main` stays thin.
 
 mod account;
+mod backup;
 mod bench;
 mod bench_fhir;
 mod blob;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Self-custody keystores: new, show, import, export.
     #[command(subcommand)]
     Account(account::AccountCommand),
+    /// Backups: create (node running or stopped), verify, restore, keygen, recipients.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Encrypted record store: put, get, verify and erase blobs.
     #[command(subcommand)]
     Blob(blob::BlobCommand),
@@ -108,6 +112,10 @@ pub struct InitArgs {
     /// A legal retention rule, CATEGORY=DAYS (e.g. Observation=3650); repeatable.
     #[arg(long = "retention", value_parser = parse_retention)]
     pub retention: Vec<medledger_core::RetentionRule>,
+    /// An age recipient (`age1…`) the node's backups are encrypted for; repeatable
+    /// (`medledger backup keygen` makes one).
+    #[arg(long = "backup-recipient")]
+    pub backup_recipients: Vec<String>,
 }
 
 fn parse_retention(s: &str) -> std::result::Result<medledger_core::RetentionRule, String> {
@@ -360,6 +368,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Store(a)) => runtime()?.block_on(blob::bench(a)),
         Command::Bench(BenchCommand::Fhir(a)) => bench_fhir::fhir(a),
         Command::Blob(c) => runtime()?.block_on(blob::run(c)),
+        Command::Backup(c) => backup::run(c),
         Command::Account(c) => account::run(c),
         Command::Import(a) => runtime()?.block_on(fhir::import(a)),
         Command::Export(a) => runtime()?.block_on(fhir::export(a)),
@@ -380,6 +389,10 @@ pub(crate) fn read_secret(path: &Path) -> Result<String> {
 
 fn init(a: InitArgs) -> Result<()> {
     let password = a.password_file.as_deref().map(read_secret).transpose()?;
+    if !a.backup_recipients.is_empty() {
+        medledger_node::backup::parse_recipients(&a.backup_recipients.join("\n"))
+            .map_err(|e| anyhow::anyhow!("--backup-recipient: {e}"))?;
+    }
     let report = datadir::init(
         &a.dir.data_dir,
         InitOptions {
@@ -393,6 +406,9 @@ fn init(a: InitArgs) -> Result<()> {
             },
         },
     )?;
+    if !a.backup_recipients.is_empty() {
+        medledger_node::backup::write_recipients(&report.data_dir, &a.backup_recipients)?;
+    }
     println!("initialised {}", report.data_dir.display());
     println!("  chain id     {}", report.chain_id);
     println!("  admin        {}", report.admin);
@@ -416,6 +432,7 @@ fn serve(a: ServeArgs) -> Result<()> {
             registration_fee: 0,
             break_glass_hours: 24,
             retention: Vec::new(),
+            backup_recipients: Vec::new(),
         })?;
     }
     let mut config = ServeConfig::new(a.dir.data_dir, a.listen);

@@ -40,6 +40,38 @@ impl LogStore {
         Ok(LogStore { db: Arc::new(db) })
     }
 
+    /// The stored vote as bytes, for a backup. A backup restores no log entries: the
+    /// ledger it restores is the snapshot they were applied into, and openraft, finding
+    /// the applied id past an empty log, purges up to it. The vote is kept so the next
+    /// term is above every term in that history.
+    pub fn vote_bytes(&self) -> crate::Result<Option<Vec<u8>>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(META)?;
+        Ok(t.get("vote")?.map(|v| v.value().to_vec()))
+    }
+
+    /// Creates the Raft log of a restored node at `path` (which must not exist) with
+    /// only the vote of [`LogStore::vote_bytes`].
+    pub fn restore(path: &Path, vote: Option<&[u8]>) -> crate::Result<()> {
+        if let Some(v) = vote {
+            serde_json::from_slice::<Vote<NodeId>>(v)
+                .map_err(|e| crate::ConsensusError::Config(format!("restored vote: {e}")))?;
+        }
+        let db = medledger_dump::create_new(path)
+            .map_err(|e| crate::ConsensusError::Config(format!("raft log: {e}")))?;
+        let mut w = db.begin_write()?;
+        w.set_quick_repair(true);
+        w.open_table(LOG)?;
+        {
+            let mut m = w.open_table(META)?;
+            if let Some(v) = vote {
+                m.insert("vote", v)?;
+            }
+        }
+        w.commit()?;
+        Ok(())
+    }
+
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, SErr> {
         let r = self.db.begin_read().map_err(read_err)?;
         let t = r.open_table(META).map_err(read_err)?;

@@ -20,6 +20,8 @@ pub enum LedgerError {
     NoSuchTx,
     #[error("no signed tree head for tree size {0} (heads exist only at block boundaries)")]
     NoSuchHead(u64),
+    #[error("ledger dump: {0}")]
+    Dump(#[from] medledger_dump::DumpError),
 }
 
 macro_rules! from_redb {

@@ -15,6 +15,8 @@ pub use contracts::state::AccountState;
 pub use contracts::{BlockCtx, Decision};
 pub use error::{LedgerError, Result};
 pub use exec::{Overlay, StateRead};
-pub use store::{ApplyDurability, BatchOutcome, Ledger, StateView, Tip, TxLocation, TxOutcome};
+pub use store::{
+    ApplyDurability, BatchOutcome, Ledger, LedgerSnapshot, StateView, Tip, TxLocation, TxOutcome,
+};
 pub use verified::{MarkSource, VerifiedMark};
 pub use verify::{VerifyMode, VerifyReport, verify_ledger};

@@ -417,6 +417,40 @@ pub(crate) fn header_for(
     }
 }
 
+/// The ledger as of one commit, for a backup ([`Ledger::snapshot_reader`]).
+pub struct LedgerSnapshot {
+    rtx: redb::ReadTransaction,
+    tip: Tip,
+}
+
+impl std::fmt::Debug for LedgerSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerSnapshot")
+            .field("tip", &self.tip)
+            .finish()
+    }
+}
+
+impl LedgerSnapshot {
+    /// The tip this view holds.
+    pub fn tip(&self) -> &Tip {
+        &self.tip
+    }
+
+    /// Writes every table of this view ([`Ledger::load_dump`] reads it back).
+    pub fn dump(&self, w: &mut impl std::io::Write) -> Result<()> {
+        use medledger_dump::dump_table;
+        dump_table(&self.rtx, META, w)?;
+        dump_table(&self.rtx, BLOCKS, w)?;
+        dump_table(&self.rtx, TX_INDEX, w)?;
+        dump_table(&self.rtx, MERKLE, w)?;
+        dump_table(&self.rtx, SIZES, w)?;
+        dump_table(&self.rtx, STATE, w)?;
+        medledger_dump::end(w)?;
+        Ok(())
+    }
+}
+
 impl Ledger {
     /// Opens (creating if needed) the ledger at `path` for `genesis`.
     pub fn open(path: &Path, genesis: Genesis, signer: NodeSigner, node_id: u64) -> Result<Self> {
@@ -1006,6 +1040,41 @@ impl Ledger {
             })
             .collect();
         Ok((borsh::to_vec(&dump).expect("Vec"), values))
+    }
+
+    /// A consistent view of the whole ledger as of now (one read transaction) that
+    /// writers do not wait for: what a backup dumps.
+    pub fn snapshot_reader(&self) -> Result<LedgerSnapshot> {
+        let rtx = self.inner.db.begin_read()?;
+        let tip = {
+            let meta = rtx.open_table(META)?;
+            let tip = meta
+                .get(META_TIP)?
+                .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
+            Tip::try_from_slice(tip.value())
+                .map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))?
+        };
+        Ok(LedgerSnapshot { rtx, tip })
+    }
+
+    /// Creates `path` (which must not exist) from a [`LedgerSnapshot::dump`]. The result is
+    /// checked by [`Ledger::open`] and `verify` like any stored ledger.
+    pub fn load_dump(path: &Path, r: &mut impl std::io::Read) -> Result<u64> {
+        use medledger_dump::{insert, unknown_table};
+        let db = medledger_dump::create_new(path)?;
+        let mut wtx = db.begin_write()?;
+        wtx.set_quick_repair(true);
+        let n = medledger_dump::load(r, &wtx, |wtx, table, k, v| match table {
+            "meta" => insert(wtx, META, k, v),
+            "blocks" => insert(wtx, BLOCKS, k, v),
+            "tx_index" => insert(wtx, TX_INDEX, k, v),
+            "merkle" => insert(wtx, MERKLE, k, v),
+            "sizes" => insert(wtx, SIZES, k, v),
+            "state" => insert(wtx, STATE, k, v),
+            other => Err(unknown_table(other)),
+        })?;
+        wtx.commit()?;
+        Ok(n)
     }
 
     /// Replaces the whole ledger with an [`Ledger::export`] image of the same genesis.

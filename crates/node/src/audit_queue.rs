@@ -83,6 +83,32 @@ impl std::fmt::Debug for AuditQueue {
     }
 }
 
+/// Writes the queue (reports not yet on the ledger) in one read transaction.
+pub(crate) fn dump(db: &Database, w: &mut impl std::io::Write) -> Result<()> {
+    let rtx = db.begin_read().map_err(storage)?;
+    medledger_dump::dump_table(&rtx, PENDING, w).map_err(storage)?;
+    medledger_dump::dump_table(&rtx, REFUSED, w).map_err(storage)?;
+    medledger_dump::dump_table(&rtx, META, w).map_err(storage)?;
+    medledger_dump::end(w).map_err(storage)
+}
+
+/// Creates the queue at `path` (which must not exist) from a [`dump`].
+pub(crate) fn load_dump(path: &Path, r: &mut impl std::io::Read) -> Result<u64> {
+    use medledger_dump::{insert, unknown_table};
+    let db = medledger_dump::create_new(path).map_err(storage)?;
+    let mut w = db.begin_write().map_err(storage)?;
+    w.set_quick_repair(true);
+    let n = medledger_dump::load(r, &w, |w, table, k, v| match table {
+        "pending" => insert(w, PENDING, k, v),
+        "refused" => insert(w, REFUSED, k, v),
+        "meta" => insert(w, META, k, v),
+        other => Err(unknown_table(other)),
+    })
+    .map_err(storage)?;
+    w.commit().map_err(storage)?;
+    Ok(n)
+}
+
 impl AuditQueue {
     /// Opens (creating) the queue at `path` and starts its group-commit thread.
     pub fn open(path: &Path) -> Result<Self> {
@@ -109,6 +135,11 @@ impl AuditQueue {
             }),
             ready,
         })
+    }
+
+    /// The database (a backup dumps it).
+    pub(crate) fn database(&self) -> &Database {
+        &self.db
     }
 
     /// Appends `reports` and returns once they are durable.

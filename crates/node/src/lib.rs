@@ -6,6 +6,7 @@
 pub mod access;
 pub mod audit_queue;
 pub mod auth;
+pub mod backup;
 pub mod client;
 pub mod datadir;
 mod error;

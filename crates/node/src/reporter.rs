@@ -31,6 +31,11 @@ const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 impl Reporter {
+    /// The durable queue of reports not yet on the ledger (a backup dumps it).
+    pub(crate) fn queue(&self) -> &AuditQueue {
+        &self.queue
+    }
+
     /// Starts the reporting task over `queue`, first settling a batch a crash may
     /// have left in flight. `housekeeping` is how often due work is settled.
     pub fn start(

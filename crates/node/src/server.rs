@@ -115,6 +115,13 @@ impl ServeConfig {
 pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<()> {
     crate::install_crypto_provider();
     let dd = datadir::load(&config.data_dir)?;
+    if dd.dir.join(crate::backup::RESTORE_INCOMPLETE).exists() {
+        return Err(NodeError::Server(format!(
+            "a restore into {} did not finish: its data is incomplete; restore again into \
+             a new directory",
+            dd.dir.display()
+        )));
+    }
     let ledger_path = dd.dir.join(LEDGER_DB);
     let ledger = {
         let (g, n, id) = (dd.genesis.clone(), dd.node.clone(), dd.node_id);
@@ -201,7 +208,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         dd.node_id,
         &url,
         dd.genesis.chain_id.as_str(),
-        log,
+        log.clone(),
         StateMachine::new(ledger.clone()),
         HttpNetwork::new(peer_client),
     )
@@ -288,7 +295,7 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         reporter,
         auth: std::sync::Arc::new(auth),
         fhir: std::sync::Arc::new(fhir),
-        notes: crate::notes::Notes::new(store, ledger.clone()),
+        notes: crate::notes::Notes::new(store.clone(), ledger.clone()),
         verified,
         new_signers: std::sync::Arc::new(crate::auth::secrets::RateLimiter::new(
             NEW_SIGNERS_PER_S,
@@ -299,8 +306,12 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
             config.per_client.1,
         )),
         demo: config.demo.clone(),
+        raft_log: log,
+        store,
+        data_dir: dd.dir.clone(),
     };
     tokio::spawn(crate::fhir::follow(state.fhir.clone(), ledger.clone()));
+    crate::backup::socket::listen(&dd.dir, state.clone())?;
     let per_client = state.per_client.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(60));

@@ -25,6 +25,12 @@ pub struct AppState {
     pub demo: DemoBoard,
     /// What the start-up check verified, shown on the admin's and auditor's pages.
     pub verified: Arc<Verified>,
+    /// The Raft log's store (its vote goes into backups).
+    pub raft_log: medledger_consensus::LogStore,
+    /// The record store.
+    pub store: medledger_store::BlobStore,
+    /// The data directory (backups read its key files).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The ledger verification this node ran when it started.

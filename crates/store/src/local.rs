@@ -233,6 +233,24 @@ impl Local {
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
     }
 
+    /// Every blob that has an envelope set (every live blob), in CID order.
+    pub(crate) async fn cids(&self) -> Result<Vec<Cid>> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = shared.db.begin_read().map_err(catalog_err)?;
+            let t = r.open_table(ENVELOPES).map_err(catalog_err)?;
+            t.iter()
+                .map_err(catalog_err)?
+                .map(|e| {
+                    e.map(|(k, _)| Cid(medledger_core::Digest32(k.value())))
+                        .map_err(catalog_err)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
+    }
+
     pub(crate) fn root(&self) -> &Path {
         &self.shared.root
     }

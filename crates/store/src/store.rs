@@ -798,6 +798,60 @@ impl BlobStore {
         Ok(cid)
     }
 
+    /// Every live blob's CID (each has an envelope set), for a backup.
+    pub async fn cids(&self) -> Result<Vec<Cid>> {
+        match &self.local {
+            Some(local) => local.cids().await,
+            None => {
+                let mut out = Vec::new();
+                let mut list = self.inner.list(Some(&Path::from("env")));
+                while let Some(meta) = list.next().await {
+                    let meta = meta?;
+                    if let Some(cid) = meta.location.filename().and_then(|f| f.parse::<Cid>().ok())
+                    {
+                        out.push(cid);
+                    }
+                }
+                out.sort_by_key(|c| c.0.0);
+                Ok(out)
+            }
+        }
+    }
+
+    /// The stored (sealed) bytes of a blob, piece by piece, checked against its CID
+    /// at the end: `each` sees every piece, and the call fails (naming the CID) if
+    /// the whole does not hash to it. Nothing is decrypted.
+    pub async fn read_sealed(
+        &self,
+        cid: &Cid,
+        mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64> {
+        let mut pieces = self.pieces(cid).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(b) = pieces.recv().await {
+            let b = b?;
+            size += b.len() as u64;
+            hasher.update(&b);
+            each(&b)?;
+        }
+        check_cid(cid, hasher.finalize().into())?;
+        Ok(size)
+    }
+
+    /// The blob's envelope set as stored bytes (what a backup copies).
+    pub async fn envelope_bytes(&self, cid: &Cid) -> Result<Vec<u8>> {
+        encode_set(&self.envelope_set(cid).await?)
+    }
+
+    /// Replaces a stored blob's envelope set with one from a backup (a restore
+    /// brings the readers a later backup recorded).
+    pub async fn restore_envelopes(&self, cid: &Cid, set: &EnvelopeSet) -> Result<()> {
+        let _serial = self.envelopes.lock().await;
+        self.envelope_set(cid).await?;
+        self.write_envelopes(cid, set).await
+    }
+
     /// The blob's envelope set as stored.
     pub async fn envelope_set(&self, cid: &Cid) -> Result<EnvelopeSet> {
         let set = self.read_envelopes(cid).await?;

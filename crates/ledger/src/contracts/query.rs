@@ -467,6 +467,23 @@ pub fn shred_after(
     Ok(out)
 }
 
+/// Registered CIDs in digest order, `limit` at a time after `after`.
+pub fn cids_page(
+    state: &impl StateRead,
+    after: Option<&medledger_core::Cid>,
+    limit: usize,
+) -> Result<Vec<medledger_core::Cid>> {
+    let prefix = key(b"cid", &[]);
+    let start = after.map(cid_key);
+    let mut out = Vec::new();
+    for (k, _) in state.scan_page(&prefix, start.as_deref(), limit)? {
+        if let Ok(d) = <[u8; 32]>::try_from(&k[prefix.len()..]) {
+            out.push(medledger_core::Cid(medledger_core::Digest32(d)));
+        }
+    }
+    Ok(out)
+}
+
 /// The record version a CID is registered to, if any.
 pub fn cid_owner(state: &impl StateRead, cid: &medledger_core::Cid) -> Result<Option<CidOwner>> {
     read_obj(state, &cid_key(cid))

@@ -9,7 +9,7 @@
 //! in memory only, so the node can sign the person's ledger transactions while they
 //! are signed in; sign-out drops them.
 
-mod directory;
+pub(crate) mod directory;
 pub mod mail;
 pub mod secrets;
 
@@ -256,6 +256,11 @@ fn valid_email(s: &str) -> bool {
 }
 
 impl Auth {
+    /// The sign-in directory (a backup dumps it).
+    pub(crate) fn directory(&self) -> &Directory {
+        &self.dir
+    }
+
     /// Opens (creating) `accounts.redb` and the node-local key in `data_dir`.
     pub fn open(
         data_dir: &Path,

@@ -387,6 +387,65 @@ impl Inner {
     }
 }
 
+/// The search tables (derived from the ledger and the store; rebuilt by `reindex`).
+/// Dumped before the ledger in a backup, so their watermark is at or below the
+/// ledger's height and the restored node's catch-up indexes the rest.
+pub(crate) fn dump_search(
+    rtx: &redb::ReadTransaction,
+    w: &mut impl std::io::Write,
+) -> Result<(), FhirError> {
+    use medledger_dump::dump_table;
+    dump_table(rtx, META, w).map_err(storage)?;
+    dump_table(rtx, TYPES, w).map_err(storage)?;
+    dump_table(rtx, TOKENS, w).map_err(storage)?;
+    dump_table(rtx, DOCS, w).map_err(storage)?;
+    medledger_dump::end(w).map_err(storage)
+}
+
+/// The tables that exist nowhere else (custody keys, organisations' directory
+/// subjects). Dumped after the ledger, so every account the backed-up ledger knows
+/// has its keys.
+pub(crate) fn dump_keys(
+    rtx: &redb::ReadTransaction,
+    w: &mut impl std::io::Write,
+) -> Result<(), FhirError> {
+    use medledger_dump::dump_table;
+    dump_table(rtx, CUSTODY, w).map_err(storage)?;
+    dump_table(rtx, DIRECTORY, w).map_err(storage)?;
+    medledger_dump::end(w).map_err(storage)
+}
+
+/// Creates `fhir.redb` at `path` (which must not exist) from [`dump_search`] followed
+/// by [`dump_keys`].
+pub(crate) fn load_dumps(path: &Path, r: &mut impl std::io::Read) -> Result<u64, FhirError> {
+    use medledger_dump::{insert, unknown_table};
+    let db = medledger_dump::create_new(path).map_err(storage)?;
+    let mut w = db.begin_write().map_err(storage)?;
+    w.set_quick_repair(true);
+    let mut n = 0;
+    for _ in 0..2 {
+        n += medledger_dump::load(r, &w, |w, table, k, v| match table {
+            "meta" => insert(w, META, k, v),
+            "types" => insert(w, TYPES, k, v),
+            "tokens" => insert(w, TOKENS, k, v),
+            "docs" => insert(w, DOCS, k, v),
+            "custody" => insert(w, CUSTODY, k, v),
+            "directory" => insert(w, DIRECTORY, k, v),
+            other => Err(unknown_table(other)),
+        })
+        .map_err(storage)?;
+    }
+    w.commit().map_err(storage)?;
+    Ok(n)
+}
+
+impl Index {
+    /// The database, for a backup's dumps.
+    pub(crate) fn database(&self) -> &Database {
+        &self.inner.db
+    }
+}
+
 impl Index {
     /// The keyed token of a search value: the index never holds the value itself.
     pub fn token(&self, rtype: &str, param: &str, value: &str) -> [u8; 32] {

@@ -248,6 +248,13 @@ pub struct Fhir {
     directory_lock: tokio::sync::Mutex<()>,
 }
 
+impl Fhir {
+    /// The search index (a backup dumps it).
+    pub(crate) fn index(&self) -> &Index {
+        &self.index
+    }
+}
+
 impl std::fmt::Debug for Fhir {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Fhir")

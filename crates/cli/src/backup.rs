@@ -1,0 +1,208 @@
+//! `medledger backup`: create (through a running node's admin socket, or offline),
+//! verify, restore, keygen, recipients.
+
+use crate::DataDirArg;
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use medledger_node::backup::{self, Progress};
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Back up a node (running or stopped) into a directory, encrypted for the node's
+    /// recipients; after the first, only new blobs are copied.
+    Create(CreateArgs),
+    /// Decrypt a backup into a temporary place, verify everything, print what it covers.
+    Verify(SourceArgs),
+    /// Restore a backup into a new data directory.
+    Restore(RestoreArgs),
+    /// Make an age identity for backups; prints its public recipient.
+    Keygen {
+        /// Where to write the secret identity (mode 0600); keep it off the node.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Set the recipients the node encrypts its backups for.
+    Recipients {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// An age recipient (`age1…`); repeatable. Replaces the current list.
+        #[arg(long = "set", required = true)]
+        set: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub dir: DataDirArg,
+    /// Destination directory (not inside the data directory).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct SourceArgs {
+    /// A backup: `DEST/backup-…`, or DEST for its newest backup.
+    pub src: PathBuf,
+    /// File of age identities (`AGE-SECRET-KEY-1…`) that open it.
+    #[arg(long)]
+    pub identity: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The new data directory (must not exist, or be empty).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+/// A progress bar per stage.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn new() -> Self {
+        Bar(indicatif::ProgressBar::hidden())
+    }
+}
+
+impl Progress for Bar {
+    fn stage(&self, name: &str, total: Option<u64>) {
+        let style = match total {
+            Some(_) => "{msg:>24} {bar:40} {pos}/{len} {per_sec} {eta}",
+            None => "{msg:>24} {spinner} {elapsed}",
+        };
+        self.0
+            .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        self.0.set_style(
+            indicatif::ProgressStyle::with_template(style)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        self.0.set_message(name.to_owned());
+        self.0.set_position(0);
+        self.0.set_length(total.unwrap_or(0));
+        self.0
+            .enable_steady_tick(std::time::Duration::from_millis(200));
+    }
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+}
+
+pub fn run(c: BackupCommand) -> Result<()> {
+    match c {
+        BackupCommand::Create(a) => crate::runtime()?.block_on(create(a)),
+        BackupCommand::Verify(a) => crate::runtime()?.block_on(verify(a)),
+        BackupCommand::Restore(a) => crate::runtime()?.block_on(restore(a)),
+        BackupCommand::Keygen { out } => keygen(&out),
+        BackupCommand::Recipients { dir, set } => {
+            medledger_node::datadir::read_genesis(&dir.data_dir)?;
+            backup::write_recipients(&dir.data_dir, &set)?;
+            println!(
+                "backups of {} are now encrypted for {} recipient(s)",
+                dir.data_dir.display(),
+                set.len()
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn create(a: CreateArgs) -> Result<()> {
+    let dir = &a.dir.data_dir;
+    medledger_node::datadir::read_genesis(dir)?;
+    let bar = Bar::new();
+    let started = std::time::Instant::now();
+    let manifest = match backup::socket::request_backup(dir, &a.out, &bar).await? {
+        Some(m) => m,
+        None => backup::create_offline(dir, &a.out, &bar).await?,
+    };
+    bar.0.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "backup {} written to {}: ledger height {}, {} blobs ({} new, {} bytes)",
+        manifest.name,
+        a.out.display(),
+        manifest.height,
+        manifest.blobs,
+        manifest.blobs_new,
+        manifest.bytes_new
+    );
+    let json = serde_json::json!({
+        "backup": manifest.name,
+        "height": manifest.height,
+        "tree_size": manifest.tree_size,
+        "blobs": manifest.blobs,
+        "blobs_new": manifest.blobs_new,
+        "bytes_new": manifest.bytes_new,
+        "seconds": secs,
+    });
+    println!("{json}");
+    Ok(())
+}
+
+/// `DEST/backup-…` as given, or the newest backup in DEST.
+fn resolve(src: &Path) -> Result<PathBuf> {
+    if src.join("manifest.json").exists() {
+        return Ok(src.to_owned());
+    }
+    let all = backup::list(src)?;
+    match all.last() {
+        Some(n) => Ok(src.join(n)),
+        None => bail!("{} holds no backup (no manifest.json)", src.display()),
+    }
+}
+
+fn print_report(verb: &str, r: &backup::RestoreReport) -> Result<()> {
+    println!(
+        "{verb} {}: chain {} (genesis {}), ledger height {} ({} transactions verified), \
+         tree size {}, {} blobs ({} bytes), {} sign-in accounts",
+        r.backup,
+        r.chain_id,
+        r.genesis_hash,
+        r.height,
+        r.txs,
+        r.tree_size,
+        r.blobs,
+        r.blob_bytes,
+        r.accounts
+    );
+    println!("{}", serde_json::to_string(r)?);
+    Ok(())
+}
+
+async fn verify(a: SourceArgs) -> Result<()> {
+    let src = resolve(&a.src)?;
+    let ids = backup::identities(&a.identity)?;
+    let bar = Bar::new();
+    let r = backup::verify(&src, &ids, &bar).await;
+    bar.0.finish_and_clear();
+    let r = r.context("backup verify FAILED")?;
+    print_report("backup OK:", &r)
+}
+
+async fn restore(a: RestoreArgs) -> Result<()> {
+    let src = resolve(&a.source.src)?;
+    let ids = backup::identities(&a.source.identity)?;
+    let bar = Bar::new();
+    let r = backup::restore(&src, &ids, &a.data_dir, &bar).await;
+    bar.0.finish_and_clear();
+    let r = r.context("backup restore FAILED")?;
+    print_report(&format!("restored into {}:", a.data_dir.display()), &r)
+}
+
+fn keygen(out: &Path) -> Result<()> {
+    if out.exists() {
+        bail!("{} exists; not overwriting an identity", out.display());
+    }
+    let (secret, public) = backup::keygen();
+    medledger_node::datadir::write_private(
+        out,
+        format!("# public key: {public}\n{secret}\n").as_bytes(),
+    )
+    .with_context(|| format!("writing {}", out.display()))?;
+    println!("{public}");
+    Ok(())
+}
