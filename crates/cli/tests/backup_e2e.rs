@@ -1,0 +1,332 @@
+//! Backups, proven by restoring them: a backup taken while FHIR creates and audited
+//! reads go on, then the data directory destroyed and the backup restored onto a new
+//! one; and damaged backups (a flipped byte, a missing or truncated file, the wrong
+//! key) refused by `verify` and `restore` with a message naming what is wrong.
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod common;
+use common::fhir::Fhir;
+use common::signin::*;
+use common::*;
+
+/// A new age identity file in `root`; returns (identity file, public recipient).
+fn keygen(root: &Path, name: &str) -> (PathBuf, String) {
+    let id = root.join(name);
+    let out = succeed(
+        Command::new(BIN)
+            .args(["backup", "keygen", "--out"])
+            .arg(&id),
+    );
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(public.starts_with("age1"), "{public}");
+    (id, public)
+}
+
+/// Runs `medledger backup …`; (success, stdout, stderr).
+fn backup(args: &[&OsStr]) -> (bool, String, String) {
+    let out = Command::new(BIN).arg("backup").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// The JSON line a backup command prints last.
+fn json_line(stdout: &str) -> Value {
+    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+}
+
+fn obs(pid: &str, value: f64) -> Value {
+    json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+        "subject": {"reference": format!("Patient/{pid}")},
+        "effectiveDateTime": "2026-11-25T10:00:00Z",
+        "valueQuantity": {"value": value, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}})
+}
+
+/// Creates Observations until told to stop; every acknowledged one is recorded with
+/// the resource the node answered.
+async fn writer(
+    f: Fhir,
+    pid: String,
+    n: usize,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, Value>>>,
+) {
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let (st, o) = f
+            .post("/Observation", &obs(&pid, (n * 100_000 + i) as f64))
+            .await;
+        assert_eq!(st, 201, "{o}");
+        acked
+            .lock()
+            .unwrap()
+            .insert(o["id"].as_str().unwrap().to_owned(), o);
+        i += 1;
+    }
+}
+
+/// Audited reads of what was created so far, until told to stop.
+async fn reader(
+    f: Fhir,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, Value>>>,
+) -> usize {
+    let mut reads = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let id = acked.lock().unwrap().keys().nth(reads * 7 % 50).cloned();
+        if let Some(id) = id {
+            let (st, _) = f.get(&format!("/Observation/{id}")).await;
+            assert_eq!(st, 200);
+            reads += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    reads
+}
+
+/// Runs load until `n` more resources are acknowledged, takes a backup while the load
+/// goes on, and returns the backup's JSON line and how many creates were acknowledged
+/// while it ran.
+async fn backup_under_load(
+    f: &dyn Fn() -> Fhir,
+    pid: &str,
+    dir: &Path,
+    dest: &Path,
+    acked: &Arc<Mutex<BTreeMap<String, Value>>>,
+    n: usize,
+) -> (Value, usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        writers.push(tokio::spawn(writer(
+            f(),
+            pid.to_owned(),
+            w,
+            stop.clone(),
+            acked.clone(),
+        )));
+    }
+    let readers: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(reader(f(), stop.clone(), acked.clone())))
+        .collect();
+    let start = acked.lock().unwrap().len();
+    while acked.lock().unwrap().len() < start + n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = acked.lock().unwrap().len();
+    let (dir, dest) = (dir.to_owned(), dest.to_owned());
+    let (ok, out, err) = tokio::task::spawn_blocking(move || {
+        backup(&[
+            os("create"),
+            os("--data-dir"),
+            dir.as_os_str(),
+            os("--out"),
+            dest.as_os_str(),
+        ])
+    })
+    .await
+    .unwrap();
+    let during = acked.lock().unwrap().len() - before;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.unwrap();
+    }
+    assert!(reads > 0, "no audited reads ran");
+    assert!(ok, "{err}");
+    (json_line(&out), during)
+}
+
+#[test]
+fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost() {
+    let root = tempfile::tempdir().unwrap();
+    let (identity, recipient) = keygen(root.path(), "backup-identity.txt");
+    let dir = init_with(root.path(), &["--backup-recipient", &recipient]);
+    let dest = root.path().join("backups");
+    let rt = rt();
+    let node = start(&dir);
+    let acked: Arc<Mutex<BTreeMap<String, Value>>> = Arc::default();
+    let (token, pid, secret) = rt.block_on(async {
+        client(&node, &dir).await;
+        let h = http(&node, &dir);
+        let admin = admin_signed_in(&h, &dir, &node).await;
+        // A doctor with a second factor whose secret the test keeps, to sign in after.
+        let (st, v, _) = h
+            .post("/auth/register", json!({"name": "Dana Doctor", "email": "dana@hospital.example",
+                "password": STRONG, "org": "general", "role": "doctor"}), None)
+            .await;
+        assert_eq!(st, 201, "{v}");
+        let account = v["account"].clone();
+        verify(&h, &dir, "dana@hospital.example").await;
+        let (st, _, _) = h.post("/auth/approve", json!({"account": account}), Some(&admin)).await;
+        assert_eq!(st, 204);
+        let (s, _) = h.login("dana@hospital.example", STRONG, None).await.unwrap();
+        let secret = enable_mfa(&h, &s).await;
+        let (st, v, _) = h.post("/auth/tokens", json!({"ttl_s": 86400}), Some(&s)).await;
+        assert_eq!(st, 201, "{v}");
+        let token = v["token"].as_str().unwrap().to_owned();
+        let f = Fhir { c: h.c.clone(), url: node.url.clone(), token: token.clone() };
+        let (st, p) = f
+            .post("/Patient", &json!({"resourceType": "Patient", "name": [{"family": "Restorova", "given": ["Synthia"]}]}))
+            .await;
+        assert_eq!(st, 201, "{p}");
+        (token, p["id"].as_str().unwrap().to_owned(), secret)
+    });
+
+    // Two backups, each taken while creates and audited reads go on; the second copies
+    // only what is new.
+    let (first, second, during) = rt.block_on(async {
+        let h = http(&node, &dir);
+        let f = || Fhir {
+            c: h.c.clone(),
+            url: node.url.clone(),
+            token: token.clone(),
+        };
+        let (first, d1) = backup_under_load(&f, &pid, &dir, &dest, &acked, 300).await;
+        let (second, d2) = backup_under_load(&f, &pid, &dir, &dest, &acked, 100).await;
+        (first, second, d1 + d2)
+    });
+    assert!(
+        during > 0,
+        "no create was acknowledged while a backup ran: writes were paused"
+    );
+    assert!(
+        second["height"].as_u64() > first["height"].as_u64(),
+        "{first} {second}"
+    );
+    let new = second["blobs_new"].as_u64().unwrap();
+    assert!(
+        new > 0 && new < second["blobs"].as_u64().unwrap() / 2,
+        "the second backup copied {new} of {} blobs: {second}",
+        second["blobs"]
+    );
+    let height = second["height"].as_u64().unwrap();
+
+    // Where each acknowledged create committed, from the original node.
+    let heights: BTreeMap<String, u64> = rt.block_on(async {
+        let h = http(&node, &dir);
+        let mut out = BTreeMap::new();
+        for id in acked.lock().unwrap().keys().cloned().collect::<Vec<_>>() {
+            let (st, v) = h.get_as_admin(&dir, &format!("/v1/tx/{id}")).await;
+            assert_eq!(st, 200, "{v}");
+            out.insert(id, v["height"].as_u64().unwrap());
+        }
+        out
+    });
+    let covered = heights.values().filter(|h| **h <= height).count();
+    let after = heights.len() - covered;
+    assert!(
+        covered >= 400,
+        "{covered} records at or below the backup's height"
+    );
+
+    // The disk is lost.
+    drop(node);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let (ok, out, err) = backup(&[
+        os("verify"),
+        os("--identity"),
+        identity.as_os_str(),
+        dest.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    let v = json_line(&out);
+    assert_eq!(v["height"].as_u64(), Some(height), "{v}");
+    assert!(out.contains("backup OK"), "{out}");
+
+    let (ok, out, err) = backup(&[
+        os("restore"),
+        os("--identity"),
+        identity.as_os_str(),
+        dest.as_os_str(),
+        os("--data-dir"),
+        dir.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(json_line(&out)["height"].as_u64(), Some(height));
+    let v = medledger(&["verify"], &dir);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+
+    let node = start(&dir);
+    rt.block_on(async {
+        client(&node, &dir).await;
+        let h = http(&node, &dir);
+        // Sign-in works for an account created before the backup (password and second
+        // factor), and its API token still opens the FHIR API.
+        let (s, v) = h
+            .login("dana@hospital.example", STRONG, Some(&code_at(&secret, 30)))
+            .await
+            .unwrap_or_else(|e| panic!("sign-in after restore: {e:?}"));
+        assert_ne!(v["mfa_setup_required"], true);
+        drop(s);
+        let f = Fhir {
+            c: h.c.clone(),
+            url: node.url.clone(),
+            token: token.clone(),
+        };
+        let acked = acked.lock().unwrap().clone();
+        for (id, written) in &acked {
+            let (st, got) = f.get(&format!("/Observation/{id}")).await;
+            if heights[id] <= height {
+                assert_eq!(st, 200, "{id} (height {}) lost: {got}", heights[id]);
+                assert_eq!(&got, written, "{id} reads back different content");
+            } else {
+                assert_eq!(st, 404, "{id} committed after the backup yet is there");
+            }
+        }
+        // Search knows exactly the restored records.
+        let mut found = 0;
+        let mut next = Some(format!("/Observation?patient=Patient/{pid}&_count=500"));
+        while let Some(p) = next {
+            let (st, page) = f.get(&p).await;
+            assert_eq!(st, 200, "{page}");
+            for e in page["entry"].as_array().into_iter().flatten() {
+                let id = e["resource"]["id"].as_str().unwrap();
+                assert!(heights.get(id).is_some_and(|h| *h <= height), "{id} found");
+                found += 1;
+            }
+            next = page["link"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["relation"] == "next")
+                .map(|l| {
+                    l["url"]
+                        .as_str()
+                        .unwrap()
+                        .split("/fhir")
+                        .nth(1)
+                        .unwrap()
+                        .to_owned()
+                });
+        }
+        assert_eq!(
+            found, covered,
+            "search finds {found} of {covered} restored records ({after} were after the backup)"
+        );
+        // The restored node goes on writing.
+        let (st, o) = f.post("/Observation", &obs(&pid, 1.0)).await;
+        assert_eq!(st, 201, "{o}");
+    });
+    node.stop();
+}
