@@ -330,3 +330,224 @@ fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost
     });
     node.stop();
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+fn flip_byte(path: &Path, at: usize) {
+    let mut b = std::fs::read(path).unwrap();
+    b[at] ^= 0x01;
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn damaged_backups_are_refused_by_verify_and_restore_naming_what_is_wrong() {
+    let root = tempfile::tempdir().unwrap();
+    let (identity, recipient) = keygen(root.path(), "id.txt");
+    let (stranger, _) = keygen(root.path(), "someone-else.txt");
+    // A node with no recipients cannot take a backup, and says how to set them.
+    let bare = root.path().join("bare");
+    std::fs::create_dir(&bare).unwrap();
+    let bare_dir = init(&bare);
+    let (ok, _, err) = backup(&[
+        os("create"),
+        os("--data-dir"),
+        bare_dir.as_os_str(),
+        os("--out"),
+        root.path().join("x").as_os_str(),
+    ]);
+    assert!(!ok && err.contains("no backup recipients"), "{err}");
+    // Nor into its own data directory.
+    let dir = init_with(root.path(), &["--backup-recipient", &recipient]);
+    let (ok, _, err) = backup(&[
+        os("create"),
+        os("--data-dir"),
+        dir.as_os_str(),
+        os("--out"),
+        dir.join("b").as_os_str(),
+    ]);
+    assert!(
+        !ok && err.contains("must not be inside the data directory"),
+        "{err}"
+    );
+
+    let node = start(&dir);
+    let rt = rt();
+    rt.block_on(async {
+        client(&node, &dir).await;
+        let h = http(&node, &dir);
+        let admin = admin_signed_in(&h, &dir, &node).await;
+        let (token, _) = staff_token(&h, &dir, &admin, "Dana Doctor", "dana@hospital.example", "doctor").await;
+        let f = Fhir { c: h.c.clone(), url: node.url.clone(), token };
+        let (st, p) = f
+            .post("/Patient", &json!({"resourceType": "Patient", "name": [{"family": "Damaged", "given": ["Synthia"]}]}))
+            .await;
+        assert_eq!(st, 201, "{p}");
+        let pid = p["id"].as_str().unwrap();
+        for i in 0..20 {
+            let (st, o) = f.post("/Observation", &obs(pid, i as f64)).await;
+            assert_eq!(st, 201, "{o}");
+        }
+    });
+    node.stop();
+    // The node is stopped: the CLI takes the backup itself.
+    let good = root.path().join("good");
+    let (ok, out, err) = backup(&[
+        os("create"),
+        os("--data-dir"),
+        dir.as_os_str(),
+        os("--out"),
+        good.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    let name = json_line(&out)["backup"].as_str().unwrap().to_owned();
+    let (ok, _, err) = backup(&[
+        os("verify"),
+        os("--identity"),
+        identity.as_os_str(),
+        good.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+
+    type Damage = Box<dyn Fn(&Path)>;
+    let missing = format!("blobs/{name}.age is missing");
+    let n = name.clone();
+    let cases: Vec<(&str, Damage, &Path, &str)> = vec![
+        (
+            "flipped byte in the state file",
+            Box::new(move |d: &Path| flip_byte(&d.join(&n).join("state.age"), 5000)),
+            &identity,
+            "state.age does not match its SHA-256",
+        ),
+        (
+            "missing blob file",
+            Box::new({
+                let n = name.clone();
+                move |d: &Path| {
+                    std::fs::remove_file(d.join("blobs").join(format!("{n}.age"))).unwrap()
+                }
+            }),
+            &identity,
+            &missing,
+        ),
+        (
+            "truncated blob file",
+            Box::new({
+                let n = name.clone();
+                move |d: &Path| {
+                    let p = d.join("blobs").join(format!("{n}.age"));
+                    let len = std::fs::metadata(&p).unwrap().len();
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .unwrap()
+                        .set_len(len - 100)
+                        .unwrap();
+                }
+            }),
+            &identity,
+            "is truncated",
+        ),
+        (
+            "manifest edited",
+            Box::new({
+                let n = name.clone();
+                move |d: &Path| {
+                    let p = d.join(&n).join("manifest.json");
+                    let mut m: Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                    m["height"] = json!(m["height"].as_u64().unwrap() + 1);
+                    std::fs::write(&p, serde_json::to_vec(&m).unwrap()).unwrap();
+                }
+            }),
+            &identity,
+            "signature does not check",
+        ),
+        (
+            "missing manifest",
+            Box::new({
+                let n = name.clone();
+                move |d: &Path| std::fs::remove_file(d.join(&n).join("manifest.json")).unwrap()
+            }),
+            &identity,
+            "holds no backup",
+        ),
+        (
+            "wrong key",
+            Box::new(|_: &Path| {}),
+            &stranger,
+            "none of the identities opens",
+        ),
+    ];
+    for (i, (what, damage, key, expect)) in cases.iter().enumerate() {
+        let copy = root.path().join(format!("damaged-{i}"));
+        copy_dir(&good, &copy);
+        damage(&copy);
+        let (ok, _, err) = backup(&[
+            os("verify"),
+            os("--identity"),
+            key.as_os_str(),
+            copy.as_os_str(),
+        ]);
+        assert!(!ok, "{what}: verify passed");
+        assert!(err.contains(expect), "{what}: verify said {err}");
+        let target = root.path().join(format!("restored-{i}"));
+        let (ok, _, err) = backup(&[
+            os("restore"),
+            os("--identity"),
+            key.as_os_str(),
+            copy.as_os_str(),
+            os("--data-dir"),
+            target.as_os_str(),
+        ]);
+        assert!(!ok, "{what}: restore passed");
+        assert!(err.contains(expect), "{what}: restore said {err}");
+        // What a refused restore left (if anything) is never served.
+        if target.join("genesis.json").exists() {
+            let out = Command::new(BIN)
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(&target)
+                .output()
+                .unwrap();
+            assert!(
+                !out.status.success(),
+                "{what}: a node started on a refused restore"
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("did not finish"), "{what}: serve said {err}");
+        }
+    }
+    // Undamaged, the same backup restores and verifies.
+    let target = root.path().join("restored-good");
+    let (ok, _, err) = backup(&[
+        os("restore"),
+        os("--identity"),
+        identity.as_os_str(),
+        good.as_os_str(),
+        os("--data-dir"),
+        target.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(!target.join("restore-incomplete").exists());
+    let v = medledger(&["verify"], &target);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    // Restoring over a directory that holds anything is refused.
+    let (ok, _, err) = backup(&[
+        os("restore"),
+        os("--identity"),
+        identity.as_os_str(),
+        good.as_os_str(),
+        os("--data-dir"),
+        target.as_os_str(),
+    ]);
+    assert!(!ok && err.contains("is not empty"), "{err}");
+}

@@ -168,16 +168,7 @@ pub(crate) async fn create(
     if recipients.is_empty() {
         return Err(BackupError::Config("no backup recipients".into()));
     }
-    let dest_canon = std::fs::canonicalize(dest).ok();
-    if let (Some(d), Ok(data)) = (&dest_canon, std::fs::canonicalize(src.data_dir))
-        && (d.starts_with(&data) || data.starts_with(d))
-    {
-        return Err(BackupError::Config(
-            "the backup destination must not be inside the data directory (nor hold it): \
-             losing the disk would lose both"
-                .into(),
-        ));
-    }
+    check_dest(src.data_dir, dest)?;
     std::fs::create_dir_all(dest.join("blobs")).map_err(io(dest))?;
     let created_ms = now_ms();
     let mut name = format!("backup-{created_ms:013}");
@@ -391,6 +382,38 @@ pub(crate) async fn create(
     Ok(manifest)
 }
 
+/// A destination inside the data directory (or holding it) would be lost with it.
+fn check_dest(data_dir: &Path, dest: &Path) -> Result<()> {
+    let (d, data) = (resolved(dest), resolved(data_dir));
+    if d.starts_with(&data) || data.starts_with(&d) {
+        return Err(BackupError::Config(
+            "the backup destination must not be inside the data directory (nor hold it): \
+             losing the disk would lose both"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `path` with symbolic links and `..` resolved, for the part of it that exists.
+fn resolved(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(c) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(c, |p, r| p.join(r));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file, durably.
 fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -439,6 +462,15 @@ pub async fn create_offline(
             "cannot open {what} ({e}); if the node is running, its admin socket takes the backup"
         ))
     };
+    check_dest(data_dir, dest)?;
+    for f in [LEDGER_DB, RAFT_DB] {
+        if !data_dir.join(f).exists() {
+            return Err(BackupError::Config(format!(
+                "{} has no {f}: the node has never served, there is nothing to back up yet",
+                data_dir.display()
+            )));
+        }
+    }
     let ledger = Ledger::open(
         &data_dir.join(LEDGER_DB),
         dd.genesis.clone(),
@@ -448,11 +480,22 @@ pub async fn create_offline(
     .map_err(|e| locked("the ledger", &e))?;
     let raft_log =
         LogStore::open(&data_dir.join(RAFT_DB)).map_err(|e| locked("the Raft log", &e))?;
-    let fhir_index = redb::Database::create(data_dir.join("fhir.redb"))
+    // Databases the node has not created yet are backed up empty (and not created
+    // here: the FHIR index, say, must come with its key).
+    let scratch = tempfile::tempdir().map_err(io(&std::env::temp_dir()))?;
+    let existing_or_scratch = |name: &str| {
+        let p = data_dir.join(name);
+        if p.exists() {
+            p
+        } else {
+            scratch.path().join(name)
+        }
+    };
+    let fhir_index = redb::Database::create(existing_or_scratch("fhir.redb"))
         .map_err(|e| locked("the FHIR index", &e))?;
-    let accounts = Directory::open(&data_dir.join("accounts.redb"))
+    let accounts = Directory::open(&existing_or_scratch("accounts.redb"))
         .map_err(|e| locked("the sign-in directory", &e))?;
-    let audit_queue = redb::Database::create(data_dir.join(AUDIT_QUEUE_DB))
+    let audit_queue = redb::Database::create(existing_or_scratch(AUDIT_QUEUE_DB))
         .map_err(|e| locked("the audit queue", &e))?;
     let store = BlobStore::open(&medledger_store::StoreConfig::Local {
         path: data_dir.join(BLOBS_DIR),
