@@ -225,7 +225,8 @@ fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost
     let heights: BTreeMap<String, u64> = rt.block_on(async {
         let h = http(&node, &dir);
         let mut out = BTreeMap::new();
-        for id in acked.lock().unwrap().keys().cloned().collect::<Vec<_>>() {
+        let ids: Vec<String> = acked.lock().unwrap().keys().cloned().collect();
+        for id in ids {
             let (st, v) = h.get_as_admin(&dir, &format!("/v1/tx/{id}")).await;
             assert_eq!(st, 200, "{v}");
             out.insert(id, v["height"].as_u64().unwrap());
