@@ -57,6 +57,10 @@ pub struct RestoreArgs {
     /// The new data directory (must not exist, or be empty).
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// The node's erasure journal: records erased after the backup are shredded
+    /// before the restored node serves.
+    #[arg(long)]
+    pub erasure_journal: Option<PathBuf>,
 }
 
 /// A progress bar per stage.
@@ -158,7 +162,8 @@ fn resolve(src: &Path) -> Result<PathBuf> {
 fn print_report(verb: &str, r: &backup::RestoreReport) -> Result<()> {
     println!(
         "{verb} {}: chain {} (genesis {}), ledger height {} ({} transactions verified), \
-         tree size {}, {} blobs ({} bytes), {} sign-in accounts",
+         tree size {}, {} blobs ({} bytes), {} sign-in accounts, {} blobs shredded by the \
+         erasure journal",
         r.backup,
         r.chain_id,
         r.genesis_hash,
@@ -167,7 +172,8 @@ fn print_report(verb: &str, r: &backup::RestoreReport) -> Result<()> {
         r.tree_size,
         r.blobs,
         r.blob_bytes,
-        r.accounts
+        r.accounts,
+        r.shredded
     );
     println!("{}", serde_json::to_string(r)?);
     Ok(())
@@ -187,7 +193,7 @@ async fn restore(a: RestoreArgs) -> Result<()> {
     let src = resolve(&a.source.src)?;
     let ids = backup::identities(&a.source.identity)?;
     let bar = Bar::new();
-    let r = backup::restore(&src, &ids, &a.data_dir, &bar).await;
+    let r = backup::restore(&src, &ids, &a.data_dir, a.erasure_journal.as_deref(), &bar).await;
     bar.0.finish_and_clear();
     let r = r.context("backup restore FAILED")?;
     print_report(&format!("restored into {}:", a.data_dir.display()), &r)

@@ -190,6 +190,11 @@ pub struct ServeArgs {
     pub client_rate: u32,
     #[arg(long, default_value_t = medledger_node::http::limits::DEFAULT_BURST)]
     pub client_burst: u32,
+    /// The erasure journal: a file on another disk than the data directory; every
+    /// erasure is appended to it before it is acknowledged, and what it names is
+    /// shredded before the node serves (after a restore from an older backup).
+    #[arg(long, env = "MEDLEDGER_ERASURE_JOURNAL")]
+    pub erasure_journal: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -443,6 +448,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     config.housekeeping = std::time::Duration::from_millis(a.housekeeping_ms.max(10));
     config.invite_ttl = std::time::Duration::from_millis(a.invite_ttl_ms);
     config.per_client = (a.client_rate, a.client_burst);
+    config.erasure_journal = a.erasure_journal;
     if let Some(url) = a.smtp_url {
         config.mail = Some(medledger_node::auth::mail::MailConfig::Smtp {
             url,

@@ -552,3 +552,192 @@ fn damaged_backups_are_refused_by_verify_and_restore_naming_what_is_wrong() {
     ]);
     assert!(!ok && err.contains("is not empty"), "{err}");
 }
+
+/// A record erased after the backup does not come back with it: the erasure is in
+/// the journal (on another disk) before it is acknowledged, and the restore shreds it.
+#[test]
+fn a_record_erased_after_the_backup_stays_erased_after_a_restore() {
+    let root = tempfile::tempdir().unwrap();
+    let (identity, recipient) = keygen(root.path(), "id.txt");
+    let dir = init_with(root.path(), &["--backup-recipient", &recipient]);
+    let pw = root.path().join("pw");
+    let pw = pw.to_str().unwrap();
+    let other_disk = root.path().join("other-disk");
+    std::fs::create_dir(&other_disk).unwrap();
+    let journal = other_disk.join("erasures.jsonl");
+    let j = journal.to_str().unwrap();
+    // A journal on the data directory's own disk would be lost with it.
+    let inside = dir.join("erasures.jsonl");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--erasure-journal"])
+        .arg(&inside)
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inside the data directory"));
+
+    let node = start_with(&dir, &["--erasure-journal", j]);
+    let rt = rt();
+    let h = medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap();
+    rt.block_on(client(&node, &dir));
+    let admin_did = admin(&dir).account().to_did();
+    let (ok, out) = submit_json(
+        &dir,
+        &node,
+        pw,
+        &format!(r#"{{"kind":"add_org","org":"general","admin":"{admin_did}"}}"#),
+    );
+    assert!(ok, "{out}");
+    let patient = ed25519_dalek::SigningKey::from_bytes(&[41; 32]);
+    let did = medledger_core::AccountId(patient.verifying_key().to_bytes()).to_did();
+    let (code, body) = rt.block_on(self_custody(&h, &node.url, &patient,
+        json!({"kind": "register", "org": "general", "role": "patient", "encryption_key": hex::encode([7u8; 32])})));
+    assert_eq!(code, 200, "{body}");
+    let (ok, out) = submit_json(
+        &dir,
+        &node,
+        pw,
+        &format!(r#"{{"kind":"approve_registration","account":"{did}"}}"#),
+    );
+    assert!(ok, "{out}");
+    // Two records with synthetic content in the node's record store.
+    let mut records = Vec::new();
+    for i in 0..2 {
+        let file = root.path().join(format!("note-{i}.txt"));
+        std::fs::write(
+            &file,
+            format!("synthetic clinical note {i} for the restore test"),
+        )
+        .unwrap();
+        let (ok, out) = cli_raw(&[
+            "blob",
+            "put",
+            file.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--password-file",
+            pw,
+        ]);
+        assert!(ok, "{out}");
+        let receipt: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        let (code, body) = rt.block_on(self_custody(&h, &node.url, &patient,
+            json!({"kind": "add_record", "patient": did, "category": "DocumentReference", "cid": receipt["cid"],
+                   "content_hash": receipt["content_hash"], "size": receipt["stored_bytes"]})));
+        assert_eq!(code, 200, "{body}");
+        records.push((
+            body["hash"].as_str().unwrap().to_owned(),
+            receipt["cid"]
+                .as_str()
+                .unwrap()
+                .parse::<medledger_core::Cid>()
+                .unwrap(),
+        ));
+    }
+    let dest = root.path().join("backups");
+    let (ok, _, err) = backup(&[
+        os("create"),
+        os("--data-dir"),
+        dir.as_os_str(),
+        os("--out"),
+        dest.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+
+    // After the backup, the patient erases the first record. Once acknowledged, the
+    // journal already names it.
+    let (erased, erased_cid) = records[0].clone();
+    let (kept, kept_cid) = records[1].clone();
+    let (code, body) = rt.block_on(self_custody(
+        &h,
+        &node.url,
+        &patient,
+        json!({"kind": "request_erasure", "target": {"type": "record", "record": erased}}),
+    ));
+    assert_eq!(code, 200, "{body}");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(
+        text.contains(&erased) && text.contains(&erased_cid.to_string()),
+        "journal: {text}"
+    );
+    assert!(
+        !text.contains(&kept),
+        "journal names a record nobody erased"
+    );
+
+    // The disk is lost.
+    drop(node);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let present = |d: &Path, c: &medledger_core::Cid| {
+        medledger_store::find_stored(&d.join("blobs"), c)
+            .unwrap()
+            .is_some()
+            || medledger_store::find_envelopes(&d.join("blobs"), c)
+                .unwrap()
+                .is_some()
+    };
+    // Without the journal the backup would bring the erased record back.
+    let without = root.path().join("without-journal");
+    let (ok, _, err) = backup(&[
+        os("restore"),
+        os("--identity"),
+        identity.as_os_str(),
+        dest.as_os_str(),
+        os("--data-dir"),
+        without.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        present(&without, &erased_cid),
+        "the backup did not hold the record"
+    );
+
+    let (ok, out, err) = backup(&[
+        os("restore"),
+        os("--identity"),
+        identity.as_os_str(),
+        dest.as_os_str(),
+        os("--data-dir"),
+        dir.as_os_str(),
+        os("--erasure-journal"),
+        journal.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(json_line(&out)["shredded"].as_u64(), Some(1), "{out}");
+    assert!(
+        !present(&dir, &erased_cid),
+        "the erased record's blob came back"
+    );
+    assert!(present(&dir, &kept_cid));
+
+    // The restored node serves the kept record and not the erased one.
+    let node = start_with(&dir, &["--erasure-journal", j]);
+    rt.block_on(client(&node, &dir));
+    let get = |cid: &medledger_core::Cid| {
+        let back = root.path().join(format!("back-{cid}"));
+        cli_raw(&[
+            "blob",
+            "get",
+            &cid.to_string(),
+            "--out",
+            back.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--password-file",
+            pw,
+        ])
+    };
+    let (ok, out) = get(&erased_cid);
+    assert!(!ok && out.contains("erased"), "{out}");
+    let (ok, out) = get(&kept_cid);
+    assert!(ok, "{out}");
+    node.stop();
+    // A start with the journal on a node restored without it shreds before serving.
+    let node = start_with(&without, &["--erasure-journal", j]);
+    node.stop();
+    assert!(
+        !present(&without, &erased_cid),
+        "a start with the journal did not shred"
+    );
+}

@@ -32,53 +32,8 @@ fn cli(dir: &Path, node: &Node, args: &[&str]) -> (bool, String) {
 }
 
 /// `medledger tx submit ... json PAYLOAD` signed with the admin keystore.
-fn submit_json(dir: &Path, node: &Node, pw: &str, payload: &str) -> (bool, String) {
-    let d = dir.to_str().unwrap();
-    cli_raw(&[
-        "tx",
-        "submit",
-        "--node",
-        &node.url,
-        "--data-dir",
-        d,
-        "--password-file",
-        pw,
-        "json",
-        payload,
-    ])
-}
-
 fn http(dir: &Path) -> reqwest::Client {
     medledger_node::client::http_client(Some(&dir.join("tls/cert.pem"))).unwrap()
-}
-
-/// prepare → sign locally → submit, as a client holding its own key would.
-async fn self_custody(
-    h: &reqwest::Client,
-    url: &str,
-    key: &SigningKey,
-    payload: Value,
-) -> (u16, Value) {
-    let did = AccountId(key.verifying_key().to_bytes()).to_did();
-    let prep: Value = h
-        .post(format!("{url}/v1/tx/prepare"))
-        .json(&json!({ "signer": did, "payload": payload }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let hash = Digest32::from_hex(prep["hash"].as_str().expect("prepared")).unwrap();
-    let mut tx = B64.decode(prep["body"].as_str().unwrap()).unwrap();
-    tx.extend_from_slice(&key.sign(&hash.0).to_bytes());
-    let r = h
-        .post(format!("{url}/v1/tx"))
-        .json(&json!({ "tx": B64.encode(tx) }))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 async fn get(h: &reqwest::Client, url: &str, path: &str) -> (u16, Value) {

@@ -17,7 +17,7 @@ mod state_machine;
 pub use batcher::{Batcher, BatcherConfig};
 pub use error::{ConsensusError, Result};
 pub use log_store::LogStore;
-pub use state_machine::StateMachine;
+pub use state_machine::{AfterApply, StateMachine};
 
 use medledger_ledger::BatchOutcome;
 use serde::{Deserialize, Serialize};

@@ -46,7 +46,12 @@ pub struct StateMachine {
     /// never kept.
     snapshot_taken: Arc<AtomicBool>,
     last_flush: Arc<Mutex<Instant>>,
+    after_apply: Option<AfterApply>,
 }
+
+/// Runs after every apply, before Raft answers the clients of what was applied; an
+/// error fails the apply (nothing is acknowledged) and stops the node.
+pub type AfterApply = Arc<dyn Fn(&Ledger) -> Result<(), String> + Send + Sync>;
 
 impl StateMachine {
     pub fn new(ledger: Ledger) -> Self {
@@ -54,7 +59,14 @@ impl StateMachine {
             ledger,
             snapshot_taken: Arc::new(AtomicBool::new(false)),
             last_flush: Arc::new(Mutex::new(Instant::now())),
+            after_apply: None,
         }
+    }
+
+    /// Sets the hook run after every apply (the node's erasure journal).
+    pub fn with_after_apply(mut self, hook: AfterApply) -> Self {
+        self.after_apply = Some(hook);
+        self
     }
 
     /// Deferred (no fsync) unless the ledger file has not been flushed for a while.
@@ -166,6 +178,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // from the last durable applied id and produces the very same blocks.
         let durability = self.durability();
         let started = std::time::Instant::now();
+        let hook = self.after_apply.clone();
         let outcomes = tokio::task::spawn_blocking(move || {
             let batches: Vec<Batch<'_>> = requests
                 .iter()
@@ -174,11 +187,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     txs: &r.txs,
                 })
                 .collect();
-            ledger.apply(
+            let outcomes = ledger.apply(
                 &batches,
                 &[(META_APPLIED, &applied), (META_MEMBERSHIP, &members)],
                 durability,
-            )
+            )?;
+            if let Some(hook) = hook {
+                hook(&ledger).map_err(|e| {
+                    medledger_ledger::LedgerError::CorruptMeta(format!("after apply: {e}"))
+                })?;
+            }
+            Ok::<_, medledger_ledger::LedgerError>(outcomes)
         })
         .await
         .map_err(sm_err)?

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backup;
 pub mod client;
 pub mod datadir;
+pub mod erasure_journal;
 mod error;
 pub mod fhir;
 pub mod http;

@@ -82,6 +82,10 @@ pub struct ServeConfig {
     /// Per client address: requests per second and burst on the sign-in routes that
     /// run a password KDF ([`crate::http::limits`]).
     pub per_client: (u32, u32),
+    /// The erasure journal: a file kept apart from the data directory (another disk),
+    /// which every erasure is appended to before it is acknowledged, and whose
+    /// erasures are shredded before the node serves (after a restore).
+    pub erasure_journal: Option<PathBuf>,
     /// Demo accounts the sign-in page lists (`medledger demo` fills it once it has
     /// created them; empty on a real node).
     pub demo: crate::state::DemoBoard,
@@ -107,6 +111,7 @@ impl ServeConfig {
                 crate::http::limits::DEFAULT_BURST,
             ),
             demo: Default::default(),
+            erasure_journal: None,
         }
     }
 }
@@ -203,13 +208,25 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
     } else {
         Some(&cert)
     })?;
+    let journal = match &config.erasure_journal {
+        Some(path) => Some(std::sync::Arc::new(open_journal(&dd.dir, path)?)),
+        None => None,
+    };
     let log = LogStore::open(&dd.dir.join(RAFT_DB))?;
     let raft = medledger_consensus::start(
         dd.node_id,
         &url,
         dd.genesis.chain_id.as_str(),
         log.clone(),
-        StateMachine::new(ledger.clone()),
+        match &journal {
+            Some(j) => {
+                let j = j.clone();
+                StateMachine::new(ledger.clone()).with_after_apply(std::sync::Arc::new(
+                    move |l: &Ledger| j.sync(l).map(|_| ()).map_err(|e| e.to_string()),
+                ))
+            }
+            None => StateMachine::new(ledger.clone()),
+        },
         HttpNetwork::new(peer_client),
     )
     .await?;
@@ -244,6 +261,16 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         });
     let store = medledger_store::BlobStore::open(&store_config)
         .map_err(|e| NodeError::Server(format!("record store: {e}")))?;
+    if let Some(j) = &journal {
+        // Erasures the ledger already had are journalled (a journal set up on a node
+        // that ran without one); erasures the journal holds that this ledger does not
+        // (a restore from an older backup) are shredded, before anything is served.
+        j.sync(&ledger)
+            .map_err(|e| NodeError::Server(e.to_string()))?;
+        crate::erasure_journal::shred_journalled(j.path(), &store)
+            .await
+            .map_err(|e| NodeError::Server(e.to_string()))?;
+    }
     let audit_queue = crate::audit_queue::AuditQueue::open(&dd.dir.join(AUDIT_QUEUE_DB))
         .map_err(|e| NodeError::Server(format!("audit queue: {e}")))?;
     let reporter = crate::reporter::Reporter::start(
@@ -365,6 +392,27 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         tracing::warn!("ledger flush at shutdown failed; the Raft log will be re-applied at start");
     }
     result
+}
+
+/// The erasure journal must survive the data directory's disk, so it may not live in it.
+fn open_journal(
+    data_dir: &std::path::Path,
+    path: &std::path::Path,
+) -> Result<crate::erasure_journal::Journal> {
+    let abs = |p: &std::path::Path| {
+        std::path::absolute(p)
+            .ok()
+            .and_then(|a| a.parent().and_then(|d| std::fs::canonicalize(d).ok()))
+    };
+    let dir = std::fs::canonicalize(data_dir).map_err(|e| NodeError::io(data_dir, e))?;
+    if abs(path).is_some_and(|p| p.starts_with(&dir)) {
+        return Err(NodeError::Server(format!(
+            "the erasure journal {} is inside the data directory: it must survive losing \
+             that disk (put it on another one)",
+            path.display()
+        )));
+    }
+    crate::erasure_journal::Journal::open(path).map_err(|e| NodeError::Server(e.to_string()))
 }
 
 /// Advances the verified mark to the tip, if it moved (a durable commit, so it also

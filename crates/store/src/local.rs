@@ -421,7 +421,13 @@ impl Shared {
             let t = r.open_table(TO_ZERO).map_err(catalog_err)?;
             t.iter()
                 .map_err(catalog_err)?
-                .map(|e| e.map(|(k, v)| (k.value().0, k.value().1, v.value())))
+                // Stored as the whole entry's length; `zero` takes the payload's.
+                .map(|e| {
+                    e.map(|(k, v)| {
+                        let (n, off) = k.value();
+                        (n, off, v.value().saturating_sub(ENTRY_HEADER as u32))
+                    })
+                })
                 .collect::<std::result::Result<_, _>>()
                 .map_err(catalog_err)?
         };

@@ -160,3 +160,54 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Submits a JSON payload signed by the consortium admin through the CLI.
+pub fn submit_json(dir: &Path, node: &Node, pw: &str, payload: &str) -> (bool, String) {
+    let d = dir.to_str().unwrap();
+    cli_raw(&[
+        "tx",
+        "submit",
+        "--node",
+        &node.url,
+        "--data-dir",
+        d,
+        "--password-file",
+        pw,
+        "json",
+        payload,
+    ])
+}
+
+/// prepare → sign locally → submit, as a client holding its own key would.
+pub async fn self_custody(
+    h: &reqwest::Client,
+    url: &str,
+    key: &ed25519_dalek::SigningKey,
+    payload: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use base64::Engine as _;
+    use ed25519_dalek::Signer as _;
+    let did = medledger_core::AccountId(key.verifying_key().to_bytes()).to_did();
+    let prep: serde_json::Value = h
+        .post(format!("{url}/v1/tx/prepare"))
+        .json(&serde_json::json!({ "signer": did, "payload": payload }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hash =
+        medledger_core::Digest32::from_hex(prep["hash"].as_str().expect("prepared")).unwrap();
+    let mut tx = base64::engine::general_purpose::STANDARD
+        .decode(prep["body"].as_str().unwrap())
+        .unwrap();
+    tx.extend_from_slice(&key.sign(&hash.0).to_bytes());
+    let r = h
+        .post(format!("{url}/v1/tx"))
+        .json(&serde_json::json!({ "tx": base64::engine::general_purpose::STANDARD.encode(tx) }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}

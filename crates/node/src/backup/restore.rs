@@ -32,6 +32,8 @@ pub struct RestoreReport {
     pub blobs: u64,
     pub blob_bytes: u64,
     pub accounts: u64,
+    /// Blobs shredded because the erasure journal names their records.
+    pub shredded: u64,
     pub seconds: f64,
 }
 
@@ -124,11 +126,14 @@ fn expect_end(r: &mut impl Read, name: &str) -> Result<()> {
 }
 
 /// Restores the backup in `backup_dir` (a `DEST/<name>` directory) into `data_dir`,
-/// which must not exist or be empty. The restored node can start at once.
+/// which must not exist or be empty, then shreds every blob the erasure journal (if
+/// given) names: records erased after the backup was taken do not come back. The
+/// restored node can start at once.
 pub async fn restore(
     backup_dir: &Path,
     ids: &Identities,
     data_dir: &Path,
+    journal: Option<&Path>,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     let started = std::time::Instant::now();
@@ -249,6 +254,20 @@ pub async fn restore(
             Some(_) => {}
         }
     }
+    let shredded = match journal {
+        Some(j) => {
+            if !j.exists() {
+                return Err(BackupError::Config(format!(
+                    "the erasure journal {} does not exist",
+                    j.display()
+                )));
+            }
+            crate::erasure_journal::shred_journalled(j, &store)
+                .await
+                .map_err(node_err)? as u64
+        }
+        None => 0,
+    };
     drop(store);
 
     // The restored ledger: a full verification, then every registered CID present.
@@ -294,6 +313,7 @@ pub async fn restore(
         blobs: restored.len() as u64,
         blob_bytes,
         accounts,
+        shredded,
         seconds: started.elapsed().as_secs_f64(),
     };
     let done = data_dir.join(super::RESTORED);
@@ -494,5 +514,5 @@ pub async fn verify(
         .tempdir()
         .map_err(io(&std::env::temp_dir()))?;
     let target = tmp.path().join("node");
-    restore(backup_dir, ids, &target, progress).await
+    restore(backup_dir, ids, &target, None, progress).await
 }

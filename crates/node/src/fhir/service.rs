@@ -402,8 +402,10 @@ pub(super) async fn fetch_version(
             | S::Decrypt { .. }
             | S::EnvelopeOpen(_)
             | S::NotFound(_)
-            | S::Erased(_)
             | S::NoAccess(_) => FhirError::Corrupt(format!("record store: {e}")),
+            // Shredded while the ledger still lists it: an erasure this node learnt
+            // from its erasure journal after a restore (or one racing this read).
+            S::Erased(_) => FhirError::NotFound("no resource with this id".into()),
             e => FhirError::Unavailable(format!("record store: {e}")),
         }
     })?;

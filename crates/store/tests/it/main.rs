@@ -690,3 +690,36 @@ fn uncommitted_pack_tails_are_zeroed_at_open_and_the_old_layout_is_refused() {
     let e = BlobStore::open(&StoreConfig::Local { path }).unwrap_err();
     assert!(e.to_string().contains("earlier layout"), "{e}");
 }
+
+/// An erasure that is the last thing a process does leaves its regions listed for
+/// zeroing until the next commit; the next open zeroes them again, and only them.
+/// (Regression: the second zeroing counted the entry header twice and wiped the
+/// header of the entry after it, so the next blob read as corrupt.)
+#[test]
+fn zeroing_an_erasure_again_at_open_leaves_the_next_entry_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("blobs");
+    let alice = person(9);
+    let open = || BlobStore::open(&StoreConfig::Local { path: path.clone() }).unwrap();
+    let (erased, kept, data) = rt().block_on(async {
+        let store = open();
+        let a = store
+            .put(&content(3000, 1)[..], &[alice.reader()])
+            .await
+            .unwrap()
+            .cid;
+        let data = content(3000, 2);
+        let b = store.put(&data[..], &[alice.reader()]).await.unwrap().cid;
+        store.erase(&a).await.unwrap();
+        (a, b, data)
+    });
+    for _ in 0..2 {
+        let store = open();
+        rt().block_on(async {
+            assert_eq!(read(&store, &kept, &alice).await.unwrap(), data);
+            let mut out = Vec::new();
+            let e = store.get(&erased, &alice, &mut out).await.unwrap_err();
+            assert!(matches!(e, StoreError::Erased(_)), "{e}");
+        });
+    }
+}
