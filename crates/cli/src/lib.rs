@@ -195,6 +195,17 @@ pub struct ServeArgs {
     /// shredded before the node serves (after a restore from an older backup).
     #[arg(long, env = "MEDLEDGER_ERASURE_JOURNAL")]
     pub erasure_journal: Option<PathBuf>,
+    /// Take backups on a schedule into this directory (encrypted for the node's
+    /// backup recipients; not inside the data directory).
+    #[arg(long, requires = "backup_every")]
+    pub backup_to: Option<PathBuf>,
+    /// How often to back up: `30m`, `6h`, `1d`, …
+    #[arg(long, requires = "backup_to", value_parser = humantime::parse_duration)]
+    pub backup_every: Option<std::time::Duration>,
+    /// How many backups to keep in `--backup-to` (older ones, and blob files no kept
+    /// backup needs, are deleted).
+    #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u32).range(1..))]
+    pub backup_keep: u32,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -449,6 +460,13 @@ fn serve(a: ServeArgs) -> Result<()> {
     config.invite_ttl = std::time::Duration::from_millis(a.invite_ttl_ms);
     config.per_client = (a.client_rate, a.client_burst);
     config.erasure_journal = a.erasure_journal;
+    if let (Some(dest), Some(every)) = (a.backup_to, a.backup_every) {
+        config.backup = Some(medledger_node::backup::Schedule {
+            dest,
+            every,
+            keep: a.backup_keep as usize,
+        });
+    }
     if let Some(url) = a.smtp_url {
         config.mail = Some(medledger_node::auth::mail::MailConfig::Smtp {
             url,

@@ -741,3 +741,139 @@ fn a_record_erased_after_the_backup_stays_erased_after_a_restore() {
         "a start with the journal did not shred"
     );
 }
+
+/// `serve --backup-every`: backups are taken on their own, old ones are pruned with
+/// the blob files no kept backup needs, and `/metrics` and the admin's page show the
+/// last successful one.
+#[test]
+fn scheduled_backups_are_taken_pruned_and_shown() {
+    let root = tempfile::tempdir().unwrap();
+    let (identity, recipient) = keygen(root.path(), "id.txt");
+    let dir = init_with(root.path(), &["--backup-recipient", &recipient]);
+    let dest = root.path().join("scheduled");
+    let d = dest.to_str().unwrap();
+    // A schedule that could never succeed is refused before the node serves.
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backup-every",
+            "1s",
+            "--backup-to",
+        ])
+        .arg(dir.join("inside"))
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must not be inside the data directory"));
+
+    let node = start_with(
+        &dir,
+        &[
+            "--backup-to",
+            d,
+            "--backup-every",
+            "1s",
+            "--backup-keep",
+            "2",
+        ],
+    );
+    let rt = rt();
+    let (manifests, metrics, page) = rt.block_on(async {
+        client(&node, &dir).await;
+        let h = http(&node, &dir);
+        let admin = admin_signed_in(&h, &dir, &node).await;
+        let (token, _) = staff_token(&h, &dir, &admin, "Dana Doctor", "dana@hospital.example", "doctor").await;
+        let f = Fhir { c: h.c.clone(), url: node.url.clone(), token };
+        let (st, p) = f
+            .post("/Patient", &json!({"resourceType": "Patient", "name": [{"family": "Scheduled", "given": ["Synthia"]}]}))
+            .await;
+        assert_eq!(st, 201, "{p}");
+        let pid = p["id"].as_str().unwrap().to_owned();
+        // Writes between backups, so each has something new; wait for four of them.
+        let mut taken = 0;
+        for i in 0..600 {
+            let (st, o) = f.post("/Observation", &obs(&pid, i as f64)).await;
+            assert_eq!(st, 201, "{o}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let (_, text) = (200, h.c.get(format!("{}/metrics", node.url)).send().await.unwrap().text().await.unwrap());
+            taken = text
+                .lines()
+                .find(|l| l.starts_with("medledger_backups_total") && l.contains("\"ok\""))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            if taken >= 4 {
+                break;
+            }
+        }
+        assert!(taken >= 4, "only {taken} scheduled backups");
+        // The portal's admin page shows the last one.
+        let page = h.c.get(format!("{}/admin", node.url)).header("cookie", &admin.cookie).send().await.unwrap().text().await.unwrap();
+        let metrics = h.c.get(format!("{}/metrics", node.url)).send().await.unwrap().text().await.unwrap();
+        (medledger_node::backup::list(&dest).unwrap(), metrics, page)
+    });
+    node.stop();
+    // Pruned to the newest two (a third may have been written after the last prune).
+    assert!((2..=3).contains(&manifests.len()), "{manifests:?}");
+    let newest: Value = serde_json::from_slice(
+        &std::fs::read(dest.join(manifests.last().unwrap()).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let height = newest["height"].as_u64().unwrap();
+    let gauge = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    assert!(gauge("medledger_backup_last_height") as u64 >= height.saturating_sub(1000));
+    assert!(gauge("medledger_backup_last_success_timestamp_seconds") > 1.7e9);
+    assert!(
+        page.contains("Last successful backup"),
+        "admin page: no backup status"
+    );
+    assert!(
+        page.contains("Scheduled every 1s, keeping the newest 2"),
+        "admin page"
+    );
+    // Every blob file a kept backup lists is there; no other blob file is.
+    let mut listed = std::collections::BTreeSet::new();
+    for n in &manifests {
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(dest.join(n).join("manifest.json")).unwrap())
+                .unwrap();
+        for f in m["files"].as_array().unwrap() {
+            let p = f["path"].as_str().unwrap();
+            assert!(dest.join(p).exists(), "{p} pruned but still needed");
+            if p.starts_with("blobs/") {
+                listed.insert(p.to_owned());
+            }
+        }
+    }
+    for e in std::fs::read_dir(dest.join("blobs")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".age") {
+            assert!(
+                listed.contains(&format!("blobs/{name}")),
+                "{name} kept but no backup needs it"
+            );
+        }
+    }
+    // And the newest scheduled backup restores.
+    let target = root.path().join("restored");
+    let (ok, _, err) = backup(&[
+        os("restore"),
+        os("--identity"),
+        identity.as_os_str(),
+        dest.as_os_str(),
+        os("--data-dir"),
+        target.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+}

@@ -86,6 +86,8 @@ pub struct ServeConfig {
     /// which every erasure is appended to before it is acknowledged, and whose
     /// erasures are shredded before the node serves (after a restore).
     pub erasure_journal: Option<PathBuf>,
+    /// Scheduled backups (`--backup-to`, `--backup-every`, `--backup-keep`).
+    pub backup: Option<crate::backup::Schedule>,
     /// Demo accounts the sign-in page lists (`medledger demo` fills it once it has
     /// created them; empty on a real node).
     pub demo: crate::state::DemoBoard,
@@ -112,6 +114,7 @@ impl ServeConfig {
             ),
             demo: Default::default(),
             erasure_journal: None,
+            backup: None,
         }
     }
 }
@@ -208,6 +211,9 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
     } else {
         Some(&cert)
     })?;
+    if let Some(s) = &config.backup {
+        s.check(&dd.dir)?;
+    }
     let journal = match &config.erasure_journal {
         Some(path) => Some(std::sync::Arc::new(open_journal(&dd.dir, path)?)),
         None => None,
@@ -336,9 +342,11 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         raft_log: log,
         store,
         data_dir: dd.dir.clone(),
+        backups: std::sync::Arc::new(crate::backup::BackupStatus::new(config.backup.clone())),
     };
     tokio::spawn(crate::fhir::follow(state.fhir.clone(), ledger.clone()));
     crate::backup::socket::listen(&dd.dir, state.clone())?;
+    crate::backup::schedule::start(state.clone());
     let per_client = state.per_client.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(60));

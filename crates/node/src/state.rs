@@ -31,6 +31,8 @@ pub struct AppState {
     pub store: medledger_store::BlobStore,
     /// The data directory (backups read its key files).
     pub data_dir: std::path::PathBuf,
+    /// The backup schedule and the last successful backup.
+    pub backups: Arc<crate::backup::BackupStatus>,
 }
 
 /// The ledger verification this node ran when it started.

@@ -383,7 +383,7 @@ pub(crate) async fn create(
 }
 
 /// A destination inside the data directory (or holding it) would be lost with it.
-fn check_dest(data_dir: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn check_dest(data_dir: &Path, dest: &Path) -> Result<()> {
     let (d, data) = (resolved(dest), resolved(data_dir));
     if d.starts_with(&data) || data.starts_with(&d) {
         return Err(BackupError::Config(

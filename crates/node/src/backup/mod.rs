@@ -20,6 +20,7 @@
 
 pub mod create;
 pub mod restore;
+pub mod schedule;
 pub mod socket;
 
 use crate::error::NodeError;
@@ -31,6 +32,7 @@ use std::path::Path;
 
 pub use create::{create_offline, create_running};
 pub use restore::{RestoreReport, restore, verify};
+pub use schedule::{BackupStatus, Schedule};
 
 /// Version of the backup layout and of `state.age`'s framing.
 pub const FORMAT: u32 = 1;

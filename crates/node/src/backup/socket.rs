@@ -81,12 +81,11 @@ pub(crate) fn listen(data_dir: &Path, state: AppState) -> Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(io(&path))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io(&path))?;
-    let data_dir = data_dir.to_owned();
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(answer(stream, state.clone(), data_dir.clone()));
+                    tokio::spawn(answer(stream, state.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin socket accept failed");
@@ -98,7 +97,7 @@ pub(crate) fn listen(data_dir: &Path, state: AppState) -> Result<()> {
     Ok(())
 }
 
-async fn answer(stream: UnixStream, state: AppState, data_dir: PathBuf) {
+async fn answer(stream: UnixStream, state: AppState) {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut r = BufReader::new(r).take(MAX_REQUEST as u64);
@@ -127,20 +126,14 @@ async fn answer(stream: UnixStream, state: AppState, data_dir: PathBuf) {
         Ok(Request::Backup { dest }) if !dest.is_absolute() => Event::Error {
             message: "the destination must be an absolute path".into(),
         },
-        Ok(Request::Backup { dest }) => {
-            let _one = RUNNING.lock().await;
-            match super::create_running(&state, &data_dir, &dest, &relay).await {
-                Ok(m) => Event::Done {
-                    manifest: Box::new(m),
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "backup failed");
-                    Event::Error {
-                        message: e.to_string(),
-                    }
-                }
-            }
-        }
+        Ok(Request::Backup { dest }) => match super::schedule::take(&state, &dest, &relay).await {
+            Ok(m) => Event::Done {
+                manifest: Box::new(m),
+            },
+            Err(e) => Event::Error {
+                message: e.to_string(),
+            },
+        },
     };
     relay.flush();
     let _ = tx.send(outcome);

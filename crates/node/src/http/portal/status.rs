@@ -16,6 +16,8 @@ pub struct ChainStatus {
     pub role: String,
     /// Members of the consensus cluster: (id, address, is leader, is this node).
     pub peers: Vec<(u64, String, bool, bool)>,
+    /// The last successful backup and the schedule, in words.
+    pub backup: String,
 }
 
 pub fn of(s: &AppState) -> ChainStatus {
@@ -61,5 +63,27 @@ pub fn of(s: &AppState) -> ChainStatus {
         ),
         role: format!("{:?}", m.state).to_lowercase(),
         peers,
+        backup: backup_words(s),
+    }
+}
+
+fn backup_words(s: &AppState) -> String {
+    let last = match s.backups.last() {
+        Some(b) => format!(
+            "Last successful backup {}: height {}, {} new blobs ({} bytes).",
+            when(b.at_ms),
+            b.height,
+            b.blobs_new,
+            b.bytes_new
+        ),
+        None => "No successful backup since this node started.".into(),
+    };
+    match &s.backups.schedule {
+        Some(sch) => format!(
+            "{last} Scheduled every {}, keeping the newest {}.",
+            humantime::format_duration(sch.every),
+            sch.keep
+        ),
+        None => format!("{last} Not scheduled on this node: run `medledger backup create`."),
     }
 }
