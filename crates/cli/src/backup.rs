@@ -48,6 +48,10 @@ pub struct SourceArgs {
     /// File of age identities (`AGE-SECRET-KEY-1…`) that open it.
     #[arg(long)]
     pub identity: PathBuf,
+    /// The genesis hash the backup must be of (from `medledger init`'s output or the
+    /// portal's status panel). Without it, a backup is only checked against itself.
+    #[arg(long)]
+    pub genesis: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -183,7 +187,13 @@ async fn verify(a: SourceArgs) -> Result<()> {
     let src = resolve(&a.src)?;
     let ids = backup::identities(&a.identity)?;
     let bar = Bar::new();
-    let r = backup::verify(&src, &ids, &bar).await;
+    if a.genesis.is_none() {
+        eprintln!(
+            "note: without --genesis the backup is checked only against itself; pass the \
+             chain's genesis hash to check it is yours"
+        );
+    }
+    let r = backup::verify(&src, &ids, a.genesis.as_deref(), &bar).await;
     bar.0.finish_and_clear();
     let r = r.context("backup verify FAILED")?;
     print_report("backup OK:", &r)
@@ -193,7 +203,17 @@ async fn restore(a: RestoreArgs) -> Result<()> {
     let src = resolve(&a.source.src)?;
     let ids = backup::identities(&a.source.identity)?;
     let bar = Bar::new();
-    let r = backup::restore(&src, &ids, &a.data_dir, a.erasure_journal.as_deref(), &bar).await;
+    if a.erasure_journal.is_none() {
+        eprintln!(
+            "note: without --erasure-journal, records erased after this backup was taken come \
+             back; start the restored node with its --erasure-journal to shred them"
+        );
+    }
+    let opts = backup::RestoreOptions {
+        erasure_journal: a.erasure_journal.as_deref(),
+        genesis: a.source.genesis.as_deref(),
+    };
+    let r = backup::restore(&src, &ids, &a.data_dir, &opts, &bar).await;
     bar.0.finish_and_clear();
     let r = r.context("backup restore FAILED")?;
     print_report(&format!("restored into {}:", a.data_dir.display()), &r)

@@ -527,6 +527,41 @@ fn damaged_backups_are_refused_by_verify_and_restore_naming_what_is_wrong() {
             assert!(err.contains("did not finish"), "{what}: serve said {err}");
         }
     }
+    // A backup of another chain (here: one that claims another genesis) is refused when
+    // the operator names theirs; named correctly, it passes.
+    let genesis: Value =
+        serde_json::from_slice(&std::fs::read(good.join(&name).join("manifest.json")).unwrap())
+            .unwrap();
+    let genesis = genesis["genesis_hash"].as_str().unwrap();
+    let (ok, _, err) = backup(&[
+        os("verify"),
+        os("--identity"),
+        identity.as_os_str(),
+        os("--genesis"),
+        os(&"ab".repeat(32)),
+        good.as_os_str(),
+    ]);
+    assert!(!ok && err.contains("not the expected"), "{err}");
+    let (ok, _, err) = backup(&[
+        os("verify"),
+        os("--identity"),
+        identity.as_os_str(),
+        os("--genesis"),
+        os(genesis),
+        good.as_os_str(),
+    ]);
+    assert!(ok, "{err}");
+    // A backup directory renamed (an older manifest copied over a newer one's place).
+    let renamed = root.path().join("renamed");
+    copy_dir(&good, &renamed);
+    std::fs::rename(renamed.join(&name), renamed.join("backup-9999999999999")).unwrap();
+    let (ok, _, err) = backup(&[
+        os("verify"),
+        os("--identity"),
+        identity.as_os_str(),
+        renamed.as_os_str(),
+    ]);
+    assert!(!ok && err.contains("but it lies in"), "{err}");
     // Undamaged, the same backup restores and verifies.
     let target = root.path().join("restored-good");
     let (ok, _, err) = backup(&[

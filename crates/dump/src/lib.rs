@@ -169,8 +169,12 @@ pub fn insert<K: Key + 'static, V: Value + 'static>(
     Ok(())
 }
 
-/// A fixed-width type decoded from bytes of another width would panic in redb.
+/// Bytes redb would panic on decoding: a fixed-width type from bytes of another
+/// width, a string from bytes that are not UTF-8.
 fn check_width<T: Value>(bytes: &[u8]) -> Result<()> {
+    if T::type_name() == <&str as Value>::type_name() && std::str::from_utf8(bytes).is_err() {
+        return Err(DumpError::Format("a text key or value is not UTF-8".into()));
+    }
     match T::fixed_width() {
         Some(w) if w != bytes.len() => Err(DumpError::Format(format!(
             "a value of {} bytes where {} has {w}",
@@ -306,6 +310,16 @@ mod tests {
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             load(&mut &huge[..], &w, loader),
+            Err(DumpError::Format(_))
+        ));
+        // A text key that is not UTF-8 (redb would panic decoding it).
+        let mut text = b"T".to_vec();
+        write_field(&mut text, b"b").unwrap();
+        text.push(b'E');
+        write_field(&mut text, &[0xff, 0xfe]).unwrap();
+        write_field(&mut text, &[0u8; 12]).unwrap();
+        assert!(matches!(
+            load(&mut &text[..], &w, loader),
             Err(DumpError::Format(_))
         ));
         // A key of the wrong width for its table, an unknown table, an unknown tag.

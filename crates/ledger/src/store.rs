@@ -437,6 +437,11 @@ impl LedgerSnapshot {
         &self.tip
     }
 
+    /// The contract state of this view.
+    pub fn state(&self) -> Result<StateView> {
+        Ok(StateView(TableState(self.rtx.open_table(STATE)?)))
+    }
+
     /// Writes every table of this view ([`Ledger::load_dump`] reads it back).
     pub fn dump(&self, w: &mut impl std::io::Write) -> Result<()> {
         use medledger_dump::dump_table;

@@ -84,11 +84,10 @@ impl std::fmt::Debug for AuditQueue {
 }
 
 /// Writes the queue (reports not yet on the ledger) in one read transaction.
-pub(crate) fn dump(db: &Database, w: &mut impl std::io::Write) -> Result<()> {
-    let rtx = db.begin_read().map_err(storage)?;
-    medledger_dump::dump_table(&rtx, PENDING, w).map_err(storage)?;
-    medledger_dump::dump_table(&rtx, REFUSED, w).map_err(storage)?;
-    medledger_dump::dump_table(&rtx, META, w).map_err(storage)?;
+pub(crate) fn dump(rtx: &redb::ReadTransaction, w: &mut impl std::io::Write) -> Result<()> {
+    medledger_dump::dump_table(rtx, PENDING, w).map_err(storage)?;
+    medledger_dump::dump_table(rtx, REFUSED, w).map_err(storage)?;
+    medledger_dump::dump_table(rtx, META, w).map_err(storage)?;
     medledger_dump::end(w).map_err(storage)
 }
 

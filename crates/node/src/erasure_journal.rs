@@ -15,7 +15,7 @@ use medledger_core::{Cid, RecordId};
 use medledger_ledger::Ledger;
 use medledger_ledger::contracts::query;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -54,18 +54,32 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (creating, mode 0600) the journal at `path`.
+    /// Opens (creating, mode 0600) the journal at `path`. A last line a crash cut
+    /// short (never flushed, so never acknowledged) is cut off, so the next append
+    /// starts a line of its own.
     pub fn open(path: &Path) -> Result<Self> {
         use std::os::unix::fs::OpenOptionsExt;
+        let err = |e: std::io::Error| JournalError::Io {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        };
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| JournalError::Io {
-                path: path.display().to_string(),
-                detail: e.to_string(),
-            })?;
+            .map_err(err)?;
+        let bytes = std::fs::read(path).map_err(err)?;
+        if bytes.last().is_some_and(|b| *b != b'\n') {
+            let keep = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            file.set_len(keep as u64).map_err(err)?;
+            file.sync_data().map_err(err)?;
+            tracing::warn!(
+                bytes = bytes.len() - keep,
+                "cut off the erasure journal's unfinished last line (a crash while writing it)"
+            );
+        }
         Ok(Journal {
             path: path.to_owned(),
             file: Mutex::new(file),
@@ -147,22 +161,25 @@ pub fn read(path: &Path) -> Result<Vec<Entry>> {
             });
         }
     };
-    let lines: Vec<String> = std::io::BufReader::new(f)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| JournalError::Io {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::BufReader::new(f), &mut bytes).map_err(|e| {
+        JournalError::Io {
             path: path.display().to_string(),
             detail: e.to_string(),
-        })?;
-    let n = lines.len();
-    let mut out = Vec::with_capacity(n);
-    for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<Entry>(line) {
+        }
+    })?;
+    let mut out = Vec::new();
+    let mut lines = bytes
+        .split_inclusive(|b| *b == b'\n')
+        .enumerate()
+        .peekable();
+    while let Some((i, line)) = lines.next() {
+        let whole = line.ends_with(b"\n");
+        match serde_json::from_slice::<Entry>(line.strip_suffix(b"\n").unwrap_or(line)) {
             Ok(e) => out.push(e),
-            Err(_) if i + 1 == n => {
-                tracing::warn!(
-                    "the erasure journal's last line is incomplete (a crash while writing it); passed over"
-                );
+            // Never flushed whole, so never acknowledged: passed over.
+            Err(_) if !whole && lines.peek().is_none() => {
+                tracing::warn!("the erasure journal's last line is unfinished; passed over");
             }
             Err(e) => {
                 return Err(JournalError::Malformed {
@@ -211,4 +228,43 @@ pub async fn shred_journalled(path: &Path, store: &medledger_store::BlobStore) -
         );
     }
     Ok(shredded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(n: u8) -> String {
+        let e = Entry {
+            record: RecordId(medledger_core::Digest32([n; 32])),
+            cids: vec![Cid(medledger_core::Digest32([n; 32]))],
+            height: n as u64,
+        };
+        format!("{}\n", serde_json::to_string(&e).unwrap())
+    }
+
+    #[test]
+    fn an_unfinished_last_line_is_cut_off_and_a_damaged_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let whole = line(1);
+        let cut = &line(2)[..20];
+        std::fs::write(&path, format!("{whole}{cut}")).unwrap();
+        // Read as it is: the unfinished line is passed over.
+        assert_eq!(read(&path).unwrap().len(), 1);
+        // Opened for appending: cut off, so the next line starts on its own.
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
+        (&*j.file.lock().unwrap())
+            .write_all(line(3).as_bytes())
+            .unwrap();
+        let got = j.entries().unwrap();
+        assert_eq!(got.iter().map(|e| e.height).collect::<Vec<_>>(), vec![1, 3]);
+        // A damaged whole line is an error, not skipped.
+        std::fs::write(&path, format!("{whole}{{\"record\": 7}}\n{}", line(3))).unwrap();
+        assert!(matches!(
+            read(&path),
+            Err(JournalError::Malformed { line: 2, .. })
+        ));
+    }
 }

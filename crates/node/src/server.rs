@@ -407,10 +407,13 @@ fn open_journal(
     data_dir: &std::path::Path,
     path: &std::path::Path,
 ) -> Result<crate::erasure_journal::Journal> {
+    // The file itself when it exists (it may be a link), else its directory.
     let abs = |p: &std::path::Path| {
-        std::path::absolute(p)
-            .ok()
-            .and_then(|a| a.parent().and_then(|d| std::fs::canonicalize(d).ok()))
+        std::fs::canonicalize(p).ok().or_else(|| {
+            std::path::absolute(p)
+                .ok()
+                .and_then(|a| a.parent().and_then(|d| std::fs::canonicalize(d).ok()))
+        })
     };
     let dir = std::fs::canonicalize(data_dir).map_err(|e| NodeError::io(data_dir, e))?;
     if abs(path).is_some_and(|p| p.starts_with(&dir)) {

@@ -2,13 +2,17 @@
 //!
 //! Order matters, because each database is read in its own transaction:
 //! 1. the FHIR search tables, so their watermark is at or below the ledger's height
-//!    (the restored node's catch-up indexes the rest);
+//!    (the restored node's catch-up indexes the rest), and the audit queue, so a
+//!    report is in the queue or on the ledger (it may be in both: the restored node
+//!    then reports it twice, which beats losing it);
 //! 2. the ledger: this fixes the height the backup covers;
-//! 3. the Raft vote, custody keys, accounts and the audit queue, after the ledger, so
+//! 3. the Raft vote, custody keys and accounts, after the ledger, so
 //!    everything the backed-up ledger names (an account, a custodial patient) is there
 //!    (what they hold beyond the ledger's height is harmless: keys of accounts it does
 //!    not know yet);
-//! 4. the blobs, listed after the ledger, so every CID it registered is among them.
+//! 4. the blobs, listed after the ledger, so every CID it registered is among them;
+//!    a blob erased since (its erasure is after the backup's height) is recorded as
+//!    such, and any other registered CID the store lacks fails the backup.
 
 use super::{
     BackupError, FILES, FORMAT, FileEntry, Manifest, Progress, Result, io, node_err, tag, tag_key,
@@ -54,7 +58,7 @@ struct Sealed {
 impl Sealed {
     fn create(path: PathBuf, recipients: &[age::x25519::Recipient]) -> Result<Self> {
         let partial = path.with_extension("partial");
-        let f = std::fs::File::create(&partial).map_err(io(&partial))?;
+        let f = create_new(&partial)?;
         let enc =
             age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
                 .map_err(|e| BackupError::Config(format!("recipients: {e}")))?;
@@ -187,6 +191,7 @@ pub(crate) async fn create(
 
     // 1–2: the search tables' view, then the ledger's.
     let search = src.fhir_index.begin_read().map_err(dump_err)?;
+    let queue = src.audit_queue.begin_read().map_err(dump_err)?;
     let ledger = src.ledger.snapshot_reader().map_err(dump_err)?;
     let tip = ledger.tip().clone();
 
@@ -211,7 +216,6 @@ pub(crate) async fn create(
         }
         sw.write_all(b"L").map_err(&we)?;
         ledger.dump(sw).map_err(dump_err)?;
-        drop(ledger);
         // 3: after the ledger.
         sw.write_all(b"R").map_err(&we)?;
         let vote = src.raft_log.vote_bytes().map_err(dump_err)?;
@@ -225,7 +229,7 @@ pub(crate) async fn create(
         sw.write_all(b"A").map_err(&we)?;
         src.accounts.dump(sw).map_err(dump_err)?;
         sw.write_all(b"Q").map_err(&we)?;
-        crate::audit_queue::dump(src.audit_queue, sw).map_err(dump_err)?;
+        crate::audit_queue::dump(&queue, sw).map_err(dump_err)?;
         Ok(())
     })?;
 
@@ -297,6 +301,8 @@ pub(crate) async fn create(
         catalog.push((cid, env_hash));
     }
     blobs.w.write_all(b"Z").map_err(w_err(&blobs_path))?;
+    let erased_since = check_registered(&ledger, &catalog, src.store).await?;
+    drop(ledger);
 
     // The catalog closes the state file.
     tokio::task::block_in_place(|| -> Result<()> {
@@ -308,6 +314,12 @@ pub(crate) async fn create(
         for (cid, h) in &catalog {
             sw.write_all(&cid.0.0).map_err(&we)?;
             sw.write_all(h).map_err(&we)?;
+        }
+        sw.write_all(b"X").map_err(&we)?;
+        sw.write_all(&(erased_since.len() as u64).to_le_bytes())
+            .map_err(&we)?;
+        for cid in &erased_since {
+            sw.write_all(&cid.0.0).map_err(&we)?;
         }
         sw.write_all(b"Z").map_err(&we)?;
         Ok(())
@@ -382,6 +394,46 @@ pub(crate) async fn create(
     Ok(manifest)
 }
 
+/// Every CID the backed-up ledger registered is in the catalog, or was erased from
+/// the store after the ledger was read (returned: a restore accepts exactly those).
+async fn check_registered(
+    ledger: &medledger_ledger::LedgerSnapshot,
+    catalog: &[(Cid, [u8; 32])],
+    store: &BlobStore,
+) -> Result<Vec<Cid>> {
+    use medledger_ledger::contracts::query;
+    let have: HashSet<Cid> = catalog.iter().map(|(c, _)| *c).collect();
+    let state = ledger.state().map_err(dump_err)?;
+    let mut erased_since = Vec::new();
+    let mut after: Option<Cid> = None;
+    loop {
+        let page = query::cids_page(&state, after.as_ref(), 1000).map_err(dump_err)?;
+        let Some(last) = page.last().copied() else {
+            return Ok(erased_since);
+        };
+        for cid in page {
+            if have.contains(&cid) {
+                continue;
+            }
+            match store.envelope_set(&cid).await {
+                Err(medledger_store::StoreError::Erased(_)) => erased_since.push(cid),
+                Ok(_) => {
+                    return Err(node_err(format!(
+                        "blob {cid} was not listed by the record store: try again"
+                    )));
+                }
+                Err(e) => {
+                    return Err(node_err(format!(
+                        "blob {cid}, registered on the ledger, is not in the record store ({e}): \
+                         a backup without it could not be restored"
+                    )));
+                }
+            }
+        }
+        after = Some(last);
+    }
+}
+
 /// A destination inside the data directory (or holding it) would be lost with it.
 pub(crate) fn check_dest(data_dir: &Path, dest: &Path) -> Result<()> {
     let (d, data) = (resolved(dest), resolved(data_dir));
@@ -414,10 +466,20 @@ fn resolved(path: &Path) -> PathBuf {
     }
 }
 
+/// A new file that must not exist: whoever can write the destination cannot plant a
+/// link there that the node would follow and truncate.
+fn create_new(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io(path))
+}
+
 /// Writes `bytes` to `path` through a temporary file, durably.
 fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut f = create_new(&tmp)?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     drop(f);

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 pub use create::{create_offline, create_running};
-pub use restore::{RestoreReport, restore, verify};
+pub use restore::{RestoreOptions, RestoreReport, restore, verify};
 pub use schedule::{BackupStatus, Schedule};
 
 /// Version of the backup layout and of `state.age`'s framing.
@@ -192,6 +192,12 @@ impl Manifest {
 
     pub(crate) fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("manifest.json");
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() > 16 << 20) {
+            return Err(BackupError::Bad(format!(
+                "{} is implausibly large",
+                path.display()
+            )));
+        }
         let bytes = std::fs::read(&path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 BackupError::Bad(format!("{} is missing", path.display()))

@@ -18,6 +18,16 @@ use std::collections::HashMap;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+/// What a restore checks beyond the backup itself, and what it applies after.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RestoreOptions<'a> {
+    /// Records erased after the backup: shredded before the node serves.
+    pub erasure_journal: Option<&'a Path>,
+    /// The genesis hash the backup must belong to (the trust anchor: a backup's own
+    /// signature only shows it was made by a key its own genesis lists).
+    pub genesis: Option<&'a str>,
+}
+
 /// What a restore (or a verify) found and wrote.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RestoreReport {
@@ -45,7 +55,10 @@ fn bad(e: impl std::fmt::Display) -> BackupError {
 
 /// Checks every file the manifest lists: present, whole, unaltered.
 fn check_files(dest: &Path, manifest: &Manifest, progress: &dyn Progress) -> Result<()> {
-    let total = manifest.files.iter().map(|f| f.bytes).sum();
+    let total = manifest
+        .files
+        .iter()
+        .fold(0u64, |t, f| t.saturating_add(f.bytes));
     progress.stage("checking files", Some(total));
     for f in &manifest.files {
         if f.path.contains("..") || f.path.starts_with('/') {
@@ -133,11 +146,29 @@ pub async fn restore(
     backup_dir: &Path,
     ids: &Identities,
     data_dir: &Path,
-    journal: Option<&Path>,
+    opts: &RestoreOptions<'_>,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     let started = std::time::Instant::now();
+    let journal = opts.erasure_journal;
     let manifest = Manifest::read(backup_dir)?;
+    if backup_dir.file_name().and_then(|n| n.to_str()) != Some(manifest.name.as_str()) {
+        return Err(bad(format!(
+            "the manifest names backup {:?}, but it lies in {}",
+            manifest.name,
+            backup_dir.display()
+        )));
+    }
+    // Anyone who knows a recipient can make a backup that checks against itself; the
+    // chain it must belong to is the operator's to say.
+    if let Some(g) = opts.genesis
+        && g != manifest.genesis_hash
+    {
+        return Err(bad(format!(
+            "the backup is of genesis {}, not the expected {g}",
+            manifest.genesis_hash
+        )));
+    }
     let dest = backup_dir
         .parent()
         .ok_or_else(|| bad("a backup directory has a parent"))?;
@@ -155,7 +186,7 @@ pub async fn restore(
     std::fs::write(&marker, manifest.name.as_bytes()).map_err(io(&marker))?;
 
     let state_name = format!("{}/state.age", manifest.name);
-    let catalog = tokio::task::block_in_place(|| {
+    let (catalog, erased_since) = tokio::task::block_in_place(|| {
         restore_state(
             &dest.join(&state_name),
             &state_name,
@@ -194,7 +225,11 @@ pub async fn restore(
                 b'V' => {
                     let (cid, env) = tokio::task::block_in_place(|| -> Result<_> {
                         let cid = read_cid(&mut r, name)?;
-                        Ok((cid, read_field(&mut r, 16 << 20).map_err(stream_err(name))?))
+                        Ok((
+                            cid,
+                            read_field(&mut r, medledger_dump::MAX_FIELD)
+                                .map_err(stream_err(name))?,
+                        ))
                     })?;
                     let hash: [u8; 32] = Sha256::digest(&env).into();
                     let wanted = catalog.get(&cid);
@@ -291,7 +326,7 @@ pub async fn restore(
         ledger.verify(VerifyMode::Full, &|_, _| progress.advance(1))
     })
     .map_err(|e| bad(format!("the restored ledger does not verify: {e}")))?;
-    check_registered(&ledger, &catalog)?;
+    check_registered(&ledger, &catalog, &erased_since)?;
     ledger
         .record_verified(medledger_ledger::MarkSource::Replayed, true)
         .map_err(node_err)?;
@@ -328,7 +363,11 @@ pub async fn restore(
 
 /// Every CID the ledger registered is in the restored store, unless its record was
 /// erased (an erased record's blob is gone everywhere).
-fn check_registered(ledger: &Ledger, catalog: &HashMap<Cid, [u8; 32]>) -> Result<()> {
+fn check_registered(
+    ledger: &Ledger,
+    catalog: &HashMap<Cid, [u8; 32]>,
+    erased_since: &std::collections::HashSet<Cid>,
+) -> Result<()> {
     use medledger_ledger::contracts::query;
     let state = ledger.state().map_err(node_err)?;
     let mut after: Option<Cid> = None;
@@ -338,7 +377,7 @@ fn check_registered(ledger: &Ledger, catalog: &HashMap<Cid, [u8; 32]>) -> Result
             return Ok(());
         };
         for cid in page {
-            if catalog.contains_key(&cid) {
+            if catalog.contains_key(&cid) || erased_since.contains(&cid) {
                 continue;
             }
             let erased = query::cid_owner(&state, &cid)
@@ -406,12 +445,13 @@ fn restore_state(
     data_dir: &Path,
     manifest: &Manifest,
     progress: &dyn Progress,
-) -> Result<HashMap<Cid, [u8; 32]>> {
+) -> Result<(HashMap<Cid, [u8; 32]>, std::collections::HashSet<Cid>)> {
     let mut r = open_sealed(path, name, ids)?;
     expect_magic(&mut r, STATE_MAGIC, name)?;
     let se = stream_err(name);
     let mut signature_checked = false;
     let mut catalog = HashMap::new();
+    let mut erased_since = std::collections::HashSet::new();
     progress.stage("ledger and databases", None);
     loop {
         let tag = read_tag(&mut r).map_err(&se)?;
@@ -420,6 +460,11 @@ fn restore_state(
             let dd = crate::datadir::load(data_dir)
                 .map_err(|e| bad(format!("the backup's node files: {e}")))?;
             manifest.check_signature(&dd.genesis)?;
+            if dd.node.public().to_string() != manifest.node_key {
+                return Err(bad(
+                    "the manifest is signed by another node than the one whose key the backup holds",
+                ));
+            }
             signature_checked = true;
         }
         match tag {
@@ -483,6 +528,14 @@ fn restore_state(
                     catalog.insert(cid, h);
                 }
             }
+            b'X' => {
+                let mut n = [0u8; 8];
+                r.read_exact(&mut n)
+                    .map_err(|e| bad(format!("{name} is damaged: {e}")))?;
+                for _ in 0..u64::from_le_bytes(n).min(manifest.blobs + (1 << 20)) {
+                    erased_since.insert(read_cid(&mut r, name)?);
+                }
+            }
             b'Z' => break,
             t => return Err(bad(format!("{name}: unknown section {t:#04x}"))),
         }
@@ -499,7 +552,7 @@ fn restore_state(
             return Err(bad(format!("{name} does not hold {what}")));
         }
     }
-    Ok(catalog)
+    Ok((catalog, erased_since))
 }
 
 /// Restores into a temporary directory and reports what the backup holds; nothing
@@ -507,6 +560,7 @@ fn restore_state(
 pub async fn verify(
     backup_dir: &Path,
     ids: &Identities,
+    genesis: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<RestoreReport> {
     let tmp = tempfile::Builder::new()
@@ -514,5 +568,9 @@ pub async fn verify(
         .tempdir()
         .map_err(io(&std::env::temp_dir()))?;
     let target = tmp.path().join("node");
-    restore(backup_dir, ids, &target, None, progress).await
+    let opts = RestoreOptions {
+        erasure_journal: None,
+        genesis,
+    };
+    restore(backup_dir, ids, &target, &opts, progress).await
 }

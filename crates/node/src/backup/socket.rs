@@ -19,6 +19,10 @@ use tokio::sync::mpsc;
 pub const SOCKET: &str = "admin.sock";
 /// Requests longer than this are refused unread.
 const MAX_REQUEST: usize = 64 << 10;
+/// How long a client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections answered at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 8;
 
 /// One backup at a time per node (the admin socket and the schedule share it).
 pub(crate) static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -81,11 +85,29 @@ pub(crate) fn listen(data_dir: &Path, state: AppState) -> Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).map_err(io(&path))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io(&path))?;
+    // The mode is set after the bind: a client of another user who connected in
+    // between is turned away by its credentials.
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&path).map_err(io(&path))?.uid()
+    };
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(answer(stream, state.clone()));
+                    if !stream.peer_cred().is_ok_and(|c| c.uid() == owner) {
+                        tracing::warn!("admin socket: a connection from another user refused");
+                        continue;
+                    }
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        continue;
+                    };
+                    let state = state.clone();
+                    tokio::spawn(async move {
+                        answer(stream, state).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin socket accept failed");
@@ -101,9 +123,12 @@ async fn answer(stream: UnixStream, state: AppState) {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut r = BufReader::new(r).take(MAX_REQUEST as u64);
-    let request = match r.read_line(&mut line).await {
-        Ok(_) => serde_json::from_str::<Request>(&line).map_err(|e| format!("bad request: {e}")),
-        Err(e) => Err(format!("bad request: {e}")),
+    let request = match tokio::time::timeout(REQUEST_TIMEOUT, r.read_line(&mut line)).await {
+        Ok(Ok(_)) => {
+            serde_json::from_str::<Request>(&line).map_err(|e| format!("bad request: {e}"))
+        }
+        Ok(Err(e)) => Err(format!("bad request: {e}")),
+        Err(_) => Err("no request within 10 s".into()),
     };
     let (tx, mut rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(async move {
