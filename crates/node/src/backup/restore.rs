@@ -48,6 +48,8 @@ pub struct RestoreReport {
 }
 
 type Identities = [Box<dyn age::Identity + Send + Sync>];
+/// Every live blob of a backup and the hash of its envelope set.
+type Catalog = HashMap<Cid, [u8; 32]>;
 
 fn bad(e: impl std::fmt::Display) -> BackupError {
     BackupError::Bad(e.to_string())
@@ -445,7 +447,7 @@ fn restore_state(
     data_dir: &Path,
     manifest: &Manifest,
     progress: &dyn Progress,
-) -> Result<(HashMap<Cid, [u8; 32]>, std::collections::HashSet<Cid>)> {
+) -> Result<(Catalog, std::collections::HashSet<Cid>)> {
     let mut r = open_sealed(path, name, ids)?;
     expect_magic(&mut r, STATE_MAGIC, name)?;
     let se = stream_err(name);
