@@ -123,9 +123,12 @@ async fn create(a: CreateArgs) -> Result<()> {
     medledger_node::datadir::read_genesis(dir)?;
     let bar = Bar::new();
     let started = std::time::Instant::now();
-    let manifest = match backup::socket::request_backup(dir, &a.out, &bar).await? {
-        Some(m) => m,
-        None => backup::create_offline(dir, &a.out, &bar).await?,
+    let (manifest, taken_by) = match backup::socket::request_backup(dir, &a.out, &bar).await? {
+        Some(m) => (m, "node"),
+        None => (
+            backup::create_offline(dir, &a.out, &bar).await?,
+            "this process",
+        ),
     };
     bar.0.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
@@ -146,6 +149,9 @@ async fn create(a: CreateArgs) -> Result<()> {
         "blobs_new": manifest.blobs_new,
         "bytes_new": manifest.bytes_new,
         "seconds": secs,
+        "taken_by": taken_by,
+        // This process's own peak: the backup's when taken here (node stopped).
+        "peak_rss_mb": crate::blob::peak_rss_mb(),
     });
     println!("{json}");
     Ok(())

@@ -41,7 +41,12 @@ pub struct FhirBenchArgs {
 }
 
 /// Runs `n` jobs on `clients` concurrent workers; returns each job's output and latency.
-async fn drive<T, F, Fut>(n: usize, clients: usize, bar: &str, job: F) -> Result<Vec<(T, f64)>>
+pub(crate) async fn drive<T, F, Fut>(
+    n: usize,
+    clients: usize,
+    bar: &str,
+    job: F,
+) -> Result<Vec<(T, f64)>>
 where
     T: Send + 'static,
     F: Fn(usize) -> Fut + Send + Sync + 'static,
@@ -442,7 +447,7 @@ async fn probe(
 }
 
 /// Bytes the data directory holds, by part.
-fn disk_usage(dir: &Path) -> Result<Vec<(&'static str, u64)>> {
+pub(crate) fn disk_usage(dir: &Path) -> Result<Vec<(&'static str, u64)>> {
     fn size(p: &Path) -> u64 {
         match std::fs::symlink_metadata(p) {
             Ok(m) if m.is_dir() => std::fs::read_dir(p)
@@ -480,7 +485,7 @@ async fn access_reports(client: &Client) -> Result<u64> {
 
 /// Sets up org `bench` (the consortium admin as its admin, signed in with MFA), a
 /// doctor approved by that admin, and an API token for the doctor.
-async fn clinician_token(
+pub(crate) async fn clinician_token(
     client: &Client,
     http: &reqwest::Client,
     url: &str,

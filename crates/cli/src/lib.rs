@@ -4,6 +4,7 @@
 mod account;
 mod backup;
 mod bench;
+mod bench_backup;
 mod bench_fhir;
 mod blob;
 mod demo;
@@ -347,6 +348,9 @@ pub enum BenchCommand {
     Store(blob::StoreBenchArgs),
     /// FHIR API: creates/s, audited reads/s and search latency on synthetic patients.
     Fhir(bench_fhir::FhirBenchArgs),
+    /// Backups of the `bench fhir` data set: a full one, then an incremental one after
+    /// 1 % more records (time, size, MB/s, peak memory).
+    Backup(bench_backup::BackupBenchArgs),
 }
 
 impl Cli {
@@ -383,6 +387,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Ledger(a)) => bench::ledger(a),
         Command::Bench(BenchCommand::Store(a)) => runtime()?.block_on(blob::bench(a)),
         Command::Bench(BenchCommand::Fhir(a)) => bench_fhir::fhir(a),
+        Command::Bench(BenchCommand::Backup(a)) => bench_backup::backup(a),
         Command::Blob(c) => runtime()?.block_on(blob::run(c)),
         Command::Backup(c) => backup::run(c),
         Command::Account(c) => account::run(c),
