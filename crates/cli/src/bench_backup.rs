@@ -190,7 +190,9 @@ pub fn backup(a: BackupBenchArgs) -> Result<()> {
     );
     println!(
         "{:<40}{:>14}{:>14}",
-        "blobs copied", full["blobs_new"], incr["blobs_new"]
+        "blobs copied",
+        full["blobs_new"].as_u64().unwrap_or(0),
+        incr["blobs_new"].as_u64().unwrap_or(0)
     );
     println!(
         "{:<40}{:>14.1}{:>14.1}",

@@ -459,7 +459,23 @@ impl LedgerSnapshot {
 impl Ledger {
     /// Opens (creating if needed) the ledger at `path` for `genesis`.
     pub fn open(path: &Path, genesis: Genesis, signer: NodeSigner, node_id: u64) -> Result<Self> {
-        let db = Database::create(path)?;
+        Self::open_with_cache(path, genesis, signer, node_id, None)
+    }
+
+    /// [`Ledger::open`] with redb's page cache limited to `cache_bytes` (a one-pass
+    /// reader such as a backup needs little; redb's default is 1 GiB).
+    pub fn open_with_cache(
+        path: &Path,
+        genesis: Genesis,
+        signer: NodeSigner,
+        node_id: u64,
+        cache_bytes: Option<usize>,
+    ) -> Result<Self> {
+        let mut builder = Database::builder();
+        if let Some(c) = cache_bytes {
+            builder.set_cache_size(c);
+        }
+        let db = builder.create(path)?;
         let genesis_hash = genesis.hash();
         let mut wtx = db.begin_write()?;
         wtx.set_quick_repair(true);

@@ -147,7 +147,19 @@ impl Directory {
 
 impl Directory {
     pub fn open(path: &Path) -> Result<Self, AuthError> {
-        let db = Database::create(path).map_err(storage)?;
+        Self::open_with_cache(path, None)
+    }
+
+    /// [`Directory::open`] with redb's page cache limited (a backup reads it once).
+    pub(crate) fn open_with_cache(
+        path: &Path,
+        cache_bytes: Option<usize>,
+    ) -> Result<Self, AuthError> {
+        let mut builder = Database::builder();
+        if let Some(c) = cache_bytes {
+            builder.set_cache_size(c);
+        }
+        let db = builder.create(path).map_err(storage)?;
         let mut w = db.begin_write().map_err(storage)?;
         w.set_quick_repair(true);
         for t in [

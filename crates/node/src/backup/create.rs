@@ -509,6 +509,10 @@ pub async fn create_running(
     create(&src, dest, &recipients, progress).await
 }
 
+/// redb's page cache per database when the CLI reads a stopped node's: a dump reads
+/// each page once, so a large cache only holds memory (redb's default is 1 GiB).
+const OFFLINE_CACHE: usize = 16 << 20;
+
 /// A backup of a stopped node: the CLI opens its databases itself (they are locked
 /// while a node runs; then the node's admin socket takes the backup).
 pub async fn create_offline(
@@ -533,11 +537,12 @@ pub async fn create_offline(
             )));
         }
     }
-    let ledger = Ledger::open(
+    let ledger = Ledger::open_with_cache(
         &data_dir.join(LEDGER_DB),
         dd.genesis.clone(),
         dd.node.clone(),
         dd.node_id,
+        Some(OFFLINE_CACHE),
     )
     .map_err(|e| locked("the ledger", &e))?;
     let raft_log =
@@ -553,11 +558,19 @@ pub async fn create_offline(
             scratch.path().join(name)
         }
     };
-    let fhir_index = redb::Database::create(existing_or_scratch("fhir.redb"))
+    let small = || {
+        let mut b = redb::Database::builder();
+        b.set_cache_size(OFFLINE_CACHE);
+        b
+    };
+    let fhir_index = small()
+        .create(existing_or_scratch("fhir.redb"))
         .map_err(|e| locked("the FHIR index", &e))?;
-    let accounts = Directory::open(&existing_or_scratch("accounts.redb"))
-        .map_err(|e| locked("the sign-in directory", &e))?;
-    let audit_queue = redb::Database::create(existing_or_scratch(AUDIT_QUEUE_DB))
+    let accounts =
+        Directory::open_with_cache(&existing_or_scratch("accounts.redb"), Some(OFFLINE_CACHE))
+            .map_err(|e| locked("the sign-in directory", &e))?;
+    let audit_queue = small()
+        .create(existing_or_scratch(AUDIT_QUEUE_DB))
         .map_err(|e| locked("the audit queue", &e))?;
     let store = BlobStore::open(&medledger_store::StoreConfig::Local {
         path: data_dir.join(BLOBS_DIR),
