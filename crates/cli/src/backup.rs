@@ -36,15 +36,18 @@ pub enum BackupCommand {
 pub struct CreateArgs {
     #[command(flatten)]
     pub dir: DataDirArg,
-    /// Destination directory (not inside the data directory).
+    /// Destination: a directory (not inside the data directory), or an S3-compatible
+    /// bucket `s3://BUCKET/PREFIX?endpoint=URL&region=R` (credentials from
+    /// MEDLEDGER_S3_ACCESS_KEY_ID and MEDLEDGER_S3_SECRET_ACCESS_KEY).
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: String,
 }
 
 #[derive(Args, Debug)]
 pub struct SourceArgs {
-    /// A backup: `DEST/backup-…`, or DEST for its newest backup.
-    pub src: PathBuf,
+    /// A backup: `DEST/backup-…`, DEST for its newest backup, or a bucket
+    /// (`s3://BUCKET/PREFIX?endpoint=URL`) for its newest.
+    pub src: String,
     /// File of age identities (`AGE-SECRET-KEY-1…`) that open it.
     #[arg(long)]
     pub identity: PathBuf,
@@ -123,19 +126,39 @@ async fn create(a: CreateArgs) -> Result<()> {
     medledger_node::datadir::read_genesis(dir)?;
     let bar = Bar::new();
     let started = std::time::Instant::now();
-    let (manifest, taken_by) = match backup::socket::request_backup(dir, &a.out, &bar).await? {
+    // A bucket: written to a private staging directory laid out like one, then uploaded.
+    let (remote, staging) = match backup::remote::Remote::parse(&a.out) {
+        Some(r) => {
+            let r = r?;
+            let staging = tempfile::Builder::new()
+                .prefix("medledger-backup-staging")
+                .tempdir()?;
+            r.stage_existing(staging.path()).await?;
+            (Some(r), Some(staging))
+        }
+        None => (None, None),
+    };
+    let out = staging
+        .as_ref()
+        .map(|s| s.path().to_owned())
+        .unwrap_or_else(|| PathBuf::from(&a.out));
+    let (manifest, taken_by) = match backup::socket::request_backup(dir, &out, &bar).await? {
         Some(m) => (m, "node"),
         None => (
-            backup::create_offline(dir, &a.out, &bar).await?,
+            backup::create_offline(dir, &out, &bar).await?,
             "this process",
         ),
     };
+    if let (Some(r), Some(s)) = (&remote, &staging) {
+        bar.stage("uploading", None);
+        r.upload_backup(s.path(), &manifest).await?;
+    }
     bar.0.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!(
         "backup {} written to {}: ledger height {}, {} blobs ({} new, {} bytes)",
         manifest.name,
-        a.out.display(),
+        a.out.split('?').next().unwrap_or_default(),
         manifest.height,
         manifest.blobs,
         manifest.blobs_new,
@@ -155,6 +178,22 @@ async fn create(a: CreateArgs) -> Result<()> {
     });
     println!("{json}");
     Ok(())
+}
+
+/// The backup `src` names, fetched first when it is in a bucket (the temporary
+/// directory must live as long as the returned path is used).
+async fn locate(src: &str) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match backup::remote::Remote::parse(src) {
+        Some(r) => {
+            let r = r?;
+            let tmp = tempfile::Builder::new()
+                .prefix("medledger-backup-fetch")
+                .tempdir()?;
+            let dir = r.fetch(None, tmp.path()).await?;
+            Ok((dir, Some(tmp)))
+        }
+        None => Ok((resolve(Path::new(src))?, None)),
+    }
 }
 
 /// `DEST/backup-…` as given, or the newest backup in DEST.
@@ -190,7 +229,7 @@ fn print_report(verb: &str, r: &backup::RestoreReport) -> Result<()> {
 }
 
 async fn verify(a: SourceArgs) -> Result<()> {
-    let src = resolve(&a.src)?;
+    let (src, _fetched) = locate(&a.src).await?;
     let ids = backup::identities(&a.identity)?;
     let bar = Bar::new();
     if a.genesis.is_none() {
@@ -206,7 +245,7 @@ async fn verify(a: SourceArgs) -> Result<()> {
 }
 
 async fn restore(a: RestoreArgs) -> Result<()> {
-    let src = resolve(&a.source.src)?;
+    let (src, _fetched) = locate(&a.source.src).await?;
     let ids = backup::identities(&a.source.identity)?;
     let bar = Bar::new();
     if a.erasure_journal.is_none() {

@@ -13,4 +13,6 @@ mod store;
 pub use envelope::{Reader, ReaderSecret};
 pub use error::{Result, StoreError};
 pub use local::{StoredAt, find_envelopes, find_stored};
-pub use store::{BlobStore, EnvelopeSet, PutReceipt, S3Config, StoreConfig};
+/// The object store crate, for callers that talk to a bucket themselves (backups).
+pub use object_store;
+pub use store::{BlobStore, EnvelopeSet, PutReceipt, S3Config, StoreConfig, s3_object_store};

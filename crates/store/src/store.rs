@@ -114,6 +114,23 @@ impl S3Config {
     }
 }
 
+/// A client of the S3-compatible bucket `c` names (the record store's backend, and
+/// where backups may go).
+pub fn s3_object_store(c: &S3Config) -> Result<Arc<dyn ObjectStore>> {
+    // HTTPS to the bucket uses the process-wide rustls provider (ring, as the node's
+    // own TLS does); idempotent.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(&c.bucket)
+        .with_endpoint(&c.endpoint)
+        .with_region(&c.region)
+        .with_access_key_id(&c.access_key_id)
+        .with_secret_access_key(&c.secret_access_key)
+        .with_allow_http(c.allow_http)
+        .build()?;
+    Ok(Arc::new(s3))
+}
+
 /// What a put produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct PutReceipt {
@@ -265,20 +282,7 @@ impl BlobStore {
                     ..BlobStore::new(Arc::new(fs))
                 })
             }
-            StoreConfig::S3(c) => {
-                // HTTPS to the bucket uses the process-wide rustls provider (ring, as
-                // the node's own TLS does); idempotent.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let s3 = object_store::aws::AmazonS3Builder::new()
-                    .with_bucket_name(&c.bucket)
-                    .with_endpoint(&c.endpoint)
-                    .with_region(&c.region)
-                    .with_access_key_id(&c.access_key_id)
-                    .with_secret_access_key(&c.secret_access_key)
-                    .with_allow_http(c.allow_http)
-                    .build()?;
-                Ok(BlobStore::new(Arc::new(s3)))
-            }
+            StoreConfig::S3(c) => Ok(BlobStore::new(s3_object_store(c)?)),
         }
     }
 

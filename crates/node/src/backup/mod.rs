@@ -19,6 +19,7 @@
 //! ```
 
 pub mod create;
+pub mod remote;
 pub mod restore;
 pub mod schedule;
 pub mod socket;
