@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod common;
-use common::fhir::Fhir;
+use common::fhir::{Fhir, search_ids};
 use common::signin::*;
 use common::*;
 
@@ -303,31 +303,15 @@ fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost
             }
         }
         // Search knows exactly the restored records.
-        let mut found = 0;
-        let mut next = Some(format!("/Observation?patient=Patient/{pid}&_count=500"));
-        while let Some(p) = next {
-            let (st, page) = f.get(&p).await;
-            assert_eq!(st, 200, "{page}");
-            for e in page["entry"].as_array().into_iter().flatten() {
-                let id = e["resource"]["id"].as_str().unwrap();
-                assert!(heights.get(id).is_some_and(|h| *h <= height), "{id} found");
-                found += 1;
-            }
-            next = page["link"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|l| l["relation"] == "next")
-                .map(|l| {
-                    l["url"]
-                        .as_str()
-                        .unwrap()
-                        .split("/fhir")
-                        .nth(1)
-                        .unwrap()
-                        .to_owned()
-                });
+        let found = search_ids(
+            &f,
+            &format!("/Observation?patient=Patient/{pid}&_count=500"),
+        )
+        .await;
+        for id in &found {
+            assert!(heights.get(id).is_some_and(|h| *h <= height), "{id} found");
         }
+        let found = found.len();
         assert_eq!(
             found, covered,
             "search finds {found} of {covered} restored records ({after} were after the backup)"

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 mod common;
-use common::fhir::Fhir;
+use common::fhir::{Fhir, search_ids};
 use common::signin::*;
 use common::*;
 
@@ -24,36 +24,6 @@ fn obs(pid: &str, code: &str, value: f64) -> Value {
         "subject": {"reference": format!("Patient/{pid}")},
         "effectiveDateTime": "2026-11-25T10:00:00Z",
         "valueQuantity": {"value": value, "unit": "1", "system": "http://unitsofmeasure.org", "code": "1"}})
-}
-
-/// Every id a search returns, following its pages.
-async fn search_ids(f: &Fhir, first: &str) -> BTreeSet<String> {
-    let mut ids = BTreeSet::new();
-    let mut next = Some(first.to_owned());
-    while let Some(p) = next {
-        let (st, page) = f.get(&p).await;
-        assert_eq!(st, 200, "{p}: {page}");
-        for e in page["entry"].as_array().into_iter().flatten() {
-            if e["search"]["mode"] == "match" || e["search"]["mode"].is_null() {
-                ids.insert(e["resource"]["id"].as_str().unwrap().to_owned());
-            }
-        }
-        next = page["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| {
-                l["url"]
-                    .as_str()
-                    .unwrap()
-                    .split("/fhir")
-                    .nth(1)
-                    .unwrap()
-                    .to_owned()
-            });
-    }
-    ids
 }
 
 /// The patient's records as the ledger holds them (the consortium admin oversees).

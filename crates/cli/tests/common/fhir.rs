@@ -40,3 +40,33 @@ impl Fhir {
         self.send(reqwest::Method::POST, path, Some(b)).await
     }
 }
+
+/// Every id a search returns, following its pages.
+pub async fn search_ids(f: &Fhir, first: &str) -> std::collections::BTreeSet<String> {
+    let mut ids = std::collections::BTreeSet::new();
+    let mut next = Some(first.to_owned());
+    while let Some(p) = next {
+        let (st, page) = f.get(&p).await;
+        assert_eq!(st, 200, "{p}: {page}");
+        for e in page["entry"].as_array().into_iter().flatten() {
+            if e["search"]["mode"] == "match" || e["search"]["mode"].is_null() {
+                ids.insert(e["resource"]["id"].as_str().unwrap().to_owned());
+            }
+        }
+        next = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| {
+                l["url"]
+                    .as_str()
+                    .unwrap()
+                    .split("/fhir")
+                    .nth(1)
+                    .unwrap()
+                    .to_owned()
+            });
+    }
+    ids
+}
