@@ -107,6 +107,39 @@ async fn reader(
     reads
 }
 
+/// Who grants consent under load: a self-custody patient signing `grant_consent`
+/// transactions to the doctor; every acknowledged one is recorded by its hash.
+struct Granter {
+    h: reqwest::Client,
+    url: String,
+    patient: ed25519_dalek::SigningKey,
+    doctor: String,
+    granted: Arc<Mutex<Vec<String>>>,
+}
+
+async fn granter(g: Arc<Granter>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let (code, body) = self_custody(
+            &g.h,
+            &g.url,
+            &g.patient,
+            json!({"kind": "grant_consent", "grantee": {"type": "account", "id": g.doctor},
+                   "scope": {"type": "all"}, "purpose": "treatment", "start_ms": 0,
+                   "expiry_ms": now + 3_600_000}),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        g.granted
+            .lock()
+            .unwrap()
+            .push(body["hash"].as_str().unwrap().to_owned());
+    }
+}
+
 /// Runs load until `n` more resources are acknowledged, takes a backup while the load
 /// goes on, and returns the backup's JSON line and how many creates were acknowledged
 /// while it ran.
@@ -116,9 +149,11 @@ async fn backup_under_load(
     dir: &Path,
     dest: &Path,
     acked: &Arc<Mutex<BTreeMap<String, Value>>>,
+    grants: &Arc<Granter>,
     n: usize,
 ) -> (Value, usize) {
     let stop = Arc::new(AtomicBool::new(false));
+    let granting = tokio::spawn(granter(grants.clone(), stop.clone()));
     let mut writers = Vec::new();
     for w in 0..4 {
         writers.push(tokio::spawn(writer(
@@ -158,6 +193,7 @@ async fn backup_under_load(
     for r in readers {
         reads += r.await.unwrap();
     }
+    granting.await.unwrap();
     assert!(reads > 0, "no audited reads ran");
     assert!(ok, "{err}");
     (json_line(&out), during)
@@ -172,7 +208,8 @@ fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost
     let rt = rt();
     let node = start(&dir);
     let acked: Arc<Mutex<BTreeMap<String, Value>>> = Arc::default();
-    let (token, pid, secret) = rt.block_on(async {
+    let pw = root.path().join("pw");
+    let (token, pid, secret, grants) = rt.block_on(async {
         client(&node, &dir).await;
         let h = http(&node, &dir);
         let admin = admin_signed_in(&h, &dir, &node).await;
@@ -196,7 +233,23 @@ fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost
             .post("/Patient", &json!({"resourceType": "Patient", "name": [{"family": "Restorova", "given": ["Synthia"]}]}))
             .await;
         assert_eq!(st, 201, "{p}");
-        (token, p["id"].as_str().unwrap().to_owned(), secret)
+        // A patient with their own keys, who grants the doctor consent under load.
+        let patient = ed25519_dalek::SigningKey::from_bytes(&[51; 32]);
+        let pdid = medledger_core::AccountId(patient.verifying_key().to_bytes()).to_did();
+        let (code, body) = self_custody(&h.c, &node.url, &patient,
+            json!({"kind": "register", "org": "general", "role": "patient", "encryption_key": hex::encode([7u8; 32])})).await;
+        assert_eq!(code, 200, "{body}");
+        let (ok, out) = submit_json(&dir, &node, pw.to_str().unwrap(),
+            &format!(r#"{{"kind":"approve_registration","account":"{pdid}"}}"#));
+        assert!(ok, "{out}");
+        let grants = Arc::new(Granter {
+            h: h.c.clone(),
+            url: node.url.clone(),
+            patient,
+            doctor: account.as_str().unwrap().to_owned(),
+            granted: Arc::default(),
+        });
+        (token, p["id"].as_str().unwrap().to_owned(), secret, grants)
     });
 
     // Two backups, each taken while creates and audited reads go on; the second copies
@@ -208,8 +261,8 @@ fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost
             url: node.url.clone(),
             token: token.clone(),
         };
-        let (first, d1) = backup_under_load(&f, &pid, &dir, &dest, &acked, 300).await;
-        let (second, d2) = backup_under_load(&f, &pid, &dir, &dest, &acked, 100).await;
+        let (first, d1) = backup_under_load(&f, &pid, &dir, &dest, &acked, &grants, 300).await;
+        let (second, d2) = backup_under_load(&f, &pid, &dir, &dest, &acked, &grants, 100).await;
         (first, second, d1 + d2)
     });
     assert!(
@@ -240,6 +293,22 @@ fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost
         }
         out
     });
+    // And where each acknowledged grant did.
+    let granted: Vec<(String, u64)> = rt.block_on(async {
+        let h = http(&node, &dir);
+        let hashes = grants.granted.lock().unwrap().clone();
+        let mut out = Vec::new();
+        for hash in hashes {
+            let (st, v) = h.get_as_admin(&dir, &format!("/v1/tx/{hash}")).await;
+            assert_eq!(st, 200, "{v}");
+            out.push((hash, v["height"].as_u64().unwrap()));
+        }
+        out
+    });
+    assert!(
+        granted.iter().filter(|(_, h)| *h <= height).count() >= 2,
+        "grants did not run under load: {granted:?}"
+    );
     let covered = heights.values().filter(|h| **h <= height).count();
     let after = heights.len() - covered;
     assert!(
@@ -300,6 +369,20 @@ fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost
                 assert_eq!(&got, written, "{id} reads back different content");
             } else {
                 assert_eq!(st, 404, "{id} committed after the backup yet is there");
+            }
+        }
+        // Every grant acknowledged at or below the backup's height is on the restored
+        // ledger, none after it.
+        for (hash, at) in &granted {
+            let (st, v) = h.get_as_admin(&dir, &format!("/v1/tx/{hash}")).await;
+            if *at <= height {
+                assert_eq!(st, 200, "grant {hash} (height {at}) lost: {v}");
+                assert_eq!(v["height"].as_u64(), Some(*at));
+            } else {
+                assert_eq!(
+                    st, 404,
+                    "grant {hash} committed after the backup yet is there"
+                );
             }
         }
         // Search knows exactly the restored records.
