@@ -198,8 +198,9 @@ pub struct ServeArgs {
     pub erasure_journal: Option<PathBuf>,
     /// Take backups on a schedule into this directory (encrypted for the node's
     /// backup recipients; not inside the data directory).
+    /// (or an S3-compatible bucket: s3://BUCKET/PREFIX?endpoint=URL&region=R)
     #[arg(long, requires = "backup_every")]
-    pub backup_to: Option<PathBuf>,
+    pub backup_to: Option<String>,
     /// How often to back up: `30m`, `6h`, `1d`, …
     #[arg(long, requires = "backup_to", value_parser = humantime::parse_duration)]
     pub backup_every: Option<std::time::Duration>,
@@ -467,7 +468,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     config.erasure_journal = a.erasure_journal;
     if let (Some(dest), Some(every)) = (a.backup_to, a.backup_every) {
         config.backup = Some(medledger_node::backup::Schedule {
-            dest,
+            dest: medledger_node::backup::Dest::parse(&dest),
             every,
             keep: a.backup_keep as usize,
         });

@@ -1104,6 +1104,74 @@ fn backups_in_a_bucket_are_incremental_and_restore_a_lost_node() {
         }
     });
     node.stop();
+
+    // Scheduled backups into a bucket, with retention there.
+    let scheduled = format!("s3://hospital-backups/scheduled?endpoint={endpoint}");
+    let node = start_with_env(
+        &dir,
+        &[
+            "--backup-to",
+            &scheduled,
+            "--backup-every",
+            "1s",
+            "--backup-keep",
+            "2",
+        ],
+        &[
+            ("MEDLEDGER_S3_ACCESS_KEY_ID", "testing"),
+            ("MEDLEDGER_S3_SECRET_ACCESS_KEY", "testing"),
+        ],
+    );
+    let listing = rt.block_on(async {
+        client(&node, &dir).await;
+        let h = http(&node, &dir);
+        let mut taken = 0;
+        for _ in 0..300 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let text =
+                h.c.get(format!("{}/metrics", node.url))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+            taken = text
+                .lines()
+                .find(|l| l.starts_with("medledger_backups_total") && l.contains("\"ok\""))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            if taken >= 4 {
+                break;
+            }
+        }
+        assert!(taken >= 4, "only {taken} scheduled backups into the bucket");
+        reqwest::Client::new()
+            .get(format!(
+                "{endpoint}/hospital-backups?list-type=2&prefix=scheduled/"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    node.stop();
+    let manifests = listing.matches("/manifest.json</Key>").count();
+    assert!(
+        (2..=3).contains(&manifests),
+        "{manifests} backups kept in the bucket: {listing}"
+    );
+    let (ok, _, err) = backup(&[
+        os("verify"),
+        os("--identity"),
+        identity.as_os_str(),
+        os(&scheduled),
+    ]);
+    assert!(ok, "{err}");
+
     // A bucket that holds no backup says so.
     let empty = format!("s3://hospital-backups/nothing-here?endpoint={endpoint}");
     let (ok, _, err) = backup(&[

@@ -100,11 +100,17 @@ pub fn start(dir: &Path) -> Node {
 
 /// Starts a node with extra `serve` flags.
 pub fn start_with(dir: &Path, extra: &[&str]) -> Node {
+    start_with_env(dir, extra, &[])
+}
+
+/// Starts a node with extra `serve` flags and environment variables.
+pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
         .arg("--data-dir")
         .arg(dir)
+        .envs(env.iter().copied())
         .env("MEDLEDGER_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()

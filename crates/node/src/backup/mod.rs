@@ -33,7 +33,7 @@ use std::path::Path;
 
 pub use create::{create_offline, create_running};
 pub use restore::{RestoreOptions, RestoreReport, restore, verify};
-pub use schedule::{BackupStatus, Schedule};
+pub use schedule::{BackupStatus, Dest, Schedule};
 
 /// Version of the backup layout and of `state.age`'s framing.
 pub const FORMAT: u32 = 1;

@@ -165,20 +165,67 @@ impl Remote {
         self.upload(&staging.join(&manifest), &manifest).await
     }
 
+    /// Names of the backups in the bucket, oldest first.
+    async fn names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .list("")
+            .await?
+            .into_iter()
+            .filter_map(|p| p.strip_suffix("/manifest.json").map(str::to_owned))
+            .filter(|n| n.starts_with("backup-") && !n.contains('/'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn delete(&self, rel: &str) -> Result<()> {
+        match self.store.delete(&self.key(rel)).await {
+            Ok(()) | Err(medledger_store::object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(s3_err(e)),
+        }
+    }
+
+    /// Keeps the newest `keep` backups in the bucket; deletes the others (manifest
+    /// first) and every blob file no kept backup lists.
+    pub async fn prune(&self, keep: usize) -> Result<usize> {
+        let names = self.names().await?;
+        if names.len() <= keep.max(1) {
+            return Ok(0);
+        }
+        let (old, kept) = names.split_at(names.len() - keep.max(1));
+        let tmp = tempfile::tempdir().map_err(super::io(&std::env::temp_dir()))?;
+        let mut needed = std::collections::HashSet::new();
+        for n in kept {
+            let dir = tmp.path().join(n);
+            self.download(&format!("{n}/manifest.json"), &dir.join("manifest.json"))
+                .await?;
+            needed.extend(Manifest::read(&dir)?.files.into_iter().map(|f| f.path));
+        }
+        for n in old {
+            self.delete(&format!("{n}/manifest.json")).await?;
+            self.delete(&format!("{n}/state.age")).await?;
+        }
+        for rel in self.list("blobs").await? {
+            let stem = rel
+                .strip_suffix(".age")
+                .or_else(|| rel.strip_suffix(".tags"))
+                .or_else(|| rel.strip_suffix(".sum"));
+            if let Some(stem) = stem
+                && !needed.contains(&format!("{stem}.age"))
+            {
+                self.delete(&rel).await?;
+            }
+        }
+        Ok(old.len())
+    }
+
     /// Downloads backup `name` (the newest when `None`) and every file it lists into
     /// `into`; returns its directory there.
     pub async fn fetch(&self, name: Option<&str>, into: &Path) -> Result<std::path::PathBuf> {
         let name = match name {
             Some(n) => n.to_owned(),
             None => {
-                let mut names: Vec<String> = self
-                    .list("")
-                    .await?
-                    .into_iter()
-                    .filter_map(|p| p.strip_suffix("/manifest.json").map(str::to_owned))
-                    .filter(|n| n.starts_with("backup-") && !n.contains('/'))
-                    .collect();
-                names.sort();
+                let mut names = self.names().await?;
                 names.pop().ok_or_else(|| {
                     BackupError::Bad(format!("{} holds no backup (no manifest.json)", self.url))
                 })?

@@ -9,10 +9,43 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// Where scheduled backups go.
+#[derive(Debug, Clone)]
+pub enum Dest {
+    Dir(PathBuf),
+    /// `s3://BUCKET/PREFIX?endpoint=URL&region=R` ([`super::remote`]).
+    Bucket(String),
+}
+
+impl Dest {
+    pub fn parse(s: &str) -> Self {
+        if s.starts_with("s3://") {
+            Dest::Bucket(s.to_owned())
+        } else {
+            Dest::Dir(PathBuf::from(s))
+        }
+    }
+
+    /// For people: a bucket without its query (which names the endpoint).
+    pub fn shown(&self) -> String {
+        match self {
+            Dest::Dir(p) => p.display().to_string(),
+            Dest::Bucket(u) => u.split('?').next().unwrap_or_default().to_owned(),
+        }
+    }
+
+    fn remote(&self) -> Option<Result<super::remote::Remote>> {
+        match self {
+            Dest::Dir(_) => None,
+            Dest::Bucket(u) => super::remote::Remote::parse(u),
+        }
+    }
+}
+
 /// When and where backups are taken on their own.
 #[derive(Debug, Clone)]
 pub struct Schedule {
-    pub dest: PathBuf,
+    pub dest: Dest,
     pub every: Duration,
     /// Backups kept in `dest` (the newest); older ones and blob files no kept backup
     /// needs are deleted after each successful backup.
@@ -23,7 +56,12 @@ impl Schedule {
     /// Refuses a schedule that could never succeed, before the node serves.
     pub fn check(&self, data_dir: &Path) -> Result<()> {
         super::recipients(data_dir)?;
-        super::create::check_dest(data_dir, &self.dest)?;
+        match &self.dest {
+            Dest::Dir(d) => super::create::check_dest(data_dir, d)?,
+            Dest::Bucket(_) => {
+                self.dest.remote().transpose()?;
+            }
+        }
         if self.every < Duration::from_secs(1) {
             return Err(super::BackupError::Config(
                 "--backup-every must be at least a second".into(),
@@ -39,7 +77,7 @@ pub struct LastBackup {
     pub name: String,
     pub height: u64,
     pub at_ms: u64,
-    pub dest: PathBuf,
+    pub dest: String,
     pub blobs_new: u64,
     pub bytes_new: u64,
 }
@@ -58,12 +96,15 @@ impl BackupStatus {
             schedule,
             last: Mutex::new(None),
         };
-        if let Some(sch) = &s.schedule
-            && let Ok(names) = super::list(&sch.dest)
+        if let Some(Schedule {
+            dest: Dest::Dir(dir),
+            ..
+        }) = &s.schedule
+            && let Ok(names) = super::list(dir)
             && let Some(newest) = names.last()
-            && let Ok(m) = Manifest::read(&sch.dest.join(newest))
+            && let Ok(m) = Manifest::read(&dir.join(newest))
         {
-            s.record(&m, &sch.dest);
+            s.record(&m, &dir.display().to_string());
         }
         s
     }
@@ -73,7 +114,7 @@ impl BackupStatus {
     }
 
     /// Records a successful backup (and exports it as metrics).
-    pub fn record(&self, m: &Manifest, dest: &Path) {
+    pub fn record(&self, m: &Manifest, dest: &str) {
         metrics::gauge!("medledger_backup_last_success_timestamp_seconds")
             .set(m.created_ms as f64 / 1000.0);
         metrics::gauge!("medledger_backup_last_height").set(m.height as f64);
@@ -91,15 +132,18 @@ impl BackupStatus {
 /// Takes a backup now (one at a time per node), records it, applies retention.
 pub(crate) async fn take(
     state: &AppState,
-    dest: &Path,
+    dest: &Dest,
     progress: &dyn super::Progress,
 ) -> Result<Manifest> {
     let _one = super::socket::RUNNING.lock().await;
-    let r = super::create_running(state, &state.data_dir, dest, progress).await;
+    let r = match dest {
+        Dest::Dir(d) => super::create_running(state, &state.data_dir, d, progress).await,
+        Dest::Bucket(_) => to_bucket(state, dest, progress).await,
+    };
     match &r {
         Ok(m) => {
             metrics::counter!("medledger_backups_total", "result" => "ok").increment(1);
-            state.backups.record(m, dest);
+            state.backups.record(m, &dest.shown());
         }
         Err(e) => {
             metrics::counter!("medledger_backups_total", "result" => "failed").increment(1);
@@ -107,6 +151,25 @@ pub(crate) async fn take(
         }
     }
     r
+}
+
+/// A backup into a bucket: staged in a private temporary directory, then uploaded.
+async fn to_bucket(
+    state: &AppState,
+    dest: &Dest,
+    progress: &dyn super::Progress,
+) -> Result<Manifest> {
+    let remote = dest
+        .remote()
+        .ok_or_else(|| super::BackupError::Config("not a bucket".into()))??;
+    let staging = tempfile::Builder::new()
+        .prefix("medledger-backup-staging")
+        .tempdir()
+        .map_err(super::io(&std::env::temp_dir()))?;
+    remote.stage_existing(staging.path()).await?;
+    let m = super::create_running(state, &state.data_dir, staging.path(), progress).await?;
+    remote.upload_backup(staging.path(), &m).await?;
+    Ok(m)
 }
 
 /// Runs the schedule until the process ends.
@@ -120,10 +183,16 @@ pub(crate) fn start(state: AppState) {
         every.tick().await;
         loop {
             every.tick().await;
-            if take(&state, &sch.dest, &Quiet).await.is_ok()
-                && let Err(e) = prune(&sch.dest, sch.keep)
-            {
-                tracing::warn!(error = %e, "backup retention failed");
+            if take(&state, &sch.dest, &Quiet).await.is_ok() {
+                let pruned = match (&sch.dest, sch.dest.remote()) {
+                    (Dest::Dir(d), _) => prune(d, sch.keep),
+                    (_, Some(Ok(r))) => r.prune(sch.keep).await,
+                    (_, Some(Err(e))) => Err(e),
+                    (_, None) => Ok(0),
+                };
+                if let Err(e) = pruned {
+                    tracing::warn!(error = %e, "backup retention failed");
+                }
             }
         }
     });

@@ -151,14 +151,16 @@ async fn answer(stream: UnixStream, state: AppState) {
         Ok(Request::Backup { dest }) if !dest.is_absolute() => Event::Error {
             message: "the destination must be an absolute path".into(),
         },
-        Ok(Request::Backup { dest }) => match super::schedule::take(&state, &dest, &relay).await {
-            Ok(m) => Event::Done {
-                manifest: Box::new(m),
-            },
-            Err(e) => Event::Error {
-                message: e.to_string(),
-            },
-        },
+        Ok(Request::Backup { dest }) => {
+            match super::schedule::take(&state, &super::schedule::Dest::Dir(dest), &relay).await {
+                Ok(m) => Event::Done {
+                    manifest: Box::new(m),
+                },
+                Err(e) => Event::Error {
+                    message: e.to_string(),
+                },
+            }
+        }
     };
     relay.flush();
     let _ = tx.send(outcome);
