@@ -5,8 +5,8 @@
 //! runs through its admin socket), so its peak memory is its own. Prints a table and,
 //! last, one JSON line.
 
-use crate::bench_fhir::{clinician_token, disk_usage, drive};
-use crate::synth::{Mix, observation, patient};
+use crate::bench_fhir::{clinician_token, create_patients, dir_bytes, drive};
+use crate::synth::{Mix, observation};
 use crate::web::Fhir;
 use anyhow::{Context, Result, ensure};
 use clap::Args;
@@ -29,22 +29,6 @@ pub struct BackupBenchArgs {
     /// Concurrent HTTP clients while filling the node.
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
-}
-
-fn size(p: &Path) -> u64 {
-    disk_usage(p)
-        .map(|parts| parts.iter().map(|(_, b)| b).sum())
-        .unwrap_or(0)
-}
-
-fn dir_size(p: &Path) -> u64 {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::read_dir(p)
-            .map(|d| d.flatten().map(|e| dir_size(&e.path())).sum())
-            .unwrap_or(0),
-        Ok(m) => m.len(),
-        Err(_) => 0,
-    }
 }
 
 /// Runs `medledger backup create` (node stopped); its JSON line.
@@ -106,15 +90,7 @@ pub fn backup(a: BackupBenchArgs) -> Result<()> {
             url: node.url.clone(),
             token: token.clone().into(),
         };
-        let f = fhir.clone();
-        let patients: Vec<String> = drive(a.patients, a.clients, "Patient", move |i| {
-            let f = f.clone();
-            async move { f.create(&patient(i, &mut Mix(i as u64))).await }
-        })
-        .await?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
+        let patients = create_patients(&fhir, a.patients, a.clients).await?;
         fill(
             &fhir,
             &patients,
@@ -132,9 +108,9 @@ pub fn backup(a: BackupBenchArgs) -> Result<()> {
     medledger_node::backup::write_recipients(&node.dir, &[recipient])?;
     let dest_tmp = tempfile::tempdir()?;
     let dest = dest_tmp.path().join("backups");
-    let data_bytes = size(&node.dir);
+    let data_bytes = dir_bytes(&node.dir);
     let full = backup_once(&node.dir, &dest)?;
-    let full_bytes = dir_size(&dest);
+    let full_bytes = dir_bytes(&dest);
 
     // 1 % more records, through a restarted node.
     let more = (a.patients * (1 + a.observations)).div_ceil(100);
@@ -157,7 +133,7 @@ pub fn backup(a: BackupBenchArgs) -> Result<()> {
     })?;
     crate::bench::stop_node(&mut again);
     let incr = backup_once(&node.dir, &dest)?;
-    let incr_bytes = dir_size(&dest) - full_bytes;
+    let incr_bytes = dir_bytes(&dest) - full_bytes;
 
     let mb = |b: u64| b as f64 / 1e6;
     let secs = |v: &Value| v["seconds"].as_f64().unwrap_or(0.0);

@@ -250,15 +250,7 @@ async fn run(a: &FhirBenchArgs, url: &str, dir: &Path) -> Result<Figures> {
 
     // Creates: patients, then their observations.
     let t0 = Instant::now();
-    let f = fhir.clone();
-    let patients: Vec<String> = drive(a.patients, a.clients, "Patient", move |i| {
-        let f = f.clone();
-        async move { f.create(&patient(i, &mut Mix(i as u64))).await }
-    })
-    .await?
-    .into_iter()
-    .map(|(id, _)| id)
-    .collect();
+    let patients = create_patients(&fhir, a.patients, a.clients).await?;
     let patient_secs = t0.elapsed().as_secs_f64();
     // Observations in two legs: the first tenth, a probe of read and search latency on
     // what exists then, the rest. The probe's time is not counted as create time.
@@ -447,16 +439,32 @@ async fn probe(
 }
 
 /// Bytes the data directory holds, by part.
-pub(crate) fn disk_usage(dir: &Path) -> Result<Vec<(&'static str, u64)>> {
-    fn size(p: &Path) -> u64 {
-        match std::fs::symlink_metadata(p) {
-            Ok(m) if m.is_dir() => std::fs::read_dir(p)
-                .map(|d| d.flatten().map(|e| size(&e.path())).sum())
-                .unwrap_or(0),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        }
+/// Creates `n` synthetic patients through FHIR; their ids.
+pub(crate) async fn create_patients(fhir: &Fhir, n: usize, clients: usize) -> Result<Vec<String>> {
+    let f = fhir.clone();
+    Ok(drive(n, clients, "Patient", move |i| {
+        let f = f.clone();
+        async move { f.create(&patient(i, &mut Mix(i as u64))).await }
+    })
+    .await?
+    .into_iter()
+    .map(|(id, _)| id)
+    .collect())
+}
+
+/// Bytes under `p` (a file or a whole directory; links not followed).
+pub(crate) fn dir_bytes(p: &Path) -> u64 {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .map(|d| d.flatten().map(|e| dir_bytes(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
     }
+}
+
+pub(crate) fn disk_usage(dir: &Path) -> Result<Vec<(&'static str, u64)>> {
+    let size = dir_bytes;
     let parts = [
         ("ledger", datadir::LEDGER_DB),
         ("raft log", datadir::RAFT_DB),

@@ -140,6 +140,53 @@ async fn granter(g: Arc<Granter>, stop: Arc<AtomicBool>) {
     }
 }
 
+/// A doctor of `general` signed in through the API (their FHIR client), the signed-in
+/// consortium admin, and a Patient the doctor created.
+async fn doctor_with_patient(node: &Node, dir: &Path, family: &str) -> (Fhir, Signed, String) {
+    client(node, dir).await;
+    let h = http(node, dir);
+    let admin = admin_signed_in(&h, dir, node).await;
+    let (token, _) = staff_token(
+        &h,
+        dir,
+        &admin,
+        "Dana Doctor",
+        "dana@hospital.example",
+        "doctor",
+    )
+    .await;
+    let f = Fhir {
+        c: h.c.clone(),
+        url: node.url.clone(),
+        token,
+    };
+    let (st, p) = f
+        .post(
+            "/Patient",
+            &json!({"resourceType": "Patient", "name": [{"family": family, "given": ["Synthia"]}]}),
+        )
+        .await;
+    assert_eq!(st, 201, "{p}");
+    (f, admin, p["id"].as_str().unwrap().to_owned())
+}
+
+/// Successful backups so far, from the node's `/metrics`.
+async fn backups_taken(h: &Http, node: &Node) -> u64 {
+    let text =
+        h.c.get(format!("{}/metrics", node.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("medledger_backups_total") && l.contains("\"ok\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// Runs load until `n` more resources are acknowledged, takes a backup while the load
 /// goes on, and returns the backup's JSON line and how many creates were acknowledged
 /// while it ran.
@@ -459,16 +506,8 @@ fn damaged_backups_are_refused_by_verify_and_restore_naming_what_is_wrong() {
     let node = start(&dir);
     let rt = rt();
     rt.block_on(async {
-        client(&node, &dir).await;
-        let h = http(&node, &dir);
-        let admin = admin_signed_in(&h, &dir, &node).await;
-        let (token, _) = staff_token(&h, &dir, &admin, "Dana Doctor", "dana@hospital.example", "doctor").await;
-        let f = Fhir { c: h.c.clone(), url: node.url.clone(), token };
-        let (st, p) = f
-            .post("/Patient", &json!({"resourceType": "Patient", "name": [{"family": "Damaged", "given": ["Synthia"]}]}))
-            .await;
-        assert_eq!(st, 201, "{p}");
-        let pid = p["id"].as_str().unwrap();
+        let (f, _, pid) = doctor_with_patient(&node, &dir, "Damaged").await;
+        let pid = pid.as_str();
         for i in 0..20 {
             let (st, o) = f.post("/Observation", &obs(pid, i as f64)).await;
             assert_eq!(st, 201, "{o}");
@@ -892,37 +931,38 @@ fn scheduled_backups_are_taken_pruned_and_shown() {
     );
     let rt = rt();
     let (manifests, metrics, page) = rt.block_on(async {
-        client(&node, &dir).await;
+        let (f, admin, pid) = doctor_with_patient(&node, &dir, "Scheduled").await;
         let h = http(&node, &dir);
-        let admin = admin_signed_in(&h, &dir, &node).await;
-        let (token, _) = staff_token(&h, &dir, &admin, "Dana Doctor", "dana@hospital.example", "doctor").await;
-        let f = Fhir { c: h.c.clone(), url: node.url.clone(), token };
-        let (st, p) = f
-            .post("/Patient", &json!({"resourceType": "Patient", "name": [{"family": "Scheduled", "given": ["Synthia"]}]}))
-            .await;
-        assert_eq!(st, 201, "{p}");
-        let pid = p["id"].as_str().unwrap().to_owned();
         // Writes between backups, so each has something new; wait for four of them.
         let mut taken = 0;
         for i in 0..600 {
             let (st, o) = f.post("/Observation", &obs(&pid, i as f64)).await;
             assert_eq!(st, 201, "{o}");
             tokio::time::sleep(Duration::from_millis(20)).await;
-            let (_, text) = (200, h.c.get(format!("{}/metrics", node.url)).send().await.unwrap().text().await.unwrap());
-            taken = text
-                .lines()
-                .find(|l| l.starts_with("medledger_backups_total") && l.contains("\"ok\""))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
+            taken = backups_taken(&h, &node).await;
             if taken >= 4 {
                 break;
             }
         }
         assert!(taken >= 4, "only {taken} scheduled backups");
         // The portal's admin page shows the last one.
-        let page = h.c.get(format!("{}/admin", node.url)).header("cookie", &admin.cookie).send().await.unwrap().text().await.unwrap();
-        let metrics = h.c.get(format!("{}/metrics", node.url)).send().await.unwrap().text().await.unwrap();
+        let page =
+            h.c.get(format!("{}/admin", node.url))
+                .header("cookie", &admin.cookie)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+        let metrics =
+            h.c.get(format!("{}/metrics", node.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
         (medledger_node::backup::list(&dest).unwrap(), metrics, page)
     });
     node.stop();
@@ -1009,16 +1049,8 @@ fn backups_in_a_bucket_are_incremental_and_restore_a_lost_node() {
     let dir = init_with(root.path(), &["--backup-recipient", &recipient]);
     let node = start(&dir);
     let (token, written) = rt.block_on(async {
-        client(&node, &dir).await;
-        let h = http(&node, &dir);
-        let admin = admin_signed_in(&h, &dir, &node).await;
-        let (token, _) = staff_token(&h, &dir, &admin, "Dana Doctor", "dana@hospital.example", "doctor").await;
-        let f = Fhir { c: h.c.clone(), url: node.url.clone(), token: token.clone() };
-        let (st, p) = f
-            .post("/Patient", &json!({"resourceType": "Patient", "name": [{"family": "Bucketova", "given": ["Synthia"]}]}))
-            .await;
-        assert_eq!(st, 201, "{p}");
-        let pid = p["id"].as_str().unwrap().to_owned();
+        let (f, _, pid) = doctor_with_patient(&node, &dir, "Bucketova").await;
+        let token = f.token.clone();
         let mut written = Vec::new();
         for i in 0..20 {
             let (st, o) = f.post("/Observation", &obs(&pid, i as f64)).await;
@@ -1128,20 +1160,7 @@ fn backups_in_a_bucket_are_incremental_and_restore_a_lost_node() {
         let mut taken = 0;
         for _ in 0..300 {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let text =
-                h.c.get(format!("{}/metrics", node.url))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
-            taken = text
-                .lines()
-                .find(|l| l.starts_with("medledger_backups_total") && l.contains("\"ok\""))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
+            taken = backups_taken(&h, &node).await;
             if taken >= 4 {
                 break;
             }

@@ -417,6 +417,14 @@ pub(crate) fn header_for(
     }
 }
 
+/// The tip a metadata table records.
+fn stored_tip(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Tip> {
+    let tip = meta
+        .get(META_TIP)?
+        .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
+    Tip::try_from_slice(tip.value()).map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))
+}
+
 /// The ledger as of one commit, for a backup ([`Ledger::snapshot_reader`]).
 pub struct LedgerSnapshot {
     rtx: redb::ReadTransaction,
@@ -504,11 +512,7 @@ impl Ledger {
                             format.as_deref().and_then(|f| f.first())
                         )));
                     }
-                    let tip = meta
-                        .get(META_TIP)?
-                        .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
-                    Tip::try_from_slice(tip.value())
-                        .map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))?
+                    stored_tip(&meta)?
                 }
                 None => {
                     for (k, v) in contracts::genesis_writes(&genesis) {
@@ -852,12 +856,7 @@ impl Ledger {
         wtx.set_quick_repair(true);
         let mark = {
             let mut meta = wtx.open_table(META)?;
-            let tip = meta
-                .get(META_TIP)?
-                .map(|v| Tip::try_from_slice(v.value()))
-                .transpose()
-                .map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))?
-                .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
+            let tip = stored_tip(&meta)?;
             let frontier = Frontier::load(&TableNodes(&wtx.open_table(MERKLE)?), tip.log_size)?;
             let state_digest = if tip.height == 0 {
                 Digest32::default()
@@ -1067,14 +1066,7 @@ impl Ledger {
     /// writers do not wait for: what a backup dumps.
     pub fn snapshot_reader(&self) -> Result<LedgerSnapshot> {
         let rtx = self.inner.db.begin_read()?;
-        let tip = {
-            let meta = rtx.open_table(META)?;
-            let tip = meta
-                .get(META_TIP)?
-                .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
-            Tip::try_from_slice(tip.value())
-                .map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))?
-        };
+        let tip = stored_tip(&rtx.open_table(META)?)?;
         Ok(LedgerSnapshot { rtx, tip })
     }
 
@@ -1169,10 +1161,8 @@ impl Ledger {
     }
 
     fn meta_tip(&self) -> Result<Tip> {
-        let bytes = self
-            .meta(META_TIP)?
-            .ok_or_else(|| LedgerError::CorruptMeta("no tip".into()))?;
-        Tip::try_from_slice(&bytes).map_err(|e| LedgerError::CorruptMeta(format!("tip: {e}")))
+        let rtx = self.inner.db.begin_read()?;
+        stored_tip(&rtx.open_table(META)?)
     }
 
     pub(crate) fn db(&self) -> &Database {

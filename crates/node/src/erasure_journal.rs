@@ -51,6 +51,9 @@ pub struct Entry {
 pub struct Journal {
     path: PathBuf,
     file: Mutex<std::fs::File>,
+    /// The ledger's journal cursor once read: only `sync` moves it, so every apply
+    /// after the first skips the metadata read.
+    cursor: Mutex<Option<u64>>,
 }
 
 impl Journal {
@@ -83,6 +86,7 @@ impl Journal {
         Ok(Journal {
             path: path.to_owned(),
             file: Mutex::new(file),
+            cursor: Mutex::new(None),
         })
     }
 
@@ -107,11 +111,16 @@ impl Journal {
     /// then records how far it got. Cheap when there is nothing new (one read).
     pub fn sync(&self, ledger: &Ledger) -> Result<usize> {
         let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let cursor = ledger
-            .meta(CURSOR)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        let mut cached = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
+        let cursor = match *cached {
+            Some(c) => c,
+            None => ledger
+                .meta(CURSOR)?
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0),
+        };
+        *cached = Some(cursor);
         let height = ledger.tip().height;
         let state = ledger.state()?;
         let mut appended = 0;
@@ -144,6 +153,7 @@ impl Journal {
         f.write_all(&lines).map_err(|e| self.io(e))?;
         f.sync_data().map_err(|e| self.io(e))?;
         ledger.put_meta(CURSOR, &last.to_be_bytes())?;
+        *cached = Some(last);
         tracing::info!(records = appended, "erasures journalled");
         Ok(appended)
     }

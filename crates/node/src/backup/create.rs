@@ -48,11 +48,31 @@ pub(crate) struct Sources<'a> {
     pub store: &'a BlobStore,
 }
 
+/// Counts and hashes what passes through to the file, so a finished file's size and
+/// SHA-256 are known without reading it back.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// An age-encrypted file being written; `finish` makes it durable under its name.
 struct Sealed {
     path: PathBuf,
     partial: PathBuf,
-    w: age::stream::StreamWriter<BufWriter<std::fs::File>>,
+    w: age::stream::StreamWriter<Hashing<BufWriter<std::fs::File>>>,
 }
 
 impl Sealed {
@@ -63,30 +83,31 @@ impl Sealed {
             age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
                 .map_err(|e| BackupError::Config(format!("recipients: {e}")))?;
         let w = enc
-            .wrap_output(BufWriter::with_capacity(1 << 20, f))
+            .wrap_output(Hashing {
+                inner: BufWriter::with_capacity(1 << 20, f),
+                hash: Sha256::new(),
+                bytes: 0,
+            })
             .map_err(io(&partial))?;
         Ok(Sealed { path, partial, w })
     }
 
     fn finish(self) -> Result<FileEntry> {
-        let buf = self.w.finish().map_err(io(&self.partial))?;
-        let f = buf
+        let hashing = self.w.finish().map_err(io(&self.partial))?;
+        let (bytes, sha256) = (hashing.bytes, hex::encode(hashing.hash.finalize()));
+        let f = hashing
+            .inner
             .into_inner()
             .map_err(|e| io(&self.partial)(e.into_error()))?;
         f.sync_all().map_err(io(&self.partial))?;
         drop(f);
         std::fs::rename(&self.partial, &self.path).map_err(io(&self.path))?;
-        let (bytes, sha256) = super::hash_file(&self.path)?;
         Ok(FileEntry {
             path: String::new(),
             bytes,
             sha256,
         })
     }
-}
-
-fn w_err(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
-    move |e| io(path)(e)
 }
 
 fn dump_err(e: impl std::fmt::Display) -> BackupError {
@@ -198,7 +219,7 @@ pub(crate) async fn create(
     let state_path = dir.join("state.age");
     let mut state = Sealed::create(state_path.clone(), recipients)?;
     let sw = &mut state.w;
-    let we = w_err(&state_path);
+    let we = io(&state_path);
     progress.stage("secrets and ledger", None);
     tokio::task::block_in_place(|| -> Result<()> {
         sw.write_all(STATE_MAGIC).map_err(&we)?;
@@ -240,7 +261,7 @@ pub(crate) async fn create(
     let blob_name = name.clone();
     let blobs_path = dest.join("blobs").join(format!("{blob_name}.age"));
     let mut blobs = Sealed::create(blobs_path.clone(), recipients)?;
-    blobs.w.write_all(BLOBS_MAGIC).map_err(w_err(&blobs_path))?;
+    blobs.w.write_all(BLOBS_MAGIC).map_err(io(&blobs_path))?;
     let mut new_tags: Vec<[u8; super::TAG_LEN]> = Vec::new();
     let mut catalog: Vec<(Cid, [u8; 32])> = Vec::with_capacity(cids.len());
     let (mut blobs_new, mut bytes_new) = (0u64, 0u64);
@@ -260,7 +281,7 @@ pub(crate) async fn create(
         let blob_tag = tag(&key, b'B', &cid, &cid.0.0);
         let env_tag = tag(&key, b'V', &cid, &env_hash);
         let w = &mut blobs.w;
-        let we = w_err(&blobs_path);
+        let we = io(&blobs_path);
         if !present.contains(&blob_tag) {
             w.write_all(b"B").map_err(&we)?;
             w.write_all(&cid.0.0).map_err(&we)?;
@@ -300,14 +321,14 @@ pub(crate) async fn create(
         }
         catalog.push((cid, env_hash));
     }
-    blobs.w.write_all(b"Z").map_err(w_err(&blobs_path))?;
+    blobs.w.write_all(b"Z").map_err(io(&blobs_path))?;
     let erased_since = check_registered(&ledger, &catalog, src.store).await?;
     drop(ledger);
 
     // The catalog closes the state file.
     tokio::task::block_in_place(|| -> Result<()> {
         let sw = &mut state.w;
-        let we = w_err(&state_path);
+        let we = io(&state_path);
         sw.write_all(b"C").map_err(&we)?;
         sw.write_all(&(catalog.len() as u64).to_le_bytes())
             .map_err(&we)?;
@@ -401,37 +422,27 @@ async fn check_registered(
     catalog: &[(Cid, [u8; 32])],
     store: &BlobStore,
 ) -> Result<Vec<Cid>> {
-    use medledger_ledger::contracts::query;
     let have: HashSet<Cid> = catalog.iter().map(|(c, _)| *c).collect();
     let state = ledger.state().map_err(dump_err)?;
+    let missing = super::registered_missing(&state, |c| have.contains(c)).map_err(dump_err)?;
     let mut erased_since = Vec::new();
-    let mut after: Option<Cid> = None;
-    loop {
-        let page = query::cids_page(&state, after.as_ref(), 1000).map_err(dump_err)?;
-        let Some(last) = page.last().copied() else {
-            return Ok(erased_since);
-        };
-        for cid in page {
-            if have.contains(&cid) {
-                continue;
+    for cid in missing {
+        match store.envelope_set(&cid).await {
+            Err(medledger_store::StoreError::Erased(_)) => erased_since.push(cid),
+            Ok(_) => {
+                return Err(node_err(format!(
+                    "blob {cid} was not listed by the record store: try again"
+                )));
             }
-            match store.envelope_set(&cid).await {
-                Err(medledger_store::StoreError::Erased(_)) => erased_since.push(cid),
-                Ok(_) => {
-                    return Err(node_err(format!(
-                        "blob {cid} was not listed by the record store: try again"
-                    )));
-                }
-                Err(e) => {
-                    return Err(node_err(format!(
-                        "blob {cid}, registered on the ledger, is not in the record store ({e}): \
-                         a backup without it could not be restored"
-                    )));
-                }
+            Err(e) => {
+                return Err(node_err(format!(
+                    "blob {cid}, registered on the ledger, is not in the record store ({e}): \
+                     a backup without it could not be restored"
+                )));
             }
         }
-        after = Some(last);
     }
+    Ok(erased_since)
 }
 
 /// A destination inside the data directory (or holding it) would be lost with it.

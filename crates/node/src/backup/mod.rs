@@ -88,7 +88,7 @@ pub enum BackupError {
 
 pub type Result<T> = std::result::Result<T, BackupError>;
 
-pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
+pub(crate) fn io(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
     move |source| BackupError::Io {
         path: path.display().to_string(),
         source,
@@ -215,6 +215,25 @@ impl Manifest {
             )));
         }
         Ok(m)
+    }
+}
+
+/// The CIDs `state` registered that `have` does not hold, in digest order (both a
+/// backup and a restore account for each).
+pub(crate) fn registered_missing(
+    state: &impl medledger_ledger::StateRead,
+    have: impl Fn(&medledger_core::Cid) -> bool,
+) -> medledger_ledger::Result<Vec<medledger_core::Cid>> {
+    use medledger_ledger::contracts::query;
+    let mut missing = Vec::new();
+    let mut after = None;
+    loop {
+        let page = query::cids_page(state, after.as_ref(), 1000)?;
+        let Some(last) = page.last().copied() else {
+            return Ok(missing);
+        };
+        missing.extend(page.into_iter().filter(|c| !have(c)));
+        after = Some(last);
     }
 }
 

@@ -372,31 +372,25 @@ fn check_registered(
 ) -> Result<()> {
     use medledger_ledger::contracts::query;
     let state = ledger.state().map_err(node_err)?;
-    let mut after: Option<Cid> = None;
-    loop {
-        let page = query::cids_page(&state, after.as_ref(), 1000).map_err(node_err)?;
-        let Some(last) = page.last().copied() else {
-            return Ok(());
-        };
-        for cid in page {
-            if catalog.contains_key(&cid) || erased_since.contains(&cid) {
-                continue;
-            }
-            let erased = query::cid_owner(&state, &cid)
-                .map_err(node_err)?
-                .map(|o| query::record(&state, &o.record))
-                .transpose()
-                .map_err(node_err)?
-                .flatten()
-                .is_some_and(|r| r.state.is_erased());
-            if !erased {
-                return Err(bad(format!(
-                    "blob {cid}, registered on the ledger, is not in the backup"
-                )));
-            }
+    let missing = super::registered_missing(&state, |c| {
+        catalog.contains_key(c) || erased_since.contains(c)
+    })
+    .map_err(node_err)?;
+    for cid in missing {
+        let erased = query::cid_owner(&state, &cid)
+            .map_err(node_err)?
+            .map(|o| query::record(&state, &o.record))
+            .transpose()
+            .map_err(node_err)?
+            .flatten()
+            .is_some_and(|r| r.state.is_erased());
+        if !erased {
+            return Err(bad(format!(
+                "blob {cid}, registered on the ledger, is not in the backup"
+            )));
         }
-        after = Some(last);
     }
+    Ok(())
 }
 
 fn read_cid(r: &mut impl Read, name: &str) -> Result<Cid> {
