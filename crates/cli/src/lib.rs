@@ -196,6 +196,10 @@ pub struct ServeArgs {
     /// shredded before the node serves (after a restore from an older backup).
     #[arg(long, env = "MEDLEDGER_ERASURE_JOURNAL")]
     pub erasure_journal: Option<PathBuf>,
+    /// Record data keys the node keeps opened in memory (about 100 bytes each), so a
+    /// record read again skips its key-envelope decryption; 0 turns it off.
+    #[arg(long, default_value_t = medledger_node::DEFAULT_KEY_CACHE)]
+    pub key_cache: usize,
     /// Take backups on a schedule into this directory (encrypted for the node's
     /// backup recipients; not inside the data directory).
     /// (or an S3-compatible bucket: s3://BUCKET/PREFIX?endpoint=URL&region=R)
@@ -466,6 +470,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     config.invite_ttl = std::time::Duration::from_millis(a.invite_ttl_ms);
     config.per_client = (a.client_rate, a.client_burst);
     config.erasure_journal = a.erasure_journal;
+    config.key_cache = a.key_cache;
     if let (Some(dest), Some(every)) = (a.backup_to, a.backup_every) {
         config.backup = Some(medledger_node::backup::Schedule {
             dest: medledger_node::backup::Dest::parse(&dest),

@@ -21,7 +21,7 @@ pub mod submitter;
 
 pub use error::{NodeError, Result};
 pub use medledger_keystore as keystore;
-pub use server::{ServeConfig, StartupCheck, serve};
+pub use server::{DEFAULT_KEY_CACHE, ServeConfig, StartupCheck, serve};
 
 /// Installs the process-wide rustls crypto provider (ring). Idempotent.
 pub fn install_crypto_provider() {

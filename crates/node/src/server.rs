@@ -54,6 +54,10 @@ fn startup_check(
 const NEW_SIGNERS_PER_S: f64 = 20.0;
 const NEW_SIGNERS_BURST: f64 = 100.0;
 
+/// Record data keys kept opened by default: about 13 MB, the keys of the last
+/// 131,072 record versions the node wrote or read.
+pub const DEFAULT_KEY_CACHE: usize = 1 << 17;
+
 /// Everything `serve` needs; validated before anything starts.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -86,6 +90,9 @@ pub struct ServeConfig {
     /// which every erasure is appended to before it is acknowledged, and whose
     /// erasures are shredded before the node serves (after a restore).
     pub erasure_journal: Option<PathBuf>,
+    /// How many record data keys the node keeps opened for its custodian key
+    /// (`medledger_store::BlobStore::remember_keys`); 0: none.
+    pub key_cache: usize,
     /// Scheduled backups (`--backup-to`, `--backup-every`, `--backup-keep`).
     pub backup: Option<crate::backup::Schedule>,
     /// Demo accounts the sign-in page lists (`medledger demo` fills it once it has
@@ -114,6 +121,7 @@ impl ServeConfig {
             ),
             demo: Default::default(),
             erasure_journal: None,
+            key_cache: crate::DEFAULT_KEY_CACHE,
             backup: None,
         }
     }
@@ -297,6 +305,10 @@ pub async fn serve(config: ServeConfig, on_ready: impl FnOnce(&str)) -> Result<(
         reporter.clone(),
     )
     .map_err(|e| NodeError::Server(format!("FHIR index: {e}")))?;
+    if config.key_cache > 0 {
+        fhir.keep_keys(config.key_cache)
+            .map_err(|e| NodeError::Server(format!("record store: {e}")))?;
+    }
     // A crash between a commit and its index write leaves a record no search finds:
     // index what the ledger holds beyond the index's watermark before serving.
     let caught = fhir

@@ -7,6 +7,7 @@
 pub mod envelope;
 mod error;
 pub mod format;
+mod key_cache;
 mod local;
 mod store;
 

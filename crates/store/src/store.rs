@@ -14,13 +14,14 @@ use crate::error::{Result, StoreError};
 use crate::format::{
     ChunkSealer, DEFAULT_CHUNK, Header, MAX_CHUNK, NONCE_PREFIX_LEN, StreamOpener,
 };
+use crate::key_cache::KeyCache;
 use crate::local::Local;
 use futures::StreamExt;
 use medledger_core::{AccountId, Cid, Digest32};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Multipart part size for uploads.
@@ -151,6 +152,9 @@ pub struct BlobStore {
     chunk_size: u32,
     /// Serialises read-modify-write of envelope sets (grants and revocations).
     envelopes: Arc<tokio::sync::Mutex<()>>,
+    /// Data keys already opened for one reader (see [`BlobStore::remember_keys`]),
+    /// shared by every clone so an erasure through any of them drops the key.
+    keys: Arc<OnceLock<KeyCache>>,
 }
 
 /// The stored envelopes of one blob.
@@ -268,6 +272,49 @@ impl BlobStore {
             local: None,
             chunk_size: DEFAULT_CHUNK,
             envelopes: Arc::new(tokio::sync::Mutex::new(())),
+            keys: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Keeps up to `capacity` data keys opened for `reader` (the node's custodian) in
+    /// memory, so reading a blob again skips its HPKE decapsulation; see `key_cache`
+    /// for why a hit is exactly what opening the envelope would give. Set once per
+    /// store (and its clones); a second call for another reader is refused.
+    pub fn remember_keys(&self, reader: ReaderSecret, capacity: usize) -> Result<()> {
+        let account = reader.account;
+        let cache = self.keys.get_or_init(|| KeyCache::new(reader, capacity));
+        if cache.account() != account {
+            return Err(StoreError::Config(
+                "this store already keeps another reader's data keys".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Opens `env` for `who`, through the key cache when it is `who`'s.
+    fn open_envelope(&self, env: &Envelope, cid: &Cid, who: &ReaderSecret) -> Result<[u8; 32]> {
+        let cache = self.keys.get();
+        if let Some(key) = cache.and_then(|c| c.get(env, cid, who)) {
+            return Ok(key);
+        }
+        let key = envelope::unwrap(env, cid, who)?;
+        if let Some(c) = cache {
+            c.put(env, cid, who, &key);
+        }
+        Ok(key)
+    }
+
+    /// After a blob is stored: its key, if the cache's reader is among `readers`.
+    fn remember_sealed(&self, cid: &Cid, set: &EnvelopeSet, readers: &[Reader], key: &[u8; 32]) {
+        if let Some(c) = self.keys.get() {
+            let publics: Vec<[u8; 32]> = readers.iter().map(|r| r.public).collect();
+            c.sealed(cid, &set.envelopes, &publics, key);
+        }
+    }
+
+    fn forget_key(&self, cid: &Cid) {
+        if let Some(c) = self.keys.get() {
+            c.forget(cid);
         }
     }
 
@@ -340,6 +387,7 @@ impl BlobStore {
                     self.write_envelopes(&cid, &set).await?;
                 }
             }
+            self.remember_sealed(&cid, &set, readers, &key);
             return Ok(receipt(cid, stored, plain));
         }
         let tmp = Path::from(format!("tmp/{}", hex::encode(random::<16>()?)));
@@ -367,6 +415,7 @@ impl BlobStore {
                     }
                     None => self.write_envelopes(&cid, &set).await?,
                 }
+                self.remember_sealed(&cid, &set, readers, &key);
                 Ok(receipt(cid, stored, plain))
             }
             Err(e) => {
@@ -569,7 +618,7 @@ impl BlobStore {
     /// The data key of a blob, opened with `who`'s envelope.
     async fn data_key(&self, cid: &Cid, who: &ReaderSecret) -> Result<[u8; 32]> {
         let env = self.envelope(cid, &who.account).await?;
-        envelope::unwrap(&env, cid, who)
+        self.open_envelope(&env, cid, who)
     }
 
     /// Verifies the CID, then decrypts into `dst`; returns the plaintext length.
@@ -669,7 +718,7 @@ impl BlobStore {
         let Some(e) = set.envelopes.iter().find(|e| e.reader == who.account) else {
             return Err(StoreError::NoAccess(*cid));
         };
-        open_whole(cid, envelope::unwrap(e, cid, who)?, &blob).map(Some)
+        open_whole(cid, self.open_envelope(e, cid, who)?, &blob).map(Some)
     }
 
     /// Accounts holding an envelope for the blob.
@@ -706,6 +755,9 @@ impl BlobStore {
         if set.envelopes.len() != before {
             self.write_envelopes(cid, &set).await?;
         }
+        if self.keys.get().is_some_and(|c| c.account() == *reader) {
+            self.forget_key(cid);
+        }
         Ok(())
     }
 
@@ -734,6 +786,15 @@ impl BlobStore {
     /// overwritten, see `local`), and leaves a tombstone so later reads say "erased".
     /// Idempotent.
     pub async fn erase(&self, cid: &Cid) -> Result<()> {
+        self.erase_stored(cid).await?;
+        // After the bytes are gone: a read that fetched the envelope before the
+        // erasure (and so linearises before it) may still put the key back; it opens
+        // nothing any more and leaves with the cache's eviction.
+        self.forget_key(cid);
+        Ok(())
+    }
+
+    async fn erase_stored(&self, cid: &Cid) -> Result<()> {
         if let Some(local) = &self.local {
             let _guard = self.envelopes.lock().await;
             local.erase(*cid).await?;

@@ -490,6 +490,15 @@ impl Fhir {
         })
     }
 
+    /// Keeps up to `capacity` data keys this node's custodian opened or sealed in
+    /// memory (`BlobStore::remember_keys`): a record read again skips its HPKE
+    /// decapsulation.
+    pub fn keep_keys(&self, capacity: usize) -> Result<(), FhirError> {
+        self.store
+            .remember_keys(self.custodian.clone(), capacity)
+            .map_err(internal)
+    }
+
     /// Brings the index up to ledger height `to` (see `catchup`).
     pub async fn catch_up(&self, to: u64) -> Result<CatchUpReport, FhirError> {
         CatchUp {

@@ -389,6 +389,92 @@ fn envelopes_revocation_and_new_versions() {
     });
 }
 
+/// The node keeps its custodian's opened data keys (`remember_keys`); every check a
+/// read makes besides opening the envelope must still run, and a kept key must be
+/// used only for exactly the envelope it came from, by exactly its reader.
+#[test]
+fn kept_data_keys_skip_nothing_a_read_checks() {
+    let f = fx(1024);
+    let (node, patient) = (person(1), person(2));
+    f.store.remember_keys(node.clone(), 64).unwrap();
+    // Once per store: the same reader again is fine, another one is refused.
+    f.store.remember_keys(node.clone(), 64).unwrap();
+    assert!(matches!(
+        f.store.remember_keys(patient.clone(), 64),
+        Err(StoreError::Config(_))
+    ));
+    rt().block_on(async {
+        let readers = [node.reader(), patient.reader()];
+        let small = content(600, 1);
+        let large = content(5000, 2);
+        let s = f.store.put(&small[..], &readers).await.unwrap();
+        let l = f.store.put(&large[..], &readers).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(read(&f.store, &s.cid, &node).await.unwrap(), small);
+            assert_eq!(read(&f.store, &l.cid, &node).await.unwrap(), large);
+        }
+
+        // The node's account with another secret: refused, as without the cache.
+        let impostor = ReaderSecret {
+            account: node.account,
+            secret: [0x55; 32],
+        };
+        for cid in [&s.cid, &l.cid] {
+            assert!(matches!(
+                read(&f.store, cid, &impostor).await,
+                Err(StoreError::EnvelopeOpen(_))
+            ));
+        }
+
+        // An altered blob is still caught by its CID, before any plaintext.
+        let good = stored_bytes(&f, &s.cid);
+        let mut bad = good.clone();
+        bad[HEADER_LEN + 3] ^= 1;
+        overwrite_stored(&f, &s.cid, &bad);
+        let mut out = Vec::new();
+        let e = f.store.get(&s.cid, &node, &mut out).await.unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert!(out.is_empty());
+        overwrite_stored(&f, &s.cid, &good);
+
+        // A replaced envelope (one that opens, to another key) is opened, not
+        // answered from the key kept for the old one: the content then fails to
+        // authenticate instead of being served.
+        for cid in [&s.cid, &l.cid] {
+            let mut set = f.store.envelope_set(cid).await.unwrap();
+            set.envelopes[0] =
+                medledger_store::envelope::wrap(&[9; 32], cid, &node.reader()).unwrap();
+            f.store.restore_envelopes(cid, &set).await.unwrap();
+            let e = read(&f.store, cid, &node).await.unwrap_err();
+            assert!(matches!(e, StoreError::Decrypt { .. }), "{e}");
+        }
+
+        // A reader removed, then an erasure: refused although their key was kept.
+        let t = f.store.put(&small[..], &readers).await.unwrap();
+        assert_eq!(read(&f.store, &t.cid, &node).await.unwrap(), small);
+        f.store.remove_reader(&t.cid, &node.account).await.unwrap();
+        assert!(matches!(
+            read(&f.store, &t.cid, &node).await,
+            Err(StoreError::NoAccess(_))
+        ));
+        assert_eq!(read(&f.store, &t.cid, &patient).await.unwrap(), small);
+        let u = f.store.put(&large[..], &readers).await.unwrap();
+        assert_eq!(read(&f.store, &u.cid, &node).await.unwrap(), large);
+        f.store.erase(&u.cid).await.unwrap();
+        assert!(matches!(
+            read(&f.store, &u.cid, &node).await,
+            Err(StoreError::Erased(_))
+        ));
+
+        // A clone shares the kept keys and their limits (one store, many handles).
+        let clone = f.store.clone();
+        assert!(matches!(
+            clone.remember_keys(patient.clone(), 64),
+            Err(StoreError::Config(_))
+        ));
+    });
+}
+
 #[test]
 fn erasure_leaves_no_ciphertext_or_envelope_on_disk() {
     let f = fx(1024);
