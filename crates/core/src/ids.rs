@@ -9,6 +9,25 @@ use std::fmt;
 use std::str::FromStr;
 
 const DID_KEY_PREFIX: &str = "did:key:z";
+
+/// Decompressed keys kept: the signers a node sees are few (its doctors, admins and
+/// peers) and sign most transactions, and decompressing a key (a field square root)
+/// was about a quarter of each strict signature check in a `bench ledger --workload
+/// records` profile. Decompression is a pure function of the bytes, so a kept key is
+/// exactly what decompressing again would give; only keys that decompress are kept.
+const KEPT_KEYS: usize = 4096;
+
+fn verifying_key(bytes: &[u8; 32]) -> Result<ed25519_dalek::VerifyingKey, CoreError> {
+    static KEPT: std::sync::LazyLock<
+        quick_cache::sync::Cache<[u8; 32], ed25519_dalek::VerifyingKey>,
+    > = std::sync::LazyLock::new(|| quick_cache::sync::Cache::new(KEPT_KEYS));
+    if let Some(k) = KEPT.get(bytes) {
+        return Ok(k);
+    }
+    let k = ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| CoreError::InvalidKey)?;
+    KEPT.insert(*bytes, k);
+    Ok(k)
+}
 const ED25519_MULTICODEC: [u8; 2] = [0xed, 0x01];
 
 macro_rules! key_id {
@@ -37,8 +56,7 @@ macro_rules! key_id {
 
             /// The Ed25519 verifying key; fails for byte strings that are not curve points.
             pub fn verifying_key(&self) -> Result<ed25519_dalek::VerifyingKey, CoreError> {
-                ed25519_dalek::VerifyingKey::from_bytes(&self.0)
-                    .map_err(|_| CoreError::InvalidKey)
+                verifying_key(&self.0)
             }
         }
 
