@@ -196,7 +196,7 @@ pub struct ServeArgs {
     /// shredded before the node serves (after a restore from an older backup).
     #[arg(long, env = "MEDLEDGER_ERASURE_JOURNAL")]
     pub erasure_journal: Option<PathBuf>,
-    /// Record data keys the node keeps opened in memory (about 100 bytes each), so a
+    /// Record data keys the node keeps opened in memory (about 140 bytes each), so a
     /// record read again skips its key-envelope decryption; 0 turns it off.
     #[arg(long, default_value_t = medledger_node::DEFAULT_KEY_CACHE)]
     pub key_cache: usize,

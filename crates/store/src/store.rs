@@ -281,9 +281,10 @@ impl BlobStore {
     /// for why a hit is exactly what opening the envelope would give. Set once per
     /// store (and its clones); a second call for another reader is refused.
     pub fn remember_keys(&self, reader: ReaderSecret, capacity: usize) -> Result<()> {
-        let account = reader.account;
-        let cache = self.keys.get_or_init(|| KeyCache::new(reader, capacity));
-        if cache.account() != account {
+        let cache = self
+            .keys
+            .get_or_init(|| KeyCache::new(reader.clone(), capacity));
+        if !cache.is_reader(&reader) {
             return Err(StoreError::Config(
                 "this store already keeps another reader's data keys".into(),
             ));
@@ -291,24 +292,43 @@ impl BlobStore {
         Ok(())
     }
 
-    /// Opens `env` for `who`, through the key cache when it is `who`'s.
-    fn open_envelope(&self, env: &Envelope, cid: &Cid, who: &ReaderSecret) -> Result<[u8; 32]> {
+    /// The key cache's generation, taken before an envelope is read (0 without one).
+    fn key_generation(&self) -> u64 {
+        self.keys.get().map_or(0, KeyCache::generation)
+    }
+
+    /// Opens `env` for `who`, through the key cache when it is `who`'s; `since` is
+    /// [`BlobStore::key_generation`] from before `env` was read.
+    fn open_envelope(
+        &self,
+        env: &Envelope,
+        cid: &Cid,
+        who: &ReaderSecret,
+        since: u64,
+    ) -> Result<[u8; 32]> {
         let cache = self.keys.get();
         if let Some(key) = cache.and_then(|c| c.get(env, cid, who)) {
             return Ok(key);
         }
         let key = envelope::unwrap(env, cid, who)?;
         if let Some(c) = cache {
-            c.put(env, cid, who, &key);
+            c.put(env, cid, who, &key, since);
         }
         Ok(key)
     }
 
     /// After a blob is stored: its key, if the cache's reader is among `readers`.
-    fn remember_sealed(&self, cid: &Cid, set: &EnvelopeSet, readers: &[Reader], key: &[u8; 32]) {
+    fn remember_sealed(
+        &self,
+        cid: &Cid,
+        set: &EnvelopeSet,
+        readers: &[Reader],
+        key: &[u8; 32],
+        since: u64,
+    ) {
         if let Some(c) = self.keys.get() {
             let publics: Vec<[u8; 32]> = readers.iter().map(|r| r.public).collect();
-            c.sealed(cid, &set.envelopes, &publics, key);
+            c.sealed(cid, &set.envelopes, &publics, key, since);
         }
     }
 
@@ -357,6 +377,7 @@ impl BlobStore {
             ));
         }
         let key: [u8; 32] = random()?;
+        let since = self.key_generation();
         let header = Header {
             chunk_size: self.chunk_size,
             nonce_prefix: random::<NONCE_PREFIX_LEN>()?,
@@ -387,7 +408,7 @@ impl BlobStore {
                     self.write_envelopes(&cid, &set).await?;
                 }
             }
-            self.remember_sealed(&cid, &set, readers, &key);
+            self.remember_sealed(&cid, &set, readers, &key, since);
             return Ok(receipt(cid, stored, plain));
         }
         let tmp = Path::from(format!("tmp/{}", hex::encode(random::<16>()?)));
@@ -415,7 +436,7 @@ impl BlobStore {
                     }
                     None => self.write_envelopes(&cid, &set).await?,
                 }
-                self.remember_sealed(&cid, &set, readers, &key);
+                self.remember_sealed(&cid, &set, readers, &key, since);
                 Ok(receipt(cid, stored, plain))
             }
             Err(e) => {
@@ -617,8 +638,9 @@ impl BlobStore {
 
     /// The data key of a blob, opened with `who`'s envelope.
     async fn data_key(&self, cid: &Cid, who: &ReaderSecret) -> Result<[u8; 32]> {
+        let since = self.key_generation();
         let env = self.envelope(cid, &who.account).await?;
-        self.open_envelope(&env, cid, who)
+        self.open_envelope(&env, cid, who, since)
     }
 
     /// Verifies the CID, then decrypts into `dst`; returns the plaintext length.
@@ -701,6 +723,7 @@ impl BlobStore {
         let Some(local) = &self.local else {
             return Ok(None);
         };
+        let since = self.key_generation();
         let got = local.entries(*cid, true).await?;
         if got.envelopes.is_none() {
             // Every stored blob has envelopes: answer the miss from this read rather
@@ -718,7 +741,7 @@ impl BlobStore {
         let Some(e) = set.envelopes.iter().find(|e| e.reader == who.account) else {
             return Err(StoreError::NoAccess(*cid));
         };
-        open_whole(cid, self.open_envelope(e, cid, who)?, &blob).map(Some)
+        open_whole(cid, self.open_envelope(e, cid, who, since)?, &blob).map(Some)
     }
 
     /// Accounts holding an envelope for the blob.
@@ -787,9 +810,8 @@ impl BlobStore {
     /// Idempotent.
     pub async fn erase(&self, cid: &Cid) -> Result<()> {
         self.erase_stored(cid).await?;
-        // After the bytes are gone: a read that fetched the envelope before the
-        // erasure (and so linearises before it) may still put the key back; it opens
-        // nothing any more and leaves with the cache's eviction.
+        // After the bytes are gone; a read that fetched the envelope before cannot
+        // put the key back (see `key_cache`).
         self.forget_key(cid);
         Ok(())
     }

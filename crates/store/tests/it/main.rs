@@ -403,6 +403,14 @@ fn kept_data_keys_skip_nothing_a_read_checks() {
         f.store.remember_keys(patient.clone(), 64),
         Err(StoreError::Config(_))
     ));
+    let other_secret = ReaderSecret {
+        account: node.account,
+        secret: [0x55; 32],
+    };
+    assert!(matches!(
+        f.store.remember_keys(other_secret, 64),
+        Err(StoreError::Config(_))
+    ));
     rt().block_on(async {
         let readers = [node.reader(), patient.reader()];
         let small = content(600, 1);
