@@ -127,21 +127,14 @@ async fn create(a: CreateArgs) -> Result<()> {
     let bar = Bar::new();
     let started = std::time::Instant::now();
     // A bucket: written to a private staging directory laid out like one, then uploaded.
-    let (remote, staging) = match backup::remote::Remote::parse(&a.out) {
-        Some(r) => {
-            let r = r?;
-            let staging = tempfile::Builder::new()
-                .prefix("medledger-backup-staging")
-                .tempdir()?;
-            r.stage_existing(staging.path()).await?;
-            (Some(r), Some(staging))
+    let dest = backup::Dest::parse(&a.out)?;
+    let (out, _staging) = match &dest {
+        backup::Dest::Dir(d) => (d.clone(), None),
+        backup::Dest::Bucket(r) => {
+            let staging = r.staging().await?;
+            (staging.path().to_owned(), Some(staging))
         }
-        None => (None, None),
     };
-    let out = staging
-        .as_ref()
-        .map(|s| s.path().to_owned())
-        .unwrap_or_else(|| PathBuf::from(&a.out));
     let (manifest, taken_by) = match backup::socket::request_backup(dir, &out, &bar).await? {
         Some(m) => (m, "node"),
         None => (
@@ -149,16 +142,16 @@ async fn create(a: CreateArgs) -> Result<()> {
             "this process",
         ),
     };
-    if let (Some(r), Some(s)) = (&remote, &staging) {
+    if let backup::Dest::Bucket(r) = &dest {
         bar.stage("uploading", None);
-        r.upload_backup(s.path(), &manifest).await?;
+        r.upload_backup(&out, &manifest).await?;
     }
     bar.0.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     println!(
         "backup {} written to {}: ledger height {}, {} blobs ({} new, {} bytes)",
         manifest.name,
-        a.out.split('?').next().unwrap_or_default(),
+        dest.shown(),
         manifest.height,
         manifest.blobs,
         manifest.blobs_new,
@@ -183,16 +176,15 @@ async fn create(a: CreateArgs) -> Result<()> {
 /// The backup `src` names, fetched first when it is in a bucket (the temporary
 /// directory must live as long as the returned path is used).
 async fn locate(src: &str) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
-    match backup::remote::Remote::parse(src) {
-        Some(r) => {
-            let r = r?;
+    match backup::Dest::parse(src)? {
+        backup::Dest::Bucket(r) => {
             let tmp = tempfile::Builder::new()
                 .prefix("medledger-backup-fetch")
                 .tempdir()?;
             let dir = r.fetch(None, tmp.path()).await?;
             Ok((dir, Some(tmp)))
         }
-        None => Ok((resolve(Path::new(src))?, None)),
+        backup::Dest::Dir(d) => Ok((resolve(&d)?, None)),
     }
 }
 

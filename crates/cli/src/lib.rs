@@ -473,7 +473,7 @@ fn serve(a: ServeArgs) -> Result<()> {
     config.key_cache = a.key_cache;
     if let (Some(dest), Some(every)) = (a.backup_to, a.backup_every) {
         config.backup = Some(medledger_node::backup::Schedule {
-            dest: medledger_node::backup::Dest::parse(&dest),
+            dest: medledger_node::backup::Dest::parse(&dest)?,
             every,
             keep: a.backup_keep as usize,
         });

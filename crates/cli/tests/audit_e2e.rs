@@ -52,11 +52,7 @@ async fn setup(
         "doctor",
     )
     .await;
-    let f = Fhir {
-        c: h.c.clone(),
-        url: node.url.clone(),
-        token: doctor.clone(),
-    };
+    let f = Fhir::new(h, doctor.clone());
     let (st, p) = f
         .post(
             "/Patient",
@@ -98,11 +94,7 @@ fn sigkill_during_audited_reads_loses_no_report() {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut readers = Vec::new();
         for k in 0..8 {
-            let f = Fhir {
-                c: h.c.clone(),
-                url: node.url.clone(),
-                token: doctor.clone(),
-            };
+            let f = Fhir::new(&h, doctor.clone());
             let (ids, served, stop) = (ids.clone(), served.clone(), stop.clone());
             readers.push(tokio::spawn(async move {
                 let mut i = k;
@@ -164,11 +156,7 @@ fn sigkill_during_audited_reads_loses_no_report() {
             );
         }
         // The token still works after the restart (its principal is on disk).
-        let f = Fhir {
-            c: h.c.clone(),
-            url: node.url.clone(),
-            token: doctor.clone(),
-        };
+        let f = Fhir::new(&h, doctor.clone());
         assert_eq!(f.get(&format!("/Observation/{}", ids[0])).await.0, 200);
 
         // Paging the whole trail by time returns every entry exactly once (the cursor
@@ -248,11 +236,7 @@ fn unknown_keys_cannot_crowd_out_audit_reports() {
                 )
             })
             .collect();
-        let f = Fhir {
-            c: h.c.clone(),
-            url: node.url.clone(),
-            token: doctor.clone(),
-        };
+        let f = Fhir::new(&h, doctor.clone());
         let reads = async {
             let mut n = 0;
             for _ in 0..20 {

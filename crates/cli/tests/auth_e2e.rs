@@ -466,11 +466,7 @@ fn sign_in_and_fhir_share_one_nonce_sequence_per_custodial_account() {
             .post("/auth/tokens", json!({"ttl_s": 3600}), Some(&doctor))
             .await;
         assert_eq!(st, 201, "{v}");
-        let fhir = common::fhir::Fhir {
-            c: h.c.clone(),
-            url: h.url.clone(),
-            token: v["token"].as_str().unwrap().to_owned(),
-        };
+        let fhir = common::fhir::Fhir::new(&h, v["token"].as_str().unwrap().to_owned());
         let (_, before) = h.get_as_admin(&dir, &format!("/v1/accounts/{doctor_id}")).await;
         let nonce_before = before["nonce"].as_u64().unwrap();
 

@@ -47,6 +47,28 @@ fn backup(args: &[&OsStr]) -> (bool, String, String) {
     )
 }
 
+/// `medledger backup create --data-dir DIR --out OUT`.
+fn create_backup(dir: &OsStr, out: &OsStr) -> (bool, String, String) {
+    backup(&[os("create"), os("--data-dir"), dir, os("--out"), out])
+}
+
+/// `medledger backup verify --identity IDENTITY SRC`.
+fn verify_backup(identity: &OsStr, src: &OsStr) -> (bool, String, String) {
+    backup(&[os("verify"), os("--identity"), identity, src])
+}
+
+/// `medledger backup restore --identity IDENTITY SRC --data-dir TARGET`.
+fn restore_backup(identity: &OsStr, src: &OsStr, target: &OsStr) -> (bool, String, String) {
+    backup(&[
+        os("restore"),
+        os("--identity"),
+        identity,
+        src,
+        os("--data-dir"),
+        target,
+    ])
+}
+
 fn os(s: &str) -> &OsStr {
     OsStr::new(s)
 }
@@ -155,11 +177,7 @@ async fn doctor_with_patient(node: &Node, dir: &Path, family: &str) -> (Fhir, Si
         "doctor",
     )
     .await;
-    let f = Fhir {
-        c: h.c.clone(),
-        url: node.url.clone(),
-        token,
-    };
+    let f = Fhir::new(&h, token);
     let (st, p) = f
         .post(
             "/Patient",
@@ -170,17 +188,22 @@ async fn doctor_with_patient(node: &Node, dir: &Path, family: &str) -> (Fhir, Si
     (f, admin, p["id"].as_str().unwrap().to_owned())
 }
 
+/// The node's `/metrics` text.
+async fn metrics(h: &Http, node: &Node) -> String {
+    h.c.get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Successful backups so far, from the node's `/metrics`.
 async fn backups_taken(h: &Http, node: &Node) -> u64 {
-    let text =
-        h.c.get(format!("{}/metrics", node.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-    text.lines()
+    metrics(h, node)
+        .await
+        .lines()
         .find(|l| l.starts_with("medledger_backups_total") && l.contains("\"ok\""))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse::<u64>().ok())
@@ -220,17 +243,10 @@ async fn backup_under_load(
     }
     let before = acked.lock().unwrap().len();
     let (dir, dest) = (dir.to_owned(), dest.to_owned());
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        backup(&[
-            os("create"),
-            os("--data-dir"),
-            dir.as_os_str(),
-            os("--out"),
-            dest.as_os_str(),
-        ])
-    })
-    .await
-    .unwrap();
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || create_backup(dir.as_os_str(), dest.as_os_str()))
+            .await
+            .unwrap();
     let during = acked.lock().unwrap().len() - before;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -303,11 +319,7 @@ fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost
     // only what is new.
     let (first, second, during) = rt.block_on(async {
         let h = http(&node, &dir);
-        let f = || Fhir {
-            c: h.c.clone(),
-            url: node.url.clone(),
-            token: token.clone(),
-        };
+        let f = || Fhir::new(&h, token.clone());
         let (first, d1) = backup_under_load(&f, &pid, &dir, &dest, &acked, &grants, 300).await;
         let (second, d2) = backup_under_load(&f, &pid, &dir, &dest, &acked, &grants, 100).await;
         (first, second, d1 + d2)
@@ -367,25 +379,13 @@ fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost
     drop(node);
     std::fs::remove_dir_all(&dir).unwrap();
 
-    let (ok, out, err) = backup(&[
-        os("verify"),
-        os("--identity"),
-        identity.as_os_str(),
-        dest.as_os_str(),
-    ]);
+    let (ok, out, err) = verify_backup(identity.as_os_str(), dest.as_os_str());
     assert!(ok, "{err}");
     let v = json_line(&out);
     assert_eq!(v["height"].as_u64(), Some(height), "{v}");
     assert!(out.contains("backup OK"), "{out}");
 
-    let (ok, out, err) = backup(&[
-        os("restore"),
-        os("--identity"),
-        identity.as_os_str(),
-        dest.as_os_str(),
-        os("--data-dir"),
-        dir.as_os_str(),
-    ]);
+    let (ok, out, err) = restore_backup(identity.as_os_str(), dest.as_os_str(), dir.as_os_str());
     assert!(ok, "{err}");
     assert_eq!(json_line(&out)["height"].as_u64(), Some(height));
     let v = medledger(&["verify"], &dir);
@@ -403,11 +403,7 @@ fn a_backup_under_load_restores_every_acknowledged_record_after_the_disk_is_lost
             .unwrap_or_else(|e| panic!("sign-in after restore: {e:?}"));
         assert_ne!(v["mfa_setup_required"], true);
         drop(s);
-        let f = Fhir {
-            c: h.c.clone(),
-            url: node.url.clone(),
-            token: token.clone(),
-        };
+        let f = Fhir::new(&h, token.clone());
         let acked = acked.lock().unwrap().clone();
         for (id, written) in &acked {
             let (st, got) = f.get(&format!("/Observation/{id}")).await;
@@ -481,23 +477,11 @@ fn damaged_backups_are_refused_by_verify_and_restore_naming_what_is_wrong() {
     let bare = root.path().join("bare");
     std::fs::create_dir(&bare).unwrap();
     let bare_dir = init(&bare);
-    let (ok, _, err) = backup(&[
-        os("create"),
-        os("--data-dir"),
-        bare_dir.as_os_str(),
-        os("--out"),
-        root.path().join("x").as_os_str(),
-    ]);
+    let (ok, _, err) = create_backup(bare_dir.as_os_str(), root.path().join("x").as_os_str());
     assert!(!ok && err.contains("no backup recipients"), "{err}");
     // Nor into its own data directory.
     let dir = init_with(root.path(), &["--backup-recipient", &recipient]);
-    let (ok, _, err) = backup(&[
-        os("create"),
-        os("--data-dir"),
-        dir.as_os_str(),
-        os("--out"),
-        dir.join("b").as_os_str(),
-    ]);
+    let (ok, _, err) = create_backup(dir.as_os_str(), dir.join("b").as_os_str());
     assert!(
         !ok && err.contains("must not be inside the data directory"),
         "{err}"
@@ -516,21 +500,10 @@ fn damaged_backups_are_refused_by_verify_and_restore_naming_what_is_wrong() {
     node.stop();
     // The node is stopped: the CLI takes the backup itself.
     let good = root.path().join("good");
-    let (ok, out, err) = backup(&[
-        os("create"),
-        os("--data-dir"),
-        dir.as_os_str(),
-        os("--out"),
-        good.as_os_str(),
-    ]);
+    let (ok, out, err) = create_backup(dir.as_os_str(), good.as_os_str());
     assert!(ok, "{err}");
     let name = json_line(&out)["backup"].as_str().unwrap().to_owned();
-    let (ok, _, err) = backup(&[
-        os("verify"),
-        os("--identity"),
-        identity.as_os_str(),
-        good.as_os_str(),
-    ]);
+    let (ok, _, err) = verify_backup(identity.as_os_str(), good.as_os_str());
     assert!(ok, "{err}");
 
     type Damage = Box<dyn Fn(&Path)>;
@@ -606,23 +579,11 @@ fn damaged_backups_are_refused_by_verify_and_restore_naming_what_is_wrong() {
         let copy = root.path().join(format!("damaged-{i}"));
         copy_dir(&good, &copy);
         damage(&copy);
-        let (ok, _, err) = backup(&[
-            os("verify"),
-            os("--identity"),
-            key.as_os_str(),
-            copy.as_os_str(),
-        ]);
+        let (ok, _, err) = verify_backup(key.as_os_str(), copy.as_os_str());
         assert!(!ok, "{what}: verify passed");
         assert!(err.contains(expect), "{what}: verify said {err}");
         let target = root.path().join(format!("restored-{i}"));
-        let (ok, _, err) = backup(&[
-            os("restore"),
-            os("--identity"),
-            key.as_os_str(),
-            copy.as_os_str(),
-            os("--data-dir"),
-            target.as_os_str(),
-        ]);
+        let (ok, _, err) = restore_backup(key.as_os_str(), copy.as_os_str(), target.as_os_str());
         assert!(!ok, "{what}: restore passed");
         assert!(err.contains(expect), "{what}: restore said {err}");
         // What a refused restore left (if anything) is never served.
@@ -668,36 +629,17 @@ fn damaged_backups_are_refused_by_verify_and_restore_naming_what_is_wrong() {
     let renamed = root.path().join("renamed");
     copy_dir(&good, &renamed);
     std::fs::rename(renamed.join(&name), renamed.join("backup-9999999999999")).unwrap();
-    let (ok, _, err) = backup(&[
-        os("verify"),
-        os("--identity"),
-        identity.as_os_str(),
-        renamed.as_os_str(),
-    ]);
+    let (ok, _, err) = verify_backup(identity.as_os_str(), renamed.as_os_str());
     assert!(!ok && err.contains("but it lies in"), "{err}");
     // Undamaged, the same backup restores and verifies.
     let target = root.path().join("restored-good");
-    let (ok, _, err) = backup(&[
-        os("restore"),
-        os("--identity"),
-        identity.as_os_str(),
-        good.as_os_str(),
-        os("--data-dir"),
-        target.as_os_str(),
-    ]);
+    let (ok, _, err) = restore_backup(identity.as_os_str(), good.as_os_str(), target.as_os_str());
     assert!(ok, "{err}");
     assert!(!target.join("restore-incomplete").exists());
     let v = medledger(&["verify"], &target);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
     // Restoring over a directory that holds anything is refused.
-    let (ok, _, err) = backup(&[
-        os("restore"),
-        os("--identity"),
-        identity.as_os_str(),
-        good.as_os_str(),
-        os("--data-dir"),
-        target.as_os_str(),
-    ]);
+    let (ok, _, err) = restore_backup(identity.as_os_str(), good.as_os_str(), target.as_os_str());
     assert!(!ok && err.contains("is not empty"), "{err}");
 }
 
@@ -784,13 +726,7 @@ fn a_record_erased_after_the_backup_stays_erased_after_a_restore() {
         ));
     }
     let dest = root.path().join("backups");
-    let (ok, _, err) = backup(&[
-        os("create"),
-        os("--data-dir"),
-        dir.as_os_str(),
-        os("--out"),
-        dest.as_os_str(),
-    ]);
+    let (ok, _, err) = create_backup(dir.as_os_str(), dest.as_os_str());
     assert!(ok, "{err}");
 
     // After the backup, the patient erases the first record. Once acknowledged, the
@@ -827,14 +763,7 @@ fn a_record_erased_after_the_backup_stays_erased_after_a_restore() {
     };
     // Without the journal the backup would bring the erased record back.
     let without = root.path().join("without-journal");
-    let (ok, _, err) = backup(&[
-        os("restore"),
-        os("--identity"),
-        identity.as_os_str(),
-        dest.as_os_str(),
-        os("--data-dir"),
-        without.as_os_str(),
-    ]);
+    let (ok, _, err) = restore_backup(identity.as_os_str(), dest.as_os_str(), without.as_os_str());
     assert!(ok, "{err}");
     assert!(
         present(&without, &erased_cid),
@@ -955,14 +884,7 @@ fn scheduled_backups_are_taken_pruned_and_shown() {
                 .text()
                 .await
                 .unwrap();
-        let metrics =
-            h.c.get(format!("{}/metrics", node.url))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+        let metrics = metrics(&h, &node).await;
         (medledger_node::backup::list(&dest).unwrap(), metrics, page)
     });
     node.stop();
@@ -1016,14 +938,7 @@ fn scheduled_backups_are_taken_pruned_and_shown() {
     }
     // And the newest scheduled backup restores.
     let target = root.path().join("restored");
-    let (ok, _, err) = backup(&[
-        os("restore"),
-        os("--identity"),
-        identity.as_os_str(),
-        dest.as_os_str(),
-        os("--data-dir"),
-        target.as_os_str(),
-    ]);
+    let (ok, _, err) = restore_backup(identity.as_os_str(), dest.as_os_str(), target.as_os_str());
     assert!(ok, "{err}");
 }
 
@@ -1059,23 +974,13 @@ fn backups_in_a_bucket_are_incremental_and_restore_a_lost_node() {
         }
         (token, (pid, written))
     });
-    let (ok, out, err) = backup(&[
-        os("create"),
-        os("--data-dir"),
-        dir.as_os_str(),
-        os("--out"),
-        os(&bucket),
-    ]);
+    let (ok, out, err) = create_backup(dir.as_os_str(), os(&bucket));
     assert!(ok, "{err}");
     let first = json_line(&out);
     let mut written = written;
     rt.block_on(async {
         let h = http(&node, &dir);
-        let f = Fhir {
-            c: h.c.clone(),
-            url: node.url.clone(),
-            token: token.clone(),
-        };
+        let f = Fhir::new(&h, token.clone());
         for i in 0..5 {
             let (st, o) = f
                 .post("/Observation", &obs(&written.0, 100.0 + i as f64))
@@ -1084,13 +989,7 @@ fn backups_in_a_bucket_are_incremental_and_restore_a_lost_node() {
             written.1.push(o);
         }
     });
-    let (ok, out, err) = backup(&[
-        os("create"),
-        os("--data-dir"),
-        dir.as_os_str(),
-        os("--out"),
-        os(&bucket),
-    ]);
+    let (ok, out, err) = create_backup(dir.as_os_str(), os(&bucket));
     assert!(ok, "{err}");
     let second = json_line(&out);
     assert_eq!(second["blobs_new"].as_u64(), Some(5), "{first} {second}");
@@ -1101,32 +1000,16 @@ fn backups_in_a_bucket_are_incremental_and_restore_a_lost_node() {
 
     drop(node);
     std::fs::remove_dir_all(&dir).unwrap();
-    let (ok, out, err) = backup(&[
-        os("verify"),
-        os("--identity"),
-        identity.as_os_str(),
-        os(&bucket),
-    ]);
+    let (ok, out, err) = verify_backup(identity.as_os_str(), os(&bucket));
     assert!(ok, "{err}");
     assert_eq!(json_line(&out)["height"], second["height"]);
-    let (ok, _, err) = backup(&[
-        os("restore"),
-        os("--identity"),
-        identity.as_os_str(),
-        os(&bucket),
-        os("--data-dir"),
-        dir.as_os_str(),
-    ]);
+    let (ok, _, err) = restore_backup(identity.as_os_str(), os(&bucket), dir.as_os_str());
     assert!(ok, "{err}");
     let node = start(&dir);
     rt.block_on(async {
         client(&node, &dir).await;
         let h = http(&node, &dir);
-        let f = Fhir {
-            c: h.c.clone(),
-            url: node.url.clone(),
-            token,
-        };
+        let f = Fhir::new(&h, token);
         for o in &written.1 {
             let (st, got) = f
                 .get(&format!("/Observation/{}", o["id"].as_str().unwrap()))
@@ -1183,21 +1066,11 @@ fn backups_in_a_bucket_are_incremental_and_restore_a_lost_node() {
         (2..=3).contains(&manifests),
         "{manifests} backups kept in the bucket: {listing}"
     );
-    let (ok, _, err) = backup(&[
-        os("verify"),
-        os("--identity"),
-        identity.as_os_str(),
-        os(&scheduled),
-    ]);
+    let (ok, _, err) = verify_backup(identity.as_os_str(), os(&scheduled));
     assert!(ok, "{err}");
 
     // A bucket that holds no backup says so.
     let empty = format!("s3://hospital-backups/nothing-here?endpoint={endpoint}");
-    let (ok, _, err) = backup(&[
-        os("verify"),
-        os("--identity"),
-        identity.as_os_str(),
-        os(&empty),
-    ]);
+    let (ok, _, err) = verify_backup(identity.as_os_str(), os(&empty));
     assert!(!ok && err.contains("holds no backup"), "{err}");
 }

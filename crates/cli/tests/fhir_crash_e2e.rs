@@ -177,11 +177,7 @@ fn search_finds_every_committed_record_after_sigkill_and_reindex_rebuilds_it() {
     for round in 0..3usize {
         rt.block_on(async {
             let h = http(&node, &dir);
-            let f = || Fhir {
-                c: h.c.clone(),
-                url: node.url.clone(),
-                token: token.clone(),
-            };
+            let f = || Fhir::new(&h, token.clone());
             let mut tasks = Vec::new();
             for _ in 0..6 {
                 tasks.push(tokio::spawn(creates(f(), pid.clone())));
@@ -209,11 +205,7 @@ fn search_finds_every_committed_record_after_sigkill_and_reindex_rebuilds_it() {
         last = rt.block_on(async {
             client(&node, &dir).await;
             let h = http(&node, &dir);
-            let f = Fhir {
-                c: h.c.clone(),
-                url: node.url.clone(),
-                token: token.clone(),
-            };
+            let f = Fhir::new(&h, token.clone());
             check(&f, &h, &dir, &pid, &did, &updated, round).await
         });
     }
@@ -247,11 +239,7 @@ fn search_finds_every_committed_record_after_sigkill_and_reindex_rebuilds_it() {
     rt.block_on(async {
         client(&node, &dir).await;
         let h = http(&node, &dir);
-        let f = Fhir {
-            c: h.c.clone(),
-            url: node.url.clone(),
-            token: token.clone(),
-        };
+        let f = Fhir::new(&h, token.clone());
         let found = check(&f, &h, &dir, &pid, &did, &updated, 99).await;
         assert_eq!(found, last);
         let (st, p) = f.get("/Patient?name=crashtest").await;

@@ -600,11 +600,7 @@ fn third_party_fhirclient_session() {
         );
         let did: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(did["pages"], 3);
-        let f = Fhir {
-            c: h.c.clone(),
-            url: node.url.clone(),
-            token: doctor,
-        };
+        let f = Fhir::new(&h, doctor);
         let mut returned = Vec::new();
         for (t, ids, n) in [
             ("Patient", &did["patients"], 3),

@@ -50,10 +50,9 @@ pub struct Entry {
 #[derive(Debug)]
 pub struct Journal {
     path: PathBuf,
-    file: Mutex<std::fs::File>,
-    /// The ledger's journal cursor once read: only `sync` moves it, so every apply
-    /// after the first skips the metadata read.
-    cursor: Mutex<Option<u64>>,
+    /// The file, and the ledger's journal cursor once read: only `sync` moves it, so
+    /// every apply after the first skips the metadata read.
+    tail: Mutex<(std::fs::File, Option<u64>)>,
 }
 
 impl Journal {
@@ -85,8 +84,7 @@ impl Journal {
         }
         Ok(Journal {
             path: path.to_owned(),
-            file: Mutex::new(file),
-            cursor: Mutex::new(None),
+            tail: Mutex::new((file, None)),
         })
     }
 
@@ -110,9 +108,8 @@ impl Journal {
     /// Appends the erasures the ledger committed since the last call and flushes them,
     /// then records how far it got. Cheap when there is nothing new (one read).
     pub fn sync(&self, ledger: &Ledger) -> Result<usize> {
-        let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let mut cached = self.cursor.lock().unwrap_or_else(|p| p.into_inner());
-        let cursor = match *cached {
+        let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let cursor = match tail.1 {
             Some(c) => c,
             None => ledger
                 .meta(CURSOR)?
@@ -120,7 +117,7 @@ impl Journal {
                 .map(u64::from_be_bytes)
                 .unwrap_or(0),
         };
-        *cached = Some(cursor);
+        tail.1 = Some(cursor);
         let height = ledger.tip().height;
         let state = ledger.state()?;
         let mut appended = 0;
@@ -149,11 +146,10 @@ impl Journal {
         if appended == 0 {
             return Ok(0);
         }
-        let mut f = &*file;
-        f.write_all(&lines).map_err(|e| self.io(e))?;
-        f.sync_data().map_err(|e| self.io(e))?;
+        tail.0.write_all(&lines).map_err(|e| self.io(e))?;
+        tail.0.sync_data().map_err(|e| self.io(e))?;
         ledger.put_meta(CURSOR, &last.to_be_bytes())?;
-        *cached = Some(last);
+        tail.1 = Some(last);
         tracing::info!(records = appended, "erasures journalled");
         Ok(appended)
     }
@@ -265,7 +261,10 @@ mod tests {
         // Opened for appending: cut off, so the next line starts on its own.
         let j = Journal::open(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
-        (&*j.file.lock().unwrap())
+        j.tail
+            .lock()
+            .unwrap()
+            .0
             .write_all(line(3).as_bytes())
             .unwrap();
         let got = j.entries().unwrap();

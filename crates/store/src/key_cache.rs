@@ -20,7 +20,7 @@
 //! ledger's erasures reach the node's own store (the shred queue). The cache zeroes
 //! the keys it drops, not copies its table left behind while it grew.
 
-use crate::envelope::{Envelope, ReaderSecret};
+use crate::envelope::{Envelope, Reader, ReaderSecret};
 use medledger_core::Cid;
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
@@ -112,21 +112,21 @@ impl KeyCache {
         }
     }
 
-    /// Records the key of a blob just sealed, when one of its envelopes is this
-    /// cache's reader's (wrapped for its public key): the node's own writes are
-    /// mostly read back soon after.
+    /// Records the key of a blob just sealed for `readers` (`envelopes` in their
+    /// order), when one of them is this cache's reader with its public key: the
+    /// node's own writes are mostly read back soon after.
     pub(crate) fn sealed(
         &self,
         cid: &Cid,
         envelopes: &[Envelope],
-        readers_public: &[[u8; 32]],
+        readers: &[Reader],
         key: &[u8; 32],
         since: u64,
     ) {
         if let Some((env, _)) = envelopes
             .iter()
-            .zip(readers_public)
-            .find(|(e, p)| e.reader == self.reader.account && **p == self.public)
+            .zip(readers)
+            .find(|(_, r)| r.account == self.reader.account && r.public == self.public)
         {
             self.insert(cid, self.digest(env), key, since);
         }
@@ -154,7 +154,7 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{Reader, unwrap, wrap};
+    use crate::envelope::{unwrap, wrap};
     use medledger_core::{AccountId, Digest32};
 
     fn secret(b: u8) -> ReaderSecret {
@@ -220,7 +220,7 @@ mod tests {
         cache.sealed(
             &cid,
             std::slice::from_ref(&env),
-            &[me.public()],
+            &[me.reader()],
             &key,
             since,
         );
@@ -241,8 +241,7 @@ mod tests {
             .iter()
             .map(|r| wrap(&key, &cid, r).unwrap())
             .collect();
-        let publics: Vec<[u8; 32]> = readers.iter().map(|r| r.public).collect();
-        cache.sealed(&cid, &envs, &publics, &key, cache.generation());
+        cache.sealed(&cid, &envs, &readers, &key, cache.generation());
         assert_eq!(cache.get(&envs[1], &cid, &me), Some(key));
         assert_eq!(cache.get(&envs[0], &cid, &them), None);
 
@@ -256,7 +255,7 @@ mod tests {
         cache.sealed(
             &cid2,
             std::slice::from_ref(&env),
-            &[forged.public],
+            &[forged],
             &key,
             cache.generation(),
         );

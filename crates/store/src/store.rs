@@ -327,8 +327,7 @@ impl BlobStore {
         since: u64,
     ) {
         if let Some(c) = self.keys.get() {
-            let publics: Vec<[u8; 32]> = readers.iter().map(|r| r.public).collect();
-            c.sealed(cid, &set.envelopes, &publics, key, since);
+            c.sealed(cid, &set.envelopes, readers, key, since);
         }
     }
 

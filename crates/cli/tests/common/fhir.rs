@@ -10,6 +10,15 @@ pub struct Fhir {
 }
 
 impl Fhir {
+    /// A client of `h`'s node with an API token.
+    pub fn new(h: &super::signin::Http, token: impl Into<String>) -> Self {
+        Fhir {
+            c: h.c.clone(),
+            url: h.url.clone(),
+            token: token.into(),
+        }
+    }
+
     pub async fn send(
         &self,
         method: reqwest::Method,

@@ -31,22 +31,27 @@ fn s3_err(e: impl std::fmt::Display) -> BackupError {
 }
 
 impl Remote {
-    /// `Some` when `dest` names a bucket.
-    pub fn parse(dest: &str) -> Option<Result<Self>> {
-        let rest = dest.strip_prefix("s3://")?;
-        Some((|| {
-            let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-            let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
-            let config = medledger_store::S3Config::from_url(&format!("s3://{bucket}?{query}"))
-                .map_err(|e| BackupError::Config(e.to_string()))?;
-            let store = medledger_store::s3_object_store(&config)
-                .map_err(|e| BackupError::Config(e.to_string()))?;
-            Ok(Remote {
-                store,
-                prefix: prefix.trim_matches('/').to_owned(),
-                url: format!("s3://{bucket}/{prefix}"),
-            })
-        })())
+    /// The bucket `url` names (`s3://BUCKET/PREFIX?endpoint=URL&region=R`).
+    pub fn open(url: &str) -> Result<Self> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| BackupError::Config(format!("{url:?} is not an s3:// URL")))?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+        let config = medledger_store::S3Config::from_url(&format!("s3://{bucket}?{query}"))
+            .map_err(|e| BackupError::Config(e.to_string()))?;
+        let store = medledger_store::s3_object_store(&config)
+            .map_err(|e| BackupError::Config(e.to_string()))?;
+        Ok(Remote {
+            store,
+            prefix: prefix.trim_matches('/').to_owned(),
+            url: format!("s3://{bucket}/{prefix}"),
+        })
+    }
+
+    /// The bucket and prefix, without the query (which names the endpoint).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     fn key(&self, rel: &str) -> Key {
@@ -131,9 +136,15 @@ impl Remote {
         Ok(())
     }
 
-    /// Fills `staging` with what a backup needs to know of the bucket: every blob
-    /// file's tags and sum, and an empty stand-in for the file itself.
-    pub async fn stage_existing(&self, staging: &Path) -> Result<()> {
+    /// A private directory to write the next backup into before [`Remote::upload_backup`],
+    /// holding what a backup needs to know of the bucket: every blob file's tags and
+    /// sum, and an empty stand-in for the file itself.
+    pub async fn staging(&self) -> Result<tempfile::TempDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("medledger-backup-staging")
+            .tempdir()
+            .map_err(super::io(&std::env::temp_dir()))?;
+        let staging = dir.path();
         let all = self.list("blobs").await?;
         for rel in &all {
             let Some(stem) = rel.strip_suffix(".age") else {
@@ -146,7 +157,7 @@ impl Remote {
                 std::fs::write(staging.join(rel), b"").map_err(super::io(staging))?;
             }
         }
-        Ok(())
+        Ok(dir)
     }
 
     /// Uploads backup `m` from `staging`: its blob file (with tags and sum), its

@@ -2,42 +2,37 @@
 //! retention, and what the node knows of its last successful backup (for `/metrics`
 //! and the admin's status panel).
 
+use super::remote::Remote;
 use super::{Manifest, Quiet, Result};
 use crate::state::AppState;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Where scheduled backups go.
+/// Where backups go (and where `verify` and `restore` find them).
 #[derive(Debug, Clone)]
 pub enum Dest {
     Dir(PathBuf),
     /// `s3://BUCKET/PREFIX?endpoint=URL&region=R` ([`super::remote`]).
-    Bucket(String),
+    Bucket(Arc<Remote>),
 }
 
 impl Dest {
-    pub fn parse(s: &str) -> Self {
-        if s.starts_with("s3://") {
-            Dest::Bucket(s.to_owned())
+    /// A bucket for an `s3://` URL, otherwise a directory.
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(if s.starts_with("s3://") {
+            Dest::Bucket(Arc::new(Remote::open(s)?))
         } else {
             Dest::Dir(PathBuf::from(s))
-        }
+        })
     }
 
     /// For people: a bucket without its query (which names the endpoint).
     pub fn shown(&self) -> String {
         match self {
             Dest::Dir(p) => p.display().to_string(),
-            Dest::Bucket(u) => u.split('?').next().unwrap_or_default().to_owned(),
-        }
-    }
-
-    fn remote(&self) -> Option<Result<super::remote::Remote>> {
-        match self {
-            Dest::Dir(_) => None,
-            Dest::Bucket(u) => super::remote::Remote::parse(u),
+            Dest::Bucket(r) => r.url().to_owned(),
         }
     }
 }
@@ -56,11 +51,8 @@ impl Schedule {
     /// Refuses a schedule that could never succeed, before the node serves.
     pub fn check(&self, data_dir: &Path) -> Result<()> {
         super::recipients(data_dir)?;
-        match &self.dest {
-            Dest::Dir(d) => super::create::check_dest(data_dir, d)?,
-            Dest::Bucket(_) => {
-                self.dest.remote().transpose()?;
-            }
+        if let Dest::Dir(d) = &self.dest {
+            super::create::check_dest(data_dir, d)?;
         }
         if self.every < Duration::from_secs(1) {
             return Err(super::BackupError::Config(
@@ -138,7 +130,7 @@ pub(crate) async fn take(
     let _one = super::socket::RUNNING.lock().await;
     let r = match dest {
         Dest::Dir(d) => super::create_running(state, &state.data_dir, d, progress).await,
-        Dest::Bucket(_) => to_bucket(state, dest, progress).await,
+        Dest::Bucket(r) => to_bucket(state, r, progress).await,
     };
     match &r {
         Ok(m) => {
@@ -156,17 +148,10 @@ pub(crate) async fn take(
 /// A backup into a bucket: staged in a private temporary directory, then uploaded.
 async fn to_bucket(
     state: &AppState,
-    dest: &Dest,
+    remote: &Remote,
     progress: &dyn super::Progress,
 ) -> Result<Manifest> {
-    let remote = dest
-        .remote()
-        .ok_or_else(|| super::BackupError::Config("not a bucket".into()))??;
-    let staging = tempfile::Builder::new()
-        .prefix("medledger-backup-staging")
-        .tempdir()
-        .map_err(super::io(&std::env::temp_dir()))?;
-    remote.stage_existing(staging.path()).await?;
+    let staging = remote.staging().await?;
     let m = super::create_running(state, &state.data_dir, staging.path(), progress).await?;
     remote.upload_backup(staging.path(), &m).await?;
     Ok(m)
@@ -184,11 +169,9 @@ pub(crate) fn start(state: AppState) {
         loop {
             every.tick().await;
             if take(&state, &sch.dest, &Quiet).await.is_ok() {
-                let pruned = match (&sch.dest, sch.dest.remote()) {
-                    (Dest::Dir(d), _) => prune(d, sch.keep),
-                    (_, Some(Ok(r))) => r.prune(sch.keep).await,
-                    (_, Some(Err(e))) => Err(e),
-                    (_, None) => Ok(0),
+                let pruned = match &sch.dest {
+                    Dest::Dir(d) => prune(d, sch.keep),
+                    Dest::Bucket(r) => r.prune(sch.keep).await,
                 };
                 if let Err(e) = pruned {
                     tracing::warn!(error = %e, "backup retention failed");
