@@ -438,7 +438,6 @@ async fn probe(
     })
 }
 
-/// Bytes the data directory holds, by part.
 /// Creates `n` synthetic patients through FHIR; their ids.
 pub(crate) async fn create_patients(fhir: &Fhir, n: usize, clients: usize) -> Result<Vec<String>> {
     let f = fhir.clone();
@@ -463,8 +462,8 @@ pub(crate) fn dir_bytes(p: &Path) -> u64 {
     }
 }
 
+/// Bytes the data directory holds, by part.
 pub(crate) fn disk_usage(dir: &Path) -> Result<Vec<(&'static str, u64)>> {
-    let size = dir_bytes;
     let parts = [
         ("ledger", datadir::LEDGER_DB),
         ("raft log", datadir::RAFT_DB),
@@ -474,10 +473,10 @@ pub(crate) fn disk_usage(dir: &Path) -> Result<Vec<(&'static str, u64)>> {
     ];
     let mut out: Vec<(&'static str, u64)> = parts
         .iter()
-        .map(|(k, f)| (*k, size(&dir.join(f))))
+        .map(|(k, f)| (*k, dir_bytes(&dir.join(f))))
         .collect();
     let known: u64 = out.iter().map(|(_, b)| b).sum();
-    out.push(("other", size(dir).saturating_sub(known)));
+    out.push(("other", dir_bytes(dir).saturating_sub(known)));
     Ok(out)
 }
 

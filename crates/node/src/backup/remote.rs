@@ -19,11 +19,17 @@ use tokio::io::AsyncWriteExt;
 /// Upload part size.
 const PART: usize = 8 << 20;
 
-#[derive(Debug)]
 pub struct Remote {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     url: String,
+}
+
+/// Only the bucket and prefix: the client's own form would include its configuration.
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote").field("url", &self.url).finish()
+    }
 }
 
 fn s3_err(e: impl std::fmt::Display) -> BackupError {
